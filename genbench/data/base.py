@@ -1,0 +1,143 @@
+"""The :class:`Data` record every dataset returns, and seeded, resumable batching over it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class DatasetError(ValueError):
+    """A user-facing dataset problem (missing files, bad option); printed without a traceback."""
+
+
+@dataclass
+class Data:
+    """A dataset of discrete images held in memory.
+
+    Attributes:
+        name: dataset name (as in ``conf/dataset``).
+        levels: K, the number of levels of every sub-pixel; values are in ``{0, ..., K-1}``.
+        train, val, test: ``[N, C, H, W]`` integer tensors (uint8 when K <= 256). ``val`` is a
+            held-out part of the training split used for checkpoint selection.
+        train_labels, test_labels: ``[N]`` int64 class labels, or ``None`` (unlabelled data).
+        num_classes: number of label classes (0 when unlabelled).
+        density: for 2-D toys, the exact discrete distribution (see :mod:`genbench.data.toy2d`).
+    """
+
+    name: str
+    levels: int
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    num_classes: int = 0
+    density: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            t = getattr(self, split)
+            if t.ndim != 4:
+                raise DatasetError(f"{self.name}: {split} must be [N, C, H, W], got {tuple(t.shape)}")
+            if t.shape[1:] != self.train.shape[1:]:
+                raise DatasetError(f"{self.name}: {split} shape differs from train")
+        lo, hi = int(self.train.min()), int(self.train.max())
+        if lo < 0 or hi >= self.levels:
+            raise DatasetError(f"{self.name}: values in [{lo}, {hi}] outside [0, {self.levels})")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        c, h, w = self.train.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def dims(self) -> int:
+        """D = C * H * W."""
+        c, h, w = self.shape
+        return c * h * w
+
+    def split(self, name: str) -> Tensor:
+        """The ``train``, ``val`` or ``test`` tensor."""
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"unknown split {name!r}; valid: train, val, test")
+        return getattr(self, name)
+
+    def to(self, device: torch.device | str) -> Data:
+        """Move the image tensors to ``device`` (small datasets live on the training device)."""
+        for split in ("train", "val", "test"):
+            setattr(self, split, getattr(self, split).to(device))
+        return self
+
+
+def to_levels(images: Tensor, levels: int) -> Tensor:
+    """Store integer levels compactly: uint8 when K <= 256, else int32."""
+    dtype = torch.uint8 if levels <= 256 else torch.int32
+    return images.to(dtype)
+
+
+def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction: float,
+                         val_fraction: float, seed: int) -> dict[str, Tensor | None]:
+    """A fixed, seeded permutation split into train / val / test (val is held out of train)."""
+    n = images.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(n * test_fraction))
+    n_val = int(round((n - n_test) * val_fraction))
+    idx_test, idx_val, idx_train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    out: dict[str, Tensor | None] = {"train": images[idx_train], "val": images[idx_val],
+                                     "test": images[idx_test]}
+    out["train_labels"] = labels[idx_train] if labels is not None else None
+    out["test_labels"] = labels[idx_test] if labels is not None else None
+    return out
+
+
+def hold_out_val(train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
+                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Split a fixed training split into (train, train_labels, val) with a seeded permutation."""
+    n = train.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction))
+    keep, val = perm[n_val:], perm[:n_val]
+    return train[keep], (labels[keep] if labels is not None else None), train[val]
+
+
+class Batches:
+    """Endless seeded minibatches over an in-memory tensor, resumable at any position.
+
+    Epoch ``e`` uses the permutation drawn from ``seed + e``; the state is ``(epoch, index)``, so a
+    resumed run sees exactly the batches an uninterrupted one would. The last partial batch of an
+    epoch is dropped.
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, seed: int,
+                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        if batch_size < 1:
+            raise DatasetError(f"trainer.batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.seed = data, min(batch_size, data.shape[0]), seed
+        self.epoch, self.index = 0, 0
+        self._perm: Tensor | None = None
+
+    def _permutation(self) -> Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            self._perm = torch.randperm(self.data.shape[0], generator=g).to(self.data.device)
+        return self._perm
+
+    def next(self) -> Tensor:
+        """The next ``[B, C, H, W]`` int64 batch."""
+        if self.index + self.batch_size > self.data.shape[0]:
+            self.epoch, self.index, self._perm = self.epoch + 1, 0, None
+        idx = self._permutation()[self.index:self.index + self.batch_size]
+        self.index += self.batch_size
+        return self.data[idx].long()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index, self._perm = int(state["epoch"]), int(state["index"]), None

@@ -1,0 +1,160 @@
+"""The model contract every family obeys.
+
+The runner asks a model for losses, the evaluator asks it for samples and, where it has one, for a
+negative log-likelihood together with *what kind* of number that is. Nothing else is required.
+
+Data cross this boundary as integer levels: ``x`` is a ``[N, C, H, W]`` integer tensor with values in
+``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantization, scaling to
+``[-1, 1]``, one-hot ...) and documents it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+Family = Literal["autoregressive", "flow", "vae", "gan", "diffusion"]
+Likelihood = Literal["exact", "dequantized", "elbo", "vlb", "ode", "none"]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+FAMILIES: tuple[str, ...] = get_args(Family)
+LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
+#: likelihood kinds whose number is an upper bound on the discrete NLL (printed with ``≤``)
+BOUND_KINDS: frozenset[str] = frozenset({"dequantized", "elbo", "vlb"})
+#: likelihood kinds that are stochastic estimates of the exact value
+ESTIMATE_KINDS: frozenset[str] = frozenset({"ode"})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimizer of a model: which parameters it trains and how often.
+
+    Attributes:
+        name: phase name passed to ``training_losses`` and ``parameters_for``.
+        repeat: optimizer steps of this phase per training step (a WGAN critic uses 5).
+        optimizer: keyword overrides for this phase's optimizer (e.g. ``{"lr": 1e-4,
+            "betas": (0.0, 0.9)}``); everything else comes from ``conf/optimizer``.
+    """
+
+    name: str = "main"
+    repeat: int = 1
+    optimizer: Mapping[str, Any] = field(default_factory=dict)
+
+
+def likelihood_kind(likelihood: str) -> str:
+    """Metric kind of a likelihood number: ``exact``, ``bound``, ``estimate`` or ``none``."""
+    if likelihood in BOUND_KINDS:
+        return "bound"
+    if likelihood in ESTIMATE_KINDS:
+        return "estimate"
+    return likelihood if likelihood in ("exact", "none") else "unknown"
+
+
+class GenerativeModel(nn.Module, abc.ABC):
+    """Base class of every genbench model.
+
+    Args:
+        shape: data shape ``(C, H, W)`` (passed by the runner from the dataset).
+        levels: number of discrete levels K of each sub-pixel (passed by the runner).
+
+    Subclasses set ``family`` and ``likelihood`` and implement ``training_losses``, ``sample`` and
+    ``nll``. Models never call ``backward`` or ``step``: the runner owns optimization.
+    """
+
+    family: ClassVar[Family]
+    likelihood: ClassVar[Likelihood]
+    #: whether the runner may pick the checkpoint with the lowest validation ``loss`` (a GAN's
+    #: generator loss says nothing about quality, so GANs keep the last weights)
+    select_best: ClassVar[bool] = True
+
+    def __init__(self, shape: Sequence[int], levels: int) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape}")
+        if int(levels) < 2:
+            raise ValueError(f"levels must be >= 2, got {levels}")
+        self.shape: tuple[int, int, int] = shape  # (C, H, W)
+        self.levels: int = int(levels)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "__abstractmethods__", None):
+            return
+        if getattr(cls, "family", None) not in FAMILIES:
+            raise TypeError(f"{cls.__name__}.family must be one of {FAMILIES}")
+        if getattr(cls, "likelihood", None) not in LIKELIHOODS:
+            raise TypeError(f"{cls.__name__}.likelihood must be one of {LIKELIHOODS}")
+
+    @property
+    def dims(self) -> int:
+        """D = C * H * W, the number of sub-pixels per example."""
+        c, h, w = self.shape
+        return c * h * w
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """Optimizers of this model, in the order the runner steps them."""
+        return (Phase("main"),)
+
+    def parameters_for(self, phase: str) -> Iterable[nn.Parameter]:
+        """Parameters trained by ``phase`` (default: all of them)."""
+        return self.parameters()
+
+    @abc.abstractmethod
+    def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+        """Per-example training terms.
+
+        Args:
+            x: ``[N, C, H, W]`` integer levels in ``[0, K)``.
+            phase: one of ``self.phases``' names.
+
+        Returns:
+            dict of ``[N]`` tensors; ``"loss"`` is required (the runner optimizes its mean), every
+            other key is logged as it is.
+        """
+
+    @abc.abstractmethod
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
+        """Draw ``n`` samples.
+
+        Args:
+            n: number of samples.
+            generator: ``None`` (global RNG), one ``torch.Generator``, or a sequence of ``n``
+                generators, one per sample, so sample *i* does not depend on the batch size (draw
+                through :mod:`genbench.nn.random`).
+            sampler: sampler options from ``conf/sampler`` (e.g. ``steps``, ``eta``,
+                ``temperature``); unknown options raise ``ValueError``.
+
+        Returns:
+            ``[n, C, H, W]`` int64 levels in ``[0, K)``.
+        """
+
+    @abc.abstractmethod
+    def nll(self, x: Tensor) -> Tensor:
+        """``[N]`` negative log-likelihood of the discrete ``x`` in nats (exact or an upper bound,
+        as ``likelihood`` says). Models with ``likelihood = "none"`` raise ``NotImplementedError``."""
+
+    def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Extra per-example likelihood terms in nats reported beside ``nll`` (e.g. a VAE's
+        ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
+        return {}
+
+    def nfe(self, **sampler: Any) -> float:
+        """Network evaluations per generated image under these sampler options (default 1)."""
+        return 1.0
+
+
+def check_sampler_options(sampler: Mapping[str, Any], allowed: Iterable[str], model: str) -> None:
+    """Raise a clear ``ValueError`` for sampler options a model does not understand."""
+    allowed = sorted(set(allowed))
+    unknown = sorted(set(sampler) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"sampler option(s) {unknown} are not understood by {model}; valid: {allowed or 'none'}"
+        )
