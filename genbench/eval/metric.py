@@ -1,0 +1,53 @@
+"""The :class:`Metric` record: one evaluated number with its unit, kind and protocol."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["exact", "bound", "estimate", "measured"]
+#: metrics where smaller is better; everything else ranks larger-first
+LOWER_IS_BETTER_PREFIXES: tuple[str, ...] = (
+    "bpd", "nll", "neg_elbo", "recon", "kl", "fid", "kid", "ms_per_image", "nfe", "nll_gap",
+    "toy_nll", "loss",
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number produced by evaluation.
+
+    Attributes:
+        name: metric name; sample-quality metrics carry their extractor (``fid@digits-cnn``).
+        value: the number, in ``unit``.
+        kind: ``exact``; ``bound`` (an upper bound, printed ``≤``); ``estimate`` (stochastic);
+            ``measured`` (timings, counts, scores of samples).
+        split: the data split it was computed on (``test``, ``val``, ``samples``).
+        n: number of examples (or generated samples) behind it.
+        unit: ``bits/dim``, ``nats``, ``ms``, ``count`` or ``""``.
+        protocol: everything that must match for two numbers to be comparable (extractor, weights
+            hash, sample count, sampler settings, seed ...).
+    """
+
+    name: str
+    value: float
+    kind: Kind = "measured"
+    split: str = "test"
+    n: int = 0
+    unit: str = ""
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def protocol_key(self) -> str:
+        """Canonical JSON of the protocol (numbers with different keys are never ranked together)."""
+        return json.dumps(self.protocol, sort_keys=True, default=str)
+
+
+def lower_is_better(name: str) -> bool:
+    """Ranking direction of a metric name (``fid@x`` -> lower is better, ``is@x`` -> higher)."""
+    base = name.split("@", 1)[0]
+    return any(base == p or base.startswith(p + "_") for p in LOWER_IS_BETTER_PREFIXES)
