@@ -43,7 +43,8 @@ class Data:
         for split in ("train", "val", "test"):
             t = getattr(self, split)
             if t.ndim != 4:
-                raise DatasetError(f"{self.name}: {split} must be [N, C, H, W], got {tuple(t.shape)}")
+                raise DatasetError(f"{self.name}: {split} must be [N, C, H, W], "
+                                   f"got {tuple(t.shape)}")
             if t.shape[1:] != self.train.shape[1:]:
                 raise DatasetError(f"{self.name}: {split} shape differs from train")
         lo, hi = int(self.train.min()), int(self.train.max())

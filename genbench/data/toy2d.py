@@ -105,7 +105,8 @@ class ToyDensity:
         return float(-(p * p.log()).sum())
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """``[N]`` exact log-probability in nats of levels ``x`` ``[N, 2, 1, 1]`` (-inf off support)."""
+        """``[N]`` exact log-probability in nats of levels ``x`` ``[N, 2, 1, 1]``
+        (-inf off the support)."""
         x = x.reshape(-1, 2).long().cpu()
         return self.probs[x[:, 0], x[:, 1]].log()
 

@@ -43,7 +43,8 @@ class Metric:
 
     @property
     def protocol_key(self) -> str:
-        """Canonical JSON of the protocol (numbers with different keys are never ranked together)."""
+        """Canonical JSON of the protocol (numbers with different protocols are never ranked
+        together)."""
         return json.dumps(self.protocol, sort_keys=True, default=str)
 
 

@@ -3,8 +3,8 @@
 The runner asks a model for losses, the evaluator asks it for samples and, where it has one, for a
 negative log-likelihood together with *what kind* of number that is. Nothing else is required.
 
-Data cross this boundary as integer levels: ``x`` is a ``[N, C, H, W]`` integer tensor with values in
-``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantization, scaling to
+Data cross this boundary as integer levels: ``x`` is a ``[N, C, H, W]`` integer tensor with values
+in ``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantization, scaling to
 ``[-1, 1]``, one-hot ...) and documents it.
 """
 
@@ -138,7 +138,8 @@ class GenerativeModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def nll(self, x: Tensor) -> Tensor:
         """``[N]`` negative log-likelihood of the discrete ``x`` in nats (exact or an upper bound,
-        as ``likelihood`` says). Models with ``likelihood = "none"`` raise ``NotImplementedError``."""
+        as ``likelihood`` says). Models with ``likelihood = "none"`` raise
+        ``NotImplementedError``."""
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Extra per-example likelihood terms in nats reported beside ``nll`` (e.g. a VAE's

@@ -12,7 +12,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,7 +37,8 @@ def _device_of(generator: Generator, device: str | torch.device | None) -> torch
     return torch.device("cpu")
 
 
-def _draw(fn, shape: Sequence[int], generator: Generator, device, dtype) -> Tensor:
+def _draw(fn: Callable[..., Tensor], shape: Sequence[int], generator: Generator,
+          device: str | torch.device | None, dtype: torch.dtype) -> Tensor:
     shape = tuple(shape)
     dev = _device_of(generator, device)
     if generator is None or isinstance(generator, torch.Generator):

@@ -1,0 +1,97 @@
+"""``genbench <command> [overrides]``: one Hydra app per command, dispatched on the first argument.
+
+Commands: train, eval, sample, leaderboard, score, families. ``genbench <command> --help`` shows
+Hydra's help for that command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+# Before torch loads: OpenMP threads must sleep, not spin, when a core is busy (see train/device).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+COMMANDS: dict[str, str] = {
+    "train": "train a model, evaluate it and record it in the leaderboard",
+    "eval": "re-evaluate a finished run from its checkpoint (run=<folder>)",
+    "sample": "write a PNG grid and an .npz of samples from a run (run=<folder> n=64)",
+    "leaderboard": "show or export all runs (format=table|md|csv|json, out=FILE; `rebuild`)",
+    "families": "the model taxonomy: families, likelihood kinds and registered models",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: genbench <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`genbench <command> --help` shows the command's config and Hydra's options.",
+              "example: genbench train model=vae dataset=digits trainer.max_steps=500"]
+    return "\n".join(lines)
+
+
+def _task(command: str) -> Callable:
+    from omegaconf import DictConfig
+
+    def task(cfg: DictConfig) -> object:
+        from genbench.errors import UserError
+
+        try:
+            return _run(command, cfg)
+        except UserError as err:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return task
+
+
+def _run(command: str, cfg: object) -> object:
+    if command == "train":
+        from genbench.commands import train_command
+
+        return train_command(cfg)
+    if command == "eval":
+        from genbench.commands import eval_command
+
+        return eval_command(cfg)
+    if command == "sample":
+        from genbench.commands import sample_command
+
+        return sample_command(cfg)
+    if command == "leaderboard":
+        from genbench.leaderboard.command import leaderboard_command
+
+        return leaderboard_command(cfg)
+    from genbench.leaderboard.command import families_command
+
+    return families_command(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"genbench: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    if command == "leaderboard" and rest and rest[0] == "rebuild":
+        rest = ["action=rebuild"] + rest[1:]
+    import hydra
+
+    config = "leaderboard" if command == "families" else command
+    app = hydra.main(config_path="pkg://genbench.conf", config_name=config,
+                     version_base="1.3")(_task(command))
+    sys.argv = [f"genbench {command}"] + rest
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

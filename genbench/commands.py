@@ -1,0 +1,172 @@
+"""``genbench train | eval | sample``: each takes the composed Hydra config of its command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genbench.errors import ConfigError, positive_int
+from genbench.eval.evaluate import evaluate, sample_to_files
+from genbench.eval.metric import Metric
+from genbench.leaderboard.report import print_metrics
+from genbench.leaderboard.store import RunRecord, Store
+from genbench.run import (
+    build,
+    check_targets,
+    config_hash,
+    find_resumable,
+    record,
+    resolved,
+    seed_everything,
+    validate,
+)
+from genbench.train import checkpoint
+from genbench.train.device import setup_device
+from genbench.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, bool]:
+    """The run folder to use and whether it holds a checkpoint to resume."""
+    run_dir = Path(cfg.paths.run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        found = checkpoint.read_status(run_dir).get("config_hash")
+        if found != hash_:
+            raise checkpoint.CheckpointError(
+                f"{str(run_dir)!r} holds a checkpoint of a different config (hash {found} vs "
+                f"{hash_}); pick another hydra.run.dir — nothing was overwritten")
+        return run_dir, True
+    if cfg.trainer.resume == "auto":
+        previous = find_resumable(outputs, hash_)
+        if previous is not None:
+            log.info("resuming the unfinished run %s (trainer.resume=auto)", previous)
+            return previous, True
+    return run_dir, False
+
+
+def train_command(cfg: DictConfig) -> RunRecord | None:
+    """Train, evaluate and record one run; returns its leaderboard record."""
+    validate(cfg)
+    setup = setup_device(cfg.device)
+    outputs = Path(cfg.paths.outputs)
+    hash_ = config_hash(cfg)
+    if _is_multirun() and not cfg.trainer.rerun:
+        done = Store(outputs / "leaderboard.sqlite").finished_run(hash_)
+        if done:
+            log.info("skipping: this config already finished in %s (trainer.rerun=true to "
+                     "train it again)", done)
+            return None
+    run_dir, resuming = _choose_run_dir(cfg, outputs, hash_)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plain = resolved(cfg)
+    plain["paths"]["run_dir"] = str(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        OmegaConf.save(OmegaConf.create(plain), run_dir / "config.yaml")
+    seed_everything(int(cfg.seed))
+    data, model = build(cfg, setup)
+    log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
+             cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
+             data.shape, data.levels, setup.device, setup.threads)
+    trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run_dir,
+                      int(cfg.seed), {"config_hash": hash_})
+    if resuming:
+        trainer.load_state_dict(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+        log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
+    try:
+        state = trainer.fit() if trainer.state.status != "finished" else trainer.state
+    except KeyboardInterrupt:
+        record(plain, run_dir, outputs, model, trainer.state, setup.device.type, [], hash_)
+        raise
+    if state.status == "diverged":
+        checkpoint.write_status(run_dir, "diverged", state.step, hash_)
+        return record(plain, run_dir, outputs, model, state, setup.device.type, [], hash_)
+    eval_model = trainer.eval_model
+    best = run_dir / "checkpoints" / "best.pt"
+    if type(model).select_best and best.exists():
+        eval_model.load_state_dict(checkpoint.load(best, setup.device)["model"])
+        log.info("evaluating the best-validation weights (step %d)", state.best_step)
+    rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run_dir)
+    rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
+    rec = record(plain, run_dir, outputs, model, state, setup.device.type, rows, hash_)
+    print_metrics(rec, rows)
+    return rec
+
+
+def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outputs: Path,
+              run_dir: Path) -> list[Metric]:
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run_dir)
+
+
+def load_run(cfg: DictConfig) -> tuple[DictConfig, Path, Any, Any, Any, dict]:
+    """Rebuild a finished run from its folder: (run config, dir, setup, data, model, state)."""
+    if cfg.get("run") in (None, "", "???"):
+        raise ConfigError("run= is required: the run folder, e.g. run=outputs/runs/<date>/<id>")
+    run_dir = Path(str(cfg.run))
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"run={str(run_dir)!r} is not a genbench run folder (it needs "
+                          "config.yaml and checkpoints/)")
+    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    check_targets(OmegaConf.to_container(run_cfg))
+    run_cfg.device = OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else \
+        run_cfg.device
+    setup = setup_device(run_cfg.device)
+    data, model = build(run_cfg, setup)
+    last = checkpoint.load(run_dir / "checkpoints" / "last.pt", setup.device)
+    best = run_dir / "checkpoints" / "best.pt"
+    if type(model).select_best and best.exists():
+        weights = checkpoint.load(best, setup.device)["model"]
+    else:
+        weights = last["ema"]["module"] if last.get("ema") else last["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise checkpoint.CheckpointError(
+            f"the checkpoint in {str(run_dir)!r} does not match its config's model "
+            f"({str(err).splitlines()[0]})") from None
+    return run_cfg, run_dir, setup, data, model, last["state"]
+
+
+def eval_command(cfg: DictConfig) -> RunRecord:
+    """Re-evaluate a run from its checkpoint with the current ``eval`` / ``sampler`` config."""
+    run_cfg, run_dir, setup, data, model, state = load_run(cfg)
+    outputs = Path(cfg.paths.outputs)
+    run_cfg.eval, run_cfg.sampler = cfg.eval, cfg.sampler
+    rows = _evaluate(model, data, run_cfg, setup.device, outputs, run_dir)
+    plain = resolved(run_cfg)
+    rec = record(plain, run_dir, outputs, model, _State(**state), setup.device.type, rows,
+                 checkpoint.read_status(run_dir).get("config_hash") or config_hash(run_cfg))
+    print_metrics(rec, rows)
+    return rec
+
+
+def sample_command(cfg: DictConfig) -> Path:
+    """Write an image grid and an ``.npz`` of ``n`` seeded samples from a run."""
+    run_cfg, run_dir, setup, data, model, _ = load_run(cfg)
+    n = positive_int("n", cfg.n)
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    out = Path(cfg.out) if cfg.get("out") else run_dir
+    png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
+    log.info("wrote %s and %s", png, png.with_suffix(".npz"))
+    return png
+
+
+class _State:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)

@@ -1,0 +1,49 @@
+"""User-facing errors: printed as one clear sentence, without a traceback, exit code 2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a config value, a path, a file)."""
+
+
+class ConfigError(UserError):
+    """A config key holds a bad value."""
+
+
+def bad_value(key: str, value: Any, expected: str) -> ConfigError:
+    """``ConfigError`` naming the key, the bad value and what is valid."""
+    return ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ``ConfigError`` naming ``key``."""
+    if isinstance(value, bool):
+        raise bad_value(key, value, f"an integer >= {minimum}")
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise bad_value(key, value, f"an integer >= {minimum}") from None
+    if out != value and not (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        raise bad_value(key, value, f"an integer >= {minimum}")
+    if out < minimum:
+        raise bad_value(key, value, f"an integer >= {minimum}")
+    return out
+
+
+def nonneg_float(key: str, value: Any, *, positive: bool = False, maximum: float | None = None
+                 ) -> float:
+    """``value`` as a float (> 0 if ``positive``, else >= 0), or a ``ConfigError`` naming
+    ``key``."""
+    what = "a number > 0" if positive else "a number >= 0"
+    if maximum is not None:
+        what += f" and <= {maximum}"
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise bad_value(key, value, what) from None
+    if out != out or out < 0 or (positive and out == 0) or (maximum is not None and out > maximum):
+        raise bad_value(key, value, what)
+    return out

@@ -1,0 +1,80 @@
+"""What an evaluation stage sees: the model, the data, the eval config, and shared samples."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genbench.data.base import Data
+from genbench.models.base import GenerativeModel
+from genbench.nn.random import per_sample_generators
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Samples:
+    """Generated levels ``[N, C, H, W]`` (int64, CPU) and what they cost."""
+
+    x: Tensor
+    ms_per_image: float
+    nfe: float
+    sampler: dict[str, Any]
+
+
+@dataclass
+class EvalContext:
+    model: GenerativeModel
+    data: Data
+    cfg: Any                       # the eval config (conf/eval)
+    sampler: dict[str, Any]        # sampler options (conf/sampler merged over model defaults)
+    device: torch.device
+    cache_dir: Path
+    _samples: dict[str, Samples] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    def samples(self, n: int | None = None, sampler: dict[str, Any] | None = None) -> Samples:
+        """``n`` samples (default ``eval.n_samples``) under ``sampler``; sample *i* is drawn with its
+        own generator seeded from ``(eval.seed, i)``, so results do not depend on the batch size.
+        Samples are generated once per (n, sampler) and shared by all stages."""
+        n = int(self.cfg.n_samples if n is None else n)
+        sampler = dict(self.sampler if sampler is None else sampler)
+        key = json.dumps([n, sampler], sort_keys=True, default=str)
+        if key not in self._samples:
+            bs, out = int(self.cfg.batch_size), []
+            self.model.eval()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for i in range(0, n, bs):
+                    m = min(bs, n - i)
+                    gens = per_sample_generators(self.seed, i, m, self.device)
+                    out.append(self.model.sample(m, generator=gens, **sampler).cpu())
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            x = torch.cat(out)
+            self._check(x)
+            self._samples[key] = Samples(x, 1000 * seconds / max(n, 1),
+                                         float(self.model.nfe(**sampler)), sampler)
+            log.info("sampled %d images in %.1f s (%.2f ms/image)", n, seconds,
+                     1000 * seconds / max(n, 1))
+        return self._samples[key]
+
+    def _check(self, x: Tensor) -> None:
+        shape = (self.data.shape, tuple(x.shape[1:]))
+        if shape[0] != shape[1] or x.dtype != torch.int64:
+            raise RuntimeError(f"{type(self.model).__name__}.sample returned {x.dtype} "
+                               f"{tuple(x.shape)}; the contract is int64 [n, *{shape[0]}]")
+        if int(x.min()) < 0 or int(x.max()) >= self.data.levels:
+            raise RuntimeError(f"{type(self.model).__name__}.sample returned levels outside "
+                               f"[0, {self.data.levels})")

@@ -1,0 +1,45 @@
+"""Sample images on disk: a PNG grid of levels, or a scatter plot for 2-D toy data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
+    """Write ``[N, C, H, W]`` levels as a PNG grid (levels scaled to [0, 1]).
+
+    2-D toy data (``[N, 2, 1, 1]``) is drawn as a scatter plot of the level coordinates instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if x.shape[1:] == (2, 1, 1):
+        _scatter(x.reshape(-1, 2).cpu().numpy(), levels, path)
+        return
+    from torchvision.utils import save_image
+
+    save_image(x.float().cpu() / (levels - 1), path, nrow=nrow, padding=1, pad_value=0.5)
+
+
+def _scatter(xy: np.ndarray, levels: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.4)
+    ax.set_xlim(0, levels)
+    ax.set_ylim(0, levels)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_npz(x: Tensor, levels: int, path: Path) -> None:
+    """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) plus ``K``."""
+    arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
+    np.savez_compressed(path, levels=arr, K=np.int64(levels))
