@@ -28,7 +28,7 @@ def _test_batches(ctx: EvalContext) -> list[torch.Tensor]:
     test = ctx.data.test
     n = len(test) if ctx.cfg.nll_examples is None else min(len(test), int(ctx.cfg.nll_examples))
     bs = int(ctx.cfg.batch_size)
-    return [test[i:i + bs].to(ctx.device).long() for i in range(0, n, bs)]
+    return [test[i:min(i + bs, n)].to(ctx.device).long() for i in range(0, n, bs)]
 
 
 @register_metric("likelihood")
