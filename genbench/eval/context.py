@@ -44,8 +44,9 @@ class EvalContext:
         return int(self.cfg.seed)
 
     def samples(self, n: int | None = None, sampler: dict[str, Any] | None = None) -> Samples:
-        """``n`` samples (default ``eval.n_samples``) under ``sampler``; sample *i* is drawn with its
-        own generator seeded from ``(eval.seed, i)``, so results do not depend on the batch size.
+        """``n`` samples (default ``eval.n_samples``) under ``sampler``; sample *i* is drawn with
+        its own generator seeded from ``(eval.seed, i)``, so results do not depend on the
+        batch size.
         Samples are generated once per (n, sampler) and shared by all stages."""
         n = int(self.cfg.n_samples if n is None else n)
         sampler = dict(self.sampler if sampler is None else sampler)

@@ -1,4 +1,5 @@
-"""An interrupted run resumed with trainer.resume=auto ends bit-identical to an uninterrupted one."""
+"""An interrupted run resumed with trainer.resume=auto ends bit-identical to an uninterrupted
+one."""
 
 from __future__ import annotations
 
