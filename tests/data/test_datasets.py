@@ -1,0 +1,71 @@
+"""Dataset loaders on files written by the tests (no network), and resumable batching."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from genbench.data.base import Batches, DatasetError
+from genbench.data.folder import image_folder
+from genbench.data.vision import cifar10, mnist
+
+
+def _idx(path, array: np.ndarray) -> None:
+    dims = array.shape
+    header = struct.pack(">HBB", 0, 0x08, len(dims)) + b"".join(struct.pack(">I", d) for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_reads_torchvision_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 10)):
+        _idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    data = mnist(root=str(tmp_path), val_fraction=0.25)
+    assert data.shape == (1, 28, 28) and data.levels == 256
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 10)
+    assert data.num_classes == 10 and data.train_labels.shape == (30,)
+    with gzip.open(raw / "unused.gz", "wb"):
+        pass
+
+
+def test_missing_torchvision_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-py.*dataset.download=true"):
+        cifar10(root=str(tmp_path))
+
+
+def test_folder_skips_unreadable_files(tmp_path, caplog):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    data = image_folder(str(tmp_path), size=8, channels=3, levels=16, test_fraction=0.34,
+                        val_fraction=0.0)
+    assert data.shape == (3, 8, 8) and int(data.train.max()) < 16
+    assert len(data.train) + len(data.val) + len(data.test) == 6
+    assert "broken.png" in caplog.text
+    with pytest.raises(DatasetError, match="dataset.root"):
+        image_folder(str(tmp_path / "missing"))
+
+
+def test_batches_resume_at_the_same_position():
+    data = torch.arange(50).reshape(50, 1, 1, 1)
+    a = Batches(data, 8, seed=3)
+    first = [a.next() for _ in range(9)]  # crosses an epoch boundary
+    b = Batches(data, 8, seed=3)
+    for _ in range(4):
+        b.next()
+    c = Batches(data, 8, seed=3)
+    c.load_state_dict(b.state_dict())
+    for i in range(4, 9):
+        assert torch.equal(c.next(), first[i])
+    epoch0 = torch.cat(first[:6]).flatten()
+    assert len(set(epoch0.tolist())) == 48  # no repeats within an epoch

@@ -1,0 +1,86 @@
+"""The SQLite leaderboard: round trip, refusal of foreign files, parallel writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from genbench.eval.metric import Metric
+from genbench.leaderboard.report import render
+from genbench.leaderboard.store import RunRecord, Store, StoreError
+
+
+def record(run_id: str, model: str = "vae", likelihood: str = "elbo", bpd: float | None = 2.5
+           ) -> RunRecord:
+    return RunRecord(run_id=run_id, created="2026-01-01T00:00:00", model=model, family=model,
+                     likelihood=likelihood, dataset="digits", params=10, steps=5, images_seen=80,
+                     train_seconds=1.5, device="cpu", status="finished", run_dir=f"/r/{run_id}",
+                     config_hash="abc", config={"sampler": {}}, versions={"torch": "x"})
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    store = Store(tmp_path / "lb.sqlite")
+    rows = [Metric("bpd", 2.5, "bound", "test", 300, "bits/dim", {"seed": 0}),
+            Metric("fid@digits-cnn", 12.0, "measured", "test", 1000, "", {"extractor": "x"})]
+    store.record(record("a"), rows)
+    store.record(record("a"), rows[:1])  # re-recording a run replaces its rows
+    (run,) = store.runs()
+    assert run["run_id"] == "a" and run["params"] == 10 and run["config"] == {"sampler": {}}
+    assert [(m["name"], m["value"], m["kind"], m["n"]) for m in run["metrics"]] == [
+        ("bpd", 2.5, "bound", 300)]
+    assert store.finished_run("abc") == "/r/a" and store.finished_run("zzz") is None
+
+
+def test_report_marks_bounds_exact_and_missing_values(tmp_path):
+    store = Store(tmp_path / "lb.sqlite")
+    store.record(record("a"), [Metric("bpd", 2.5, "bound", "test", 3, "bits/dim")])
+    store.record(record("b", "pixelcnn", "exact"), [Metric("bpd", 2.1, "exact", "test", 3)])
+    store.record(record("c", "dcgan", "none"), [Metric("nfe", 1.0)])
+    md = render(store.runs(), "md")
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "≤ 2.500" in lines["vae"]
+    assert "| 2.100 |" in lines["pixelcnn"]
+    assert "n/a" in lines["dcgan"] and "| 0 |" not in lines["dcgan"]
+
+
+def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "lb.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE other (x)")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a genbench leaderboard"):
+        Store(path).record(record("a"), [])
+    assert path.read_bytes() == before
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError):
+        Store(path).runs()
+    assert path.read_bytes() == b"this is not sqlite at all" * 100
+
+
+_WRITER = """
+import sys
+from genbench.eval.metric import Metric
+from genbench.leaderboard.store import RunRecord, Store
+path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = Store(path)
+for i in range(n):
+    rec = RunRecord(run_id=f"w{worker}-{i}", created="t", model="m", family="vae",
+                    likelihood="elbo", dataset="d", params=1, steps=1, images_seen=1,
+                    train_seconds=0.0, device="cpu", status="finished", run_dir="/r",
+                    config_hash=f"{worker}-{i}")
+    store.record(rec, [Metric("bpd", float(i), "exact")])
+"""
+
+
+def test_parallel_writers_lose_no_rows(tmp_path):
+    path = str(tmp_path / "lb.sqlite")
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, path, str(w), "10"])
+             for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    runs = Store(path).runs()
+    assert len(runs) == 40 and all(len(r["metrics"]) == 1 for r in runs)
