@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "eval": "re-evaluate a finished run from its checkpoint (run=<folder>)",
     "sample": "write a PNG grid and an .npz of samples from a run (run=<folder> n=64)",
     "leaderboard": "show or export all runs (format=table|md|csv|json, out=FILE; `rebuild`)",
+    "score": "FID / IS / KID / precision-recall between two image sets (input1=, input2=)",
     "families": "the model taxonomy: families, likelihood kinds and registered models",
 }
 
@@ -67,6 +68,10 @@ def _run(command: str, cfg: object) -> object:
         from genbench.leaderboard.command import leaderboard_command
 
         return leaderboard_command(cfg)
+    if command == "score":
+        from genbench.eval.score import score_command
+
+        return score_command(cfg)
     from genbench.leaderboard.command import families_command
 
     return families_command(cfg)

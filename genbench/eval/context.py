@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from genbench.data.base import Data
+from genbench.eval.metric import Metric
 from genbench.models.base import GenerativeModel
 from genbench.nn.random import per_sample_generators
 
@@ -37,7 +38,13 @@ class EvalContext:
     sampler: dict[str, Any]        # sampler options (conf/sampler merged over model defaults)
     device: torch.device
     cache_dir: Path
+    rows: list[Metric] = field(default_factory=list)  # results of the stages run so far
     _samples: dict[str, Samples] = field(default_factory=dict)
+
+    def sweep(self) -> list[dict[str, Any]]:
+        """The run's sampler, then one per ``eval.sampler_sweep`` step count."""
+        return [self.sampler] + [{**self.sampler, "steps": int(s)}
+                                 for s in self.cfg.sampler_sweep]
 
     @property
     def seed(self) -> int:

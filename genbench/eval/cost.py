@@ -15,9 +15,10 @@ def sampler_protocol(ctx: EvalContext, sampler: dict) -> dict:
 @register_metric("sampling")
 def sampling_metrics(ctx: EvalContext) -> list[Metric]:
     """``ms_per_image`` and ``nfe`` for the run's sampler and every ``eval.sampler_sweep`` entry."""
-    rows = []
-    for sampler in [ctx.sampler] + [{**ctx.sampler, "steps": int(s)}
-                                    for s in ctx.cfg.sampler_sweep]:
+    rows: list[Metric] = []
+    if int(ctx.cfg.n_samples) < 1:
+        return rows
+    for sampler in ctx.sweep():
         s = ctx.samples(sampler=sampler)
         proto = sampler_protocol(ctx, sampler)
         rows.append(Metric("ms_per_image", s.ms_per_image, "measured", "samples", len(s.x), "ms",

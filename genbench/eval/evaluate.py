@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from genbench.data.base import Data
-from genbench.eval import cost, likelihood  # noqa: F401  (registers stages)
+from genbench.eval import cost, likelihood, stages  # noqa: F401  (registers stages)
 from genbench.eval.context import EvalContext
 from genbench.eval.grid import save_grid, save_npz
 from genbench.eval.metric import Metric
@@ -34,7 +34,9 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
     start = time.perf_counter()
     for name, stage in registered().items():
         t = time.perf_counter()
-        rows.extend(stage(ctx))
+        new = stage(ctx)
+        ctx.rows.extend(new)
+        rows.extend(new)
         log.info("eval stage %s: %.1f s", name, time.perf_counter() - t)
     rows.append(Metric("eval_seconds", time.perf_counter() - start, "measured", "test", 0, "s"))
     if out_dir is not None:

@@ -40,6 +40,7 @@ def _scatter(xy: np.ndarray, levels: int, path: Path) -> None:
 
 
 def save_npz(x: Tensor, levels: int, path: Path) -> None:
-    """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) plus ``K``."""
+    """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) and ``num_levels``
+    (K), the format ``genbench score`` reads."""
     arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
-    np.savez_compressed(path, levels=arr, K=np.int64(levels))
+    np.savez_compressed(path, levels=arr, num_levels=np.int64(levels))

@@ -1,0 +1,211 @@
+"""FID, Inception Score, KID and precision/recall of generated images, through torch-fidelity.
+
+Levels ``[N, C, H, W]`` in ``[0, K)`` are shown to the extractor as uint8 ``round(x * 255 / (K-1))``
+(replicated to RGB for Inception-v3, native channels and size for a domain CNN). torch-fidelity
+computes every number; this module chooses its inputs and settings and caches the reference side.
+
+Reference cache: torch-fidelity keys its feature/statistics cache only by an input's cache name,
+the extractor's registry name and the layer, so changed weights or data would silently reuse stale
+features. The cache name given here therefore contains the dataset, split, a sha256 of the
+reference levels and the sha256 of the extractor weights; files live in ``<cache_dir>/fidelity``.
+
+Sample order and ``rng_seed`` fix the IS splits and KID subsets; both are kept fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_fidelity
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from genbench.data.base import Data
+from genbench.errors import UserError, bad_value
+from genbench.eval.extractors import Extractor, levels_to_uint8, resolve_extractor
+from genbench.eval.metric import Metric
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fid", "isc", "kid", "prc")
+PRC_NEIGHBORHOOD = 3  # k of the k-NN balls of Kynkaanniemi et al. 2019
+KID_SUBSETS = 100
+_REF = ("n_reference", "reference_split", "reference_sha256")
+_ISC = ("isc_splits", "fidelity_rng_seed")  # IS does not look at the reference set
+_KID = (*_REF, "kid_subsets", "kid_subset_size", "fidelity_rng_seed")
+_PRC = (*_REF, "prc_neighborhood")
+#: torch-fidelity result key -> (genbench metric name, protocol entries it depends on)
+RESULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    torch_fidelity.KEY_METRIC_FID: ("fid", _REF),
+    torch_fidelity.KEY_METRIC_ISC_MEAN: ("is", _ISC),
+    torch_fidelity.KEY_METRIC_ISC_STD: ("is_std", _ISC),
+    torch_fidelity.KEY_METRIC_KID_MEAN: ("kid", _KID),
+    torch_fidelity.KEY_METRIC_KID_STD: ("kid_std", _KID),
+    torch_fidelity.KEY_METRIC_PRECISION: ("precision", _PRC),
+    torch_fidelity.KEY_METRIC_RECALL: ("recall", _PRC),
+}
+
+
+class ImageTensors(Dataset):
+    """A torch-fidelity input: item ``i`` is uint8 ``[C', H, W]`` in ``{0..255}``.
+
+    Args:
+        levels: ``[N, C, H, W]`` integer levels in ``[0, K)`` (any device, any integer dtype).
+        num_levels: K.
+        rgb: replicate one grey channel to three (for Inception-v3).
+    """
+
+    def __init__(self, levels: Tensor, num_levels: int, rgb: bool) -> None:
+        x = levels_to_uint8(levels.detach().cpu(), num_levels)
+        if rgb and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        self.images = x.contiguous()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def levels_digest(x: Tensor, num_levels: int) -> str:
+    """sha256 (hex) of levels ``[N, C, H, W]`` and K."""
+    x = x.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{num_levels}|{tuple(x.shape)}|{x.dtype}".encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """torch-fidelity settings shared by ``fidelity_metrics`` and ``genbench score``."""
+
+    metrics: tuple[str, ...] = METRICS
+    batch_size: int = 256
+    seed: int = 0
+    kid_subset_size: int = 1000
+    isc_splits: int = 10
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping) -> Settings:
+        metrics = tuple(str(m) for m in cfg.get("metrics", METRICS))
+        bad = [m for m in metrics if m not in METRICS]
+        if bad:
+            raise bad_value("metrics", list(metrics), f"a subset of {list(METRICS)}")
+        return cls(metrics, int(cfg.get("batch_size", 256)), int(cfg.get("seed", 0)),
+                   int(cfg.get("kid_subset_size", 1000)), int(cfg.get("isc_splits", 10)))
+
+    def kwargs(self, n1: int, n2: int) -> dict[str, Any]:
+        """torch-fidelity keyword arguments for ``n1`` generated and ``n2`` reference images;
+        the KID subset size and IS split count are clipped to the set sizes."""
+        need = 2 if "prc" not in self.metrics else PRC_NEIGHBORHOOD + 1
+        if min(n1, n2) < need:
+            raise UserError(f"sample-quality metrics {list(self.metrics)} need at least {need} "
+                            f"images per set, got {n1} generated and {n2} reference")
+        return {"fid": "fid" in self.metrics, "isc": "isc" in self.metrics,
+                "kid": "kid" in self.metrics, "prc": "prc" in self.metrics,
+                "batch_size": self.batch_size, "rng_seed": self.seed,
+                "kid_subsets": KID_SUBSETS, "kid_subset_size": min(self.kid_subset_size, n1, n2),
+                "isc_splits": min(self.isc_splits, n1), "prc_neighborhood": PRC_NEIGHBORHOOD}
+
+    def protocol(self, n1: int, n2: int) -> dict[str, Any]:
+        kw = self.kwargs(n1, n2)
+        return {"fidelity_rng_seed": self.seed, "isc_splits": kw["isc_splits"],
+                "kid_subsets": KID_SUBSETS, "kid_subset_size": kw["kid_subset_size"],
+                "prc_neighborhood": PRC_NEIGHBORHOOD}
+
+
+def reference_cache_name(label: str, digest: str, extractor: Extractor) -> str:
+    """torch-fidelity cache name of a reference set: label (dataset-split), data and weights."""
+    raw = f"genbench-{label}-{digest[:16]}-{extractor.name}-{extractor.weights_hash[:16]}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
+
+
+def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
+                 settings: Settings, *, device: torch.device, cache_dir: Path,
+                 reference_label: str) -> dict[str, float]:
+    """Score generated levels ``x1`` (K = ``k1``) against reference levels ``x2`` (K = ``k2``).
+
+    Returns ``{"fid@<extractor>": ..., "is@...": ..., "is_std@...": ..., "kid@...": ...,
+    "kid_std@...": ..., "precision@...": ..., "recall@...": ...}`` for the requested metrics.
+    The reference features/statistics are cached under ``cache_dir/fidelity``.
+    """
+    binary = any(m in settings.metrics for m in ("fid", "kid", "prc"))
+    input2, name2 = None, None
+    if binary:
+        input2 = ImageTensors(x2, k2, extractor.rgb)
+        name2 = reference_cache_name(reference_label, levels_digest(x2, k2), extractor)
+    start = time.perf_counter()
+    result = torch_fidelity.calculate_metrics(
+        input1=ImageTensors(x1, k1, extractor.rgb), input2=input2, input2_cache_name=name2,
+        cuda=device.type == "cuda", feature_extractor=extractor.registered,
+        feature_extractor_weights_path=str(extractor.weights),
+        cache=True, cache_root=str(Path(cache_dir) / "fidelity"),
+        save_cpu_ram=True,  # also keeps torch-fidelity from starting DataLoader worker processes
+        samples_shuffle=True, verbose=False, **settings.kwargs(len(x1), len(x2)))
+    log.info("%s on %d vs %d images with %s: %.1f s", "/".join(settings.metrics), len(x1),
+             len(x2), extractor.name, time.perf_counter() - start)
+    return {f"{base}@{extractor.name}": float(result[key]) for key, (base, _) in RESULTS.items()
+            if key in result}
+
+
+def fidelity_metrics(samples: Tensor, data: Data, cfg: Mapping, *, device: torch.device,
+                     cache_dir: Path, protocol: dict) -> list[Metric]:
+    """FID / IS / KID / precision-recall of ``samples`` against ``data``'s reference split.
+
+    Args:
+        samples: ``[N, C, H, W]`` int64/uint8 levels in ``[0, data.levels)``.
+        data: the dataset; ``cfg.reference_split`` (first ``cfg.n_reference`` images) is the
+            reference, ``data.train``/labels train the domain extractor when one is used.
+        cfg: the eval config (``extractor``, ``inception_weights``, ``n_reference``,
+            ``reference_split``, ``metrics``, ``kid_subset_size``, ``isc_splits``, ``batch_size``,
+            ``seed``).
+        device: where features are extracted (and a domain extractor is trained).
+        cache_dir: holds ``extractors/`` (domain CNNs) and ``fidelity/`` (reference features).
+        protocol: the caller's protocol (sampler settings, seed), extended per metric.
+
+    Returns:
+        ``Metric`` rows (kind ``measured``, split = reference split, n = N), or ``[]`` for 2-D toys
+        and for data without a usable extractor (a warning is logged).
+    """
+    settings = Settings.from_cfg(cfg)
+    if data.shape[1:] == (1, 1) or not settings.metrics:
+        return []  # 2-D toys have exact metrics instead
+    if tuple(samples.shape[1:]) != data.shape:
+        raise ValueError(f"samples are {tuple(samples.shape)}, data is [N, *{data.shape}]")
+    extractor = resolve_extractor(str(cfg.get("extractor", "auto")), data,
+                                  inception_weights=cfg.get("inception_weights"),
+                                  cache_dir=cache_dir, device=device)
+    if extractor is None:
+        log.warning("no sample-quality metrics for %s: it has no labels for a domain extractor "
+                    "and no Inception-v3 weights were found (set eval.inception_weights)",
+                    data.name)
+        return []
+    split = str(cfg.get("reference_split", "test"))
+    n_ref = cfg.get("n_reference")
+    reference = data.split(split) if n_ref is None else data.split(split)[:int(n_ref)]
+    scores = score_images(samples, data.levels, reference, data.levels, extractor, settings,
+                          device=device, cache_dir=cache_dir,
+                          reference_label=f"{data.name}-{split}")
+    n, n_ref = int(samples.shape[0]), int(reference.shape[0])
+    common = {**protocol, **extractor.protocol(),
+              "images_to_uint8": "round(level * 255 / (K - 1))", "n_generated": n,
+              "torch_fidelity": torch_fidelity.__version__}
+    params = {**settings.protocol(n, n_ref), "n_reference": n_ref, "reference_split": split,
+              "reference_sha256": levels_digest(reference, data.levels)[:16]}
+    rows = []
+    for base, depends in RESULTS.values():
+        name = f"{base}@{extractor.name}"
+        if name in scores:
+            proto = {**common, **{d: params[d] for d in depends}}
+            rows.append(Metric(name, scores[name], kind="measured", split=split, n=n,
+                               protocol=proto))
+    return rows
