@@ -24,6 +24,7 @@ from genbench.run import (
     seed_everything,
     validate,
 )
+from genbench.tracking import make_tracker
 from genbench.train import checkpoint
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer
@@ -88,6 +89,18 @@ def train_command(cfg: DictConfig) -> RunRecord | None:
     if resuming:
         trainer.load_state_dict(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
         log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
+    trainer.tracker = make_tracker(cfg.logger, plain, run_dir,
+                                   trainer.extra_state.get("tracker_id"))
+    trainer.extra_state["tracker_id"] = trainer.tracker.run_id
+    try:
+        return _train_and_record(cfg, plain, trainer, data, setup, run_dir, outputs, hash_)
+    finally:
+        trainer.tracker.finish()
+
+
+def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
+                      setup: Any, run_dir: Path, outputs: Path, hash_: str) -> RunRecord:
+    model = trainer.model
     try:
         state = trainer.fit() if trainer.state.status != "finished" else trainer.state
     except KeyboardInterrupt:
@@ -104,6 +117,10 @@ def train_command(cfg: DictConfig) -> RunRecord | None:
     rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run_dir)
     rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
     rec = record(plain, run_dir, outputs, model, state, setup.device.type, rows, hash_)
+    trainer.tracker.log({f"eval/{m.name}": m.value for m in rows}, state.step)
+    trainer.tracker.log_image("eval/samples", run_dir / "samples.png", state.step)
+    trainer.tracker.log_table("eval/metrics", [m.to_dict() | {"protocol": m.protocol_key}
+                                               for m in rows])
     print_metrics(rec, rows)
     return rec
 

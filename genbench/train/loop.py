@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from genbench.data.base import Batches
 from genbench.models.base import GenerativeModel
+from genbench.tracking import Tracker
 from genbench.train import checkpoint
 from genbench.train.device import DeviceSetup, eval_mode
 from genbench.train.ema import EMA
@@ -49,7 +50,8 @@ class Trainer:
 
     def __init__(self, model: GenerativeModel, train: torch.Tensor, val: torch.Tensor,
                  cfg: DictConfig, optimizer: DictConfig, setup: DeviceSetup, run_dir: Path,
-                 seed: int, extra_state: dict[str, Any] | None = None) -> None:
+                 seed: int, extra_state: dict[str, Any] | None = None,
+                 tracker: Tracker | None = None) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         self.run_dir, self.seed = run_dir, seed
         self.ckpt_dir = run_dir / "checkpoints"
@@ -63,6 +65,7 @@ class Trainer:
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
         self.state = TrainState()
         self.extra_state = extra_state or {}
+        self.tracker = tracker or Tracker()
         self.losses = {p.name: (torch.compile(model.training_losses) if setup.compile
                                 else model.training_losses) for p in model.phases}
 
@@ -180,6 +183,8 @@ class Trainer:
                         row.update(step=self.state.step, images=self.state.images_seen,
                                    seconds=round(self.state.train_seconds, 3))
                         stats.write(json.dumps(row) + "\n")
+                        self.tracker.log({f"train/{k}": v for k, v in row.items()},
+                                         self.state.step)
                         stats.flush()
                         info = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if "/" in k)
                         rate = self.state.step / max(self.state.train_seconds, 1e-9)
