@@ -105,3 +105,20 @@ def test_run_that_is_not_a_run_is_refused(tmp_path):
     proc = run_cli("eval", f"run={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2 and "is not a genbench run folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_multirun_sweep_records_one_row_per_job_and_skips_finished(tmp_path):
+    out = tmp_path / "out"
+    args = ("train", "-m", "experiment=smoke", "trainer.batch_size=8,16", f"paths.outputs={out}")
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    con = sqlite3.connect(out / "leaderboard.sqlite")
+    assert con.execute("SELECT count(*) FROM runs WHERE status='finished'").fetchone() == (2,)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stderr + again.stdout
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+
+
+def test_train_help_is_hydras(tmp_path):
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "model: " in proc.stdout and "Powered by Hydra" in proc.stdout
