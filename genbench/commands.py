@@ -67,8 +67,11 @@ def train_command(cfg: DictConfig) -> RunRecord | None:
     setup = setup_device(cfg.device)
     outputs = Path(cfg.paths.outputs)
     hash_ = config_hash(cfg)
+    store = Store(outputs / "leaderboard.sqlite")
+    if store.path.exists():
+        store.runs()  # fail before training, not after, on a corrupt or foreign file
     if _is_multirun() and not cfg.trainer.rerun:
-        done = Store(outputs / "leaderboard.sqlite").finished_run(hash_)
+        done = store.finished_run(hash_)
         if done:
             log.info("skipping: this config already finished in %s (trainer.rerun=true to "
                      "train it again)", done)
