@@ -1,0 +1,138 @@
+"""PixelRNN with Row LSTM layers (van den Oord et al. 2016a, "Pixel Recurrent Neural Networks").
+
+A Row LSTM layer processes the image one row at a time (paper Sec. 3.1, eq. 3). With ``x_i`` the
+layer input of row ``i`` and ``h_{i-1}``, ``c_{i-1}`` the hidden and cell state of the row above:
+
+    [o_i, f_i, i_i, g_i] = sigma(K_ss (*) h_{i-1} + K_is (*) x_i)
+    c_i = f_i . c_{i-1} + i_i . g_i,        h_i = o_i . tanh(c_i)
+
+where ``sigma`` is the logistic sigmoid for o, f, i and tanh for g. ``K_is`` (input-to-state) is a
+``1 x k`` convolution along the row masked to columns ``<= j`` (mask B, the anchor tap
+channel-masked), computed for the whole map at once; ``K_ss`` (state-to-state) is an unmasked 1-D
+convolution of width k over the previous row's state. Rows are the recurrence: H sequential steps.
+Each layer adds a masked 1x1 convolution of ``h_i`` to its input (residual connection).
+
+The network is: a ``k0 x k0`` masked convolution (mask A) on the encoded input, Row LSTM layers,
+and the masked 1x1 head of :mod:`genbench.nn.masked` giving a K-way softmax per sub-pixel. The
+receptive field of a Row LSTM is a triangle above the pixel (it misses part of the context to the
+upper left and right on large images); it is causal, so the NLL is exact.
+
+Sampling keeps each layer's row state: drawing a sub-pixel evaluates one column per layer, and the
+state-to-state convolution runs once per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from genbench.models.autoregressive.base import AutoregressiveModel
+from genbench.nn.masked import MaskedConv2d, feature_groups
+
+
+class RowLSTM(nn.Module):
+    """One Row LSTM layer with a residual connection, ``[N, F, H, W] -> [N, F, H, W]``.
+
+    Args:
+        features: F, input and hidden features (grouped by channel).
+        channels: data channels C.
+        kernel: odd width k of the input-to-state (masked) and state-to-state convolutions.
+    """
+
+    def __init__(self, features: int, channels: int, kernel: int) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and positive, got {kernel}")
+        p = kernel // 2
+        groups = feature_groups(features, channels)
+        self.input_to_state = MaskedConv2d(groups, groups * 4, (1, p + 1), "B", anchor=(0, p))
+        self.state_to_state = nn.Conv1d(features, 4 * features, kernel, padding=p)
+        self.out = MaskedConv2d(groups, groups, 1, "B")
+
+    @staticmethod
+    def cell(z: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """LSTM update from gate pre-activations ``z`` ``[N, 4F, ...]`` (o, f, i, g) and the cell
+        state above ``c_prev`` ``[N, F, ...]``; returns ``(h, c)``."""
+        o, f, i, g = z.chunk(4, 1)
+        c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the recurrence over the H rows of ``x`` ``[N, F, H, W]``."""
+        n, f, _, w = x.shape
+        h = c = x.new_zeros(n, f, w)
+        hs = []
+        for k_is in self.input_to_state(x).unbind(2):  # row i: [N, 4F, W]
+            h, c = self.cell(k_is + self.state_to_state(h), c)
+            hs.append(h)
+        return x + self.out(torch.stack(hs, 2))
+
+
+@dataclass
+class _RowState:
+    k_ss: list[Tensor]    # per layer: [N, 4F, W] state-to-state term of row i
+    c_prev: list[Tensor]  # per layer: [N, F, W] cell state of row i - 1
+    h: list[Tensor]       # per layer: [N, F, W] hidden state of row i (being filled)
+    c: list[Tensor]       # per layer: [N, F, W] cell state of row i (being filled)
+    rows: list[Tensor]    # per layer: [N, F, 1, W] layer input of row i (being filled)
+
+
+class PixelRNN(AutoregressiveModel):
+    """Row LSTM PixelRNN with a K-way categorical per sub-pixel (exact NLL).
+
+    Args:
+        shape: ``(C, H, W)``.
+        levels: K.
+        features: F, features of the input convolution and of every Row LSTM (at least C).
+        layers: number of Row LSTM layers.
+        kernel: odd width of the Row LSTM convolutions (the paper uses 3).
+        first_kernel: odd size of the first masked convolution (the paper uses 7).
+    """
+
+    def __init__(self, shape: Sequence[int], levels: int, *, features: int = 32, layers: int = 2,
+                 kernel: int = 3, first_kernel: int = 5) -> None:
+        super().__init__(shape, levels, features)
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        if first_kernel < 1 or first_kernel % 2 == 0:
+            raise ValueError(f"first_kernel must be odd and positive, got {first_kernel}")
+        c = self.shape[0]
+        self.input_conv = MaskedConv2d(self.input_groups, feature_groups(features, c),
+                                       first_kernel, "A")
+        self.layers = nn.ModuleList(RowLSTM(features, c, kernel) for _ in range(layers))
+
+    def trunk(self, u: Tensor) -> Tensor:
+        """``[N, C + 1, H, W]`` encoded input -> ``[N, F, H, W]`` last Row LSTM output."""
+        x = self.input_conv(u)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def begin_row(self, u: Tensor, i: int, state: Any) -> _RowState:
+        """Move the finished row's states up and precompute ``K_ss (*) h_{i-1}``."""
+        n, w = u.shape[0], u.shape[3]
+        size = (len(self.layers), n, self.features, w)
+        if state is None:
+            h_prev, c_prev = u.new_zeros(size).unbind(), u.new_zeros(size).unbind()
+            rows = u.new_zeros(size).unsqueeze(3).unbind()
+        else:
+            h_prev, c_prev, rows = state.h, state.c, state.rows
+        k_ss = [layer.state_to_state(h) for layer, h in zip(self.layers, h_prev)]
+        return _RowState(k_ss, list(c_prev), list(u.new_zeros(size).unbind()),
+                         list(u.new_zeros(size).unbind()), list(rows))
+
+    def pixel_features(self, u: Tensor, state: _RowState, i: int, j: int) -> Tensor:
+        """``[N, F, 1, 1]`` features at ``(i, j)``: one column of every layer."""
+        x = self.input_conv.at(u, i, j)  # [N, F, 1, 1]
+        for n, layer in enumerate(self.layers):
+            state.rows[n][..., j:j + 1] = x
+            z = layer.input_to_state.at(state.rows[n], 0, j)[:, :, 0, 0] + state.k_ss[n][..., j]
+            h, c = layer.cell(z, state.c_prev[n][..., j])
+            state.h[n][..., j] = h
+            state.c[n][..., j] = c
+            x = x + layer.out(h[:, :, None, None])
+        return x
