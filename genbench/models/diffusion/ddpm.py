@@ -1,0 +1,220 @@
+"""DDPM (Ho, Jain & Abbeel 2020): one denoising network, one Gaussian process, several samplers.
+
+Data: integer levels k in ``[0, K)`` are scaled to ``x_0 = 2k/(K-1) - 1 ∈ [-1, 1]``; samples are
+mapped back by rounding and clamping. Training minimizes L_simple (ε- or v-MSE at a uniform t).
+``nll`` is the full variational bound L_T + Σ L_{t-1} + L_0 with the discretized Gaussian
+decoder over the K levels, an upper bound on the discrete NLL in nats (``likelihood = "vlb"``);
+every one of the T terms is evaluated (no timestep subsampling), batching timesteps together.
+``ode_nll`` estimates the probability-flow ODE likelihood (:mod:`.likelihood`).
+
+Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample``/``nfe``):
+
+- ``name``: ``ancestral`` | ``ddim`` | ``ode``.
+- ancestral: ``steps`` (default T; fewer respaces the process), ``variance`` (small|large),
+  ``clip``.
+- ddim: ``steps`` (default T), ``eta`` (0 = deterministic, 1 = DDPM variance), ``clip``.
+- ode: ``solver`` (rk45|heun|euler), ``steps`` (fixed-step solvers), ``rtol``, ``atol``.
+
+The constructor's ``sampler`` dict gives the defaults; options given without ``name`` (or with
+the same name) are merged over them, a different ``name`` starts from that sampler's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genbench.models.base import GenerativeModel, check_sampler_options
+from genbench.models.diffusion.likelihood import OdeLikelihood
+from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
+from genbench.models.diffusion.process import (
+    GaussianDiffusion,
+    Prediction,
+    Schedule,
+    Variance,
+    discretized_gaussian_log_likelihood,
+)
+from genbench.models.diffusion.samplers import Solver, ancestral_sample, ddim_sample, ode_sample
+from genbench.models.diffusion.unet import NetKind, build_denoiser
+from genbench.nn.random import Generator, randn
+
+SAMPLERS: dict[str, tuple[str, ...]] = {
+    "ancestral": ("steps", "variance", "clip"),
+    "ddim": ("steps", "eta", "clip"),
+    "ode": ("solver", "steps", "rtol", "atol"),
+}
+
+
+class DDPM(GenerativeModel):
+    """Denoising diffusion probabilistic model.
+
+    Args:
+        shape, levels: data shape ``(C, H, W)`` and levels K (from the runner).
+        net: ``auto`` (MLP when H = W = 1, else U-Net), ``unet`` or ``mlp``.
+        ch, ch_mult, num_res_blocks, attn_resolutions, dropout, norm_groups: U-Net size
+            (see :class:`~genbench.models.diffusion.unet.UNet`).
+        mlp_hidden, mlp_blocks: MLP denoiser width and residual blocks.
+        timesteps: T. schedule: ``linear`` (1e-4..0.02) or ``cosine``.
+        prediction: ``eps`` or ``v``. variance: reverse-process variance ``small`` (β̃_t) or
+            ``large`` (β_t), used by ``nll`` and the ancestral sampler.
+        clip_denoised: clip x̂_0 to [-1, 1] in the bound and in ancestral/DDIM sampling.
+        vlb_max_batch: rows per network call when evaluating the bound (timesteps batched).
+        nll_seed: seed of the noise used by ``nll`` when no generator is given.
+        sampler: default sampler options (see the module docstring).
+    """
+
+    family = "diffusion"
+    likelihood = "vlb"
+
+    def __init__(self, shape: Sequence[int], levels: int, *, net: NetKind = "auto", ch: int = 16,
+                 ch_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 1,
+                 attn_resolutions: Sequence[int] = (4,), dropout: float = 0.1,
+                 norm_groups: int = 8, mlp_hidden: int = 256, mlp_blocks: int = 3,
+                 timesteps: int = 1000, schedule: Schedule = "linear",
+                 prediction: Prediction = "eps", variance: Variance = "small",
+                 clip_denoised: bool = True, vlb_max_batch: int = 4096, nll_seed: int = 0,
+                 sampler: Mapping[str, Any] | None = None) -> None:
+        super().__init__(shape, levels)
+        if variance not in ("small", "large"):
+            raise ValueError(f"variance must be small or large, got {variance!r}")
+        self.net = build_denoiser(self.shape, net, ch=ch, ch_mult=list(ch_mult),
+                                  num_res_blocks=num_res_blocks,
+                                  attn_resolutions=list(attn_resolutions), dropout=dropout,
+                                  norm_groups=norm_groups, mlp_hidden=mlp_hidden,
+                                  mlp_blocks=mlp_blocks)
+        self.process = GaussianDiffusion.from_schedule(schedule, timesteps, prediction=prediction)
+        self.variance: Variance = variance
+        self.clip_denoised = bool(clip_denoised)
+        self.vlb_max_batch = int(vlb_max_batch)
+        self.nll_seed = int(nll_seed)
+        self.sampler_defaults: dict[str, Any] = dict(sampler or {"name": "ancestral"})
+        self._sampler_options({})  # validate the defaults
+        self.last_ode_nfe: float = float("nan")  # NFE per image of the latest ODE sample
+
+    # ---- scaling ----------------------------------------------------------------------
+    def _param(self) -> Tensor:
+        return next(self.parameters())
+
+    def to_unit(self, x: Tensor) -> Tensor:
+        """Levels ``[B, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
+        return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def to_levels(self, x: Tensor) -> Tensor:
+        """``[-1, 1]`` floats → int64 levels in ``[0, K)`` (rounded, clamped)."""
+        return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
+
+    def _net(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.net(x_t, t)
+
+    # ---- training and likelihood ------------------------------------------------------
+    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+        """``{"loss": L_simple [B]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG)."""
+        x0 = self.to_unit(x)
+        t = torch.randint(0, self.process.T, (x0.shape[0],), device=x0.device)
+        return {"loss": self.process.simple_loss(self._net, x0, t, torch.randn_like(x0))}
+
+    def _generator(self, x: Tensor, generator: Generator) -> Generator:
+        if generator is not None:
+            return generator
+        return torch.Generator(device=x.device).manual_seed(self.nll_seed)
+
+    def vlb_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
+        """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[B]`` nats of levels ``x``."""
+        return self.process.vlb_terms(self._net, self.to_unit(x), self.levels,
+                                      variance=self.variance, clip=self.clip_denoised,
+                                      generator=self._generator(x, generator),
+                                      max_batch=self.vlb_max_batch)
+
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+        """``[B]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
+        noise from ``generator``, default one generator seeded ``nll_seed``)."""
+        return self.vlb_terms(x, generator=generator)["vlb"]
+
+    def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Cheap parts of the bound, ``[B]`` nats: ``prior`` L_T (closed form) and ``decoder``
+        L_0 (one network call; its own noise draw, so an independent estimate)."""
+        x0 = self.to_unit(x)
+        t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        eps = randn(x0.shape, generator=self._generator(x, None), device=x0.device,
+                    dtype=x0.dtype)
+        x1 = self.process.q_sample(x0, t, eps)
+        out = self._net(x1, self.process.net_time(t)).double()
+        mean, logvar, _ = self.process.p_mean_variance(out, x1.double(), t,
+                                                       variance=self.variance,
+                                                       clip=self.clip_denoised)
+        ll = discretized_gaussian_log_likelihood(x0.double(), mean, logvar, self.levels)
+        return {"prior": self.process.prior_kl(x0), "decoder": -ll.flatten(1).sum(1)}
+
+    def ode_likelihood(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
+                       steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
+                       probes: int = 1) -> OdeLikelihood:
+        """Probability-flow ODE NLL of levels ``x`` with NFE and settings (see ``ode_nll``)."""
+        return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
+                        solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
+                        dtype=self._param().dtype)
+
+    def ode_nll(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
+                steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
+                probes: int = 1) -> Tensor:
+        """``[B]`` nats: dequantized probability-flow ODE estimate of -log P(x) (Song et al.
+        2021): -log p(u) + D log((K-1)/2), u = x scaled to [-1, 1] plus uniform noise of one
+        bin. Hutchinson trace with ``probes`` Rademacher vectors (0 = exact trace); solver
+        ``rk45`` (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,
+        probes) comes from ``generator`` (one per example for batch-independent results)."""
+        return self.ode_likelihood(x, generator=generator, solver=solver, steps=steps,
+                                   rtol=rtol, atol=atol, probes=probes).nll
+
+    # ---- sampling -----------------------------------------------------------------------
+    def _sampler_options(self, sampler: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(name, options) after merging ``sampler`` over the defaults; ``None`` = unset."""
+        defaults = {k: v for k, v in self.sampler_defaults.items() if v is not None}
+        sampler = {k: v for k, v in sampler.items() if v is not None}
+        name = sampler.get("name", defaults.get("name", "ancestral"))
+        opts = {**defaults, **sampler} if name == defaults.get("name", "ancestral") else sampler
+        opts = {k: v for k, v in opts.items() if k != "name"}
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
+        check_sampler_options(opts, SAMPLERS[name], f"DDPM sampler {name!r}")
+        return name, opts
+
+    def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
+        """The sampler options actually used for ``sample(**sampler)``, with ``name`` (for
+        protocols: ``{}`` means the model's defaults)."""
+        name, opts = self._sampler_options(sampler)
+        return {"name": name, **opts}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
+        """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``."""
+        name, opts = self._sampler_options(sampler)
+        p = self._param()
+        x_T = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
+        if name == "ode":
+            x0, nfe = ode_sample(self._net, self.process, x_T, **opts)
+        else:
+            fn = ancestral_sample if name == "ancestral" else ddim_sample
+            if name == "ancestral":
+                opts.setdefault("variance", self.variance)
+            opts.setdefault("clip", self.clip_denoised)
+            x0, nfe = fn(self._net, self.process, x_T, generator=generator, **opts)
+        if name == "ode":
+            self.last_ode_nfe = nfe
+        return self.to_levels(x0)
+
+    def nfe(self, **sampler: Any) -> float:
+        """Network evaluations per image: T or ``steps`` (ancestral, DDIM); for the ODE,
+        ``steps`` (euler), ``2 steps - 1`` (heun), or for ``rk45`` the batch mean of the most
+        recent ODE ``sample`` call (NaN before any)."""
+        name, opts = self._sampler_options(sampler)
+        steps = int(opts.get("steps", 50 if name == "ode" else self.process.T))
+        if name != "ode":
+            return float(steps)
+        solver = opts.get("solver", "rk45")
+        if solver == "euler":
+            return float(steps)
+        if solver == "heun":
+            return float(2 * steps - 1)
+        return float(self.last_ode_nfe)

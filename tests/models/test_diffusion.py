@@ -1,0 +1,183 @@
+"""DDPM as a GenerativeModel: configs, parameter counts, the contract, samplers and NFE."""
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from genbench.models.diffusion.ddpm import DDPM
+from genbench.models.diffusion.unet import MLPDenoiser, UNet, build_denoiser
+from genbench.nn.random import per_sample_generators
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+UNET_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "norm_groups")
+
+
+def tiny(shape=(1, 8, 8), levels=17, **kw):
+    """A small, non-trivial model: zero-initialized output layers re-drawn at random."""
+    torch.manual_seed(0)
+    kw = {"timesteps": 20, "ch": 8, "ch_mult": (1, 2), "norm_groups": 4, "mlp_hidden": 32,
+          **kw}
+    m = DDPM(shape, levels, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.05)
+    return m.eval()
+
+
+def test_cifar10_preset_has_35_7M_parameters():
+    """Ho et al. (2020) report 35.7M parameters for their CIFAR-10 model (built on meta)."""
+    exp = OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml")
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "ddpm.yaml"), exp.model)
+    with torch.device("meta"):
+        net = build_denoiser((3, 32, 32), cfg.net, **{k: cfg[k] for k in UNET_KEYS})
+    n = sum(p.numel() for p in net.parameters())
+    assert isinstance(net, UNet) and abs(n - 35.7e6) < 0.1e6, n
+
+
+def test_cifar10_experiment_settings():
+    exp = OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml")
+    assert exp.trainer.max_steps == 800_000 and exp.trainer.batch_size == 128
+    assert exp.trainer.ema_decay == 0.9999 and exp.trainer.grad_clip == 1.0
+    assert exp.optimizer.lr == 2e-4 and exp.model.timesteps == 1000
+    assert exp.model.schedule == "linear" and exp.model.dropout == 0.1
+    assert dict(exp.expected) == {"fid": 3.17, "is": 9.46, "nll_bpd": 3.70, "fid_ddim_100": 4.16}
+
+
+@pytest.mark.parametrize("shape,levels,kind", [((1, 8, 8), 17, UNet), ((2, 1, 1), 64, MLPDenoiser),
+                                               ((1, 28, 28), 256, UNet)])
+def test_default_yaml_instantiates_and_trains(shape, levels, kind):
+    cfg = OmegaConf.load(CONF / "model" / "ddpm.yaml")
+    m = instantiate(cfg, shape=shape, levels=levels)
+    assert isinstance(m, DDPM) and isinstance(m.net, kind)
+    assert m.family == "diffusion" and m.likelihood == "vlb"
+    x = torch.randint(0, levels, (3, *shape))
+    losses = m.training_losses(x, "main")
+    assert set(losses) == {"loss"} and losses["loss"].shape == (3,)
+    losses["loss"].mean().backward()
+    assert all(p.grad is not None for p in m.parameters_for("main"))
+
+
+def test_digits_default_size():
+    m = instantiate(OmegaConf.load(CONF / "model" / "ddpm.yaml"), shape=(1, 8, 8), levels=17)
+    assert sum(p.numel() for p in m.parameters()) == 649_329
+    assert m.sampler_defaults == {"name": "ddim", "steps": 50, "eta": 0.0}
+
+
+@pytest.mark.parametrize("opts", [{"name": "ancestral"}, {"name": "ddim", "steps": 5, "eta": 0.5},
+                                  {"name": "ode", "solver": "heun", "steps": 4},
+                                  {"name": "ode", "solver": "rk45", "rtol": 1e-3, "atol": 1e-3}])
+def test_sample_is_per_sample_deterministic(opts):
+    """Sample i is the same at batch sizes 1 and 3, and the same twice."""
+    m = tiny()
+    a = m.sample(3, generator=per_sample_generators(7, 0, 3), **opts)
+    b = m.sample(1, generator=per_sample_generators(7, 2, 1), **opts)
+    c = m.sample(3, generator=per_sample_generators(7, 0, 3), **opts)
+    assert a.shape == (3, 1, 8, 8) and a.dtype == torch.int64
+    assert int(a.min()) >= 0 and int(a.max()) <= 16
+    assert torch.equal(a[2:], b) and torch.equal(a, c)
+
+
+def test_nfe_per_sampler():
+    m = tiny(timesteps=50)
+    assert m.nfe() == 50  # the constructor default: ancestral over all T
+    assert m.nfe(name="ddim", steps=10) == 10
+    assert m.nfe(name="ancestral", steps=25) == 25
+    assert m.nfe(name="ode", solver="heun", steps=10) == 19
+    assert m.nfe(name="ode", solver="euler", steps=10) == 10
+    assert math.isnan(m.nfe(name="ode"))  # rk45: known after a sample() call
+    m.sample(2, generator=torch.Generator().manual_seed(0), name="ode", rtol=1e-3, atol=1e-3)
+    assert m.nfe(name="ode") == m.last_ode_nfe > 2
+
+
+def test_sampler_defaults_merge_and_validation():
+    m = tiny(timesteps=50, sampler={"name": "ddim", "steps": 10})
+    assert m.nfe() == 10 and m.nfe(steps=20) == 20  # merged over the defaults
+    assert m.nfe(name="ancestral") == 50  # another sampler starts from its own defaults
+    with pytest.raises(ValueError, match="eta"):
+        m.nfe(name="ancestral", eta=0.5)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        m.sample(1, name="euler")
+    with pytest.raises(ValueError, match="temperature"):
+        m.sample(1, temperature=0.7)
+    with pytest.raises(ValueError):
+        tiny(sampler={"name": "ddim", "foo": 1})
+
+
+@pytest.mark.parametrize("name", ["default", "ancestral", "ddim", "ode"])
+def test_sampler_yamls_are_accepted(name):
+    opts = OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / f"{name}.yaml"))
+    m = tiny(timesteps=50)
+    x = m.sample(2, generator=per_sample_generators(0, 0, 2), **opts)
+    assert x.shape == (2, 1, 8, 8) and m.nfe(**opts) > 0
+
+
+def test_nll_is_a_deterministic_finite_bound():
+    m = tiny(timesteps=20)
+    x = torch.randint(0, 17, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = m.nll(x), m.nll(x)
+        terms = m.vlb_terms(x)
+        extra = m.bound_terms(x)
+    assert a.shape == (4,) and a.dtype == torch.float64 and torch.equal(a, b)
+    assert torch.isfinite(a).all() and bool((a > 0).all())
+    assert torch.allclose(a, terms["prior"] + terms["diffusion"] + terms["decoder"])
+    assert set(extra) == {"prior", "decoder"} and torch.allclose(extra["prior"], terms["prior"])
+    # T = 20 linear betas leave ᾱ_T ≈ 0.8: the prior term is large, and exact
+    ab = float(m.process.alphas_cumprod[-1])
+    x0 = x.double() / 8 - 1
+    prior = 0.5 * (ab * x0**2 - math.log(1 - ab) - ab).flatten(1).sum(1)
+    assert torch.allclose(terms["prior"], prior, rtol=1e-9)
+
+
+def test_ode_nll_on_the_model():
+    m = tiny(timesteps=50)
+    x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        nll = m.ode_nll(x, generator=per_sample_generators(0, 0, 2), solver="heun", steps=5)
+        res = m.ode_likelihood(x, generator=per_sample_generators(0, 0, 2), solver="heun",
+                               steps=5)
+    assert nll.shape == (2,) and torch.isfinite(nll).all() and torch.allclose(nll, res.nll)
+    assert res.settings["probes"] == 1 and res.settings["steps"] == 5
+    assert bool((res.nfe == 8).all())
+
+
+def test_v_prediction_and_cosine_schedule_models():
+    m = tiny(prediction="v", schedule="cosine")
+    x = torch.randint(0, 17, (2, 1, 8, 8))
+    assert torch.isfinite(m.training_losses(x, "main")["loss"]).all()
+    with torch.inference_mode():
+        assert torch.isfinite(m.nll(x)).all()
+    assert m.sample(2, generator=torch.Generator().manual_seed(0), name="ddim", steps=4).shape == (
+        2, 1, 8, 8)
+
+
+def test_state_dict_roundtrip_and_deepcopy():
+    """The process is rebuilt from the config: the state dict holds only network weights."""
+    m = tiny()
+    assert all(k.startswith("net.") for k in m.state_dict())
+    m2 = tiny()
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.add_(0.1)
+    m2.load_state_dict(m.state_dict())
+    x = torch.randint(0, 17, (2, 1, 8, 8))
+    g = per_sample_generators(1, 0, 2)
+    with torch.inference_mode():
+        assert torch.equal(m.nll(x), m2.nll(x))
+        assert torch.equal(m.sample(2, generator=g), copy.deepcopy(m).sample(
+            2, generator=per_sample_generators(1, 0, 2)))
+
+
+def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "ddpm.yaml"),
+                          OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml").model,
+                          {"ch": 8, "ch_mult": [1], "attn_resolutions": [], "norm_groups": 4})
+    m = instantiate(cfg, shape=(3, 8, 8), levels=256)
+    assert m.resolve_sampler() == {"name": "ancestral"} and m.nfe() == 1000
+    assert m.resolve_sampler(name="ddim", steps=100) == {"name": "ddim", "steps": 100}
