@@ -83,6 +83,7 @@ def validate(cfg: DictConfig) -> None:
                 "val_examples"):
         t[key] = positive_int(f"trainer.{key}", t[key])
     t.grad_clip = nonneg_float("trainer.grad_clip", t.grad_clip)
+    t.warmup_steps = positive_int("trainer.warmup_steps", t.get("warmup_steps", 0), minimum=0)
     t.ema_decay = nonneg_float("trainer.ema_decay", t.ema_decay, maximum=0.99999999)
     if "lr" in cfg.optimizer:
         cfg.optimizer.lr = nonneg_float("optimizer.lr", cfg.optimizer.lr, positive=True)
@@ -120,13 +121,22 @@ def versions() -> dict[str, str]:
 
 
 def find_resumable(outputs: Path, hash_: str) -> Path | None:
-    """The newest unfinished run folder under ``outputs/runs`` with this config hash."""
-    found = []
+    """The newest run folder under ``outputs/runs`` with this config hash that is unfinished, or
+    finished but missing from the leaderboard (stopped while evaluating or recording)."""
+    found, recorded = [], None
     for status in (outputs / "runs").rglob("status.json"):
-        s = checkpoint.read_status(status.parent)
-        if s.get("config_hash") == hash_ and s.get("status") in ("running", "interrupted") \
-                and (status.parent / "checkpoints" / "last.pt").exists():
-            found.append(status.parent)
+        run_dir, s = status.parent, checkpoint.read_status(status.parent)
+        if s.get("config_hash") != hash_ or not (run_dir / "checkpoints" / "last.pt").exists():
+            continue
+        if s.get("status") == "finished":
+            if recorded is None:
+                store = Store(outputs / "leaderboard.sqlite")
+                recorded = {r["run_dir"] for r in store.runs()} if store.path.exists() else set()
+            if str(run_dir.resolve()) in recorded:
+                continue
+        elif s.get("status") not in ("running", "interrupted"):
+            continue
+        found.append(run_dir)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

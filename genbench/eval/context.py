@@ -73,7 +73,8 @@ class EvalContext:
             x = torch.cat(out)
             self._check(x)
             self._samples[key] = Samples(x, 1000 * seconds / max(n, 1),
-                                         float(self.model.nfe(**sampler)), sampler)
+                                         float(self.model.nfe(**sampler)),
+                                         self.model.resolve_sampler(**sampler))
             log.info("sampled %d images in %.1f s (%.2f ms/image)", n, seconds,
                      1000 * seconds / max(n, 1))
         return self._samples[key]

@@ -20,7 +20,7 @@ def sampling_metrics(ctx: EvalContext) -> list[Metric]:
         return rows
     for sampler in ctx.sweep():
         s = ctx.samples(sampler=sampler)
-        proto = sampler_protocol(ctx, sampler)
+        proto = sampler_protocol(ctx, s.sampler)
         rows.append(Metric("ms_per_image", s.ms_per_image, "measured", "samples", len(s.x), "ms",
                            proto))
         rows.append(Metric("nfe", s.nfe, "measured", "samples", len(s.x), "count", proto))

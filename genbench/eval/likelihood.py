@@ -8,6 +8,7 @@ reported beside the NLL; by convention a term named ``neg_*`` is itself a bound 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -17,6 +18,9 @@ from genbench.eval.context import EvalContext
 from genbench.eval.metric import Metric
 from genbench.eval.registry import register_metric
 from genbench.models.base import likelihood_kind
+from genbench.nn.random import per_sample_generators
+
+log = logging.getLogger(__name__)
 
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:
@@ -58,3 +62,33 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         rows.append(Metric(bpd_name, bits_per_dim(nats, ctx.data.dims), k, "test", count,
                            "bits/dim", proto))
     return rows
+
+
+@register_metric("ode_likelihood")
+def ode_likelihood_metrics(ctx: EvalContext) -> list[Metric]:
+    """``eval.ode_likelihood=true``: the probability-flow ODE estimate (``nll_ode``, ``bpd_ode``)
+    on the first ``eval.ode_examples`` test images, for models that offer ``ode_likelihood``."""
+    if not ctx.cfg.get("ode_likelihood", False):
+        return []
+    estimate = getattr(ctx.model, "ode_likelihood", None)
+    if not callable(estimate):
+        log.warning("eval.ode_likelihood=true: %s has no probability-flow ODE likelihood",
+                    type(ctx.model).__name__)
+        return []
+    n = min(len(ctx.data.test), int(ctx.cfg.get("ode_examples", 16)))
+    options = dict(ctx.cfg.get("ode_options") or {})
+    bs, total, nfe, settings = int(ctx.cfg.batch_size), 0.0, 0.0, {}
+    ctx.model.eval()
+    for i in range(0, n, bs):
+        x = ctx.data.test[i:min(i + bs, n)].to(ctx.device).long()
+        gens = per_sample_generators(ctx.seed, i, x.shape[0], ctx.device)
+        out = estimate(x, generator=gens, **options)
+        total += float(out.nll.double().sum())
+        nfe += float(out.nfe.double().sum())
+        settings = out.settings
+    proto = {"likelihood": "ode", "seed": ctx.seed, **settings}
+    nats = total / max(n, 1)
+    return [Metric("nll_ode", nats, "estimate", "test", n, "nats", proto),
+            Metric("bpd_ode", bits_per_dim(nats, ctx.data.dims), "estimate", "test", n,
+                   "bits/dim", proto),
+            Metric("nfe_ode", nfe / max(n, 1), "measured", "test", n, "count", proto)]

@@ -22,7 +22,7 @@ def fidelity_stage(ctx: EvalContext) -> list[Metric]:
     for sampler in ctx.sweep():
         s = ctx.samples(sampler=sampler)
         rows += fidelity_metrics(s.x, ctx.data, ctx.cfg, device=ctx.device,
-                                 cache_dir=ctx.cache_dir, protocol=sampler_protocol(ctx, sampler))
+                                 cache_dir=ctx.cache_dir, protocol=sampler_protocol(ctx, s.sampler))
     return rows
 
 

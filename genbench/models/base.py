@@ -146,6 +146,11 @@ class GenerativeModel(nn.Module, abc.ABC):
         ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
         return {}
 
+    def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
+        """The sampler settings ``sample(**sampler)`` actually uses (model defaults filled in);
+        recorded in the protocol of every sample metric. Default: the options as given."""
+        return dict(sampler)
+
     def nfe(self, **sampler: Any) -> float:
         """Network evaluations per generated image under these sampler options (default 1)."""
         return 1.0
