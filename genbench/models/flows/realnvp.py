@@ -1,0 +1,211 @@
+"""RealNVP (Dinh et al. 2017) and the multi-scale dequantized flow that RealNVP and Glow share.
+
+Likelihood (``likelihood = "dequantized"``). Integer levels ``x`` in ``{0..K-1}^D`` are dequantized
+to ``y = (x + u) / K`` with ``u ~ U[0, 1)^D`` and the flow models the density ``p(y)`` on
+``[0, 1)^D``:
+
+    log p(y) = log N(eps; 0, I) + log |det d eps / d y|,      eps = encode(y) in R^D
+
+where ``encode`` is the pre-transform (logit or centring, its log-det counted), the invertible
+layers of every scale, and the standardization of factored-out dims by their (standard or learned)
+Gaussian prior. The discrete NLL reported by :meth:`MultiScaleFlow.nll` is
+
+    nll(x) = -log p(y) + D log K   [nats],   bits/dim = -log p(y) / (D ln 2) + log2 K,
+
+an upper bound on ``-log P(x)`` in expectation over ``u`` (Theis et al. 2016). For uniform data no
+model reports less than ``log2 K`` bits/dim in expectation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from genbench.models.base import GenerativeModel, Generator, check_sampler_options
+from genbench.models.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    LogitTransform,
+    SplitPrior,
+    Squeeze,
+    dequantize,
+    gaussian_log_prob,
+    quantize,
+)
+from genbench.nn.random import randn
+
+
+class Scale(nn.Module):
+    """One scale: invertible ``layers``, then (when ``split`` is given) the last ``z_shape[0]``
+    channels are factored out and standardized by their prior.
+
+    Args:
+        layers: modules with ``forward(h) -> (h, logdet)`` and ``inverse(h) -> h``.
+        split: prior of the factored-out channels, or ``None`` (keep everything).
+        z_shape: ``(C_z, H, W)`` of the factored-out part (ignored without ``split``).
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], split: SplitPrior | None = None,
+                 z_shape: tuple[int, int, int] = (0, 0, 0)) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.split = split
+        self.z_shape = tuple(z_shape) if split is not None else (0, 0, 0)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``h [N, C, H, W] -> (kept h, eps [N, C_z, H, W] or None, logdet [N])``."""
+        logdet = h.new_zeros(h.shape[0])
+        for layer in self.layers:
+            h, ld = layer(h)
+            logdet = logdet + ld
+        if self.split is None:
+            return h, None, logdet
+        h, z = h[:, :h.shape[1] - self.z_shape[0]], h[:, h.shape[1] - self.z_shape[0]:]
+        eps, ld = self.split.standardize(z, h)
+        return h, eps, logdet + ld
+
+    def inverse(self, h: Tensor, eps: Tensor | None) -> Tensor:
+        """Inverse of :meth:`forward` given the kept ``h`` and the factored-out ``eps``."""
+        if self.split is not None:
+            h = torch.cat([h, self.split.unstandardize(eps, h)], dim=1)
+        for layer in reversed(self.layers):
+            h = layer.inverse(h)
+        return h
+
+
+class MultiScaleFlow(GenerativeModel):
+    """A dequantized flow ``y -> eps``: pre-transform, then :class:`Scale` s.
+
+    Subclasses build ``self.pre`` (pre-transform), ``self.scales`` and ``self.top_shape`` (shape of
+    what the last scale keeps). Sampler option: ``temperature`` (default 1.0; ``eps ~ N(0, T^2 I)``,
+    which also scales the learned priors' std by T).
+
+    :meth:`nll` draws the dequantization noise ``u`` from the global RNG (the evaluator fixes the
+    global seed), so a test-set NLL is one Monte-Carlo draw of the bound per example.
+    """
+
+    family = "flow"
+    likelihood = "dequantized"
+    sampler_options: tuple[str, ...] = ("temperature",)
+
+    pre: nn.Module
+    scales: nn.ModuleList
+    top_shape: tuple[int, int, int]
+
+    def encode(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``y [N, C, H, W]`` in ``[0, 1)`` -> ``(eps [N, D], log|det d eps/d y| [N] nats)``."""
+        h, logdet = self.pre(y)
+        pieces = []
+        for scale in self.scales:
+            h, eps, ld = scale(h)
+            logdet = logdet + ld
+            if eps is not None:
+                pieces.append(eps.flatten(1))
+        pieces.append(h.flatten(1))
+        return torch.cat(pieces, dim=1), logdet
+
+    def decode(self, eps: Tensor) -> Tensor:
+        """Inverse of :meth:`encode`: ``eps [N, D] -> y [N, C, H, W]``."""
+        n = eps.shape[0]
+        sizes = [math.prod(s.z_shape) for s in self.scales if s.split is not None]
+        pieces = list(eps.split([*sizes, math.prod(self.top_shape)], dim=1))
+        h = pieces.pop().reshape(n, *self.top_shape)
+        for scale in reversed(self.scales):
+            z = pieces.pop().reshape(n, *scale.z_shape) if scale.split is not None else None
+            h = scale.inverse(h, z)
+        return self.pre.inverse(h)
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        """``[N]`` log p(y) in nats of dequantized ``y`` ``[N, C, H, W]`` in ``[0, 1)``."""
+        eps, logdet = self.encode(y)
+        return gaussian_log_prob(eps) + logdet
+
+    def _ref(self) -> Tensor:
+        return next(self.parameters())
+
+    def nll(self, x: Tensor) -> Tensor:
+        """``[N]`` upper bound (one draw of ``u``, global RNG) on ``-log P(x)`` in nats."""
+        y = dequantize(x, self.levels, dtype=self._ref().dtype)
+        return self.dims * math.log(self.levels) - self.log_prob(y)
+
+    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+        """``{"loss": [N] bits/dim}`` of the dequantized bound (:meth:`nll` / (D ln 2))."""
+        return {"loss": self.nll(x) / (self.dims * math.log(2))}
+
+    def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
+        """``{"temperature": T}`` (default 1.0); unknown options or ``T < 0`` raise ValueError."""
+        check_sampler_options(sampler, self.sampler_options, type(self).__name__)
+        temperature = float(sampler.get("temperature", 1.0))
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        return {"temperature": temperature}
+
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
+        """``[n, C, H, W]`` int64 levels: ``x = floor(K decode(T eps))`` clamped to ``[0, K)``."""
+        temperature = self.resolve_sampler(**sampler)["temperature"]
+        ref = self._ref()
+        eps = randn((n, self.dims), generator=generator, device=ref.device, dtype=ref.dtype)
+        return quantize(self.decode(temperature * eps), self.levels)
+
+
+class RealNVP(MultiScaleFlow):
+    """RealNVP (Dinh et al. 2017, sec. 3.6): logit pre-transform; per scale 3 checkerboard
+    couplings, squeeze, 3 channel couplings, factor out half the channels; the last scale has
+    ``final_couplings`` checkerboard couplings. ActNorm after each coupling stands in for the
+    paper's batch norm (no batch statistics, so EMA copies and per-example NLLs need no care).
+
+    Scales stop early where H or W is odd; data without spatial dims (``H = W = 1``, 2-D toys) get
+    one scale of ``flat_couplings`` alternating channel couplings with MLP conditioners.
+
+    Args:
+        shape, levels: data ``(C, H, W)`` and K.
+        scales: number of scales (``scales - 1`` squeezes and factor-outs).
+        hidden, blocks: width and residual blocks of each coupling's conditioner.
+        checker_couplings, channel_couplings, final_couplings: couplings per stage.
+        flat_couplings: couplings for data without spatial dims (``H = W = 1``).
+        actnorm: ActNorm after each coupling.
+        logit_alpha: alpha of the logit pre-transform (0.05 in the paper).
+    """
+
+    def __init__(self, shape: Sequence[int], levels: int, *, scales: int = 2, hidden: int = 32,
+                 blocks: int = 1, checker_couplings: int = 3, channel_couplings: int = 3,
+                 final_couplings: int = 4, flat_couplings: int = 8, actnorm: bool = True,
+                 logit_alpha: float = 0.05) -> None:
+        super().__init__(shape, levels)
+        if scales < 1:
+            raise ValueError(f"scales must be >= 1, got {scales}")
+        self.pre = LogitTransform(logit_alpha)
+        self._net = {"hidden": int(hidden), "blocks": int(blocks)}
+        self._actnorm = bool(actnorm)
+        c, h, w = self.shape
+        stages: list[Scale] = []
+        for _ in range(int(scales) - 1):
+            if h % 2 or w % 2:
+                break
+            layers = self._couplings((c, h, w), "checkerboard", checker_couplings)
+            layers.append(Squeeze())
+            c, h, w = 4 * c, h // 2, w // 2
+            layers += self._couplings((c, h, w), "channel", channel_couplings)
+            z_shape = (c - c // 2, h, w)
+            stages.append(Scale(layers, SplitPrior(c // 2, z_shape[0], (h, w), False), z_shape))
+            c = c // 2
+        if h * w > 1:
+            final = self._couplings((c, h, w), "checkerboard", final_couplings)
+        else:
+            final = self._couplings((c, h, w), "channel", flat_couplings)
+        stages.append(Scale(final))
+        self.scales = nn.ModuleList(stages)
+        self.top_shape = (c, h, w)
+
+    def _couplings(self, shape: tuple[int, int, int], mask: str, count: int) -> list[nn.Module]:
+        """``count`` couplings of alternating parity, each followed by ActNorm if enabled."""
+        layers: list[nn.Module] = []
+        for i in range(int(count)):
+            layers.append(AffineCoupling(shape, mask, i % 2, scale="tanh", **self._net))
+            if self._actnorm:
+                layers.append(ActNorm(shape[0]))
+        return layers

@@ -1,0 +1,276 @@
+"""Flow layers and the RealNVP / Glow models: invertibility, log-determinants against the autograd
+Jacobian, ActNorm's data-dependent init, the dequantized bound, sampling. float64 throughout."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from genbench.models.flows.glow import Glow
+from genbench.models.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    Center,
+    InvConv1x1,
+    LogitTransform,
+    Squeeze,
+    dequantize,
+    quantize,
+)
+from genbench.models.flows.realnvp import RealNVP
+from genbench.nn.random import per_sample_generators
+
+TINY = {"hidden": 8, "blocks": 1}
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere (zero-initialized convs would make couplings trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def autograd_logdet(fn, h: torch.Tensor) -> torch.Tensor:
+    """``[N]`` log|det J| of ``fn`` (one example at a time) from the full autograd Jacobian."""
+    out = []
+    for row in h:
+        jac = torch.autograd.functional.jacobian(lambda v: fn(v.unsqueeze(0)).flatten(), row)
+        out.append(torch.linalg.slogdet(jac.reshape(jac.shape[0], -1)).logabsdet)
+    return torch.stack(out)
+
+
+LAYERS = {
+    "coupling-checkerboard-tanh": (lambda: AffineCoupling((2, 4, 4), "checkerboard", 0, **TINY),
+                                   (2, 4, 4)),
+    "coupling-checkerboard-odd-sigmoid": (
+        lambda: AffineCoupling((1, 3, 3), "checkerboard", 1, scale="sigmoid", **TINY), (1, 3, 3)),
+    "coupling-channel-tanh": (lambda: AffineCoupling((4, 2, 2), "channel", 0, **TINY), (4, 2, 2)),
+    "coupling-channel-odd-parity1": (lambda: AffineCoupling((3, 2, 2), "channel", 1, **TINY),
+                                     (3, 2, 2)),
+    "coupling-channel-mlp-sigmoid": (
+        lambda: AffineCoupling((2, 1, 1), "channel", 1, scale="sigmoid", **TINY), (2, 1, 1)),
+    "actnorm": (lambda: ActNorm(3), (3, 2, 2)),
+    "invconv-lu": (lambda: InvConv1x1(4), (4, 2, 2)),
+    "squeeze": (lambda: Squeeze(), (2, 4, 2)),
+    "logit": (lambda: LogitTransform(0.05), (2, 2, 2)),
+    "center": (lambda: Center(), (1, 2, 2)),
+}
+
+
+def layer_input(shape, name: str, n: int = 3) -> torch.Tensor:
+    h = torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
+    return torch.sigmoid(h) if name == "logit" else h  # the logit transform takes y in (0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_is_invertible_and_logdet_matches_autograd_jacobian(name):
+    torch.manual_seed(0)
+    make, shape = LAYERS[name]
+    layer = perturb(make()).eval()
+    h = layer_input(shape, name)
+    out, logdet = layer(h)
+    assert logdet.shape == (h.shape[0],)
+    torch.testing.assert_close(layer.inverse(out), h, atol=1e-10, rtol=1e-10)
+    expected = autograd_logdet(lambda v: layer(v)[0], h)
+    torch.testing.assert_close(logdet, expected, atol=1e-8, rtol=1e-8)
+
+
+def test_squeeze_moves_2x2_blocks_to_channels():
+    h = torch.arange(16.0).reshape(1, 1, 4, 4)
+    out, _ = Squeeze()(h)
+    assert out.shape == (1, 4, 2, 2)
+    # channel 2 dy + dx holds sub-pixel (dy, dx) of each 2x2 block
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([0.0, 1.0, 4.0, 5.0]))
+    torch.testing.assert_close(out[0, :, 1, 1], torch.tensor([10.0, 11.0, 14.0, 15.0]))
+
+
+def test_invconv_weight_is_plu_and_starts_orthogonal():
+    torch.manual_seed(0)
+    conv = InvConv1x1(5)
+    w = conv.weight()
+    torch.testing.assert_close(w @ w.T, torch.eye(5), atol=1e-6, rtol=0)
+    assert torch.allclose(torch.linalg.slogdet(w).logabsdet, conv.log_s.sum())
+
+
+def test_actnorm_data_dependent_init_gives_zero_mean_unit_variance_once():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(16, 3, 4, 4, generator=g) * torch.tensor([0.5, 2.0, 7.0]).view(1, 3, 1, 1)
+    h = h + torch.tensor([-3.0, 0.0, 10.0]).view(1, 3, 1, 1)
+    norm = ActNorm(3).train()
+    out, _ = norm(h)
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(3), atol=1e-10, rtol=0)
+    torch.testing.assert_close(out.std((0, 2, 3), unbiased=False), torch.ones(3))
+    assert float(norm.initialized) == 1.0
+    before = [p.detach().clone() for p in norm.parameters()]
+    norm(5 * h + 1)  # a second batch must not re-initialize
+    assert all(torch.equal(a, b) for a, b in zip(before, norm.parameters()))
+
+
+def test_actnorm_does_not_initialize_in_eval_mode():
+    norm = ActNorm(2).eval()
+    h = torch.randn(4, 2, 3, 3) + 5
+    out, logdet = norm(h)
+    assert torch.equal(out, h) and float(norm.initialized) == 0.0 and torch.all(logdet == 0)
+
+
+def build(kind: str, shape=(1, 4, 4), levels: int = 16, **kw):
+    torch.manual_seed(0)
+    if kind == "realnvp":
+        kw = {"checker_couplings": 2, "channel_couplings": 2, "final_couplings": 2,
+              "flat_couplings": 2, **TINY, **kw}
+        return RealNVP(shape, levels, **kw)
+    return Glow(shape, levels, **{"steps": 2, **TINY, **kw})
+
+
+MODELS = [("realnvp", (1, 4, 4)), ("realnvp", (2, 1, 1)), ("glow", (1, 4, 4)), ("glow", (2, 1, 1)),
+          ("glow", (1, 3, 3))]
+
+
+@pytest.mark.parametrize("kind,shape", MODELS)
+def test_full_flow_is_invertible_and_logdet_matches_autograd_jacobian(kind, shape):
+    model = perturb(build(kind, shape), scale=0.1).eval()
+    y = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1)) * 0.9 + 0.05
+    eps, logdet = model.encode(y)
+    assert eps.shape == (2, model.dims)
+    torch.testing.assert_close(model.decode(eps), y, atol=1e-9, rtol=1e-9)
+    expected = autograd_logdet(lambda v: model.encode(v)[0], y)
+    torch.testing.assert_close(logdet, expected, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_nll_is_the_dequantized_density_on_the_discrete_scale(kind):
+    model = perturb(build(kind), scale=0.1).eval()
+    x = torch.randint(0, 16, (3, 1, 4, 4), generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)  # nll draws u from the global RNG
+    nll = model.nll(x)
+    torch.manual_seed(5)
+    y = dequantize(x, 16, dtype=torch.float64)
+    torch.testing.assert_close(nll, -model.log_prob(y) + 16 * math.log(16))
+    torch.manual_seed(5)
+    bpd = model.training_losses(x, "main")["loss"]
+    torch.testing.assert_close(bpd, nll / (16 * math.log(2)))
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_untrained_bpd_on_uniform_levels_is_at_least_log2_k(kind, seed):
+    levels = 16
+    model = perturb(build(kind, levels=levels), scale=0.1, seed=seed).eval()
+    x = torch.randint(0, levels, (2000, 1, 4, 4), generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        bpd = model.nll(x).mean() / (model.dims * math.log(2))
+    assert bpd >= math.log2(levels) - 0.01, f"{bpd:.4f} < log2 K = {math.log2(levels)}"
+
+
+# (model overrides, learning rate, bits/dim to reach): after ActNorm's init RealNVP's logit
+# pre-transform starts within ~0.07 bits of 8; Glow's centred input starts ~0.26 bits above.
+NOISE_FIT = {"realnvp": ({}, 3e-3, 8.07), "glow": ({}, 1e-2, 8.16)}
+
+
+@pytest.mark.parametrize("kind", sorted(NOISE_FIT))
+def test_brief_training_on_uniform_8bit_noise_approaches_8_bits_from_above(kind):
+    overrides, lr, target = NOISE_FIT[kind]
+    shape = (2, 1, 1)
+    model = build(kind, shape, levels=256, **overrides).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    test = torch.randint(0, 256, (4000, *shape), generator=g)
+
+    def test_bpd() -> float:
+        model.eval()
+        torch.manual_seed(1)  # the same dequantization noise at every evaluation
+        with torch.inference_mode():
+            bpd = float(model.nll(test).mean() / (model.dims * math.log(2)))
+        model.train()
+        return bpd
+
+    model.training_losses(test[:256], "main")  # ActNorm data-dependent init
+    start = test_bpd()
+    for _ in range(150):
+        loss = model.training_losses(torch.randint(0, 256, (256, *shape), generator=g), "main")
+        opt.zero_grad()
+        loss["loss"].mean().backward()
+        opt.step()
+    end = test_bpd()
+    assert 8.0 - 0.005 <= end <= target, f"bits/dim {end:.4f} not in [7.995, {target}]"
+    assert end < start, f"training did not help: {start:.4f} -> {end:.4f}"
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_sample_shape_range_and_per_sample_determinism(kind):
+    model = perturb(build(kind), scale=0.1).eval()
+    with torch.inference_mode():
+        a = model.sample(3, generator=per_sample_generators(11, 0, 3))
+        b = model.sample(3, generator=per_sample_generators(11, 0, 3))
+        singles = [model.sample(1, generator=per_sample_generators(11, i, 1)) for i in range(3)]
+    assert a.shape == (3, 1, 4, 4) and a.dtype == torch.int64
+    assert int(a.min()) >= 0 and int(a.max()) <= 15
+    assert torch.equal(a, b)
+    assert torch.equal(a, torch.cat(singles)), "sample i must not depend on the batch size"
+    assert model.nfe() == 1
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_temperature_zero_decodes_the_prior_mode_and_unknown_options_fail(kind):
+    model = perturb(build(kind), scale=0.1).eval()
+    with torch.inference_mode():
+        cold = model.sample(3, generator=per_sample_generators(0, 0, 3), temperature=0.0)
+        mode = quantize(model.decode(torch.zeros(1, model.dims)), 16)
+    assert torch.equal(cold, mode.expand(3, -1, -1, -1))
+    assert model.resolve_sampler() == {"temperature": 1.0}
+    assert model.resolve_sampler(temperature=0.7) == {"temperature": 0.7}
+    with pytest.raises(ValueError, match="steps"):
+        model.sample(2, steps=10)
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(2, temperature=-1.0)
+
+
+def test_quantize_inverts_dequantize_and_clamps():
+    x = torch.arange(17).view(1, 1, 1, 17)
+    assert torch.equal(quantize(dequantize(x, 17), 17), x)
+    y = torch.tensor([-0.3, 1.2, float("nan"), float("inf")]).view(1, 1, 1, 4)
+    assert quantize(y, 17).flatten().tolist() == [0, 16, 8, 16]
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_state_dict_and_deepcopy_keep_the_actnorm_init(kind):
+    model = build(kind).train()
+    x = torch.randint(0, 16, (8, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    model.training_losses(x, "main")
+    norms = [m for m in model.modules() if isinstance(m, ActNorm)]
+    assert norms and all(float(m.initialized) == 1.0 for m in norms)
+    fresh = build(kind)
+    fresh.load_state_dict(model.state_dict())
+    for other in (fresh.train(), copy.deepcopy(model).train()):
+        other.training_losses(x + 1 - 2 * (x > 7).long(), "main")  # another batch: no re-init
+        for name, p in model.state_dict().items():
+            assert torch.equal(other.state_dict()[name], p), f"{name} changed: re-initialized?"
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+@pytest.mark.parametrize("shape,levels", [((2, 1, 1), 64), ((1, 8, 8), 17), ((1, 28, 28), 256),
+                                          ((3, 32, 32), 256)])
+def test_builds_and_runs_on_every_benchmark_shape(kind, shape, levels):
+    torch.manual_seed(0)
+    cls = RealNVP if kind == "realnvp" else Glow
+    model = cls(shape, levels, hidden=4).float()
+    x = torch.randint(0, levels, (2, *shape))
+    loss = model.training_losses(x, "main")["loss"]
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    with torch.inference_mode():
+        s = model.eval().sample(2, generator=per_sample_generators(0, 0, 2))
+    assert s.shape == (2, *shape) and int(s.max()) < levels
