@@ -17,7 +17,8 @@ COMMANDS: dict[str, str] = {
     "train": "train a model, evaluate it and record it in the leaderboard",
     "eval": "re-evaluate a finished run from its checkpoint (run=<folder>)",
     "sample": "write a PNG grid and an .npz of samples from a run (run=<folder> n=64)",
-    "leaderboard": "show or export all runs (format=table|md|csv|json, out=FILE; `rebuild`)",
+    "leaderboard": "show, export or plot runs (format=table|md|csv|json|html, out=, sort=, best=, "
+                   "agg=, refs=, plot=; `leaderboard rebuild`)",
     "score": "FID / IS / KID / precision-recall between two image sets (input1=, input2=)",
     "families": "the model taxonomy: families, likelihood kinds and registered models",
 }

@@ -1,4 +1,4 @@
-"""``genbench leaderboard`` (show, export, rebuild) and ``genbench families``."""
+"""``genbench leaderboard`` (show, export, plot, rebuild) and ``genbench families``."""
 
 from __future__ import annotations
 
@@ -7,42 +7,116 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from genbench.errors import ConfigError
+from genbench.errors import ConfigError, bad_value
 from genbench.eval.metric import Metric
-from genbench.leaderboard.report import render
+from genbench.leaderboard.report import View, render, sort_keys
 from genbench.leaderboard.store import RunRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = ("table", "md", "csv", "json", "html")
+PLOT_CHOICES = ("pareto", "bpd_params", "fid_nfe", "loss", "grid", "all")
+
+
+def dataset_name(cfg: DictConfig) -> str | None:
+    """The ``dataset=NAME`` filter: a conf/dataset group choice (or a plain string)."""
+    node = cfg.get("dataset")
+    if node is None or isinstance(node, str):
+        return node
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices["dataset"])
+    except (ValueError, KeyError):
+        raise ConfigError("dataset= must name a conf/dataset entry") from None
 
 
 def _filtered(cfg: DictConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for key in ("dataset", "family"):
-        want = cfg.get(key)
+    for key, want in (("dataset", dataset_name(cfg)), ("family", cfg.get("family"))):
         if want is not None:
             runs = [r for r in runs if r[key] == str(want)]
     return runs
 
 
+def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_value(key, value, "true or false")
+    return value
+
+
+def view_from(cfg: DictConfig) -> View:
+    """The :class:`View` of ``sort`` / ``best`` / ``agg`` / ``refs`` (validated)."""
+    sort = cfg.get("sort")
+    view = View(sort=None if sort is None else str(sort), best=_flag(cfg, "best", False),
+                agg=_flag(cfg, "agg", False), refs=_flag(cfg, "refs", True))
+    sort_keys(view, toy=False)   # raises ConfigError for an unknown metric
+    return view
+
+
+def _plot_names(value: Any) -> list[str]:
+    items = list(value) if isinstance(value, list | tuple | ListConfig) else str(value).split(",")
+    names = [str(v).strip() for v in items]
+    for name in names:
+        if name not in PLOT_CHOICES:
+            raise bad_value("plot", value, f"one of {PLOT_CHOICES} or a list such as [pareto,loss]")
+    return list(PLOT_CHOICES[:-1]) if "all" in names else names
+
+
 def leaderboard_command(cfg: DictConfig) -> str | None:
-    """Print (or write to ``out``) every recorded run, grouped by dataset."""
-    store = Store(Path(cfg.paths.outputs) / "leaderboard.sqlite")
+    """Print (or write to ``out``) every recorded run, grouped by dataset and protocol; with
+    ``plot=...`` write plots under ``out`` (a folder)."""
+    outputs = Path(cfg.paths.outputs)
+    store = Store(outputs / "leaderboard.sqlite")
     if cfg.action == "rebuild":
-        return str(rebuild(store, Path(cfg.paths.outputs) / "runs"))
+        return str(rebuild(store, outputs / "runs"))
     if cfg.action != "show":
         raise ConfigError(f"action={cfg.action!r} is invalid: expected show or rebuild")
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is invalid: expected one of {FORMATS}")
+    view = view_from(cfg)
+    plot = cfg.get("plot")
+    names = _plot_names(plot) if plot is not None else []
     runs = _filtered(cfg, store.runs())
-    text = render(runs, str(cfg.format) if cfg.out is None or cfg.format != "table" else "md")
+    if not runs:
+        log.warning("no recorded runs match dataset=%s family=%s", dataset_name(cfg),
+                    cfg.get("family"))
+    if names:
+        from genbench.leaderboard.plots import write_plots
+
+        out_dir = Path(cfg.out) if cfg.out is not None else outputs / "plots"
+        written = write_plots(runs, names, out_dir)
+        for path in written.values():
+            print(path)
+        return "\n".join(str(p) for p in written.values())
+    refs = _references(cfg, view, runs)
+    if cfg.format == "html":
+        from genbench.leaderboard.html import write_report
+
+        path = write_report(runs, cfg.out or outputs / "report.html", view, refs)
+        log.info("wrote %d runs to %s", len(runs), path)
+        print(path)
+        return str(path)
+    fmt = str(cfg.format) if cfg.out is None or cfg.format != "table" else "md"
+    text = render(runs, fmt, view, refs)
     if cfg.out is not None:
         Path(cfg.out).write_text(text or "")
         log.info("wrote %d runs to %s", len(runs), cfg.out)
     elif text is not None:
         print(text)
     return text
+
+
+def _references(cfg: DictConfig, view: View, runs: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """Published results for the datasets of ``runs`` (none with ``refs=false``)."""
+    if not view.refs:
+        return []
+    from genbench.leaderboard.references import reference_runs
+
+    family = cfg.get("family")
+    return reference_runs({r["dataset"] for r in runs}, None if family is None else str(family))
 
 
 def rebuild(store: Store, runs_dir: Path) -> int:
@@ -66,7 +140,8 @@ def rebuild(store: Store, runs_dir: Path) -> int:
 
 
 def families_command(cfg: DictConfig) -> None:
-    """Print the taxonomy of families and the models registered under conf/model."""
+    """Print the taxonomy of families, the registered models and, when a leaderboard exists,
+    the trade-offs measured in it."""
     from genbench.leaderboard.families import print_families
 
     print_families(cfg)

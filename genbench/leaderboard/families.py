@@ -1,14 +1,27 @@
-"""The taxonomy behind genbench, with the models registered under ``conf/model``."""
+"""``genbench families``: the taxonomy behind genbench, the models registered under
+``conf/model`` and, when a leaderboard exists, the trade-offs measured in it.
+
+The taxonomy (explicit tractable density, explicit approximate density, implicit density) decides
+what a family can report: an exact NLL, an upper bound (``≤``), an estimate (``≈``) or no
+likelihood at all, and how many network calls one sample costs.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.resources
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from genbench.eval.metric import lower_is_better
+from genbench.leaderboard.report import Cell, Row, Section, View, build_sections
 
 #: family -> (taxonomy class, likelihood it offers, sampling cost class)
 TAXONOMY: dict[str, tuple[str, str, str]] = {
@@ -35,12 +48,91 @@ def registered_models() -> dict[str, type]:
     return out
 
 
-def print_families(cfg: Any = None) -> None:
-    models = registered_models()
-    t = Table(title="[bold]genbench families", title_justify="left")
+def taxonomy_table(models: dict[str, type]) -> Table:
+    """Families with their class, likelihood kind, sampling cost and registered models."""
+    t = Table(title=Text("genbench families", style="bold"), title_justify="left")
     for col in ("family", "class", "likelihood", "sampling cost", "models"):
         t.add_column(col)
     for fam, (klass, lik, cost) in TAXONOMY.items():
         names = ", ".join(n for n, c in models.items() if c.family == fam) or "–"
         t.add_row(fam, klass, lik, cost, names)
-    Console().print(t)
+    return t
+
+
+def _best(rows: Sequence[Row], key: str) -> str:
+    """``value (model)`` of the best row on ``key``, ``–`` when none has it."""
+    have = [r for r in rows if not r.cells[key].missing]
+    if not have:
+        return "n/a" if rows and all(r.cells[key].label == "n/a" for r in rows) else "–"
+    sign = 1.0 if lower_is_better(key.rstrip("@")) else -1.0
+    top = min(have, key=lambda r: sign * r.cells[key].value)
+    return f"{top.cells[key].text()} ({top.run['model']})"
+
+
+def _median(rows: Sequence[Row], key: str) -> str:
+    vals = [r.cells[key].value for r in rows if not r.cells[key].missing]
+    if not vals:
+        return "–"
+    mid = statistics.median(vals)
+    return Cell(mid, integer=key == "nfe" and mid == int(mid)).text()
+
+
+def tradeoff_rows(sections: Sequence[Section]) -> list[dict[str, str]]:
+    """Per section (dataset × sample protocol) and family: runs, best bits/dim, best FID (on toy
+    data: best share of high-quality samples), median ms/image and NFE."""
+    out = []
+    for sec in sections:
+        quality = "high_quality_share" if sec.toy else "fid@"
+        title = next(t for t, k in sec.columns if k == quality)
+        for fam in TAXONOMY:
+            rows = [r for r in sec.rows if r.run["family"] == fam]
+            if not rows:
+                continue
+            out.append({"section": sec.title, "family": fam, "runs": str(len(rows)),
+                        "best bits/dim": _best(rows, "bpd"),
+                        "best quality": f"{title}: {_best(rows, quality)}",
+                        "median ms/img": _median(rows, "ms_per_image"),
+                        "median NFE": _median(rows, "nfe")})
+    return out
+
+
+def tradeoff_table(runs: Sequence[dict[str, Any]]) -> Table | None:
+    """The trade-offs between families measured in the leaderboard, or None without runs."""
+    rows = tradeoff_rows(build_sections(runs, View(refs=False)))
+    if not rows:
+        return None
+    t = Table(title=Text("measured in the leaderboard", style="bold"), title_justify="left",
+              caption=Text("best bits/dim (≤ bound) and best sample quality per family, with "
+                           "the run that reached it; sections never mix sample protocols"),
+              caption_justify="left")
+    for col in ("dataset", "family", "runs", "best bits/dim", "best sample quality",
+                "median ms/img", "median NFE"):
+        t.add_column(col, justify="left" if col in ("dataset", "family") else "right")
+    for r in rows:
+        t.add_row(*(Text(r[k]) for k in ("section", "family", "runs", "best bits/dim",
+                                         "best quality", "median ms/img", "median NFE")))
+    return t
+
+
+def _runs(cfg: Any) -> list[dict[str, Any]]:
+    """Runs of the leaderboard under ``cfg.paths.outputs`` (none when there is none)."""
+    from genbench.leaderboard.store import Store, StoreError
+
+    if cfg is None or "paths" not in cfg:
+        return []
+    path = Path(cfg.paths.outputs) / "leaderboard.sqlite"
+    if not path.exists():
+        return []
+    try:
+        return Store(path).runs()
+    except StoreError:
+        return []
+
+
+def print_families(cfg: Any = None) -> None:
+    """Print the taxonomy and, when a leaderboard exists, the measured trade-offs."""
+    console = Console() if Console().is_terminal else Console(width=200)
+    console.print(taxonomy_table(registered_models()))
+    table = tradeoff_table(_runs(cfg))
+    if table is not None:
+        console.print(table)

@@ -1,0 +1,110 @@
+"""Leaderboard plots from synthetic runs and tiny fake run folders: every plot writes a PNG, the
+Pareto front and sampler sweeps are computed right, and plots without data write nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from matplotlib.image import imread, imsave
+
+from genbench.eval.metric import Metric
+from genbench.leaderboard.plots import (
+    PLOTS,
+    figure,
+    pareto_front,
+    read_stats,
+    sweep_points,
+    write_plots,
+)
+from genbench.leaderboard.store import RunRecord, Store
+
+PROTO = {"extractor": "digits-cnn", "n_generated": 100, "reference_split": "test"}
+
+
+def fake_run(store, tmp_path, run_id, model, family, likelihood, *, bpd=None, fid=None,
+             ms=None, nfe=1.0, sweep=(), folder=True, n_generated=100):
+    """Record a run; with ``folder`` give it stats.jsonl and samples.png. ``sweep``: extra
+    (steps, nfe, fid) evaluated with ``sampler={"steps": steps}``."""
+    run_dir = tmp_path / "runs" / run_id
+    if folder:
+        run_dir.mkdir(parents=True)
+        lines = [{"main/loss": 3.0 / (s + 1), "step": s, "images": 16 * s} for s in range(1, 6)]
+        (run_dir / "stats.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
+        rng = np.random.default_rng(len(run_id))
+        imsave(run_dir / "samples.png", rng.random((19, 73)), cmap="gray")
+    proto = {**PROTO, "n_generated": n_generated}
+    rows = []
+    if bpd is not None:
+        rows.append(Metric("bpd", bpd, "exact" if likelihood == "exact" else "bound"))
+    for steps, n, f in [(None, nfe, fid), *sweep]:
+        sampler = {} if steps is None else {"steps": steps}
+        if f is not None:
+            rows.append(Metric("fid@digits-cnn", f, "measured", "test", n_generated, "",
+                               {**proto, "sampler": sampler}))
+        rows.append(Metric("nfe", n, "measured", "samples", 8, "count", {"sampler": sampler}))
+    if ms is not None:
+        rows.append(Metric("ms_per_image", ms, "measured", "samples", 8, "ms", {"sampler": {}}))
+    store.record(RunRecord(run_id, f"t-{run_id}", model, family, likelihood, "digits",
+                           10_000 * (1 + len(run_id)), 5, 80, 1.0, "cpu", "finished",
+                           str(run_dir), run_id, {"sampler": {}, "seed": 0}), rows)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    store = Store(tmp_path / "lb.sqlite")
+    fake_run(store, tmp_path, "vae", "vae", "vae", "elbo", bpd=2.9, fid=30.0, ms=0.2)
+    fake_run(store, tmp_path, "pixelcnn", "pixelcnn", "autoregressive", "exact", bpd=2.5,
+             fid=25.0, ms=5.0)
+    fake_run(store, tmp_path, "gan", "dcgan", "gan", "none", fid=40.0, ms=0.1)
+    fake_run(store, tmp_path, "ddpm", "ddpm", "diffusion", "vlb", bpd=3.5, fid=12.0, ms=30.0,
+             nfe=50.0, sweep=[(5, 5.0, 60.0), (10, 10.0, 20.0)])
+    return store.runs()
+
+
+def test_every_plot_writes_a_nonempty_png(runs, tmp_path):
+    written = write_plots(runs, list(PLOTS), tmp_path / "plots")
+    assert sorted(written) == sorted(PLOTS)
+    for name, path in written.items():
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+        img = imread(path)
+        assert img.shape[0] > 100 and img.shape[1] > 300, name
+        assert img[..., :3].std() > 0.01, name                   # not a blank canvas
+
+
+def test_pareto_front_by_hand():
+    pts = [(1.0, 10.0), (2.0, 5.0), (3.0, 7.0), (0.5, 20.0), (4.0, 1.0), (2.0, 6.0)]
+    assert pareto_front(pts) == [3, 0, 1, 4]     # (3, 7) and (2, 6) are beaten by (2, 5)
+    assert pareto_front([]) == []
+
+
+def test_sweep_points_pair_fid_and_nfe_by_sampler(runs):
+    by_id = {r["run_id"]: r for r in runs}
+    assert sweep_points(by_id["ddpm"]) == [(5.0, 60.0), (10.0, 20.0), (50.0, 12.0)]
+    assert sweep_points(by_id["vae"]) == [(1.0, 30.0)]
+
+
+def test_panels_follow_sections_and_plots_degrade_without_data(runs, tmp_path, caplog):
+    store = Store(tmp_path / "other.sqlite")
+    fake_run(store, tmp_path, "a1", "vae", "vae", "elbo", fid=5.0, ms=1.0, folder=False)
+    fake_run(store, tmp_path, "a2", "vae", "vae", "elbo", fid=6.0, ms=2.0, folder=False,
+             n_generated=5000)
+    other = store.runs()
+    fig = figure("pareto", other)
+    assert len(fig.axes) == 2                      # two sample protocols: two panels
+    assert figure("fid_nfe", other) is None        # no sampler sweep
+    assert figure("loss", other) is None and figure("grid", other) is None  # no run folders
+    assert figure("bpd_params", other) is None     # no bits/dim
+    with caplog.at_level(logging.WARNING):
+        assert write_plots([], list(PLOTS), tmp_path / "empty") == {}
+    assert not (tmp_path / "empty").exists()
+    assert "no run has a sampler sweep" in caplog.text and "samples.png" in caplog.text
+
+
+def test_read_stats_skips_bad_lines(runs):
+    stats = read_stats(next(r for r in runs if r["run_id"] == "vae")["run_dir"])
+    assert [d["step"] for d in stats] == [1, 2, 3, 4, 5]
+    assert read_stats(None) == [] and read_stats("/nonexistent") == []
