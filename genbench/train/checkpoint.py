@@ -51,19 +51,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, rename.
 
-    The previous file at ``path`` stays intact until the new one is complete.
+    The previous file at ``path`` stays intact until the new one is complete; a write that fails
+    (disk full, no permission) raises a :class:`CheckpointError` and leaves it in place. Temp files
+    of earlier writers that were killed mid-write are removed after a successful write.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        msg = f"cannot write a checkpoint in {str(path.parent)!r} ({err})"
+        raise CheckpointError(msg) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = "the previous checkpoint is kept" if path.exists() else "nothing was saved"
+            raise CheckpointError(f"could not write the checkpoint {str(path)!r} ({err}); "
+                                  f"{kept}") from None
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from hydra.utils import instantiate
@@ -59,6 +59,10 @@ class Trainer:
         self.optimizers = {p.name: instantiate(optimizer, **dict(p.optimizer))(
             params=[q for q in model.parameters_for(p.name) if q.requires_grad])
             for p in model.phases}
+        warmup = int(cfg.get("warmup_steps", 0) or 0)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warmup)) for name, opt in self.optimizers.items()
+        } if warmup > 0 else {}
         fp16 = setup.precision == "fp16"
         self.scalers = {p.name: torch.amp.GradScaler(setup.device.type, enabled=fp16)
                         for p in model.phases}
@@ -81,6 +85,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": checkpoint.rng_state(),
             "batches": self.batches.state_dict(),
             "state": vars(self.state),
@@ -94,6 +99,8 @@ class Trainer:
         for k, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][k])
             self.scalers[k].load_state_dict(ckpt["scalers"][k])
+            if k in self.schedulers:
+                self.schedulers[k].load_state_dict(ckpt["schedulers"][k])
         self.batches.load_state_dict(ckpt["batches"])
         self.state = TrainState(**ckpt["state"])
         self.extra_state = dict(ckpt.get("extra") or {})
@@ -146,10 +153,29 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, float(self.cfg.grad_clip))
         scaler.step(opt)
         scaler.update()
+        if name in self.schedulers:
+            self.schedulers[name].step()
         for k, v in terms.items():
             terms_acc[f"{name}/{k}"] += v.detach().float().mean()
         self.state.images_seen += x.shape[0]
         return loss.detach()
+
+    def _open_stats(self) -> TextIO:
+        """``stats.jsonl`` opened for appending, without rows past the current step: a killed run
+        may have logged steps after its last checkpoint, which the resumed run logs again."""
+        path = self.run_dir / "stats.jsonl"
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines(keepends=True):
+                try:
+                    if json.loads(line)["step"] <= self.state.step and line.endswith("\n"):
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by the kill
+            tmp = self.run_dir / ".stats.jsonl.tmp"
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+        return path.open("a")
 
     def fit(self) -> TrainState:
         """Train until ``trainer.max_steps``; returns the final state (status set)."""
@@ -157,7 +183,7 @@ class Trainer:
         dev = self.setup.device
         acc: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=dev))
         n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds
-        stats = (self.run_dir / "stats.jsonl").open("a")
+        stats = self._open_stats()
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
         try:
