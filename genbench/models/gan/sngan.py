@@ -1,0 +1,73 @@
+"""SNGAN (Miyato et al. 2018): spectral normalization on every discriminator layer, hinge loss.
+
+Each weight W of the discriminator is replaced by W / σ(W), with σ(W) its largest singular value
+estimated by one power iteration per training forward pass (u, v are persistent buffers; the
+estimate is refined across steps, and the layer's parameter is ``parametrizations.weight.original``,
+see :func:`torch.nn.utils.parametrizations.spectral_norm`). Convolution kernels are reshaped to
+``[c_out, c_in * kh * kw]`` for σ. This makes every layer 1-Lipschitz (in the reshaped sense).
+
+Backbones (``arch``): ``conv`` = the paper's "standard CNN" (App. B.4, Table 3: 3x3 and strided 4x4
+convolutions, LeakyReLU(0.1)) with a DCGAN generator; ``resnet`` = the ResNet of App. B (Table 4,
+shared with WGAN-GP, global sum pooling); ``mlp`` for 2-D toys. Loss: hinge,
+L_D = E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))], L_G = -E[D(G(z))]. The paper's CIFAR-10
+setting: n_dis = 5, Adam lr 2e-4, betas (0, 0.9), batch 64, 50k generator updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from genbench.models.gan.base import GAN, MLPDiscriminator, MLPGenerator, resolve_arch
+from genbench.models.gan.dcgan import ConvDiscriminator, DCGANGenerator
+from genbench.models.gan.wgan_gp import ResNetDiscriminator, ResNetGenerator
+
+
+def spectral_normalize_(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
+    """Put spectral normalization on every ``Linear`` and ``Conv2d`` of ``module`` (in place)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    for layer in layers:
+        spectral_norm(layer, n_power_iterations=n_power_iterations)
+    return module
+
+
+class SNGAN(GAN):
+    """Miyato et al. 2018.
+
+    Args:
+        shape, levels: data shape ``(C, H, W)`` and number of levels K.
+        arch: ``auto`` (conv for images >= 4x4, MLP for 2-D toys), ``conv``, ``resnet``, ``mlp``.
+        z_dim: latent size (128 in the paper).
+        g_width, d_width: channels (conv: at full resolution, doubled per x2; resnet: throughout;
+            the paper's CIFAR ResNet has 256 / 128).
+        hidden, depth: MLP width and number of hidden layers.
+        n_dis: discriminator steps per generator step (5 in the paper's ResNet runs; 1 with
+            the paper's settings B/C for the standard CNN).
+        n_power_iterations: power iterations per forward pass for σ(W) (1).
+        d_optimizer, g_optimizer: per-phase optimizer overrides.
+    """
+
+    loss = "hinge"
+
+    def __init__(self, shape: Sequence[int], levels: int, *, arch: str = "auto", z_dim: int = 64,
+                 g_width: int = 32, d_width: int = 16, hidden: int = 128, depth: int = 3,
+                 n_dis: int = 1, n_power_iterations: int = 1,
+                 d_optimizer: Mapping[str, Any] | None = None,
+                 g_optimizer: Mapping[str, Any] | None = None) -> None:
+        super().__init__(shape, levels, z_dim=z_dim, d_steps=n_dis, d_optimizer=d_optimizer,
+                         g_optimizer=g_optimizer)
+        self.arch = resolve_arch(arch, self.shape, ("conv", "resnet", "mlp"))
+        if self.arch == "mlp":
+            self.generator = MLPGenerator(self.z_dim, self.shape, hidden, depth)
+            self.discriminator = MLPDiscriminator(self.shape, hidden, depth)
+        elif self.arch == "resnet":
+            self.generator = ResNetGenerator(self.z_dim, self.shape, g_width)
+            self.discriminator = ResNetDiscriminator(self.shape, d_width, pool="sum")
+        else:
+            self.generator = DCGANGenerator(self.z_dim, self.shape, g_width)
+            self.discriminator = ConvDiscriminator(self.shape, d_width, norm="none", slope=0.1,
+                                                   deep=True)
+        spectral_normalize_(self.discriminator, int(n_power_iterations))
