@@ -78,6 +78,23 @@ def _run(command: str, cfg: object) -> object:
     return families_command(cfg)
 
 
+def _unwritable_outputs(overrides: list[str]) -> str | None:
+    """Hydra creates the run folder under ``paths.outputs`` before genbench runs: check first that
+    it can, so a bad path is one clear sentence rather than a traceback."""
+    from pathlib import Path
+
+    for item in overrides:
+        if item.startswith("paths.outputs="):
+            path = Path(item.split("=", 1)[1]).expanduser()
+            probe = path
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+                return (f"paths.outputs={str(path)!r} cannot be created or written "
+                        f"({str(probe)!r} is not a writable folder)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -89,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "leaderboard" and rest and rest[0] == "rebuild":
         rest = ["action=rebuild"] + rest[1:]
+    problem = _unwritable_outputs(rest)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     import hydra
 
     config = "leaderboard" if command == "families" else command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,21 @@ from genbench.errors import ConfigError, positive_int
 from genbench.eval.evaluate import evaluate, sample_to_files
 from genbench.eval.metric import Metric
 from genbench.leaderboard.report import print_metrics
-from genbench.leaderboard.store import RunRecord, Store
+from genbench.leaderboard.store import RunRecord
 from genbench.run import (
     build,
     check_targets,
     config_hash,
     find_resumable,
+    open_store,
     record,
     resolved,
     seed_everything,
     validate,
 )
-from genbench.tracking import make_tracker
+from genbench.tracking import Tracker, make_tracker
 from genbench.train import checkpoint
+from genbench.train import distributed as ddp
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer
 
@@ -61,39 +64,65 @@ def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, b
     return run_dir, False
 
 
-def train_command(cfg: DictConfig) -> RunRecord | None:
-    """Train, evaluate and record one run; returns its leaderboard record."""
-    validate(cfg)
-    setup = setup_device(cfg.device)
-    outputs = Path(cfg.paths.outputs)
-    hash_ = config_hash(cfg)
-    store = Store(outputs / "leaderboard.sqlite")
-    if store.path.exists():
-        store.runs()  # fail before training, not after, on a corrupt or foreign file
+def _start(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, bool] | None:
+    """The run folder and whether to resume it, or None to skip a config that already finished
+    in a sweep. Decided by rank 0 alone when several processes train together."""
+    store = open_store(outputs)
     if _is_multirun() and not cfg.trainer.rerun:
         done = store.finished_run(hash_)
         if done:
             log.info("skipping: this config already finished in %s (trainer.rerun=true to "
                      "train it again)", done)
             return None
-    run_dir, resuming = _choose_run_dir(cfg, outputs, hash_)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return _choose_run_dir(cfg, outputs, hash_)
+
+
+def train_command(cfg: DictConfig) -> RunRecord | None:
+    """Train, evaluate and record one run; returns its leaderboard record (on rank 0; other
+    ranks of a multi-process run return None)."""
+    validate(cfg)
+    setup = ddp.init(setup_device(cfg.device), cfg.device.get("threads", "auto"))
+    ok = False
+    try:
+        rec = _train(cfg, setup)
+        ok = True
+        return rec
+    finally:
+        ddp.teardown(ok)
+
+
+def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
+    ddp.check_batch_size(int(cfg.trainer.batch_size))
+    outputs = Path(cfg.paths.outputs)
+    hash_ = config_hash(cfg)
+    start = ddp.on_main(_start, cfg, outputs, hash_)
+    if start is None:
+        return None
+    run_dir, resuming = start
+    ddp.adopt_run_dir(Path(cfg.paths.run_dir), run_dir)
     plain = resolved(cfg)
     plain["paths"]["run_dir"] = str(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        OmegaConf.save(OmegaConf.create(plain), run_dir / "config.yaml")
+    plain["run"]["world_size"] = ddp.world_size()
     seed_everything(int(cfg.seed))
     data, model = build(cfg, setup)
-    log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
-             cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
-             data.shape, data.levels, setup.device, setup.threads)
+    ddp.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
     trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run_dir,
                       int(cfg.seed), {"config_hash": hash_})
     if resuming:
         trainer.load_state_dict(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+        ddp.seed_rank(int(cfg.seed), trainer.state.step)
+    # the run folder is written only once the data, model and optimizers are known to be valid
+    if ddp.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").exists():
+            OmegaConf.save(OmegaConf.create(plain), run_dir / "config.yaml")
+    log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
+             cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
+             data.shape, data.levels, setup.device, setup.threads)
+    if resuming:
         log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
-    trainer.tracker = make_tracker(cfg.logger, plain, run_dir,
-                                   trainer.extra_state.get("tracker_id"))
+    trainer.tracker = make_tracker(cfg.logger, plain, run_dir, trainer.extra_state.get(
+        "tracker_id")) if ddp.is_main() else Tracker()
     trainer.extra_state["tracker_id"] = trainer.tracker.run_id
     try:
         return _train_and_record(cfg, plain, trainer, data, setup, run_dir, outputs, hash_)
@@ -102,23 +131,31 @@ def train_command(cfg: DictConfig) -> RunRecord | None:
 
 
 def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
-                      setup: Any, run_dir: Path, outputs: Path, hash_: str) -> RunRecord:
-    model = trainer.model
+                      setup: Any, run_dir: Path, outputs: Path, hash_: str) -> RunRecord | None:
+    model, main = trainer.model, ddp.is_main()
     try:
         state = trainer.fit() if trainer.state.status != "finished" else trainer.state
     except KeyboardInterrupt:
-        record(plain, run_dir, outputs, model, trainer.state, setup.device.type, [], hash_)
+        if main:
+            record(plain, run_dir, outputs, model, trainer.state, setup.device.type, [], hash_)
         raise
     if state.status == "diverged":
+        if not main:
+            return None
         checkpoint.write_status(run_dir, "diverged", state.step, hash_)
         return record(plain, run_dir, outputs, model, state, setup.device.type, [], hash_)
     eval_model = trainer.eval_model
     best = run_dir / "checkpoints" / "best.pt"
-    if type(model).select_best and best.exists():
-        eval_model.load_state_dict(checkpoint.load(best, setup.device)["model"])
+    if type(model).select_best and ddp.main_value(main and best.exists()):
+        if main:
+            eval_model.load_state_dict(checkpoint.load(best, setup.device)["model"])
+        ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
         log.info("evaluating the best-validation weights (step %d)", state.best_step)
     rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run_dir)
-    rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
+    if not main:
+        return None
+    if state.best_step >= 0:  # models that select by validation loss
+        rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
     rec = record(plain, run_dir, outputs, model, state, setup.device.type, rows, hash_)
     trainer.tracker.log({f"eval/{m.name}": m.value for m in rows}, state.step)
     trainer.tracker.log_image("eval/samples", run_dir / "samples.png", state.step)
@@ -130,8 +167,15 @@ def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
 
 def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outputs: Path,
               run_dir: Path) -> list[Metric]:
+    """Evaluate on every rank. With several ranks, all share the test-set NLL and the sampling;
+    rank 0 alone computes sample-quality metrics and writes files. Other ranks return []."""
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
-    return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run_dir)
+    if ddp.is_main():
+        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run_dir)
+    eval_cfg = OmegaConf.merge(cfg.eval, {"sample_metrics": False})
+    with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
+        evaluate(model, data, eval_cfg, sampler, device, Path(tmp), Path(tmp))
+    return []
 
 
 def load_run(cfg: DictConfig) -> tuple[DictConfig, Path, Any, Any, Any, dict]:
@@ -146,7 +190,7 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, Path, Any, Any, Any, dict]:
     check_targets(OmegaConf.to_container(run_cfg))
     run_cfg.device = OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else \
         run_cfg.device
-    setup = setup_device(run_cfg.device)
+    setup = ddp.init(setup_device(run_cfg.device), run_cfg.device.get("threads", "auto"))
     data, model = build(run_cfg, setup)
     last = checkpoint.load(run_dir / "checkpoints" / "last.pt", setup.device)
     best = run_dir / "checkpoints" / "best.pt"
@@ -163,12 +207,26 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, Path, Any, Any, Any, dict]:
     return run_cfg, run_dir, setup, data, model, last["state"]
 
 
-def eval_command(cfg: DictConfig) -> RunRecord:
-    """Re-evaluate a run from its checkpoint with the current ``eval`` / ``sampler`` config."""
+def eval_command(cfg: DictConfig) -> RunRecord | None:
+    """Re-evaluate a run from its checkpoint with the current ``eval`` / ``sampler`` config
+    (under torchrun, the ranks share the work and rank 0 records; the others return None)."""
+    ok = False
+    try:
+        rec = _eval(cfg)
+        ok = True
+        return rec
+    finally:
+        ddp.teardown(ok)
+
+
+def _eval(cfg: DictConfig) -> RunRecord | None:
     run_cfg, run_dir, setup, data, model, state = load_run(cfg)
     outputs = Path(cfg.paths.outputs)
+    ddp.on_main(open_store, outputs)  # fail before overwriting the run's metrics.json
     run_cfg.eval, run_cfg.sampler = cfg.eval, cfg.sampler
     rows = _evaluate(model, data, run_cfg, setup.device, outputs, run_dir)
+    if not ddp.is_main():
+        return None
     plain = resolved(run_cfg)
     rec = record(plain, run_dir, outputs, model, _State(**state), setup.device.type, rows,
                  checkpoint.read_status(run_dir).get("config_hash") or config_hash(run_cfg))
@@ -176,11 +234,26 @@ def eval_command(cfg: DictConfig) -> RunRecord:
     return rec
 
 
-def sample_command(cfg: DictConfig) -> Path:
-    """Write an image grid and an ``.npz`` of ``n`` seeded samples from a run."""
+def sample_command(cfg: DictConfig) -> Path | None:
+    """Write an image grid and an ``.npz`` of ``n`` seeded samples from a run (under torchrun,
+    the ranks share the sampling and rank 0 writes; the others return None)."""
+    ok = False
+    try:
+        png = _sample(cfg)
+        ok = True
+        return png
+    finally:
+        ddp.teardown(ok)
+
+
+def _sample(cfg: DictConfig) -> Path | None:
     run_cfg, run_dir, setup, data, model, _ = load_run(cfg)
     n = positive_int("n", cfg.n)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    if not ddp.is_main():
+        with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
+            sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp))
+        return None
     out = Path(cfg.out) if cfg.get("out") else run_dir
     png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
     log.info("wrote %s and %s", png, png.with_suffix(".npz"))

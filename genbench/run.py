@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import logging
+import platform
 import random
 import subprocess
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import genbench
 from genbench.data.base import Data
-from genbench.errors import ConfigError, UserError, nonneg_float, positive_int
+from genbench.errors import ConfigError, UserError, bad_value, nonneg_float, positive_int
+from genbench.eval.extractors import EXTRACTOR_CHOICES
+from genbench.eval.fidelity import METRICS
 from genbench.eval.metric import Metric
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.models.base import GenerativeModel
@@ -89,8 +94,33 @@ def validate(cfg: DictConfig) -> None:
         cfg.optimizer.lr = nonneg_float("optimizer.lr", cfg.optimizer.lr, positive=True)
     if str(t.resume) not in ("auto", "never"):
         raise ConfigError(f"trainer.resume={t.resume!r} is invalid: expected auto or never")
-    positive_int("eval.n_samples", cfg.eval.n_samples, minimum=0)
-    positive_int("eval.batch_size", cfg.eval.batch_size)
+    _validate_eval(cfg.eval)
+    cfg.seed = positive_int("seed", cfg.seed, minimum=0)
+    if not isinstance(cfg.device.get("compile", False), bool):
+        raise bad_value("device.compile", cfg.device.compile, "true or false")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value: set it on the command line, e.g. "
+                          f"{missing[0]}=...")
+
+
+def _validate_eval(e: DictConfig) -> None:
+    """``eval.*`` values, checked before training rather than after it."""
+    positive_int("eval.n_samples", e.n_samples, minimum=0)
+    for key in ("batch_size", "grid", "kid_subset_size", "isc_splits"):
+        positive_int(f"eval.{key}", e[key])
+    positive_int("eval.seed", e.seed, minimum=0)
+    for key in ("nll_examples", "n_reference"):
+        if e.get(key) is not None:
+            positive_int(f"eval.{key}", e[key])
+    for steps in e.get("sampler_sweep") or []:
+        positive_int("eval.sampler_sweep", steps)
+    if str(e.get("reference_split", "test")) not in ("train", "val", "test"):
+        raise bad_value("eval.reference_split", e.reference_split, "train, val or test")
+    if str(e.get("extractor", "auto")) not in EXTRACTOR_CHOICES:
+        raise bad_value("eval.extractor", e.extractor, f"one of {', '.join(EXTRACTOR_CHOICES)}")
+    if any(str(m) not in METRICS for m in e.get("metrics") or []):
+        raise bad_value("eval.metrics", list(e.metrics), f"a subset of {list(METRICS)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -108,13 +138,31 @@ def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
     return data.to(setup.device), model.to(setup.device)
 
 
+#: packages whose versions can change a run's numbers (recorded with every run)
+_PACKAGES = ("numpy", "torchvision", "torch-fidelity", "torchmetrics", "hydra-core", "omegaconf")
+
+
 def versions() -> dict[str, str]:
-    out = {"genbench": genbench.__version__, "torch": torch.__version__}
+    """genbench, Python and package versions, and the git commit (with ``git_dirty`` when the work
+    tree has uncommitted changes) when genbench runs from a checkout."""
+    out = {"genbench": genbench.__version__, "python": platform.python_version(),
+           "torch": torch.__version__}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(genbench.__file__).parent, timeout=5)
-        if commit.returncode == 0:
-            out["git_commit"] = commit.stdout.strip()
+        where = Path(genbench.__file__).parent
+        git = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, cwd=where, timeout=5)
+        top, _, commit = git.stdout.strip().partition("\n")
+        # only genbench's own checkout (not a repository that merely contains an installed copy)
+        if git.returncode == 0 and Path(top).resolve() == where.parent.resolve():
+            out["git_commit"] = commit
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, cwd=where, timeout=5)
+            out["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
     return out
@@ -138,6 +186,21 @@ def find_resumable(outputs: Path, hash_: str) -> Path | None:
             continue
         found.append(run_dir)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def open_store(outputs: Path) -> Store:
+    """The leaderboard under ``outputs``, once the folder is known to be writable and an existing
+    leaderboard readable (a corrupt or foreign file fails before training, not after)."""
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=outputs).close()
+    except OSError as err:
+        raise ConfigError(f"paths.outputs={str(outputs)!r} is not a writable folder "
+                          f"({err.strerror or err})") from None
+    store = Store(outputs / "leaderboard.sqlite")
+    if store.path.exists():
+        store.runs()
+    return store
 
 
 def run_id_of(run_dir: Path, outputs: Path) -> str:

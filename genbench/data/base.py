@@ -82,9 +82,22 @@ def to_levels(images: Tensor, levels: int) -> Tensor:
     return images.to(dtype)
 
 
+def check_fraction(key: str, value: Any) -> float:
+    """``value`` as a float in [0, 1), or a :class:`DatasetError` naming ``dataset.<key>``."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not 0 <= out < 1:
+        raise DatasetError(f"dataset.{key}={value!r} is invalid: expected a number in [0, 1)")
+    return out
+
+
 def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction: float,
                          val_fraction: float, seed: int) -> dict[str, Tensor | None]:
     """A fixed, seeded permutation split into train / val / test (val is held out of train)."""
+    test_fraction = check_fraction("test_fraction", test_fraction)
+    val_fraction = check_fraction("val_fraction", val_fraction)
     n = images.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = int(round(n * test_fraction))
@@ -100,6 +113,7 @@ def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction
 def hold_out_val(train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
                  ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Split a fixed training split into (train, train_labels, val) with a seeded permutation."""
+    val_fraction = check_fraction("val_fraction", val_fraction)
     n = train.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction))
@@ -113,13 +127,24 @@ class Batches:
     Epoch ``e`` uses the permutation drawn from ``seed + e``; the state is ``(epoch, index)``, so a
     resumed run sees exactly the batches an uninterrupted one would. The last partial batch of an
     epoch is dropped.
+
+    With ``world`` processes (data-parallel training), ``batch_size`` is the global batch: every
+    rank draws the same permutation and :meth:`next` returns rank ``rank``'s contiguous
+    ``batch_size / world`` slice of the global batch, so the ranks together see exactly the
+    batches of one process.
     """
 
     def __init__(self, data: Tensor, batch_size: int, seed: int,
-                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+                 transform: Callable[[Tensor], Tensor] | None = None, *, rank: int = 0,
+                 world: int = 1) -> None:
         if batch_size < 1:
             raise DatasetError(f"trainer.batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.seed = data, min(batch_size, data.shape[0]), seed
+        if batch_size % world or not 0 <= rank < world:
+            raise DatasetError(f"the global batch ({batch_size}) must split evenly across "
+                               f"{world} processes (rank {rank})")
+        self.data, self.seed = data, seed
+        self.batch_size = min(batch_size, data.shape[0] // world * world)  # global
+        self.rank, self.local_batch_size = rank, self.batch_size // world
         self.epoch, self.index = 0, 0
         self._perm: Tensor | None = None
 
@@ -130,10 +155,11 @@ class Batches:
         return self._perm
 
     def next(self) -> Tensor:
-        """The next ``[B, C, H, W]`` int64 batch."""
+        """The next ``[B / world, C, H, W]`` int64 batch (this rank's slice)."""
         if self.index + self.batch_size > self.data.shape[0]:
             self.epoch, self.index, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.index:self.index + self.batch_size]
+        lo = self.index + self.rank * self.local_batch_size
+        idx = self._permutation()[lo:lo + self.local_batch_size]
         self.index += self.batch_size
         return self.data[idx].long()
 

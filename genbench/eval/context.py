@@ -16,6 +16,7 @@ from genbench.data.base import Data
 from genbench.eval.metric import Metric
 from genbench.models.base import GenerativeModel
 from genbench.nn.random import per_sample_generators
+from genbench.train import distributed as ddp
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class EvalContext:
     def samples(self, n: int | None = None, sampler: dict[str, Any] | None = None) -> Samples:
         """``n`` samples (default ``eval.n_samples``) under ``sampler``; sample *i* is drawn with
         its own generator seeded from ``(eval.seed, i)``, so results do not depend on the
-        batch size.
+        batch size, nor on how many processes share the work: with several ranks each draws a
+        contiguous run of batches and every rank gets all ``n`` samples, in index order;
+        ``ms_per_image`` is then device time (summed over ranks) per image.
         Samples are generated once per (n, sampler) and shared by all stages."""
         n = int(self.cfg.n_samples if n is None else n)
         sampler = dict(self.sampler if sampler is None else sampler)
@@ -63,20 +66,22 @@ class EvalContext:
             self.model.eval()
             start = time.perf_counter()
             with torch.inference_mode():
-                for i in range(0, n, bs):
-                    m = min(bs, n - i)
-                    gens = per_sample_generators(self.seed, i, m, self.device)
-                    out.append(self.model.sample(m, generator=gens, **sampler).cpu())
+                for i, j in ddp.my_batches(n, bs):
+                    gens = per_sample_generators(self.seed, i, j - i, self.device)
+                    out.append(self.model.sample(j - i, generator=gens, **sampler).cpu())
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            x = torch.cat(out)
-            self._check(x)
-            self._samples[key] = Samples(x, 1000 * seconds / max(n, 1),
+            mine = torch.cat(out) if out else torch.zeros((0, *self.data.shape), dtype=torch.long)
+            if out:
+                self._check(mine)
+            x = ddp.gather_rows(mine)
+            busy = float(ddp.reduce_sum(torch.tensor(seconds, dtype=torch.float64)))
+            self._samples[key] = Samples(x, 1000 * busy / max(n, 1),
                                          float(self.model.nfe(**sampler)),
                                          self.model.resolve_sampler(**sampler))
             log.info("sampled %d images in %.1f s (%.2f ms/image)", n, seconds,
-                     1000 * seconds / max(n, 1))
+                     1000 * busy / max(n, 1))
         return self._samples[key]
 
     def _check(self, x: Tensor) -> None:

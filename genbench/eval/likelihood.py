@@ -1,24 +1,33 @@
 """Test-set NLL and bits/dim with one rule for every model: ``bpd = nll / (D ln 2)``.
 
 The number keeps its kind: ``exact`` for autoregressive models, ``bound`` for the VAE's IWAE / ELBO,
-a flow's dequantized density and DDPM's VLB, ``estimate`` for the probability-flow ODE. Sums stream
-through torchmetrics so they reduce across processes. Extra terms from ``model.bound_terms`` are
-reported beside the NLL; by convention a term named ``neg_*`` is itself a bound on the NLL.
+a flow's dequantized density and DDPM's VLB, ``estimate`` for the probability-flow ODE. Extra terms
+from ``model.bound_terms`` are reported beside the NLL; by convention a term named ``neg_*`` is
+itself a bound on the NLL.
+
+Sums stream through torchmetrics, so they reduce across processes: with several ranks each
+evaluates a contiguous run of the test batches. Monte-Carlo / dequantization noise is seeded per
+batch (from ``eval.seed`` and the batch's first index), so the result equals one process's to
+rounding.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics.aggregation import SumMetric
 
 from genbench.eval.context import EvalContext
 from genbench.eval.metric import Metric
 from genbench.eval.registry import register_metric
 from genbench.models.base import likelihood_kind
 from genbench.nn.random import per_sample_generators
+from genbench.train import distributed as ddp
+
+if TYPE_CHECKING:
+    from torchmetrics.aggregation import SumMetric
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +37,20 @@ def bits_per_dim(nll_nats: float, dims: int) -> float:
     return nll_nats / (dims * math.log(2))
 
 
-def _test_batches(ctx: EvalContext) -> list[torch.Tensor]:
+def _n_test(ctx: EvalContext) -> int:
     test = ctx.data.test
-    n = len(test) if ctx.cfg.nll_examples is None else min(len(test), int(ctx.cfg.nll_examples))
-    bs = int(ctx.cfg.batch_size)
-    return [test[i:min(i + bs, n)].to(ctx.device).long() for i in range(0, n, bs)]
+    return len(test) if ctx.cfg.nll_examples is None else min(len(test), int(ctx.cfg.nll_examples))
+
+
+def _sum(name: str, sums: dict[str, SumMetric]) -> SumMetric:
+    """The float64 running sum of ``name`` (on the device collectives use)."""
+    if name not in sums:
+        # imported here: torchmetrics adds ~1.5 s to every process start (scripts/bench)
+        from torchmetrics.aggregation import SumMetric
+
+        # .to() first: moving a metric resets the dtype it casts its inputs to
+        sums[name] = SumMetric().to(ddp.comm_device()).set_dtype(torch.float64)
+    return sums[name]
 
 
 @register_metric("likelihood")
@@ -42,19 +60,21 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     if model.likelihood == "none" or not ctx.cfg.nll:
         return []
     sums: dict[str, SumMetric] = {}
-    count = 0
+    count = _n_test(ctx)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        torch.manual_seed(ctx.seed)  # dequantization / Monte-Carlo noise is seeded
         model.eval()
-        for x in _test_batches(ctx):
+        for i, j in ddp.my_batches(count, int(ctx.cfg.batch_size)):
+            torch.manual_seed(ctx.seed * 1_000_003 + i)  # dequantization / Monte-Carlo noise
+            x = ctx.data.test[i:j].to(ctx.device).long()
             terms = {"nll": model.nll(x), **model.bound_terms(x)}
             for name, value in terms.items():
-                sums.setdefault(name, SumMetric()).update(value.double().cpu())
-            count += x.shape[0]
+                _sum(name, sums).update(value.double().to(ddp.comm_device()))
     kind = likelihood_kind(model.likelihood)
     rows = []
-    for name, metric in sums.items():
-        nats = float(metric.compute()) / count
+    for name in ddp.union(list(sums)):  # every rank reduces the same sums, in the same order
+        if name not in sums:  # a rank with no test batch adds nothing
+            _sum(name, sums).update(torch.zeros(0, dtype=torch.float64, device=ddp.comm_device()))
+        nats = float(sums[name].compute()) / max(count, 1)
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
         rows.append(Metric(name, nats, k, "test", count, "nats", proto))
@@ -77,15 +97,16 @@ def ode_likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         return []
     n = min(len(ctx.data.test), int(ctx.cfg.get("ode_examples", 16)))
     options = dict(ctx.cfg.get("ode_options") or {})
-    bs, total, nfe, settings = int(ctx.cfg.batch_size), 0.0, 0.0, {}
+    sums, settings = torch.zeros(2, dtype=torch.float64), {}  # nats, NFE over this rank's images
     ctx.model.eval()
-    for i in range(0, n, bs):
-        x = ctx.data.test[i:min(i + bs, n)].to(ctx.device).long()
-        gens = per_sample_generators(ctx.seed, i, x.shape[0], ctx.device)
-        out = estimate(x, generator=gens, **options)
-        total += float(out.nll.double().sum())
-        nfe += float(out.nfe.double().sum())
+    for i, j in ddp.my_batches(n, int(ctx.cfg.batch_size)):
+        x = ctx.data.test[i:j].to(ctx.device).long()
+        out = estimate(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device),
+                       **options)
+        sums += torch.stack([out.nll.double().sum(), out.nfe.double().sum()]).cpu()
         settings = out.settings
+    total, nfe = ddp.reduce_sum(sums).tolist()
+    settings = ddp.main_value(settings)
     proto = {"likelihood": "ode", "seed": ctx.seed, **settings}
     nats = total / max(n, 1)
     return [Metric("nll_ode", nats, "estimate", "test", n, "nats", proto),

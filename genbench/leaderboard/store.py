@@ -89,11 +89,11 @@ class Store:
     def _check(self, con: sqlite3.Connection, write: bool) -> None:
         app_id = con.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id == 0 and not tables and write:
+        if app_id == 0 and not tables and (write or self.path.stat().st_size == 0):
+            # one transaction, so a concurrent writer never sees a half-built schema
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"PRAGMA application_id={APP_ID}")
-            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            con.executescript(_SCHEMA)
+            con.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id={APP_ID}; "
+                              f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")
         elif app_id != APP_ID:
             raise StoreError(f"{str(self.path)!r} is an SQLite file but not a genbench "
                              "leaderboard; it was left untouched (choose another paths.outputs)")
@@ -149,6 +149,7 @@ class Store:
         """Every run with its metrics: dicts of run columns plus ``metrics`` (list of dicts)."""
         with self._connect(write=False) as con:
             con.row_factory = sqlite3.Row
+            con.execute("BEGIN")  # one consistent snapshot of runs and metrics
             runs = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY created")]
             by_id = {r["run_id"]: r for r in runs}
             for r in runs:
@@ -159,4 +160,5 @@ class Store:
                 m = dict(m)
                 m["protocol"] = json.loads(m["protocol"])
                 by_id[m["run_id"]]["metrics"].append(m)
+            con.execute("COMMIT")
         return runs

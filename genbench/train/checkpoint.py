@@ -87,11 +87,15 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     """Load a checkpoint with ``weights_only=True``; refuse anything unsafe or unreadable."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a torch "
+                              "checkpoint archive)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing to load {str(path)!r}: it is not a plain weights "
-                              f"checkpoint ({str(err).splitlines()[0]})") from None
+        reason = str(err).partition("WeightsUnpickler error:")[2].strip().split(". ")[0]
+        raise CheckpointError(f"refusing to load {str(path)!r}: it holds more than plain "
+                              f"weights ({reason or 'unsupported content'})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({err})") from None
 

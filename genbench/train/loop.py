@@ -8,24 +8,32 @@ checkpoints atomically and resumes exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genbench.data.base import Batches
-from genbench.models.base import GenerativeModel
+from genbench.errors import ConfigError
+from genbench.models.base import GenerativeModel, Phase
 from genbench.tracking import Tracker
 from genbench.train import checkpoint
+from genbench.train import distributed as ddp
 from genbench.train.device import DeviceSetup, eval_mode
 from genbench.train.ema import EMA
 
@@ -45,6 +53,40 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[list[int]]:
+    """Hold Ctrl-C (SIGINT) until the current training step is complete, so the interrupt
+    checkpoint is a consistent state; the yielded list is non-empty once one arrived. A second
+    Ctrl-C interrupts at once. Only the main thread can set signal handlers (elsewhere: no-op)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
+                     ) -> torch.optim.Optimizer:
+    """``conf/optimizer`` with the phase's overrides, over ``params``; bad values (a negative
+    weight decay, betas outside [0, 1)) raise a :class:`ConfigError`, not a traceback."""
+    try:
+        return instantiate(optimizer, **dict(phase.optimizer))(params=params)
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise ConfigError(f"could not build the optimizer of phase {phase.name!r} from "
+                          f"optimizer._target_={optimizer.get('_target_')!r}: "
+                          f"{err.__cause__ or err}") from None
+
+
 class Trainer:
     """Trains ``model`` on ``train`` batches; writes ``run_dir/checkpoints/{last,best}.pt``."""
 
@@ -55,10 +97,10 @@ class Trainer:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         self.run_dir, self.seed = run_dir, seed
         self.ckpt_dir = run_dir / "checkpoints"
-        self.batches = Batches(train, int(cfg.batch_size), seed)
-        self.optimizers = {p.name: instantiate(optimizer, **dict(p.optimizer))(
-            params=[q for q in model.parameters_for(p.name) if q.requires_grad])
-            for p in model.phases}
+        self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
+                               world=ddp.world_size())
+        self.optimizers = {p.name: _build_optimizer(optimizer, p, [
+            q for q in model.parameters_for(p.name) if q.requires_grad]) for p in model.phases}
         warmup = int(cfg.get("warmup_steps", 0) or 0)
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda i: min(1.0, (i + 1) / warmup)) for name, opt in self.optimizers.items()
@@ -109,6 +151,8 @@ class Trainer:
     def save(self, status: str | None = None) -> None:
         if status is not None:
             self.state.status = status
+        if not ddp.is_main():  # one writer; every rank holds the same state
+            return
         checkpoint.save(self.state_dict(), self.ckpt_dir / "last.pt")
         checkpoint.write_status(self.run_dir, self.state.status, self.state.step,
                                 self.extra_state.get("config_hash"))
@@ -116,17 +160,18 @@ class Trainer:
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """Mean ``loss`` of the last phase on the held-out split, with a fixed noise seed."""
+        """Mean ``loss`` of the last phase on the held-out split. Noise is seeded per batch, so
+        the value does not depend on how the batches are split across ranks."""
         model, phase = self.eval_model, self.model.phases[-1].name
         n = min(len(self.val), int(self.cfg.val_examples))
-        bs, total = int(self.cfg.batch_size), 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.setup.device)
         with torch.random.fork_rng(devices=[]), eval_mode(model):
-            torch.manual_seed(self.seed + 1)
-            for i in range(0, n, bs):
-                x = self.val[i:i + bs].long()
+            for i, j in ddp.my_batches(n, int(self.cfg.batch_size)):
+                torch.manual_seed((self.seed + 1) * 1_000_003 + i)
                 with self.setup.autocast():
-                    total += float(model.training_losses(x, phase)["loss"].float().sum())
-        return total / max(n, 1)
+                    loss = model.training_losses(self.val[i:j].long(), phase)["loss"]
+                total += loss.float().sum()
+        return float(ddp.reduce_sum(total)) / max(n, 1)
 
     def _maybe_select(self) -> None:
         if not type(self.model).select_best:
@@ -135,11 +180,14 @@ class Trainer:
         self.state.history.append({"step": self.state.step, "val_loss": val})
         if val < self.state.best_val:
             self.state.best_val, self.state.best_step = val, self.state.step
-            checkpoint.save({"model": self.eval_model.state_dict(), "step": self.state.step,
-                             "val_loss": val}, self.ckpt_dir / "best.pt")
+            if ddp.is_main():
+                checkpoint.save({"model": self.eval_model.state_dict(),
+                                 "step": self.state.step, "val_loss": val},
+                                self.ckpt_dir / "best.pt")
 
     # -- training ----------------------------------------------------------------------------
-    def _phase_step(self, name: str, terms_acc: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _phase_step(self, name: str, terms_acc: dict[str, torch.Tensor], repeat: int = 1
+                    ) -> torch.Tensor:
         opt, scaler = self.optimizers[name], self.scalers[name]
         x = self.batches.next()
         self.model.zero_grad(set_to_none=True)
@@ -147,6 +195,8 @@ class Trainer:
             terms = self.losses[name](x, name)
         loss = terms["loss"].float().mean()
         scaler.scale(loss).backward()
+        # several ranks: average the phase's gradients here (see train/distributed for why not DDP)
+        ddp.average_gradients(p for g in opt.param_groups for p in g["params"])
         if float(self.cfg.grad_clip) > 0:
             scaler.unscale_(opt)
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -156,13 +206,15 @@ class Trainer:
         if name in self.schedulers:
             self.schedulers[name].step()
         for k, v in terms.items():
-            terms_acc[f"{name}/{k}"] += v.detach().float().mean()
-        self.state.images_seen += x.shape[0]
+            terms_acc[f"{name}/{k}"] += v.detach().float().mean() / repeat  # mean over repeats
+        self.state.images_seen += self.batches.batch_size  # the global batch, over all ranks
         return loss.detach()
 
     def _open_stats(self) -> TextIO:
         """``stats.jsonl`` opened for appending, without rows past the current step: a killed run
         may have logged steps after its last checkpoint, which the resumed run logs again."""
+        if not ddp.is_main():
+            return open(os.devnull, "w")  # noqa: SIM115  (closed by fit)
         path = self.run_dir / "stats.jsonl"
         if path.exists():
             kept = []
@@ -185,18 +237,23 @@ class Trainer:
         n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds
         stats = self._open_stats()
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
+                            disable=not ddp.is_main())
         try:
-            with progress:
+            with progress, _defer_sigint() as stop:
                 task = progress.add_task("train", total=max_steps, completed=self.state.step,
                                          info="")
                 while self.state.step < max_steps:
-                    losses = [self._phase_step(p.name, acc)
+                    if self._should_stop(stop):
+                        raise KeyboardInterrupt
+                    losses = [self._phase_step(p.name, acc, p.repeat)
                               for p in self.model.phases for _ in range(p.repeat)]
                     self.state.step += 1
                     n_acc += 1
+                    # ranks follow rank 0's buffers, and its weights after the first step (ActNorm)
+                    ddp.broadcast_module(self.model, buffers_only=self.state.step > 1)
                     check = self.setup.device.type == "cpu" or self.state.step % every == 0
-                    if check and not all(torch.isfinite(v) for v in losses):
+                    if check and not self._all_finite(losses):
                         log.error("loss became %s at step %d: the run diverged; keeping the last "
                                   "good checkpoint", [float(v) for v in losses], self.state.step)
                         self.state.status = "diverged"
@@ -205,16 +262,7 @@ class Trainer:
                         self.ema.update(self.model)
                     self.state.train_seconds = time.perf_counter() - t0
                     if self.state.step % every == 0 or self.state.step == max_steps:
-                        row = {k: float(v) / n_acc for k, v in acc.items()}
-                        row.update(step=self.state.step, images=self.state.images_seen,
-                                   seconds=round(self.state.train_seconds, 3))
-                        stats.write(json.dumps(row) + "\n")
-                        self.tracker.log({f"train/{k}": v for k, v in row.items()},
-                                         self.state.step)
-                        stats.flush()
-                        info = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if "/" in k)
-                        rate = self.state.step / max(self.state.train_seconds, 1e-9)
-                        progress.update(task, info=f"{info}  {rate:.1f} steps/s")
+                        progress.update(task, info=self._log_row(stats, acc, n_acc))
                         acc.clear()
                         n_acc = 0
                     progress.update(task, completed=self.state.step)
@@ -223,6 +271,8 @@ class Trainer:
                         self._maybe_select()
                     if self.state.step % int(self.cfg.ckpt_every) == 0:
                         self.save()
+                if self._should_stop(stop, now=True):
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: writing a checkpoint; resume with the same "
                         "command (trainer.resume=auto)", self.state.step)
@@ -230,5 +280,34 @@ class Trainer:
             raise
         finally:
             stats.close()
+        ddp.check_replicas(self.model)
         self.save("finished")
         return self.state
+
+    def _log_row(self, stats: TextIO, acc: dict[str, torch.Tensor], n_acc: int) -> str:
+        """Write the mean training terms since the last row (averaged over ranks) to
+        ``stats.jsonl`` and the tracker; returns the progress-bar text."""
+        keys = sorted(acc)
+        means = ddp.reduce_mean(torch.stack([acc[k] for k in keys])) if keys else []
+        row: dict[str, float] = {k: float(v) / n_acc for k, v in zip(keys, means)}
+        row.update(step=self.state.step, images=self.state.images_seen,
+                   seconds=round(self.state.train_seconds, 3))
+        stats.write(json.dumps(row) + "\n")
+        self.tracker.log({f"train/{k}": v for k, v in row.items()}, self.state.step)
+        stats.flush()
+        info = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if "/" in k)
+        return f"{info}  {self.state.step / max(self.state.train_seconds, 1e-9):.1f} steps/s"
+
+    def _all_finite(self, losses: list[torch.Tensor]) -> bool:
+        """Whether this step's losses are finite on every rank (all ranks decide alike)."""
+        return bool(torch.isfinite(ddp.reduce_sum(torch.stack(losses))).all())
+
+    def _should_stop(self, stop: list[int], now: bool = False) -> bool:
+        """Whether Ctrl-C arrived. With several ranks, all must stop at the same step: they agree
+        every step on CPU and at the ``log_every`` cadence on CUDA (no extra device sync)."""
+        if ddp.world_size() == 1:
+            return bool(stop)
+        if not now and self.setup.device.type != "cpu" and self.state.step % int(
+                self.cfg.log_every):
+            return False
+        return bool(ddp.reduce_sum(torch.tensor(float(bool(stop)))) > 0)
