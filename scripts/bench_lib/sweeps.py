@@ -1,0 +1,103 @@
+"""Whole-command wall times: a 4-job sweep with the joblib launcher (2 workers, 1 thread each by
+``device.threads=auto``) against Hydra's basic launcher (one job after another, all cores), and
+the quickstart (every model, full mode only).
+
+Each command runs as the user would type it (``.venv/bin/genbench``), with genbench's defaults:
+``OMP_NUM_THREADS`` is removed from the environment so ``device.threads=auto`` decides, and every
+run writes into its own fresh ``paths.outputs``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench_lib.common import NOT_MEASURED, ROOT, Check, Result, Spread, loadavg, log, table, verdict
+
+GENBENCH = ROOT / ".venv" / "bin" / "genbench"
+TARGET = 0.6
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+
+def timed_command(args: list[str], outputs: Path, timeout: float) -> float:
+    """Wall seconds of ``genbench <args> paths.outputs=<outputs>``; raises when it fails."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = [str(GENBENCH), *args, f"paths.outputs={outputs}"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=outputs.parent, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{tail}")
+    return seconds
+
+
+def sweep_pairs(steps: int, pairs: int, tmp: Path) -> dict[str, list[float]]:
+    """Wall seconds of the basic and the joblib sweep, in alternating order."""
+    base = ["train", "-m", "experiment=smoke", f"trainer.max_steps={steps}", "seed=0,1,2,3",
+            "eval.sample_metrics=false"]
+    times: dict[str, list[float]] = {"basic": [], "joblib": []}
+    for r in range(pairs):
+        for side in (("basic", "joblib") if r % 2 == 0 else ("joblib", "basic")):
+            log(f"sweep of 4 x {steps} steps, {side} launcher, pair {r + 1}/{pairs}")
+            extra = list(JOBLIB) if side == "joblib" else []
+            times[side].append(timed_command(base + extra, tmp / f"{side}{steps}_{r}", 1800))
+    return times
+
+
+def run_sweeps(quick: bool) -> Result:
+    plan = [(100, 1)] if quick else [(200, 3), (1000, 2)]
+    res = Result("4. Sweeps: 4 jobs (`genbench train -m experiment=smoke seed=0,1,2,3 "
+                 "eval.sample_metrics=false`), joblib launcher with 2 workers vs the basic "
+                 "launcher")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gb_bench_sweep_") as tmp:
+        for steps, pairs in plan:
+            before = loadavg()
+            times = sweep_pairs(steps, pairs, Path(tmp))
+            ratio = Spread.of([j / b for b, j in zip(times["basic"], times["joblib"])])
+            ok = ratio.median <= TARGET
+            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, 4 x {steps} "
+                                    "steps", ratio.fmt(), f"<= {TARGET}", ok))
+            s = {k: Spread.of(v) for k, v in times.items()}
+            rows.append([steps, s["basic"].fmt(1), s["joblib"].fmt(1), ratio.fmt(),
+                         f"<= {TARGET}", verdict(ok), before])
+            res.raw[f"steps={steps}"] = times
+    res.table = table(["steps per job", "basic launcher s (sequential, threads auto = all "
+                       "cores)", "joblib n_jobs=2 s (threads auto = 1 per job)",
+                       "joblib / basic", "target", "verdict", "load average before"], rows)
+    res.notes = ["each command in its own paths.outputs, A/B order alternating; the basic "
+                 "launcher runs the 4 jobs in one process (imports paid once), joblib starts 2 "
+                 "worker processes that each import torch, torch-fidelity and genbench."]
+    return res
+
+
+def run_quickstart(quick: bool) -> Result:
+    res = Result("5. Quickstart: `genbench train experiment=quickstart` (every model, joblib, "
+                 "2 jobs)")
+    if quick:
+        res.checks = [Check("quickstart wall time", NOT_MEASURED + " (full mode only)")]
+        res.table = table(["command", "wall time"],
+                          [["genbench train experiment=quickstart",
+                            NOT_MEASURED + " (full mode only)"]])
+        return res
+    before = loadavg()
+    log(f"quickstart (load {before}); about 10 minutes on an idle 2-core machine")
+    tmp = Path(tempfile.mkdtemp(prefix="gb_bench_quickstart_"))
+    try:
+        seconds = timed_command(["train", "experiment=quickstart"], tmp / "outputs", 3600)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    after = loadavg()
+    res.checks = [Check("quickstart wall time", f"{seconds / 60:.1f} min",
+                        "~10 min on an idle 2-core machine")]
+    res.table = table(["command", "wall time", "load average before", "load average after"],
+                      [["genbench train experiment=quickstart", f"{seconds:.0f} s "
+                        f"({seconds / 60:.1f} min)", before, after]])
+    res.raw = {"seconds": seconds, "load_before": before, "load_after": after}
+    return res
