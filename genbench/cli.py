@@ -10,8 +10,12 @@ import os
 import sys
 from collections.abc import Callable
 
-# Before torch loads: OpenMP threads must sleep, not spin, when a core is busy (see train/device).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads: idle OpenMP threads spin briefly, then sleep (genbench/train/device.py);
+# the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+SPIN = {"GOMP_SPINCOUNT": "3000"}
+if "OMP_WAIT_POLICY" not in os.environ:
+    for _key, _value in SPIN.items():
+        os.environ.setdefault(_key, _value)
 
 COMMANDS: dict[str, str] = {
     "train": "train a model, evaluate it and record it in the leaderboard",

@@ -55,3 +55,13 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "genbench", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def float64():
+    """Run the test in float64 (the default dtype is restored afterwards); modules of closed-form
+    checks use it through ``pytestmark = pytest.mark.usefixtures("float64")``."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -129,7 +129,7 @@ def init(setup: DeviceSetup, threads: object = "auto") -> DeviceSetup:
         _quiet()
     log.info("process group: %d ranks (%s), rank %d on %s", world, dist.get_backend(), rank(),
              device)
-    return dataclasses.replace(setup, device=device, threads=n)
+    return dataclasses.replace(setup, device=device, threads=n, adaptive_threads=False)
 
 
 def _auto_threads(ranks_per_node: int) -> int:

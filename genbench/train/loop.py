@@ -9,6 +9,7 @@ checkpoints atomically and resumes exactly.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -34,7 +35,7 @@ from genbench.models.base import GenerativeModel, Phase
 from genbench.tracking import Tracker
 from genbench.train import checkpoint
 from genbench.train import distributed as ddp
-from genbench.train.device import DeviceSetup, eval_mode
+from genbench.train.device import DeviceSetup, ThreadGovernor, eval_mode
 from genbench.train.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,35 @@ def _defer_sigint() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
+def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
                      ) -> torch.optim.Optimizer:
     """``conf/optimizer`` with the phase's overrides, over ``params``; bad values (a negative
-    weight decay, betas outside [0, 1)) raise a :class:`ConfigError`, not a traceback."""
+    weight decay, betas outside [0, 1)) raise a :class:`ConfigError`, not a traceback.
+
+    Optimizers that offer a fused implementation (Adam, AdamW, SGD) get ``fused=True`` unless the
+    config sets ``fused``: one kernel per step instead of a loop over tensors, 3-7x faster Adam
+    steps on CPU for genbench's models (``scripts/bench``)."""
+    kwargs = dict(phase.optimizer)
+    if "fused" not in optimizer and "fused" not in kwargs and _fusable(optimizer, params):
+        kwargs["fused"] = True
     try:
-        return instantiate(optimizer, **dict(phase.optimizer))(params=params)
+        return instantiate(optimizer, **kwargs)(params=params)
     except (InstantiationException, TypeError, ValueError) as err:
         raise ConfigError(f"could not build the optimizer of phase {phase.name!r} from "
                           f"optimizer._target_={optimizer.get('_target_')!r}: "
                           f"{err.__cause__ or err}") from None
+
+
+def _fusable(optimizer: DictConfig, params: list[torch.nn.Parameter]) -> bool:
+    """Whether ``optimizer._target_`` takes ``fused`` and every parameter is a floating-point
+    tensor on CPU or CUDA."""
+    try:
+        cls = get_class(str(optimizer.get("_target_")))
+        takes = "fused" in inspect.signature(cls).parameters
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return False  # reported by instantiate in build_optimizer
+    return takes and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                         for p in params)
 
 
 class Trainer:
@@ -99,7 +119,7 @@ class Trainer:
         self.ckpt_dir = run_dir / "checkpoints"
         self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
                                world=ddp.world_size())
-        self.optimizers = {p.name: _build_optimizer(optimizer, p, [
+        self.optimizers = {p.name: build_optimizer(optimizer, p, [
             q for q in model.parameters_for(p.name) if q.requires_grad]) for p in model.phases}
         warmup = int(cfg.get("warmup_steps", 0) or 0)
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
@@ -109,6 +129,7 @@ class Trainer:
         self.scalers = {p.name: torch.amp.GradScaler(setup.device.type, enabled=fp16)
                         for p in model.phases}
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
+        self.governor = ThreadGovernor(setup.threads) if setup.adaptive_threads else None
         self.state = TrainState()
         self.extra_state = extra_state or {}
         self.tracker = tracker or Tracker()
@@ -261,6 +282,8 @@ class Trainer:
                         return self.state
                     if self.ema is not None:
                         self.ema.update(self.model)
+                    if self.governor is not None:
+                        self.governor.tick()
                     self.state.train_seconds = time.perf_counter() - t0
                     if self.state.step % every == 0 or self.state.step == max_steps:
                         progress.update(task, info=self._log_row(stats, acc, n_acc))

@@ -3,22 +3,21 @@ headline ratio, write ``<out>/bench-<mode>.md`` and ``.json``."""
 
 from __future__ import annotations
 
+# genbench's OpenMP wait policy is set when genbench.cli is imported, and must be before torch loads
+import genbench.cli  # noqa: F401  # isort: skip
+
+import argparse
+import dataclasses
+import json
 import os
+import sys
+import time
+from pathlib import Path
 
-# As in genbench.cli, before torch loads: OpenMP threads sleep instead of spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from bench_lib import common, evaluation, runner, sampling, sweeps, threads  # noqa: E402
-from bench_lib.common import ROOT, Result, log, machine, table, verdict  # noqa: E402
+from bench_lib import common, evaluation, runner, sampling, sweeps, threads
+from bench_lib.common import ROOT, Result, log, machine, table, verdict
 
 SECTIONS = {"runner": runner.run, "eval": evaluation.run, "sampling": sampling.run,
             "sweeps": sweeps.run_sweeps, "quickstart": sweeps.run_quickstart,

@@ -22,6 +22,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from genbench.train.loop import build_optimizer
+
 ROOT = Path(__file__).resolve().parents[2]
 NOT_MEASURED = "not measured"
 
@@ -162,9 +164,9 @@ def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0
 
 def make_optimizers(model: Any, optimizer: DictConfig) -> dict[str, torch.optim.Optimizer]:
     """One optimizer per phase, exactly as genbench's Trainer builds them."""
-    return {p.name: instantiate(optimizer, **dict(p.optimizer))(
-        params=[q for q in model.parameters_for(p.name) if q.requires_grad])
-        for p in model.phases}
+    return {p.name: build_optimizer(optimizer, p, [q for q in model.parameters_for(p.name)
+                                                    if q.requires_grad])
+            for p in model.phases}
 
 
 # ---------------------------------------------------------------- machine
@@ -189,4 +191,5 @@ def machine() -> dict[str, str]:
             "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
             "genbench": genbench.__version__, "git_commit": v.get("git_commit", "?")[:12],
             "python": platform.python_version(), "load_average": loadavg(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset")}
+            "OpenMP wait": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",
+                                    "GOMP_SPINCOUNT") if k in os.environ) or "default"}

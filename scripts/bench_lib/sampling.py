@@ -1,6 +1,8 @@
 """Sampling cost: ms/image of every model at the eval batch size (genbench's own measurement in
 ``EvalContext.samples``: per-sample generators, inference mode, one batch), and DDPM ancestral
-sampling over all T = 1000 steps against DDIM with 10 / 20 / 50 / 100 steps.
+sampling over all T = 1000 steps against DDIM with 10 / 20 / 50 / 100 steps, and the
+autoregressive models' cached incremental sampling against rerunning the whole network for every
+sub-pixel (``incremental=false``; the same draws).
 
 Models are freshly initialized and take one training step first (so data-dependent layers such
 as ActNorm are initialized); sampling cost does not depend on how well a model is trained.
@@ -92,21 +94,48 @@ def ddpm_samplers(n: int, repeats: int) -> tuple[list[list[Any]], list[Check], d
     return rows, checks, {k: Spread.of(v) for k, v in times.items()}
 
 
+def ar_caching(n: int, repeats: int) -> tuple[list[list[Any]], list[Check], dict[str, Any]]:
+    """PixelCNN / PixelRNN: cached incremental sampling vs the whole network per sub-pixel."""
+    rows, checks, raw = [], [], {}
+    for name in [m for m in ("pixelcnn", "pixelrnn") if m in model_names()]:
+        model, data, eval_cfg = _prepare(name)
+        times: dict[str, list[float]] = {"cached": [], "full": []}
+        for r in range(repeats):
+            for kind in ("cached", "full") if r % 2 == 0 else ("full", "cached"):
+                log(f"sampling: {name} {kind} on {n} images, repeat {r + 1}/{repeats}")
+                ms, nfe = ms_per_image(model, data, eval_cfg, n,
+                                       {"incremental": kind == "cached"})
+                times[kind].append(ms)
+        speedup = Spread.of([f / c for c, f in zip(times["cached"], times["full"])])
+        cached, full = Spread.of(times["cached"]), Spread.of(times["full"])
+        rows.append([name, f"{nfe:g}", full.fmt(2), cached.fmt(3), speedup.fmt(1)])
+        checks.append(Check(f"sampling {name} whole network per sub-pixel / cached ms/image "
+                            f"(n={n})", speedup.fmt(1)))
+        raw[name] = times
+    return rows, checks, raw
+
+
 def run(quick: bool) -> Result:
     repeats, n_ddpm, ddpm_repeats = (2, 16, 1) if quick else (3, 256, 2)
+    n_ar = 32 if quick else 256
     res = Result("3. Sampling cost (1 CPU thread, untrained weights)")
     rows, raw = per_model(repeats)
     res.raw["per_model_ms"] = raw
     dd_rows, checks, dd_raw = ddpm_samplers(n_ddpm, ddpm_repeats)
     res.raw["ddpm_ms"] = dd_raw
+    ar_rows, ar_checks, res.raw["ar_caching_ms"] = ar_caching(n_ar, ddpm_repeats)
     res.checks = [Check(f"sampling {name} ms/image (batch 256)", s.fmt(3))
-                  for name, s in raw.items()] + checks
+                  for name, s in raw.items()] + checks + ar_checks
     res.table = table(["model", "family", "eval batch", "sampler", "NFE/image",
                        f"ms/image (median [min-max], n={repeats})"], rows)
     res.table += ["", f"DDPM samplers, {n_ddpm} images per call"
                   f"{' (quick mode: fewer than the eval batch of 256)' if quick else ''}:", "",
                   *table(["sampler", "NFE/image", "ms/image", "ms per NFE per image",
-                          "ancestral / this"], dd_rows)]
+                          "ancestral / this"], dd_rows),
+                  "", f"Autoregressive sampling, {n_ar} images per call: cached incremental "
+                  "evaluation vs the whole network per sub-pixel (identical draws):", "",
+                  *table(["model", "NFE/image", "whole network ms/image", "cached ms/image",
+                          "speed-up"], ar_rows)]
     res.notes = ["GPU sampling: not measured (no GPU)." if not torch.cuda.is_available()
                  else "GPU sampling: not measured (the harness samples on CPU)."]
     return res

@@ -37,21 +37,26 @@ def timed_command(args: list[str], outputs: Path, timeout: float) -> float:
     return seconds
 
 
+SIDES = {"basic1": ["device.threads=1"], "basic": [], "joblib": list(JOBLIB)}
+
+
 def sweep_pairs(steps: int, pairs: int, tmp: Path) -> dict[str, list[float]]:
-    """Wall seconds of the basic and the joblib sweep, in alternating order."""
+    """Wall seconds of each sweep variant, in rotating order: the basic launcher with one thread
+    per job (``basic1``) and with genbench's default (``basic``: all cores), and joblib."""
     base = ["train", "-m", "experiment=smoke", f"trainer.max_steps={steps}", "seed=0,1,2,3",
             "eval.sample_metrics=false"]
-    times: dict[str, list[float]] = {"basic": [], "joblib": []}
+    times: dict[str, list[float]] = {k: [] for k in SIDES}
+    names = list(SIDES)
     for r in range(pairs):
-        for side in (("basic", "joblib") if r % 2 == 0 else ("joblib", "basic")):
-            log(f"sweep of 4 x {steps} steps, {side} launcher, pair {r + 1}/{pairs}")
-            extra = list(JOBLIB) if side == "joblib" else []
-            times[side].append(timed_command(base + extra, tmp / f"{side}{steps}_{r}", 1800))
+        for side in names[r % 3:] + names[:r % 3]:
+            log(f"sweep of 4 x {steps} steps, {side}, repeat {r + 1}/{pairs}")
+            times[side].append(timed_command(base + SIDES[side], tmp / f"{side}{steps}_{r}",
+                                             1800))
     return times
 
 
 def run_sweeps(quick: bool) -> Result:
-    plan = [(100, 1)] if quick else [(200, 3), (1000, 2)]
+    plan = [(100, 1)] if quick else [(200, 3), (1000, 3)]
     res = Result("4. Sweeps: 4 jobs (`genbench train -m experiment=smoke seed=0,1,2,3 "
                  "eval.sample_metrics=false`), joblib launcher with 2 workers vs the basic "
                  "launcher")
@@ -60,20 +65,28 @@ def run_sweeps(quick: bool) -> Result:
         for steps, pairs in plan:
             before = loadavg()
             times = sweep_pairs(steps, pairs, Path(tmp))
+            ratio1 = Spread.of([j / b for b, j in zip(times["basic1"], times["joblib"])])
             ratio = Spread.of([j / b for b, j in zip(times["basic"], times["joblib"])])
-            ok = ratio.median <= TARGET
-            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, 4 x {steps} "
-                                    "steps", ratio.fmt(), f"<= {TARGET}", ok))
+            ok = ratio1.median <= TARGET
+            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, 1-thread "
+                                    f"jobs, 4 x {steps} steps", ratio1.fmt(), f"<= {TARGET}",
+                                    ok))
+            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, genbench's "
+                                    f"default threads, 4 x {steps} steps", ratio.fmt()))
             s = {k: Spread.of(v) for k, v in times.items()}
-            rows.append([steps, s["basic"].fmt(1), s["joblib"].fmt(1), ratio.fmt(),
-                         f"<= {TARGET}", verdict(ok), before])
+            rows.append([steps, s["basic1"].fmt(1), s["basic"].fmt(1), s["joblib"].fmt(1),
+                         ratio1.fmt(), f"<= {TARGET}", verdict(ok), ratio.fmt(), before])
             res.raw[f"steps={steps}"] = times
-    res.table = table(["steps per job", "basic launcher s (sequential, threads auto = all "
-                       "cores)", "joblib n_jobs=2 s (threads auto = 1 per job)",
-                       "joblib / basic", "target", "verdict", "load average before"], rows)
-    res.notes = ["each command in its own paths.outputs, A/B order alternating; the basic "
-                 "launcher runs the 4 jobs in one process (imports paid once), joblib starts 2 "
-                 "worker processes that each import torch, torch-fidelity and genbench."]
+    res.table = table(["steps per job", "basic s, 1 thread per job", "basic s, threads auto "
+                       "(all cores)", "joblib n_jobs=2 s (threads auto = 1 per job)",
+                       "joblib / basic 1-thread", "target", "verdict", "joblib / basic auto",
+                       "load average before"], rows)
+    res.notes = ["each command in its own paths.outputs, order rotating; the basic launcher "
+                 "runs the 4 jobs in one process (imports paid once), joblib starts 2 worker "
+                 "processes that each import torch, torch-fidelity and genbench.",
+                 "the target applies to single-threaded jobs (the issue's setting); with "
+                 "genbench's defaults the basic launcher's jobs use both cores, so the joblib "
+                 "gain is the gain of process parallelism over intra-op threads."]
     return res
 
 

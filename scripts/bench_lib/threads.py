@@ -1,11 +1,12 @@
 """CPU threading: ms per VAE training step (digits, batch 128) with 1 or 2 torch threads, alone or
-beside a busy process (a spinning Python loop), with ``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE``.
+beside a busy process (a spinning Python loop), under three OpenMP wait policies: ``PASSIVE``
+(sleep at once), ``ACTIVE`` (spin without bound) and genbench's bounded spin
+(``genbench.cli.SPIN``), plus genbench's ``device.threads=auto`` on CPU: all cores, adjusted
+while training by ``ThreadGovernor`` to the cores the busy process leaves free.
 
 The wait policy is read when OpenMP starts, so each policy gets a fresh child process
 (``python -m bench_lib.threads --child``) that times every (load, threads) pair: it starts and
-stops the busy process itself, sets the thread count, warms up and times the steps. genbench's
-defaults are PASSIVE and ``device.threads=auto`` (all cores for a single job, one per job in a
-parallel sweep).
+stops the busy process itself, sets the thread count, warms up and times the steps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import time
 from pathlib import Path
 
 from bench_lib.common import Check, Result, Spread, loadavg, log, table
+from genbench.cli import SPIN
 
-POLICIES = ("PASSIVE", "ACTIVE")
-THREADS = (1, 2)
+POLICIES = ("PASSIVE", "ACTIVE", "genbench")
+THREADS: tuple[int | str, ...] = (1, 2, "auto")
 LOADS = ("alone", "busy")
 SCRIPTS = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,7 @@ def child(steps: int) -> dict[str, float]:
 
     from bench_lib.common import build_model, compose_train, dataset, make_optimizers
     from genbench.data.base import Batches
+    from genbench.train.device import ThreadGovernor
 
     cfg = compose_train("model=vae", "dataset=digits")
     data = dataset("digits")
@@ -56,13 +59,24 @@ def child(steps: int) -> dict[str, float]:
         spinner = _spinner() if load == "busy" else None
         try:
             for t in THREADS:
-                torch.set_num_threads(t)
-                for _ in range(3):
+                cores = len(os.sched_getaffinity(0))
+                torch.set_num_threads(cores if t == "auto" else int(t))
+                gov = ThreadGovernor(cores, interval=0.5) if t == "auto" else None
+                warm = time.perf_counter() + (1.5 if gov else 0.0)
+                for k in range(10**6):  # 3 steps, or 1.5 s of governed steps
                     step()
+                    if gov is not None:
+                        gov.tick()
+                    if k >= 2 and time.perf_counter() >= warm:
+                        break
                 start = time.perf_counter()
                 for _ in range(steps):
                     step()
+                    if gov is not None:
+                        gov.tick()
                 out[f"{t}/{load}"] = 1e3 * (time.perf_counter() - start) / steps
+                if gov is not None:
+                    out[f"auto_threads/{load}"] = torch.get_num_threads()
         finally:
             if spinner is not None:
                 spinner.terminate()
@@ -71,8 +85,9 @@ def child(steps: int) -> dict[str, float]:
 
 
 def _spawn_child(policy: str, steps: int) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env["OMP_WAIT_POLICY"] = policy
+    drop = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", *SPIN)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(SPIN if policy == "genbench" else {"OMP_WAIT_POLICY": policy})
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-m", "bench_lib.threads", "--child",
                           "--steps", str(steps)],
@@ -84,43 +99,48 @@ def run(quick: bool) -> Result:
     steps, repeats = (10, 1) if quick else (40, 3)
     res = Result(f"6. CPU threading: VAE step (digits, batch 128), {steps} timed steps per "
                  f"configuration, {repeats} repeats (policies alternate)")
-    ms: dict[tuple[str, int, str], list[float]] = {}
-    loads = []
+    ms: dict[tuple[str, str, str], list[float]] = {}
+    loads, auto_threads = [], {load: [] for load in LOADS}
     for r in range(repeats):
-        for policy in POLICIES if r % 2 == 0 else POLICIES[::-1]:
-            log(f"threads: OMP_WAIT_POLICY={policy}, repeat {r + 1}/{repeats}")
+        for policy in POLICIES[r % 3:] + POLICIES[:r % 3]:
+            log(f"threads: {policy} wait policy, repeat {r + 1}/{repeats}")
             loads.append(loadavg())
             for key, value in _spawn_child(policy, steps).items():
                 t, load = key.split("/")
-                ms.setdefault((policy, int(t), load), []).append(value)
+                if t == "auto_threads":
+                    auto_threads[load].append(int(value))
+                elif t != "auto" or policy == "genbench":
+                    ms.setdefault((policy, t, load), []).append(value)
     s = {k: Spread.of(v) for k, v in ms.items()}
     cores = os.cpu_count() or 1
+    configs = [(p, str(t)) for p in POLICIES for t in THREADS if t != "auto" or p == "genbench"]
     rows = []
-    for policy in POLICIES:
-        for t in THREADS:
-            default = []
-            if policy == "PASSIVE" and t == min(cores, 2):
-                default.append("single job (auto = all cores)")
-            if policy == "PASSIVE" and t == 1:
-                default.append("parallel sweep (auto = 1 per job)")
-            a, b = s[(policy, t, "alone")], s[(policy, t, "busy")]
-            rows.append([policy, t, a.fmt(1), b.fmt(1), f"{b.median / a.median:.2f}",
-                         ", ".join(default) or "-"])
+    for policy, t in configs:
+        a, b = s[(policy, t, "alone")], s[(policy, t, "busy")]
+        note = {("genbench", "auto"): "genbench's default for a single job (threads ended at "
+                f"{auto_threads['alone']} alone, {auto_threads['busy']} busy)",
+                ("genbench", "1"): "genbench's default in a parallel sweep (1 per job)"}
+        rows.append([policy, t, a.fmt(1), b.fmt(1), f"{b.median / a.median:.2f}",
+                     note.get((policy, t), "-")])
     for load in LOADS:
-        for policy in POLICIES:
-            r2 = s[(policy, 2, load)].median / s[(policy, 1, load)].median
-            res.checks.append(Check(f"threads 2 / 1 thread step time, {policy}, {load}",
-                                    f"{r2:.2f}"))
-        best = min(s[(p, t, load)].median for p in POLICIES for t in THREADS)
-        res.checks.append(Check(f"threads genbench default (PASSIVE, auto={min(cores, 2)}) / "
-                                f"best config, {load}",
-                                f"{s[('PASSIVE', min(cores, 2), load)].median / best:.2f}"))
-    res.table = table(["OMP_WAIT_POLICY", "threads", "alone ms/step", "beside a busy process "
-                       "ms/step", "busy / alone", "genbench default for"], rows)
-    res.notes = [f"load average (1/5/15 min) at the start of each child: {', '.join(loads)} "
-                 "(other processes share this machine).",
-                 "'busy' adds one spinning Python process (one core's worth of load)."]
+        best = min((s[(p, t, load)].median, p, t) for p, t in configs if t != "auto")
+        auto = s[("genbench", "auto", load)].median
+        res.checks.append(Check(f"threads genbench default (auto on {cores} cores) / best fixed "
+                                f"config ({best[1]}, {best[2]} threads), {load}",
+                                f"{auto / best[0]:.2f}", "<= 1.1", auto / best[0] <= 1.1))
+        old = s[("PASSIVE", "2", load)].median
+        res.checks.append(Check(f"threads genbench default / PASSIVE with 2 threads (the "
+                                f"previous default), {load}", f"{auto / old:.2f}"))
+    res.table = table(["wait policy", "threads", "alone ms/step", "beside a busy process "
+                       "ms/step", "busy / alone", "note"], rows)
+    res.notes = [f"load average (1/5/15 min) at the start of each child: {', '.join(loads)}.",
+                 "'busy' adds one spinning Python process (one core's worth of load). 'auto': "
+                 "starts at all cores and runs 1.5 s of governed steps (governor interval 0.5 s "
+                 "here, 2 s in genbench) before the timed steps.",
+                 "genbench wait policy: " + ", ".join(f"{k}={v}" for k, v in SPIN.items())
+                 + " (bounded spin), unless the user sets OMP_WAIT_POLICY."]
     res.raw = {f"{p}/{t}/{load}": v for (p, t, load), v in ms.items()}
+    res.raw["auto_threads"] = auto_threads
     return res
 
 

@@ -9,14 +9,7 @@ from scipy.stats import norm
 from genbench.models.diffusion.likelihood import dequantize, ode_log_density, ode_nll
 from genbench.models.diffusion.process import GaussianDiffusion, linear_betas
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """These tests run in float64 (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # closed forms in float64
 
 MU = torch.tensor([0.2, -0.1], dtype=torch.float64)
 COV = torch.tensor([[0.04, 0.03], [0.03, 0.09]], dtype=torch.float64)

@@ -13,14 +13,7 @@ from genbench.models.diffusion.process import (
     linear_betas,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """These tests run in float64 (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # closed forms in float64
 
 
 

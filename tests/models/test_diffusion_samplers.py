@@ -14,14 +14,7 @@ from genbench.models.diffusion.samplers import (
     spaced_timesteps,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """These tests run in float64 (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # closed forms in float64
 
 MU = torch.tensor([0.3, -0.4], dtype=torch.float64)
 S = torch.tensor([0.2, 0.1], dtype=torch.float64)

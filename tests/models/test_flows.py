@@ -26,12 +26,7 @@ from genbench.nn.random import per_sample_generators
 TINY = {"hidden": 8, "blocks": 1}
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # closed forms in float64
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:

@@ -1,0 +1,81 @@
+"""ThreadGovernor: the thread count follows the cores other processes leave free."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from genbench.train.device import ThreadGovernor, setup_device
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
+
+
+def _stat(busy_ticks: list[int]) -> str:
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {b} 0 0 1000 0 0 0 0 0 0" for i, b in enumerate(busy_ticks)]
+    return "\n".join(lines) + "\n"
+
+
+class FakeClock:
+    """Feeds the governor a scripted /proc/stat, wall clock and own CPU time."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: object, cpus: int) -> None:
+        self.wall, self.own, self.busy = 0.0, 0.0, [0] * cpus
+        self.path = tmp_path / "stat"
+        self.path.write_text(_stat(self.busy))
+        monkeypatch.setattr(ThreadGovernor, "STAT", self.path)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+        monkeypatch.setattr(os, "sysconf", lambda name: 100)
+        monkeypatch.setattr("genbench.train.device.time.monotonic", lambda: self.wall)
+        monkeypatch.setattr(os, "times", lambda: os.times_result((self.own, 0, 0, 0, 0)))
+
+    def advance(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        """``seconds`` pass: this process uses ``own_cores``, others ``other_cores``."""
+        self.wall += seconds
+        self.own += seconds * own_cores
+        total = round(100 * seconds * (own_cores + other_cores))
+        self.busy = [b + total // len(self.busy) for b in self.busy]
+        self.path.write_text(_stat(self.busy))
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_drop_when_another_process_takes_a_core_and_come_back(
+        monkeypatch, tmp_path, threads):
+    clock = FakeClock(monkeypatch, tmp_path, cpus=2)
+    torch.set_num_threads(2)
+    gov = ThreadGovernor(limit=2, interval=2.0)
+    clock.advance(1.0, own_cores=1.3, other_cores=0.7)  # a busy process arrives
+    assert gov.tick() is None and torch.get_num_threads() == 2  # interval not over yet
+    clock.advance(1.5, own_cores=1.3, other_cores=0.7)
+    assert gov.tick() == 1 and torch.get_num_threads() == 1
+    assert gov.others == pytest.approx(0.7, abs=0.02)
+    clock.advance(2.0, own_cores=1.0, other_cores=1.0)
+    assert gov.tick() is None and torch.get_num_threads() == 1  # still busy: stays at 1
+    clock.advance(2.0, own_cores=1.0, other_cores=0.0)  # it left
+    assert gov.tick() == 2 and torch.get_num_threads() == 2
+
+
+def test_limit_is_respected_and_unreadable_stat_does_nothing(monkeypatch, tmp_path, threads):
+    clock = FakeClock(monkeypatch, tmp_path, cpus=4)
+    torch.set_num_threads(2)
+    gov = ThreadGovernor(limit=2)
+    clock.advance(3.0, own_cores=2.0, other_cores=0.0)
+    assert gov.tick() is None and torch.get_num_threads() == 2  # 4 free cores, limit 2
+    monkeypatch.setattr(ThreadGovernor, "STAT", tmp_path / "missing")
+    assert ThreadGovernor(limit=2).tick() is None
+
+
+def test_only_auto_threads_on_cpu_are_adaptive(threads):
+    auto = setup_device(OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": "auto"}))
+    fixed = setup_device(OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": 1}))
+    assert auto.adaptive_threads == ((os.cpu_count() or 1) > 1)
+    assert not fixed.adaptive_threads and fixed.threads == 1
