@@ -28,8 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import genbench
 from genbench.data.base import Data
 from genbench.errors import ConfigError, UserError, bad_value, nonneg_float, positive_int
-from genbench.eval.extractors import EXTRACTOR_CHOICES
-from genbench.eval.fidelity import METRICS
+from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
 from genbench.eval.metric import Metric
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.models.base import GenerativeModel

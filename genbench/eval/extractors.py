@@ -36,10 +36,10 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from genbench.data.base import Data
 from genbench.errors import UserError
+from genbench.eval.choices import EXTRACTOR_CHOICES
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_CHOICES = ("auto", "inception-v3", "domain")
 INCEPTION = "inception-v3"
 INCEPTION_REGISTERED = "inception-v3-compat"  # torch-fidelity's registry name
 

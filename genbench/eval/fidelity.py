@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 
 from genbench.data.base import Data
 from genbench.errors import UserError, bad_value
+from genbench.eval.choices import METRICS
 from genbench.eval.extractors import Extractor, levels_to_uint8, resolve_extractor
 from genbench.eval.metric import Metric
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "isc", "kid", "prc")
 PRC_NEIGHBORHOOD = 3  # k of the k-NN balls of Kynkaanniemi et al. 2019
 KID_SUBSETS = 100
 _REF = ("n_reference", "reference_split", "reference_sha256")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from genbench.eval.context import EvalContext
 from genbench.eval.cost import sampler_protocol
-from genbench.eval.fidelity import fidelity_metrics
 from genbench.eval.likelihood import bits_per_dim
 from genbench.eval.metric import Metric
 from genbench.eval.registry import register_metric
@@ -18,6 +17,8 @@ def fidelity_stage(ctx: EvalContext) -> list[Metric]:
     """torch-fidelity metrics for the run's sampler and each ``eval.sampler_sweep`` entry."""
     if not ctx.cfg.sample_metrics or ctx.data.density is not None or int(ctx.cfg.n_samples) < 2:
         return []
+    from genbench.eval.fidelity import fidelity_metrics  # torch-fidelity only when needed
+
     rows = []
     for sampler in ctx.sweep():
         s = ctx.samples(sampler=sampler)

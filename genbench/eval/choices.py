@@ -1,0 +1,6 @@
+"""Valid values of the sample-quality settings, importable without torch-fidelity (importing it
+costs about 1.3 s of every process's start-up: it loads torchvision and ``torch._dynamo``), so
+configs are validated and runs without sample metrics start without it."""
+
+METRICS = ("fid", "isc", "kid", "prc")
+EXTRACTOR_CHOICES = ("auto", "inception-v3", "domain")
