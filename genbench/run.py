@@ -51,7 +51,8 @@ def config_hash(cfg: DictConfig) -> str:
     c = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
     for key in ("resume", "rerun"):
         c.get("trainer", {}).pop(key, None)
-    c.get("device", {}).pop("threads", None)
+    for key in ("threads", "channels_last"):  # speed only (float rounding aside)
+        c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -134,7 +135,7 @@ def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
     model = _instantiate(cfg.model, "model", shape=data.shape, levels=data.levels)
     if not isinstance(model, GenerativeModel):
         raise ConfigError(f"model._target_={cfg.model._target_!r} is not a GenerativeModel")
-    return data.to(setup.device), model.to(setup.device)
+    return data.to(setup.device), setup.place_model(model, data.shape)
 
 
 #: packages whose versions can change a run's numbers (recorded with every run)

@@ -41,6 +41,17 @@ class DeviceSetup:
     compile: bool
     threads: int
     adaptive_threads: bool = False  # device.threads=auto on CPU: see ThreadGovernor
+    channels_last: bool | None = None  # device.channels_last; None = auto (see place_model)
+
+    def place_model(self, model: torch.nn.Module, shape: tuple[int, ...]) -> torch.nn.Module:
+        """``model`` on this device, its 4-D weights channels-last when ``device.channels_last``
+        is true, or ``auto`` and the data are images (``H * W > 1``). Measured on CPU
+        (``scripts/bench``, 1 thread): 4-9 % faster steps for every model on 8x8 digits, 14 %
+        for DCGAN on 28x28 MNIST, 2 % slower for the DDPM U-Net there; on GPUs channels-last is
+        what tensor-core convolutions want under autocast."""
+        model = model.to(self.device)
+        use = self.channels_last if self.channels_last is not None else shape[1] * shape[2] > 1
+        return model.to(memory_format=torch.channels_last) if use else model
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast in the configured precision (a no-op for fp32)."""
@@ -88,8 +99,11 @@ def setup_device(cfg: object) -> DeviceSetup:
     torch.set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
     adaptive = setting in (None, "auto") and name == "cpu" and threads > 1
+    channels_last = cfg.get("channels_last", "auto")
+    if channels_last not in ("auto", True, False):
+        raise bad_value("device.channels_last", channels_last, "auto, true or false")
     return DeviceSetup(torch.device(name), precision, bool(cfg.get("compile", False)), threads,
-                       adaptive)
+                       adaptive, None if channels_last == "auto" else channels_last)
 
 
 class ThreadGovernor:

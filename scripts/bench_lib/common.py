@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from genbench.train.device import DeviceSetup
 from genbench.train.loop import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,9 +158,11 @@ def dataset(name: str = "digits", device: str = "cpu") -> Any:
 
 def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0
                 ) -> torch.nn.Module:
-    """``cfg.model`` for ``data``'s shape and levels, initialized from ``seed``."""
+    """``cfg.model`` for ``data``'s shape and levels, initialized from ``seed``, placed as
+    genbench places it (``device.channels_last=auto``)."""
     torch.manual_seed(seed)
-    return instantiate(cfg.model, shape=data.shape, levels=data.levels).to(device)
+    model = instantiate(cfg.model, shape=data.shape, levels=data.levels)
+    return DeviceSetup(torch.device(device), "fp32", False, 1).place_model(model, data.shape)
 
 
 def make_optimizers(model: Any, optimizer: DictConfig) -> dict[str, torch.optim.Optimizer]:

@@ -1,4 +1,5 @@
-"""ThreadGovernor: the thread count follows the cores other processes leave free."""
+"""Device setup: the thread governor follows the cores other processes leave free; channels-last
+placement of image models."""
 
 from __future__ import annotations
 
@@ -79,3 +80,27 @@ def test_only_auto_threads_on_cpu_are_adaptive(threads):
     fixed = setup_device(OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": 1}))
     assert auto.adaptive_threads == ((os.cpu_count() or 1) > 1)
     assert not fixed.adaptive_threads and fixed.threads == 1
+
+
+def _cpu(**extra: object) -> object:
+    return setup_device(OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": 1,
+                                          **extra}))
+
+
+@pytest.mark.parametrize("setting,shape,expected", [
+    ("auto", (1, 8, 8), True), ("auto", (2, 1, 1), False), (False, (1, 8, 8), False),
+    (True, (2, 1, 1), True)])
+def test_channels_last_for_image_data_unless_configured(setting, shape, expected, threads):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
+    placed = _cpu(channels_last=setting).place_model(net, shape)
+    weight = placed[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert weight.is_contiguous() is not expected
+    assert placed[1].weight.is_contiguous()  # 2-D weights are untouched
+
+
+def test_bad_channels_last_names_key_value_and_choices(threads):
+    from genbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"device\.channels_last.*sometimes.*auto, true or false"):
+        _cpu(channels_last="sometimes")
