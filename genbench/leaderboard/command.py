@@ -11,7 +11,8 @@ from omegaconf import DictConfig, ListConfig
 
 from genbench.errors import ConfigError, bad_value
 from genbench.eval.metric import Metric
-from genbench.leaderboard.report import View, render, sort_keys
+from genbench.leaderboard.report import render
+from genbench.leaderboard.sections import View, sort_keys
 from genbench.leaderboard.store import RunRecord, Store, StoreError
 
 log = logging.getLogger(__name__)

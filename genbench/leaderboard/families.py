@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genbench.eval.metric import lower_is_better
-from genbench.leaderboard.report import Cell, Row, Section, View, build_sections
+from genbench.leaderboard.sections import Cell, Row, Section, View, build_sections
 
 #: family -> (taxonomy class, likelihood it offers, sampling cost class)
 TAXONOMY: dict[str, tuple[str, str, str]] = {

@@ -18,7 +18,7 @@ from typing import Any
 
 from genbench.eval.metric import lower_is_better
 from genbench.leaderboard import plots
-from genbench.leaderboard.report import RUN_NUMBERS, TEXT_FIELDS, Section, View, build_sections
+from genbench.leaderboard.sections import RUN_NUMBERS, TEXT_FIELDS, Section, View, build_sections
 
 Run = dict[str, Any]
 MAX_SAMPLE_BYTES = 4_000_000   # larger samples.png files are linked to, not inlined

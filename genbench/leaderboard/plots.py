@@ -8,7 +8,7 @@
 - ``loss``: training-loss curves (``stats.jsonl`` keys ending in ``loss``), one panel per run;
 - ``grid``: a montage of the runs' ``samples.png``.
 
-Panels never mix sample-metric protocols (one per :class:`~genbench.leaderboard.report.Section`).
+Panels never mix sample-metric protocols (one per :class:`~genbench.leaderboard.sections.Section`).
 A plot without data returns None and :func:`write_plots` says why instead of writing a file.
 """
 
@@ -28,7 +28,7 @@ from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
-from genbench.leaderboard.report import Row, Section, View, build_sections, pick
+from genbench.leaderboard.sections import Row, Section, View, build_sections, pick
 
 log = logging.getLogger(__name__)
 Run = dict[str, Any]

@@ -130,6 +130,7 @@ class Trainer:
                         for p in model.phases}
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
         self.governor = ThreadGovernor(setup.threads) if setup.adaptive_threads else None
+        self._grad_clip = float(cfg.grad_clip)
         self.state = TrainState()
         self.extra_state = extra_state or {}
         self.tracker = tracker or Tracker()
@@ -218,10 +219,10 @@ class Trainer:
         scaler.scale(loss).backward()
         # several ranks: average the phase's gradients here (see train/distributed for why not DDP)
         ddp.average_gradients(p for g in opt.param_groups for p in g["params"])
-        if float(self.cfg.grad_clip) > 0:
+        if self._grad_clip > 0:
             scaler.unscale_(opt)
             params = [p for g in opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, float(self.cfg.grad_clip))
+            torch.nn.utils.clip_grad_norm_(params, self._grad_clip)
         scaler.step(opt)
         scaler.update()
         if name in self.schedulers:
@@ -252,7 +253,10 @@ class Trainer:
 
     def fit(self) -> TrainState:
         """Train until ``trainer.max_steps``; returns the final state (status set)."""
+        # plain numbers: a DictConfig read costs ~8 us, several per step add up on small models
         max_steps, every = int(self.cfg.max_steps), int(self.cfg.log_every)
+        eval_every, ckpt_every = int(self.cfg.eval_every), int(self.cfg.ckpt_every)
+        self._grad_clip = float(self.cfg.grad_clip)
         dev = self.setup.device
         acc: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=dev))
         n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds
@@ -290,10 +294,10 @@ class Trainer:
                         acc.clear()
                         n_acc = 0
                     progress.update(task, completed=self.state.step)
-                    if (self.state.step % int(self.cfg.eval_every) == 0
+                    if (self.state.step % eval_every == 0
                             or self.state.step == max_steps):
                         self._maybe_select()
-                    if self.state.step % int(self.cfg.ckpt_every) == 0:
+                    if self.state.step % ckpt_every == 0:
                         self.save()
                 if self._should_stop(stop, now=True):
                     raise KeyboardInterrupt

@@ -14,7 +14,7 @@ from genbench.eval.metric import Metric
 from genbench.leaderboard.command import leaderboard_command
 from genbench.leaderboard.html import html_report, write_report
 from genbench.leaderboard.references import reference_runs
-from genbench.leaderboard.report import View
+from genbench.leaderboard.sections import View
 from genbench.leaderboard.store import RunRecord, Store
 
 PROTO = {"extractor": "digits-cnn", "n_generated": 100, "reference_split": "test",

@@ -17,14 +17,8 @@ from genbench.eval.metric import Metric
 from genbench.leaderboard.command import leaderboard_command
 from genbench.leaderboard.families import print_families, tradeoff_rows
 from genbench.leaderboard.references import reference_runs
-from genbench.leaderboard.report import (
-    View,
-    build_sections,
-    fmt_number,
-    print_metrics,
-    render,
-    table_rows,
-)
+from genbench.leaderboard.report import print_metrics, render, table_rows
+from genbench.leaderboard.sections import View, build_sections, fmt_number
 from genbench.leaderboard.store import RunRecord, Store
 
 CNN = {"extractor": "digits-cnn", "extractor_weights_sha256": "aa11", "n_generated": 1000,

@@ -1,0 +1,300 @@
+"""Leaderboard sections: runs grouped into comparable tables, one per dataset and sample-metric
+protocol, with their cells formatted by kind.
+
+FID / IS / KID / precision / recall computed with another extractor, sample count or reference
+split are never ranked together. Bounds print as ``≤ 1.23``, exact values plain, stochastic
+estimates as ``≈ 1.23``; a model without a likelihood shows ``n/a``; a missing value is ``–``,
+never 0. Published results (``references.yaml``) are listed under the runs of their dataset,
+apart, and never ranked with them. The renderers are in :mod:`genbench.leaderboard.report`,
+:mod:`~genbench.leaderboard.html` and :mod:`~genbench.leaderboard.plots`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from genbench.errors import ConfigError
+from genbench.eval.metric import lower_is_better
+from genbench.leaderboard.references import reference_notes
+
+Run = dict[str, Any]
+#: (column title, metric name or run field); ``@`` keys match ``<name>@<extractor>`` metrics
+LIKELIHOOD_COLUMNS = (("model", "model"), ("family", "family"), ("likelihood", "likelihood"),
+                      ("bits/dim", "bpd"), ("-ELBO bpd", "neg_elbo_bpd"))
+IMAGE_COLUMNS = (("FID", "fid@"), ("IS", "is@"), ("KID", "kid@"), ("precision", "precision@"),
+                 ("recall", "recall@"))
+TOY_COLUMNS = (("nll_gap", "nll_gap"), ("modes", "modes_covered"),
+               ("HQ share", "high_quality_share"))
+COST_COLUMNS = (("ms/img", "ms_per_image"), ("NFE", "nfe"), ("params", "params"),
+                ("steps", "steps"), ("train s", "train_seconds"), ("device", "device"),
+                ("status", "status"))
+COLUMNS = LIKELIHOOD_COLUMNS + IMAGE_COLUMNS + TOY_COLUMNS + COST_COLUMNS
+LIKELIHOOD_KEYS = ("bpd", "neg_elbo_bpd", "nll_gap")   # ``n/a`` for models without likelihood
+TEXT_FIELDS = ("model", "family", "likelihood", "device", "status")
+RUN_NUMBERS = ("params", "steps", "train_seconds")   # run fields; rank smaller first
+INTEGERS = frozenset({"params", "steps", "nfe", "modes_covered"})
+#: protocol fields that must agree for two sample-quality numbers to be ranked together (the
+#: sampler, seed, batch size and device may differ: they belong to the run, not the metric)
+PROTOCOL_FIELDS = ("extractor", "extractor_weights_sha256", "n_generated", "reference_split",
+                   "n_reference", "reference_sha256")
+TOY_ANCHORS = ("high_quality_share", "modes_covered", "sample_ll")
+LEGEND = "≤ upper bound · ≈ estimate · n/a no likelihood in this family · – not measured"
+_PREFIX = {"bound": "≤ ", "estimate": "≈ ", "exact": "", "measured": ""}
+
+
+@dataclass(frozen=True)
+class View:
+    """Options of a leaderboard view (``conf/leaderboard.yaml``)."""
+
+    sort: str | None = None   # metric name or column title; None: bits/dim, then FID
+    best: bool = False        # keep the best run per model
+    agg: bool = False         # mean ± std over runs whose configs differ only in seed
+    refs: bool = True         # list published results under the runs of their dataset
+
+
+@dataclass
+class Cell:
+    """One table cell: a number with its kind (and spread under ``agg``), or a text."""
+
+    value: float | None = None
+    kind: str = "measured"
+    std: float | None = None
+    label: str | None = None   # text cells and ``n/a``
+    suffix: str = ""           # ``/8`` after modes, ``†`` after published sample metrics
+    integer: bool = False
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None or math.isnan(self.value)
+
+    def text(self) -> str:
+        if self.label is not None or self.value is None:
+            return "–" if self.label is None else self.label
+        exact_int = self.integer and not self.std
+        out = fmt_number(self.value, self.kind, integer=exact_int)
+        if self.std is not None and not exact_int:
+            out += " ± " + fmt_number(self.std)
+        return out + self.suffix
+
+
+@dataclass
+class Row:
+    """A table row: one run, one published result, or (``agg``) the mean of several seeds."""
+
+    runs: list[Run]
+    cells: dict[str, Cell]
+
+    @property
+    def run(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def published(self) -> bool:
+        return bool(self.run.get("published"))
+
+
+@dataclass
+class Section:
+    """Rows of one dataset whose sample metrics share one protocol, with their published peers."""
+
+    dataset: str
+    title: str                 # the dataset, with the protocol when it has several sections
+    toy: bool
+    protocol: str | None       # description of the sample-metric protocol
+    columns: list[tuple[str, str]]
+    rows: list[Row]
+    refs: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt_number(value: float | None, kind: str = "measured", integer: bool = False) -> str:
+    """``value`` with a kind prefix (``≤`` bound, ``≈`` estimate); ``–`` for None."""
+    if value is None:
+        return "–"
+    if not math.isfinite(value):
+        text = str(value)
+    elif integer or abs(value) >= 1000 or value == int(value) and abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
+    return _PREFIX.get(kind, "") + text
+
+
+def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The run's metric ``key`` (``fid@`` matches ``fid@<extractor>``) measured with ``sampler``
+    (default: the run's own sampler; sweep rows carry other samplers in their protocol)."""
+    ms = [m for m in run["metrics"]
+          if (m["name"].startswith(key) if key.endswith("@") else m["name"] == key)]
+    sampler = ((run.get("config") or {}).get("sampler") or {}) if sampler is None else sampler
+    same = [m for m in ms if m["protocol"].get("sampler", sampler) == sampler]
+    return (same or ms or [None])[0]
+
+
+def cell(run: Run, key: str) -> Cell:
+    """The cell of column ``key`` for one run (or run-like published result)."""
+    if key in TEXT_FIELDS:
+        text = str(run.get(key) or "–")
+        if key == "model" and (sampler := (run.get("config") or {}).get("sampler")):
+            words = [str(v) if k == "name" else f"{k}={v}" for k, v in sampler.items()]
+            text += " [" + " ".join(sorted(words, key=lambda w: "=" in w)) + "]"
+        return Cell(label=text)
+    if key in RUN_NUMBERS:
+        v = run.get(key)
+        return Cell(None if v is None else float(v), integer=key in INTEGERS)
+    m = pick(run, key)
+    if m is None:
+        no_likelihood = run.get("likelihood") == "none" and key in LIKELIHOOD_KEYS
+        return Cell(label="n/a" if no_likelihood else None)
+    suffix = ""
+    if key == "modes_covered" and (total := pick(run, "modes_total")):
+        suffix = f"/{total['value']:.0f}"
+    if run.get("published") and key.endswith("@"):
+        suffix = "†"
+    return Cell(m["value"], m["kind"], suffix=suffix, integer=key in INTEGERS)
+
+
+def sample_protocol(run: Run, toy: bool) -> tuple[tuple[Any, ...], str] | None:
+    """(comparison key, description) of the run's sample metrics, or None without any."""
+    for key in TOY_ANCHORS if toy else tuple(k for _, k in IMAGE_COLUMNS):
+        if (m := pick(run, key)) is None:
+            continue
+        p = m["protocol"]
+        sig = (m["name"].partition("@")[2], m["n"], *(p.get(f) for f in PROTOCOL_FIELDS))
+        sha = f" ({str(p['extractor_weights_sha256'])[:8]})" if p.get(
+            "extractor_weights_sha256") else ""
+        ref = f" vs {p['n_reference']} {p.get('reference_split', '')} images" if p.get(
+            "n_reference") else ""
+        return sig, (f"{m['n']} samples" if toy else f"{p.get('extractor', sig[0])}{sha}, "
+                     f"{p.get('n_generated', m['n'])} samples{ref}")
+    return None
+
+
+def sort_keys(view: View, toy: bool) -> tuple[str, ...]:
+    """Column keys to rank by; ``ConfigError`` for an unknown ``sort``."""
+    if view.sort is None:
+        return ("nll_gap", "bpd", "high_quality_share") if toy else ("bpd", "fid@")
+    want = str(view.sort).lower()
+    for title, key in COLUMNS:
+        if key not in TEXT_FIELDS and (want in (title.lower(), key, key.rstrip("@"))
+                                       or want.split("@")[0] + "@" == key):
+            return (key,)
+    valid = sorted(k.rstrip("@") for _, k in COLUMNS if k not in TEXT_FIELDS)
+    raise ConfigError(f"sort={view.sort!r} is invalid: expected one of {valid}")
+
+
+def _rank(row: Row, keys: Sequence[str]) -> tuple[Any, ...]:
+    """Sort key: missing values last; each metric in its own direction."""
+    out: list[Any] = []
+    for key in keys:
+        c = row.cells.get(key) or cell(row.run, key)
+        lower = key in RUN_NUMBERS or lower_is_better(key.rstrip("@"))
+        out += [1, 0.0] if c.missing else [0, c.value if lower else -c.value]
+    return tuple(out)
+
+
+def _config_key(run: Run) -> str:
+    """The run's config without seed and bookkeeping: runs that share it differ only in seed."""
+    cfg = dict(run.get("config") or {})
+    if not cfg:
+        return str(run["run_id"])   # unknown config: never merged
+    for k in ("seed", "paths", "logger"):
+        cfg.pop(k, None)
+    cfg["trainer"] = {k: v for k, v in (cfg.get("trainer") or {}).items()
+                      if k not in ("resume", "rerun")}
+    return json.dumps([run["model"], run["status"], cfg], sort_keys=True, default=str)
+
+
+def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
+    """Merge rows whose runs differ only in seed: numbers become mean ± sample std."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(_config_key(r.run), []).append(r)
+    out = []
+    for group in groups.values():
+        cells = {"seeds": Cell(float(len(group)), integer=True)}
+        for key in keys:
+            cs = [r.cells[key] for r in group]
+            vals = [c.value for c in cs if not c.missing]
+            cells[key] = cs[0]   # all missing (or n/a)
+            if key in TEXT_FIELDS:
+                cells[key] = Cell(label=", ".join(dict.fromkeys(c.text() for c in cs)))
+            elif vals:
+                cells[key] = Cell(statistics.fmean(vals), cs[0].kind, statistics.stdev(vals)
+                                  if len(vals) > 1 else None, None, cs[0].suffix, cs[0].integer)
+        out.append(Row([r.run for r in group], cells))
+    return out
+
+
+def _best_per_model(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
+    best: dict[str, Row] = {}
+    for r in rows:
+        name = str(r.run["model"])
+        if name not in best or _rank(r, keys) < _rank(best[name], keys):
+            best[name] = r
+    return list(best.values())
+
+
+def _columns(toy: bool, rows: Sequence[Row], agg: bool) -> list[tuple[str, str]]:
+    cols = [c for c in LIKELIHOOD_COLUMNS
+            if c[1] != "neg_elbo_bpd" or any(not r.cells[c[1]].missing for r in rows)]
+    cols += TOY_COLUMNS if toy else IMAGE_COLUMNS
+    cols += COST_COLUMNS
+    if not toy:
+        found = (pick(r.run, k) for r in rows if not r.published for _, k in IMAGE_COLUMNS)
+        extractor = next((m["name"].partition("@")[2] for m in found if m), None)
+        if extractor:
+            cols = [(f"{t}@{extractor}" if k.endswith("@") else t, k) for t, k in cols]
+    return cols + ([("seeds", "seeds")] if agg else [])
+
+
+def _notes(sec: Section, view: View) -> list[str]:
+    """Footnotes of a section: its protocol, caveats, the sources of published rows, a legend."""
+    notes = [f"sample metrics: {sec.protocol}"] if sec.protocol else []
+    if len(ns := sorted({m["n"] for r in sec.rows if (m := pick(r.run, "bpd")) and m["n"]})) > 1:
+        notes.append(f"bits/dim over different numbers of test examples: {ns}")
+    if view.agg:
+        notes.append("numbers are mean ± sample std over runs differing only in seed")
+    return notes + reference_notes([r.run for r in sec.refs]) + [LEGEND]
+
+
+def build_sections(runs: Sequence[Run], view: View = View(),
+                   references: Sequence[Run] = ()) -> list[Section]:
+    """Group ``runs`` into sections (dataset × sample protocol), apply ``view`` and attach the
+    ``references`` of each dataset to its first section."""
+    sections = []
+    all_keys = [k for _, k in COLUMNS]
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        group = [r for r in runs if r["dataset"] == dataset]
+        toy = dataset.startswith("toy") or any(pick(r, "nll_gap") for r in group)
+        keys = sort_keys(view, toy)
+        protos = {r["run_id"]: sample_protocol(r, toy) for r in group}
+        distinct = list(dict.fromkeys(p for p in protos.values() if p is not None))
+        buckets = [distinct[0] if distinct else None] if len(distinct) < 2 else distinct + [None]
+        for i, proto in enumerate(buckets):   # runs without sample metrics join the only one
+            members = [r for r in group if len(buckets) == 1 or protos[r["run_id"]] == proto]
+            if not members:
+                continue
+            rows = [Row([r], {k: cell(r, k) for k in all_keys}) for r in members]
+            if view.agg:
+                rows = aggregate(rows, all_keys)
+            if view.best:
+                rows = _best_per_model(rows, keys)
+            rows.sort(key=lambda r: _rank(r, keys))
+            refs = [Row([r], {k: cell(r, k) for k in all_keys}) for r in references
+                    if r["dataset"] == dataset and view.refs and i == 0]
+            refs.sort(key=lambda r: _rank(r, keys))
+            desc = proto[1] if proto else "no sample metrics" if len(buckets) > 1 else None
+            sec = Section(dataset, f"{dataset} [{desc}]" if len(buckets) > 1 else dataset, toy,
+                          desc, _columns(toy, rows + refs, view.agg), rows, refs)
+            sec.notes = _notes(sec, view)
+            sections.append(sec)
+    return sections
+
+
