@@ -47,7 +47,7 @@ class DeviceSetup:
         """``model`` on this device, its 4-D weights channels-last when ``device.channels_last``
         is true, or ``auto`` and the data are images (``H * W > 1``). Measured on CPU
         (``scripts/bench``, 1 thread): 4-9 % faster steps for every model on 8x8 digits, 14 %
-        for DCGAN on 28x28 MNIST, 2 % slower for the DDPM U-Net there; on GPUs channels-last is
+        for DCGAN on 28x28 MNIST, 1 % slower for the DDPM U-Net there; on GPUs channels-last is
         what tensor-core convolutions want under autocast."""
         model = model.to(self.device)
         use = self.channels_last if self.channels_last is not None else shape[1] * shape[2] > 1
