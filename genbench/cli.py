@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 # Before torch loads: idle OpenMP threads spin briefly, then sleep (genbench/train/device.py);
 # the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-SPIN = {"GOMP_SPINCOUNT": "3000"}
+SPIN = {"GOMP_SPINCOUNT": "3000",  # GNU OpenMP (torch's Linux wheels): spin ~3000 rounds
+        "KMP_BLOCKTIME": "0"}  # LLVM/Intel OpenMP builds: sleep at once, as PASSIVE did
 if "OMP_WAIT_POLICY" not in os.environ:
     for _key, _value in SPIN.items():
         os.environ.setdefault(_key, _value)

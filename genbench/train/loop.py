@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genbench.data.base import Batches
@@ -81,21 +81,27 @@ def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.P
     """``conf/optimizer`` with the phase's overrides, over ``params``; bad values (a negative
     weight decay, betas outside [0, 1)) raise a :class:`ConfigError`, not a traceback.
 
-    Optimizers that offer a fused implementation (Adam, AdamW, SGD) get ``fused=True`` unless the
-    config sets ``fused``: one kernel per step instead of a loop over tensors, 3-7x faster Adam
-    steps on CPU for genbench's models (``scripts/bench``)."""
+    ``fused`` (config or phase override): ``null`` (the default) uses the optimizer's fused
+    implementation when it has one (Adam, AdamW, SGD) and ``foreach``/``differentiable`` are not
+    asked for: one kernel per step instead of a loop over tensors, 3-7x faster Adam steps on CPU
+    for genbench's models (``scripts/bench``). ``true``/``false`` are passed as given."""
+    spec = OmegaConf.to_container(OmegaConf.create(optimizer), resolve=True)
     kwargs = dict(phase.optimizer)
-    if "fused" not in optimizer and "fused" not in kwargs and _fusable(optimizer, params):
+    fused = kwargs.pop("fused", spec.pop("fused", None))
+    if fused is not None:
+        kwargs["fused"] = fused
+    elif _fusable(spec, params) and not any(kwargs.get(k, spec.get(k))
+                                            for k in ("foreach", "differentiable")):
         kwargs["fused"] = True
     try:
-        return instantiate(optimizer, **kwargs)(params=params)
-    except (InstantiationException, TypeError, ValueError) as err:
+        return instantiate(spec, **kwargs)(params=params)
+    except (InstantiationException, TypeError, ValueError, RuntimeError) as err:
         raise ConfigError(f"could not build the optimizer of phase {phase.name!r} from "
-                          f"optimizer._target_={optimizer.get('_target_')!r}: "
+                          f"optimizer._target_={spec.get('_target_')!r}: "
                           f"{err.__cause__ or err}") from None
 
 
-def _fusable(optimizer: DictConfig, params: list[torch.nn.Parameter]) -> bool:
+def _fusable(optimizer: dict[str, Any], params: list[torch.nn.Parameter]) -> bool:
     """Whether ``optimizer._target_`` takes ``fused`` and every parameter is a floating-point
     tensor on CPU or CUDA."""
     try:
@@ -130,7 +136,7 @@ class Trainer:
                         for p in model.phases}
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
         self.governor = ThreadGovernor(setup.threads) if setup.adaptive_threads else None
-        self._grad_clip = float(cfg.grad_clip)
+        self._grad_clip, self._log_every = float(cfg.grad_clip), int(cfg.log_every)
         self.state = TrainState()
         self.extra_state = extra_state or {}
         self.tracker = tracker or Tracker()
@@ -308,6 +314,8 @@ class Trainer:
             raise
         finally:
             stats.close()
+            if self.governor is not None:  # evaluation starts from the configured count
+                torch.set_num_threads(self.setup.threads)
         ddp.check_replicas(self.model)
         self.save("finished")
         return self.state
@@ -335,7 +343,6 @@ class Trainer:
         every step on CPU and at the ``log_every`` cadence on CUDA (no extra device sync)."""
         if ddp.world_size() == 1:
             return bool(stop)
-        if not now and self.setup.device.type != "cpu" and self.state.step % int(
-                self.cfg.log_every):
+        if not now and self.setup.device.type != "cpu" and self.state.step % self._log_every:
             return False
         return bool(ddp.reduce_sum(torch.tensor(float(bool(stop)))) > 0)

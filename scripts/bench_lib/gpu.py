@@ -29,7 +29,9 @@ from genbench.train.loop import Trainer
 
 TARGET_MFU = 0.40
 #: dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name()
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+#: (first match wins: "H100 PCIe" before "H100", "L40S" and "L40" before "L4")
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L40": 181e12, "L4": 121e12}
 
 
 def peak_bf16(name: str) -> float | None:
@@ -79,15 +81,17 @@ def measure(compile_: bool, device: torch.device, steps: int, warmup: int,
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            start = time.perf_counter()
-            trainer.fit()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                start = time.perf_counter()
+                trainer.fit()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+        finally:
             if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        if device.type == "cuda":
-            torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.set_sync_debug_mode("default")
     rich.reconfigure()
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None

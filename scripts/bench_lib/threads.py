@@ -58,7 +58,8 @@ def child(steps: int) -> dict[str, float]:
     for load in LOADS:
         spinner = _spinner() if load == "busy" else None
         try:
-            for t in THREADS:
+            # the governor ("auto") only with genbench's policy (the parent sets no OMP_WAIT_POLICY)
+            for t in THREADS if "OMP_WAIT_POLICY" not in os.environ else (1, 2):
                 cores = len(os.sched_getaffinity(0))
                 torch.set_num_threads(cores if t == "auto" else int(t))
                 gov = ThreadGovernor(cores, interval=0.5) if t == "auto" else None
@@ -108,7 +109,8 @@ def run(quick: bool) -> Result:
             for key, value in _spawn_child(policy, steps).items():
                 t, load = key.split("/")
                 if t == "auto_threads":
-                    auto_threads[load].append(int(value))
+                    if policy == "genbench":
+                        auto_threads[load].append(int(value))
                 elif t != "auto" or policy == "genbench":
                     ms.setdefault((policy, t, load), []).append(value)
     s = {k: Spread.of(v) for k, v in ms.items()}

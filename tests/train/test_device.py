@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
 
 from genbench.train.device import ThreadGovernor, setup_device
 
@@ -44,8 +45,10 @@ class FakeClock:
 
 @pytest.fixture
 def threads():
+    """setup_device sets torch's and numpy's BLAS thread counts: restore both."""
     before = torch.get_num_threads()
-    yield
+    with threadpool_limits(limits=None):  # restores the BLAS limits on exit
+        yield
     torch.set_num_threads(before)
 
 

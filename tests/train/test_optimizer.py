@@ -40,6 +40,7 @@ def test_fused_by_default_and_same_updates_as_the_loop(name):
 
 
 def test_config_and_phase_settings_win_and_other_optimizers_build():
+    assert OmegaConf.load(CONF / "optimizer" / "adam.yaml").fused is None  # overridable key
     off = build_optimizer(_conf("adam", fused=False), Phase("main"),
                           [torch.nn.Parameter(torch.ones(2))])
     assert not off.param_groups[0]["fused"]
@@ -50,6 +51,9 @@ def test_config_and_phase_settings_win_and_other_optimizers_build():
     adamax._target_ = "torch.optim.Adamax"  # no fused implementation: built without it
     assert isinstance(build_optimizer(adamax, Phase("main"), [torch.nn.Parameter(torch.ones(2))]),
                       torch.optim.Adamax)
+    loop = build_optimizer(_conf("adam", foreach=True), Phase("main"),
+                           [torch.nn.Parameter(torch.ones(2))])  # foreach asked for: not fused
+    assert loop.param_groups[0]["foreach"] and not loop.param_groups[0]["fused"]
     with pytest.raises(ConfigError, match="weight_decay"):
         build_optimizer(_conf("adam", weight_decay=-1.0), Phase("main"),
                         [torch.nn.Parameter(torch.ones(2))])
