@@ -2,7 +2,8 @@
 
 Run folders are the source of truth; this file indexes them and can be rebuilt from them. Writes
 are single transactions with a busy timeout and retries, so parallel sweep jobs can record at once.
-A file that is not a genbench leaderboard is refused and never modified.
+A file that is not a genbench leaderboard is refused and never modified (an empty SQLite file, one
+with no table and no application id, is a leaderboard not yet created).
 """
 
 from __future__ import annotations
@@ -87,10 +88,18 @@ class Store:
             con.close()
 
     def _check(self, con: sqlite3.Connection, write: bool) -> None:
-        app_id = con.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id == 0 and not tables and (write or self.path.stat().st_size == 0):
-            # one transaction, so a concurrent writer never sees a half-built schema
+        con.execute("BEGIN")  # one snapshot for both reads: a schema commit cannot fall between
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.execute("COMMIT")
+        if app_id == 0 and not tables:
+            # an empty SQLite file: new, or a writer is creating the schema right now (readers
+            # too, so one that opens the file in that window reads an empty leaderboard instead
+            # of calling it foreign). One IMMEDIATE transaction with IF NOT EXISTS statements:
+            # creators queue behind each other and never see a half-built schema.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id={APP_ID}; "
                               f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")

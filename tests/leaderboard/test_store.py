@@ -77,6 +77,19 @@ for i in range(n):
 """
 
 
+def test_reader_meeting_a_store_mid_creation_reads_it_empty(tmp_path):
+    """A writer creating the store has set WAL mode (the file has a header) but not yet committed
+    the schema: a reader in that window sees an empty leaderboard, not a foreign file."""
+    path = tmp_path / "lb.sqlite"
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    con.close()
+    assert path.stat().st_size > 0
+    assert Store(path).runs() == []
+    Store(path).record(record("a"), [])
+    assert [r["run_id"] for r in Store(path).runs()] == ["a"]
+
+
 def test_parallel_writers_lose_no_rows(tmp_path):
     path = str(tmp_path / "lb.sqlite")
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, path, str(w), "10"])
