@@ -85,7 +85,8 @@ def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.P
     implementation when it has one (Adam, AdamW, SGD) and ``foreach``/``differentiable`` are not
     asked for: one kernel per step instead of a loop over tensors, 3-7x faster Adam steps on CPU
     for genbench's models (``scripts/bench``). ``true``/``false`` are passed as given."""
-    spec = OmegaConf.to_container(OmegaConf.create(optimizer), resolve=True)
+    spec = (OmegaConf.to_container(optimizer, resolve=True)  # resolved in its full config
+            if isinstance(optimizer, DictConfig) else dict(optimizer))
     kwargs = dict(phase.optimizer)
     fused = kwargs.pop("fused", spec.pop("fused", None))
     if fused is not None:

@@ -57,3 +57,11 @@ def test_config_and_phase_settings_win_and_other_optimizers_build():
     with pytest.raises(ConfigError, match="weight_decay"):
         build_optimizer(_conf("adam", weight_decay=-1.0), Phase("main"),
                         [torch.nn.Parameter(torch.ones(2))])
+
+
+def test_interpolations_resolve_in_the_whole_config():
+    full = OmegaConf.create({"trainer": {"base_lr": 0.25},
+                             "optimizer": OmegaConf.to_container(_conf("adam"))})
+    full.optimizer.lr = "${trainer.base_lr}"
+    opt = build_optimizer(full.optimizer, Phase("main"), [torch.nn.Parameter(torch.ones(2))])
+    assert opt.param_groups[0]["lr"] == 0.25
