@@ -261,9 +261,8 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until ``trainer.max_steps``; returns the final state (status set)."""
         # plain numbers: a DictConfig read costs ~8 us, several per step add up on small models
-        max_steps, every = int(self.cfg.max_steps), int(self.cfg.log_every)
+        max_steps, every = int(self.cfg.max_steps), self._log_every
         eval_every, ckpt_every = int(self.cfg.eval_every), int(self.cfg.ckpt_every)
-        self._grad_clip = float(self.cfg.grad_clip)
         dev = self.setup.device
         acc: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=dev))
         n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds

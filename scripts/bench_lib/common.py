@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from genbench.cli import SPIN
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import build_optimizer
 
@@ -194,5 +195,5 @@ def machine() -> dict[str, str]:
             "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
             "genbench": genbench.__version__, "git_commit": v.get("git_commit", "?")[:12],
             "python": platform.python_version(), "load_average": loadavg(),
-            "OpenMP wait": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",
-                                    "GOMP_SPINCOUNT") if k in os.environ) or "default"}
+            "OpenMP wait": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", *SPIN)
+                                    if k in os.environ) or "default"}
