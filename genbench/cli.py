@@ -6,9 +6,10 @@ Hydra's help for that command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # Before torch loads: idle OpenMP threads spin briefly, then sleep (genbench/train/device.py);
 # the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
@@ -42,19 +43,43 @@ def _task(command: str) -> Callable:
     from omegaconf import DictConfig
 
     def task(cfg: DictConfig) -> object:
-        from genbench.errors import UserError
+        from genbench.errors import Interrupted, UserError
 
         try:
-            return _run(command, cfg)
+            with _sigterm_as_interrupt():
+                return _run(command, cfg)
         except UserError as err:
             from rich.console import Console
 
             Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
             sys.exit(2)
-        except KeyboardInterrupt:
-            sys.exit(130)
+        except KeyboardInterrupt as err:  # Ctrl-C: 130; SIGTERM: 143, as shells report them
+            sys.exit(err.exit_code if isinstance(err, Interrupted) else 130)
 
     return task
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (SLURM, Kubernetes, `timeout`) stops a command the way Ctrl-C does: training
+    checkpoints and marks the run interrupted; the process exits with 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        from genbench.errors import Interrupted
+
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(command: str, cfg: object) -> object:

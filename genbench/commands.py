@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -10,27 +11,20 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from genbench.build import build, config_hash, resolved, seed_everything
 from genbench.errors import ConfigError, positive_int
 from genbench.eval.evaluate import evaluate, sample_to_files
 from genbench.eval.metric import Metric
 from genbench.leaderboard.report import print_metrics
-from genbench.leaderboard.store import RunRecord
-from genbench.run import (
-    build,
-    check_targets,
-    config_hash,
-    find_resumable,
-    open_store,
-    record,
-    resolved,
-    seed_everything,
-    validate,
-)
+from genbench.leaderboard.store import RunRecord, Store
+from genbench.record import open_store, record
+from genbench.rundir import RunDir, find_resumable, move_logs
 from genbench.tracking import Tracker, make_tracker
 from genbench.train import checkpoint
 from genbench.train import distributed as ddp
 from genbench.train.device import setup_device
-from genbench.train.loop import Trainer
+from genbench.train.loop import Trainer, TrainState
+from genbench.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +39,30 @@ def _is_multirun() -> bool:
         return False
 
 
-def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, bool]:
+def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[RunDir, bool]:
     """The run folder to use and whether it holds a checkpoint to resume."""
-    run_dir = Path(cfg.paths.run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
-    if last.exists():
-        found = checkpoint.read_status(run_dir).get("config_hash")
+    run = RunDir(cfg.paths.run_dir)
+    if run.checkpoint_file("last").exists():
+        found = run.status().get("config_hash")
         if found != hash_:
             raise checkpoint.CheckpointError(
-                f"{str(run_dir)!r} holds a checkpoint of a different config (hash {found} vs "
+                f"{str(run.path)!r} holds a checkpoint of a different config (hash {found} vs "
                 f"{hash_}); pick another hydra.run.dir — nothing was overwritten")
-        return run_dir, True
+        return run, True
     if cfg.trainer.resume == "auto":
-        previous = find_resumable(outputs, hash_)
+        store = Store(outputs / "leaderboard.sqlite")
+        recorded = {r["run_dir"] for r in store.runs()} if store.path.exists() else set()
+        previous = find_resumable(outputs, hash_, recorded)
         if previous is not None:
-            log.info("resuming the unfinished run %s (trainer.resume=auto)", previous)
             return previous, True
-    return run_dir, False
+    return run, False
 
 
-def _start(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, bool] | None:
+def _start(cfg: DictConfig, outputs: Path, hash_: str, hold: contextlib.ExitStack
+           ) -> tuple[Path, bool] | None:
     """The run folder and whether to resume it, or None to skip a config that already finished
-    in a sweep. Decided by rank 0 alone when several processes train together."""
+    in a sweep. Decided by rank 0 alone when several processes train together; rank 0 takes the
+    run folder's lock (held in ``hold``) and moves its log file there."""
     store = open_store(outputs)
     if _is_multirun() and not cfg.trainer.rerun:
         done = store.finished_run(hash_)
@@ -74,7 +70,12 @@ def _start(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[Path, bool] | No
             log.info("skipping: this config already finished in %s (trainer.rerun=true to "
                      "train it again)", done)
             return None
-    return _choose_run_dir(cfg, outputs, hash_)
+    run, resuming = _choose_run_dir(cfg, outputs, hash_)
+    hold.enter_context(run.lock("train"))
+    move_logs(Path(cfg.paths.run_dir), run)
+    if run.path.resolve() != Path(cfg.paths.run_dir).resolve():
+        log.info("resuming the unfinished run %s (trainer.resume=auto)", run.path)
+    return run.path, resuming
 
 
 def train_command(cfg: DictConfig) -> RunRecord | None:
@@ -95,70 +96,68 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
     ddp.check_batch_size(int(cfg.trainer.batch_size))
     outputs = Path(cfg.paths.outputs)
     hash_ = config_hash(cfg)
-    start = ddp.on_main(_start, cfg, outputs, hash_)
-    if start is None:
-        return None
-    run_dir, resuming = start
-    ddp.adopt_run_dir(Path(cfg.paths.run_dir), run_dir)
-    plain = resolved(cfg)
-    plain["paths"]["run_dir"] = str(run_dir)
-    plain["run"]["world_size"] = ddp.world_size()
-    seed_everything(int(cfg.seed))
-    data, model = build(cfg, setup)
-    ddp.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
-    trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run_dir,
-                      int(cfg.seed), {"config_hash": hash_})
-    if resuming:
-        trainer.load_state_dict(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
-        ddp.seed_rank(int(cfg.seed), trainer.state.step)
-    # the run folder is written only once the data, model and optimizers are known to be valid
-    if ddp.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.yaml").exists():
-            OmegaConf.save(OmegaConf.create(plain), run_dir / "config.yaml")
-    log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
-             cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
-             data.shape, data.levels, setup.device, setup.threads)
-    if resuming:
-        log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
-    trainer.tracker = make_tracker(cfg.logger, plain, run_dir, trainer.extra_state.get(
-        "tracker_id")) if ddp.is_main() else Tracker()
-    trainer.extra_state["tracker_id"] = trainer.tracker.run_id
-    try:
-        return _train_and_record(cfg, plain, trainer, data, setup, run_dir, outputs, hash_)
-    finally:
-        trainer.tracker.finish()
+    with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
+        start = ddp.on_main(_start, cfg, outputs, hash_, hold)
+        if start is None:
+            return None
+        run, resuming = RunDir(start[0]), start[1]
+        ddp.adopt_run_dir(Path(cfg.paths.run_dir), run.path)
+        plain = resolved(cfg)
+        plain["paths"]["run_dir"] = str(run.path)
+        plain["run"]["world_size"] = ddp.world_size()
+        seed_everything(int(cfg.seed))
+        data, model = build(cfg, setup)
+        ddp.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
+        trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run,
+                          int(cfg.seed), {"config_hash": hash_})
+        if resuming:
+            trainer.load_state_dict(run.load_checkpoint("last"))
+            ddp.seed_rank(int(cfg.seed), trainer.state.step)
+        # the run folder is written only once the data, model and optimizers are known to be valid
+        if ddp.is_main():
+            run.write_config(plain)
+        log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
+                 cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
+                 data.shape, data.levels, setup.device, setup.threads)
+        if resuming:
+            log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
+        trainer.tracker = make_tracker(cfg.logger, plain, run.path, trainer.extra_state.get(
+            "tracker_id")) if ddp.is_main() else Tracker()
+        trainer.extra_state["tracker_id"] = trainer.tracker.run_id
+        try:
+            return _train_and_record(cfg, plain, trainer, data, setup, run, outputs, hash_)
+        finally:
+            trainer.tracker.finish()
 
 
 def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
-                      setup: Any, run_dir: Path, outputs: Path, hash_: str) -> RunRecord | None:
+                      setup: Any, run: RunDir, outputs: Path, hash_: str) -> RunRecord | None:
     model, main = trainer.model, ddp.is_main()
     try:
         state = trainer.fit() if trainer.state.status != "finished" else trainer.state
     except KeyboardInterrupt:
         if main:
-            record(plain, run_dir, outputs, model, trainer.state, setup.device.type, [], hash_)
+            record(plain, run, outputs, model, trainer.state, setup.device.type, [], hash_)
         raise
     if state.status == "diverged":
         if not main:
             return None
-        checkpoint.write_status(run_dir, "diverged", state.step, hash_)
-        return record(plain, run_dir, outputs, model, state, setup.device.type, [], hash_)
+        run.write_status("diverged", state.step, hash_)
+        return record(plain, run, outputs, model, state, setup.device.type, [], hash_)
     eval_model = trainer.eval_model
-    best = run_dir / "checkpoints" / "best.pt"
-    if type(model).select_best and ddp.main_value(main and best.exists()):
-        if main:
-            eval_model.load_state_dict(checkpoint.load(best, setup.device)["model"])
-        ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
-        log.info("evaluating the best-validation weights (step %d)", state.best_step)
-    rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run_dir)
+    if main:
+        weights, which = run.eval_weights(type(model).select_best, setup.device)
+        eval_model.load_state_dict(weights)
+        log.info("evaluating the %s weights", which)
+    ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
+    rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run.path)
     if not main:
         return None
     if state.best_step >= 0:  # models that select by validation loss
         rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
-    rec = record(plain, run_dir, outputs, model, state, setup.device.type, rows, hash_)
+    rec = record(plain, run, outputs, model, state, setup.device.type, rows, hash_)
     trainer.tracker.log({f"eval/{m.name}": m.value for m in rows}, state.step)
-    trainer.tracker.log_image("eval/samples", run_dir / "samples.png", state.step)
+    trainer.tracker.log_image("eval/samples", run.samples_png, state.step)
     trainer.tracker.log_table("eval/metrics", [m.to_dict() | {"protocol": m.protocol_key}
                                                for m in rows])
     print_metrics(rec, rows)
@@ -178,33 +177,33 @@ def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outp
     return []
 
 
-def load_run(cfg: DictConfig) -> tuple[DictConfig, Path, Any, Any, Any, dict]:
-    """Rebuild a finished run from its folder: (run config, dir, setup, data, model, state)."""
+def load_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, Any, Any, Any, TrainState]:
+    """Rebuild a run from its folder, read as untrusted data: (run config, folder, setup, data,
+    model with its evaluation weights, training state)."""
     if cfg.get("run") in (None, "", "???"):
         raise ConfigError("run= is required: the run folder, e.g. run=outputs/runs/<date>/<id>")
-    run_dir = Path(str(cfg.run))
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
-        raise ConfigError(f"run={str(run_dir)!r} is not a genbench run folder (it needs "
-                          "config.yaml and checkpoints/)")
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    check_targets(OmegaConf.to_container(run_cfg))
+    run = RunDir(str(cfg.run)).require_run()
+    run_cfg = run.read_config()
+    if not isinstance(run_cfg.get("device"), DictConfig):
+        raise ConfigError(f"{str(run.config_file)!r} has no device block")
     run_cfg.device = OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else \
         run_cfg.device
     setup = ddp.init(setup_device(run_cfg.device), run_cfg.device.get("threads", "auto"))
     data, model = build(run_cfg, setup)
-    last = checkpoint.load(run_dir / "checkpoints" / "last.pt", setup.device)
-    best = run_dir / "checkpoints" / "best.pt"
-    if type(model).select_best and best.exists():
-        weights = checkpoint.load(best, setup.device)["model"]
-    else:
-        weights = last["ema"]["module"] if last.get("ema") else last["model"]
+    try:
+        state = TrainState(**run.load_checkpoint("last")["state"])
+    except (KeyError, TypeError) as err:
+        raise checkpoint.CheckpointError(f"the checkpoint in {str(run.path)!r} has no valid "
+                                         f"training state ({err})") from None
+    weights, which = run.eval_weights(type(model).select_best, setup.device)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise checkpoint.CheckpointError(
-            f"the checkpoint in {str(run_dir)!r} does not match its config's model "
+            f"the checkpoint in {str(run.path)!r} does not match its config's model "
             f"({str(err).splitlines()[0]})") from None
-    return run_cfg, run_dir, setup, data, model, last["state"]
+    log.info("%s: the %s weights", run.path, which)
+    return run_cfg, run, setup, data, model, state
 
 
 def eval_command(cfg: DictConfig) -> RunRecord | None:
@@ -220,16 +219,17 @@ def eval_command(cfg: DictConfig) -> RunRecord | None:
 
 
 def _eval(cfg: DictConfig) -> RunRecord | None:
-    run_cfg, run_dir, setup, data, model, state = load_run(cfg)
+    run_cfg, run, setup, data, model, state = load_run(cfg)
     outputs = Path(cfg.paths.outputs)
     ddp.on_main(open_store, outputs)  # fail before overwriting the run's metrics.json
     run_cfg.eval, run_cfg.sampler = cfg.eval, cfg.sampler
-    rows = _evaluate(model, data, run_cfg, setup.device, outputs, run_dir)
-    if not ddp.is_main():
-        return None
-    plain = resolved(run_cfg)
-    rec = record(plain, run_dir, outputs, model, _State(**state), setup.device.type, rows,
-                 checkpoint.read_status(run_dir).get("config_hash") or config_hash(run_cfg))
+    with run.lock("eval") if ddp.is_main() else contextlib.nullcontext():
+        rows = _evaluate(model, data, run_cfg, setup.device, outputs, run.path)
+        if not ddp.is_main():
+            return None
+        plain = resolved(run_cfg)
+        rec = record(plain, run, outputs, model, state, setup.device.type, rows,
+                     run.status().get("config_hash") or config_hash(run_cfg))
     print_metrics(rec, rows)
     return rec
 
@@ -247,19 +247,14 @@ def sample_command(cfg: DictConfig) -> Path | None:
 
 
 def _sample(cfg: DictConfig) -> Path | None:
-    run_cfg, run_dir, setup, data, model, _ = load_run(cfg)
+    run_cfg, run, setup, data, model, _ = load_run(cfg)
     n = positive_int("n", cfg.n)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
     if not ddp.is_main():
         with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
             sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp))
         return None
-    out = Path(cfg.out) if cfg.get("out") else run_dir
+    out = Path(cfg.out) if cfg.get("out") else run.path
     png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
     log.info("wrote %s and %s", png, png.with_suffix(".npz"))
     return png
-
-
-class _State:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)

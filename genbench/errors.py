@@ -47,3 +47,15 @@ def nonneg_float(key: str, value: Any, *, positive: bool = False, maximum: float
     if out != out or out < 0 or (positive and out == 0) or (maximum is not None and out > maximum):
         raise bad_value(key, value, what)
     return out
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the process stops cleanly and exits with 128 + the signal."""
+
+    def __init__(self, signum: int = 2) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

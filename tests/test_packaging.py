@@ -30,7 +30,7 @@ def test_shared_code_imports_no_family():
 def test_train_path_starts_without_torch_fidelity():
     """torch-fidelity (with torchvision and torch._dynamo) adds ~1.3 s to every process start;
     the train command imports it only when sample metrics are computed."""
-    code = ("import sys, genbench.cli, genbench.commands, genbench.run; "
+    code = ("import sys, genbench.cli, genbench.commands, genbench.rundir; "
             "print(sorted(m for m in ('torch_fidelity', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)

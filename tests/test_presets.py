@@ -15,9 +15,10 @@ import pytest
 import torch
 from conftest import EXPERIMENTS, compose_cfg
 
-from genbench.run import build, seed_everything, validate
+from genbench.build import build, seed_everything
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer
+from genbench.validation import validate
 
 #: per model: overrides that make the preset's network tiny (keys absent from a preset are
 #: harmless: Hydra adds or replaces them; the model's own defaults fill the rest)

@@ -41,6 +41,31 @@ class Metric:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Metric:
+        """A metric row read back from a run folder (``metrics.json``), checked field by field;
+        raises ``ValueError`` naming the first bad field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a metric row is a JSON object, not {type(d).__name__}")
+        name, value = d.get("name"), d.get("value")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a metric row has the name {name!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"metric {name!r} has the value {value!r}, not a number")
+        n = d.get("n", 0)
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"metric {name!r} has n={n!r}, not an integer")
+        text = {k: d.get(k, default) for k, default in
+                (("kind", "measured"), ("split", "test"), ("unit", ""))}
+        for k, v in text.items():
+            if not isinstance(v, str):
+                raise ValueError(f"metric {name!r} has {k}={v!r}, not a string")
+        protocol = d.get("protocol", {})
+        if not isinstance(protocol, dict):
+            raise ValueError(f"metric {name!r} has a protocol that is not a JSON object")
+        return cls(name, float("nan") if value is None else float(value), n=n,
+                   protocol=protocol, **text)
+
     @property
     def protocol_key(self) -> str:
         """Canonical JSON of the protocol (numbers with different protocols are never ranked

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,11 @@ from omegaconf import DictConfig, ListConfig
 
 from genbench.errors import ConfigError, bad_value
 from genbench.eval.metric import Metric
+from genbench.files import FileError
 from genbench.leaderboard.report import render
 from genbench.leaderboard.sections import View, sort_keys
 from genbench.leaderboard.store import RunRecord, Store, StoreError
+from genbench.rundir import run_dirs, run_id_of
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json", "html")
@@ -71,7 +72,7 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     outputs = Path(cfg.paths.outputs)
     store = Store(outputs / "leaderboard.sqlite")
     if cfg.action == "rebuild":
-        return str(rebuild(store, outputs / "runs"))
+        return str(rebuild(store, outputs))
     if cfg.action != "show":
         raise ConfigError(f"action={cfg.action!r} is invalid: expected show or rebuild")
     if cfg.format not in FORMATS:
@@ -120,24 +121,33 @@ def _references(cfg: DictConfig, view: View, runs: list[dict[str, Any]]
     return reference_runs({r["dataset"] for r in runs}, None if family is None else str(family))
 
 
-def rebuild(store: Store, runs_dir: Path) -> int:
-    """Re-index every run folder under ``runs_dir`` (folders are the source of truth)."""
-    count = 0
-    for metrics_file in sorted(runs_dir.rglob("metrics.json")):
-        run_dir = metrics_file.parent
-        try:
-            saved = json.loads(metrics_file.read_text())
-            rec = json.loads((run_dir / "record.json").read_text())
-        except (OSError, ValueError) as err:
-            log.warning("skipping %s: %s", run_dir, err)
-            continue
-        rows = [Metric(**m) for m in saved["metrics"]]
-        store.record(RunRecord(**rec), rows)
-        count += 1
-    if count == 0 and not runs_dir.exists():
+def rebuild(store: Store, outputs: Path) -> int:
+    """Make the leaderboard equal the run folders under ``outputs/runs`` (the source of truth):
+    every readable run is (re-)indexed under the id of where its folder is now (a copied folder
+    is a run of its own), and runs whose folder is gone or unreadable drop out, each named in a
+    warning. A damaged file never stops the rebuild. Returns the number of runs indexed."""
+    runs_dir = outputs / "runs"
+    if not runs_dir.is_dir():
         raise StoreError(f"no run folders under {str(runs_dir)!r}")
-    log.info("re-indexed %d runs into %s", count, store.path)
-    return count
+    kept: set[str] = set()
+    for run in run_dirs(outputs):
+        if not run.metrics_file.exists():
+            continue  # still training, or killed before its first record
+        run_id = run_id_of(run, outputs)
+        try:
+            rec = RunRecord.from_dict(run.read_record(), run_id=run_id,
+                                      run_dir=str(run.path.resolve()))
+            rows = [Metric.from_dict(m) for m in run.read_metrics()]
+        except (FileError, ValueError) as err:
+            log.warning("skipping %s: %s", run.path, err)
+            continue
+        store.record(rec, rows)
+        kept.add(run_id)
+    for run_id, run_dir in store.forget(kept):
+        log.warning("dropped %s from the leaderboard: its run folder %s is gone or unreadable",
+                    run_id, run_dir)
+    log.info("re-indexed %d runs into %s", len(kept), store.path)
+    return len(kept)
 
 
 def families_command(cfg: DictConfig) -> None:

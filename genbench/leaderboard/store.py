@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,36 @@ class RunRecord:
     config_hash: str
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, **override: Any) -> RunRecord:
+        """A record from JSON read back from a run folder (``record.json``), checked field by
+        field; ``override`` replaces fields (rebuild sets ``run_id`` and ``run_dir`` from where
+        the folder is now). Raises ``ValueError`` naming the first bad field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a run record is a JSON object, not {type(d).__name__}")
+        d = {**d, **override}
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in d:
+                if f.name in ("config", "versions"):
+                    continue
+                raise ValueError(f"the run record has no {f.name!r}")
+            out[f.name] = _typed(f.name, d[f.name], _FIELD_TYPES[f.type])
+        return cls(**out)
+
+
+_FIELD_TYPES = {"str": str, "int": int, "float": float, "dict[str, Any]": dict,
+                "dict[str, str]": dict}
+
+
+def _typed(name: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (JSON numbers as int/float; no bools, no silent str coercion)."""
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) or \
+        (kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"the run record's {name!r} is {value!r}, not a {kind.__name__}")
+    return float(value) if kind is float else value
 
 
 class Store:
@@ -144,6 +174,27 @@ class Store:
                 raise
 
         self._retry(write)
+
+    def forget(self, keep: set[str]) -> list[tuple[str, str]]:
+        """Delete every run whose ``run_id`` is not in ``keep`` (and its metric rows); returns
+        the ``(run_id, run_dir)`` pairs removed."""
+        if not self.path.exists():
+            return []
+
+        def prune(con: sqlite3.Connection) -> list[tuple[str, str]]:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                gone = [(r, d) for r, d in con.execute("SELECT run_id, run_dir FROM runs")
+                        if r not in keep]
+                con.executemany("DELETE FROM metrics WHERE run_id = ?", [(r,) for r, _ in gone])
+                con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r, _ in gone])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return gone
+
+        return self._retry(prune)
 
     def finished_run(self, config_hash: str) -> str | None:
         """``run_dir`` of a finished run with this config hash, if one exists."""

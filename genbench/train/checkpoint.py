@@ -7,11 +7,8 @@ ends bit-identical to an uninterrupted one. Nothing in it is a pickled object.
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import numpy as np
 import torch
 
 from genbench.errors import UserError
+from genbench.files import FileError, atomic_write
 
 
 class CheckpointError(UserError):
@@ -49,38 +47,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, rename.
-
-    The previous file at ``path`` stays intact until the new one is complete; a write that fails
-    (disk full, no permission) raises a :class:`CheckpointError` and leaves it in place. Temp files
-    of earlier writers that were killed mid-write are removed after a successful write.
-    """
+    """Write ``state`` to ``path`` atomically (:func:`genbench.files.atomic_write`): the previous
+    file at ``path`` stays intact until the new one is complete; a write that fails (disk full, no
+    permission) raises a :class:`CheckpointError` and leaves it in place."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        msg = f"cannot write a checkpoint in {str(path.parent)!r} ({err})"
-        raise CheckpointError(msg) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            kept = "the previous checkpoint is kept" if path.exists() else "nothing was saved"
-            raise CheckpointError(f"could not write the checkpoint {str(path)!r} ({err}); "
-                                  f"{kept}") from None
-        raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        atomic_write(path, lambda f: torch.save(state, f), what="checkpoint")
+    except FileError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,25 +64,14 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a torch "
                               "checkpoint archive)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).partition("WeightsUnpickler error:")[2].strip().split(". ")[0]
         raise CheckpointError(f"refusing to load {str(path)!r}: it holds more than plain "
                               f"weights ({reason or 'unsupported content'})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({err})") from None
-
-
-def write_status(run_dir: Path, status: str, step: int, config_hash: str | None) -> None:
-    """Atomically write ``run_dir/status.json`` (what resume and rebuild read first)."""
-    tmp = run_dir / ".status.json.tmp"
-    tmp.write_text(json.dumps({"status": status, "step": step, "config_hash": config_hash}))
-    tmp.replace(run_dir / "status.json")
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/status.json`` as a dict (empty when missing or unreadable)."""
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not the "
+                              "dict genbench writes")
+    return state

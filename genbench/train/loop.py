@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genbench.data.base import Batches
-from genbench.errors import ConfigError
+from genbench.errors import ConfigError, Interrupted
 from genbench.models.base import GenerativeModel, Phase
+from genbench.rundir import RunDir
 from genbench.tracking import Tracker
 from genbench.train import checkpoint
 from genbench.train import distributed as ddp
@@ -54,11 +55,16 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+#: signals that stop training cleanly: Ctrl-C, and what SLURM, Kubernetes and `timeout` send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _defer_sigint() -> Iterator[list[int]]:
-    """Hold Ctrl-C (SIGINT) until the current training step is complete, so the interrupt
-    checkpoint is a consistent state; the yielded list is non-empty once one arrived. A second
-    Ctrl-C interrupts at once. Only the main thread can set signal handlers (elsewhere: no-op)."""
+def _defer_signals() -> Iterator[list[int]]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the current training step is complete, so the
+    interrupt checkpoint is a consistent state; the yielded list holds the signals received. A
+    second signal interrupts at once. Only the main thread can set signal handlers (elsewhere:
+    no-op)."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -66,14 +72,15 @@ def _defer_sigint() -> Iterator[list[int]]:
 
     def handler(signum: int, frame: object) -> None:
         if received:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
@@ -118,12 +125,12 @@ class Trainer:
     """Trains ``model`` on ``train`` batches; writes ``run_dir/checkpoints/{last,best}.pt``."""
 
     def __init__(self, model: GenerativeModel, train: torch.Tensor, val: torch.Tensor,
-                 cfg: DictConfig, optimizer: DictConfig, setup: DeviceSetup, run_dir: Path,
+                 cfg: DictConfig, optimizer: DictConfig, setup: DeviceSetup, run: RunDir | Path,
                  seed: int, extra_state: dict[str, Any] | None = None,
                  tracker: Tracker | None = None) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
-        self.run_dir, self.seed = run_dir, seed
-        self.ckpt_dir = run_dir / "checkpoints"
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        self.seed = seed
         self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
                                world=ddp.world_size())
         self.optimizers = {p.name: build_optimizer(optimizer, p, [
@@ -182,9 +189,9 @@ class Trainer:
             self.state.status = status
         if not ddp.is_main():  # one writer; every rank holds the same state
             return
-        checkpoint.save(self.state_dict(), self.ckpt_dir / "last.pt")
-        checkpoint.write_status(self.run_dir, self.state.status, self.state.step,
-                                self.extra_state.get("config_hash"))
+        self.run.save_checkpoint("last", self.state_dict())
+        self.run.write_status(self.state.status, self.state.step,
+                              self.extra_state.get("config_hash"))
 
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -210,9 +217,8 @@ class Trainer:
         if val < self.state.best_val:
             self.state.best_val, self.state.best_step = val, self.state.step
             if ddp.is_main():
-                checkpoint.save({"model": self.eval_model.state_dict(),
-                                 "step": self.state.step, "val_loss": val},
-                                self.ckpt_dir / "best.pt")
+                self.run.save_checkpoint("best", {"model": self.eval_model.state_dict(),
+                                                  "step": self.state.step, "val_loss": val})
 
     # -- training ----------------------------------------------------------------------------
     def _phase_step(self, name: str, terms_acc: dict[str, torch.Tensor], repeat: int = 1
@@ -240,23 +246,10 @@ class Trainer:
         return loss.detach()
 
     def _open_stats(self) -> TextIO:
-        """``stats.jsonl`` opened for appending, without rows past the current step: a killed run
-        may have logged steps after its last checkpoint, which the resumed run logs again."""
+        """``stats.jsonl`` for appending (rank 0; other ranks write nothing)."""
         if not ddp.is_main():
             return open(os.devnull, "w")  # noqa: SIM115  (closed by fit)
-        path = self.run_dir / "stats.jsonl"
-        if path.exists():
-            kept = []
-            for line in path.read_text().splitlines(keepends=True):
-                try:
-                    if json.loads(line)["step"] <= self.state.step and line.endswith("\n"):
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    pass  # a line cut short by the kill
-            tmp = self.run_dir / ".stats.jsonl.tmp"
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
-        return path.open("a")
+        return self.run.open_stats(self.state.step)
 
     def fit(self) -> TrainState:
         """Train until ``trainer.max_steps``; returns the final state (status set)."""
@@ -272,12 +265,12 @@ class Trainer:
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
                             disable=not ddp.is_main(), refresh_per_second=2)
         try:
-            with progress, _defer_sigint() as stop:
+            with progress, _defer_signals() as stop:
                 task = progress.add_task("train", total=max_steps, completed=self.state.step,
                                          info="")
                 while self.state.step < max_steps:
                     if self._should_stop(stop):
-                        raise KeyboardInterrupt
+                        raise Interrupted(stop[0] if stop else signal.SIGINT)
                     losses = [self._phase_step(p.name, acc, p.repeat)
                               for p in self.model.phases for _ in range(p.repeat)]
                     self.state.step += 1
@@ -306,10 +299,11 @@ class Trainer:
                     if self.state.step % ckpt_every == 0:
                         self.save()
                 if self._should_stop(stop, now=True):
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: writing a checkpoint; resume with the same "
-                        "command (trainer.resume=auto)", self.state.step)
+                    raise Interrupted(stop[0] if stop else signal.SIGINT)
+        except KeyboardInterrupt as err:
+            name = signal.Signals(getattr(err, "signum", signal.SIGINT)).name
+            log.warning("interrupted at step %d (%s): writing a checkpoint; resume with the same "
+                        "command (trainer.resume=auto)", self.state.step, name)
             self.save("interrupted")
             raise
         finally:

@@ -187,7 +187,7 @@ def cpu_model() -> str:
 
 def machine() -> dict[str, str]:
     import genbench
-    from genbench.run import versions
+    from genbench.record import versions
 
     v = versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

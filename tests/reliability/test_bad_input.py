@@ -24,9 +24,10 @@ from conftest import compose_cfg, run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-from genbench import cli
+from genbench import cli, files
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store, StoreError
+from genbench.rundir import RunDir
 from genbench.train import checkpoint
 
 SMOKE = ["experiment=smoke", "eval.sample_metrics=false", "eval.nll_examples=16"]
@@ -309,7 +310,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(world, capsys, monk
 
     out = world.root / "fresh"
     argv = ["train", *SMOKE, f"paths.outputs={out}", "hydra.run.dir={}".format(out / "run")]
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_disk)
+    monkeypatch.setattr(files.tempfile, "mkstemp", full_disk)
     code, text = invoke(argv, capsys)
     monkeypatch.undo()
     assert code == 2 and "Traceback" not in text, text[-3000:]
@@ -317,7 +318,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(world, capsys, monk
     ckpts = out / "run" / "checkpoints"
     assert checkpoint.load(ckpts / "last.pt")["state"]["step"] == 2
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]  # no temp file
-    assert checkpoint.read_status(out / "run")["status"] == "running"
+    assert RunDir(out / "run").status()["status"] == "running"
     assert not (out / "leaderboard.sqlite").exists() or not Store(
         out / "leaderboard.sqlite").runs()
 

@@ -21,6 +21,7 @@ from hydra.utils import get_class
 from genbench import cli
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store
+from genbench.rundir import RunDir
 from genbench.train import checkpoint
 
 #: sleeps inside every EMA update: after the optimizer step, before the step is complete, which is
@@ -52,13 +53,17 @@ def _wait_for_step(run_root: Path, proc: subprocess.Popen, step: int) -> Path:
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         for status in run_root.rglob("status.json"):
-            if checkpoint.read_status(status.parent).get("step", 0) >= step:
+            if RunDir(status.parent).status().get("step", 0) >= step:
                 return status.parent
         time.sleep(0.02)
     raise AssertionError(f"training did not reach step {step}")
 
 
-def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(sig, code, tmp_path,
+                                                                  monkeypatch):
+    """SIGTERM (SLURM, Kubernetes, `timeout`) is handled like Ctrl-C, with exit code 143."""
     out = tmp_path / "out"
     args = [*RUN, f"paths.outputs={out}"]
     hook = tmp_path / "hook"
@@ -70,12 +75,12 @@ def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, monk
     proc = subprocess.Popen([sys.executable, "-m", "genbench", "train", *args], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = _wait_for_step(out, proc, 3)  # mid-run, after a checkpoint, inside EMA.update
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == code, stderr[-3000:]
     assert "Traceback" not in stdout + stderr and "interrupted at step" in stdout + stderr
 
-    status = checkpoint.read_status(run_dir)
+    status = RunDir(run_dir).status()
     last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert status["status"] == "interrupted" and 3 <= status["step"] < 24
     assert last["state"]["step"] == status["step"] and last["state"]["status"] == "interrupted"
@@ -88,6 +93,10 @@ def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(tmp_path, monk
     (row,) = Store(out / "leaderboard.sqlite").runs()
     assert row["status"] == "finished" and row["steps"] == 24
     assert Path(row["run_dir"]) == run_dir.resolve()
+    # the resumed process logged into the run's own train.log and left no empty new run folder
+    assert f"resumed at step {status['step']}" in (run_dir / "train.log").read_text()
+    assert [p.parent for p in out.rglob("train.log")] == [run_dir]
+    assert not (run_dir / ".lock").exists()
 
     ref = train_command(compose_cfg("train", RUN, tmp_path / "ref"))
     a = checkpoint.load(Path(ref.run_dir) / "checkpoints" / "last.pt")
@@ -137,7 +146,7 @@ def test_bad_loss_in_one_phase_of_a_gan_stops_as_diverged(bad, train_cfg, tmp_pa
     rec = train_command(cfg)
     assert rec.status == "diverged" and rec.steps == 4
     run_dir = Path(rec.run_dir)
-    assert checkpoint.read_status(run_dir)["status"] == "diverged"
+    assert RunDir(run_dir).status()["status"] == "diverged"
     last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert last["state"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())

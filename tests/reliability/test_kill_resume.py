@@ -28,6 +28,7 @@ from hydra.utils import get_class
 from genbench import cli
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store
+from genbench.rundir import RunDir
 from genbench.train import checkpoint
 
 HOOK = '''
@@ -171,7 +172,7 @@ def assert_identical_runs(ref_out: Path, ref_dir: Path, out: Path) -> Path:
         assert_same(checkpoint.load(ref_dir / "checkpoints" / "best.pt"),
                     checkpoint.load(run_dir / "checkpoints" / "best.pt"), "best.pt")
     assert stats_of(run_dir) == stats_of(ref_dir)
-    assert checkpoint.read_status(run_dir)["status"] == "finished"
+    assert RunDir(run_dir).status()["status"] == "finished"
     assert not list((run_dir / "checkpoints").glob(".*.tmp")), "stale temp checkpoint left"
     return run_dir
 
@@ -185,7 +186,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resumes_exactly
     (stale,) = ckpts.glob(".last.pt.*.tmp")
     assert 0 < stale.stat().st_size < (ckpts / "last.pt").stat().st_size  # the half-written one
     assert checkpoint.load(ckpts / "last.pt")["state"]["step"] == 2  # the previous one, intact
-    assert checkpoint.read_status(run_dir) | {"config_hash": None} == {
+    assert RunDir(run_dir).status() | {"config_hash": None} == {
         "status": "running", "step": 2, "config_hash": None}
     assert not (out / "leaderboard.sqlite").exists()
 

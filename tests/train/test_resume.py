@@ -9,6 +9,7 @@ import torch
 from genbench.commands import train_command
 from genbench.data.base import Batches
 from genbench.leaderboard.store import Store
+from genbench.rundir import RunDir
 from genbench.train import checkpoint
 
 
@@ -36,7 +37,7 @@ def test_interrupted_run_resumes_exactly(train_cfg, tmp_path, monkeypatch):
         train_command(cfg)
     monkeypatch.setattr(Batches, "next", original)
     run_dir = tmp_path / "cut" / "runs" / "test_run"
-    assert checkpoint.read_status(run_dir)["status"] == "interrupted"
+    assert RunDir(run_dir).status()["status"] == "interrupted"
     assert _weights(run_dir)["state"]["step"] == 5
 
     rec = train_command(train_cfg(*overrides, outputs=tmp_path / "cut"))

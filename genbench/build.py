@@ -1,0 +1,63 @@
+"""From a composed config to objects: resolve, hash, seed, and build the dataset and model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genbench.data.base import Data
+from genbench.errors import ConfigError, UserError
+from genbench.models.base import GenerativeModel
+from genbench.train.device import DeviceSetup
+
+#: keys that do not change what a run computes (excluded from the config hash)
+_HASH_EXCLUDE = ("paths", "logger", "run", "hydra", "expected")
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain, resolved containers."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of everything that determines a run's result (not paths, logging or resume flags)."""
+    c = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
+    for key in ("resume", "rerun"):
+        c.get("trainer", {}).pop(key, None)
+    for key in ("threads", "channels_last"):  # speed only (float rounding aside)
+        c.get("device", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise ConfigError(f"could not build {key} from {node.get('_target_')}: "
+                          f"{cause or err}") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
+    """The dataset (on the training device) and the model built for its shape and levels."""
+    data: Data = _instantiate(cfg.dataset, "dataset")
+    model = _instantiate(cfg.model, "model", shape=data.shape, levels=data.levels)
+    if not isinstance(model, GenerativeModel):
+        raise ConfigError(f"model._target_={cfg.model._target_!r} is not a GenerativeModel")
+    return data.to(setup.device), setup.place_model(model, data.shape)
