@@ -150,7 +150,7 @@ def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
         eval_model.load_state_dict(weights)
         log.info("evaluating the %s weights", which)
     ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
-    rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run.path)
+    rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run)
     if not main:
         return None
     if state.best_step >= 0:  # models that select by validation loss
@@ -165,15 +165,16 @@ def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
 
 
 def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outputs: Path,
-              run_dir: Path) -> list[Metric]:
+              run: RunDir) -> list[Metric]:
     """Evaluate on every rank. With several ranks, all share the test-set NLL and the sampling;
     rank 0 alone computes sample-quality metrics and writes files. Other ranks return []."""
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
     if ddp.is_main():
-        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run_dir)
+        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache",
+                        run.samples_png)
     eval_cfg = OmegaConf.merge(cfg.eval, {"sample_metrics": False})
     with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
-        evaluate(model, data, eval_cfg, sampler, device, Path(tmp), Path(tmp))
+        evaluate(model, data, eval_cfg, sampler, device, Path(tmp), Path(tmp) / "grid.png")
     return []
 
 
@@ -224,7 +225,7 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
     ddp.on_main(open_store, outputs)  # fail before overwriting the run's metrics.json
     run_cfg.eval, run_cfg.sampler = cfg.eval, cfg.sampler
     with run.lock("eval") if ddp.is_main() else contextlib.nullcontext():
-        rows = _evaluate(model, data, run_cfg, setup.device, outputs, run.path)
+        rows = _evaluate(model, data, run_cfg, setup.device, outputs, run)
         if not ddp.is_main():
             return None
         plain = resolved(run_cfg)

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, Any],
-             device: torch.device, cache_dir: Path, out_dir: Path | None = None
+             device: torch.device, cache_dir: Path, grid_png: Path | None = None
              ) -> list[Metric]:
-    """Evaluate ``model`` on ``data``; write ``samples.png`` / ``samples.npz`` into ``out_dir``."""
+    """Evaluate ``model`` on ``data``; write a grid of ``eval.grid`` samples to ``grid_png``."""
     ctx = EvalContext(model, data, cfg, dict(sampler), device, Path(cache_dir))
     rows: list[Metric] = []
     start = time.perf_counter()
@@ -39,9 +39,9 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
         rows.extend(new)
         log.info("eval stage %s: %.1f s", name, time.perf_counter() - t)
     rows.append(Metric("eval_seconds", time.perf_counter() - start, "measured", "test", 0, "s"))
-    if out_dir is not None:
+    if grid_png is not None:
         x = ctx.samples().x if ctx._samples else ctx.samples(int(cfg.grid)).x
-        save_grid(x[: int(cfg.grid)], data.levels, out_dir / "samples.png")
+        save_grid(x[: int(cfg.grid)], data.levels, grid_png)
     return rows
 
 

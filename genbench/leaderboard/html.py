@@ -19,6 +19,7 @@ from typing import Any
 from genbench.eval.metric import lower_is_better
 from genbench.leaderboard import plots
 from genbench.leaderboard.sections import RUN_NUMBERS, TEXT_FIELDS, Section, View, build_sections
+from genbench.rundir import RunDir
 
 Run = dict[str, Any]
 MAX_SAMPLE_BYTES = 4_000_000   # larger samples.png files are linked to, not inlined
@@ -124,7 +125,7 @@ def samples_html(runs: Sequence[Run]) -> str:
         items = []
         for run in sorted((r for r in runs if r["dataset"] == dataset),
                           key=lambda r: r["model"]):
-            path = Path(run.get("run_dir") or "") / "samples.png"
+            path = RunDir(run.get("run_dir") or "").samples_png
             if not run.get("run_dir") or not path.is_file():
                 continue
             label = escape(plots.run_label(run))

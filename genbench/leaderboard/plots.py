@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
 from genbench.leaderboard.sections import Row, Section, View, build_sections, pick
+from genbench.rundir import RunDir
 
 log = logging.getLogger(__name__)
 Run = dict[str, Any]
@@ -184,7 +185,7 @@ def figure_fid_nfe(sections: Sequence[Section]) -> Figure | None:
 
 def read_stats(run_dir: str | Path | None) -> list[dict[str, Any]]:
     """The training-log lines of a run folder's ``stats.jsonl`` (bad lines skipped)."""
-    path = Path(run_dir or "") / "stats.jsonl"
+    path = RunDir(run_dir or "").stats_file
     if not run_dir or not path.is_file():
         return []
     out = []
@@ -226,7 +227,7 @@ def figure_grid(runs: Sequence[Run]) -> Figure | None:
     """A montage of the runs' ``samples.png``: one block per dataset, a panel per run."""
     panels: dict[str, list[tuple[Run, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r["dataset"], r["model"]))[:MAX_PANELS]:
-        path = Path(run.get("run_dir") or "") / "samples.png"
+        path = RunDir(run.get("run_dir") or "").samples_png
         if run.get("run_dir") and path.is_file():
             try:
                 panels.setdefault(run["dataset"], []).append((run, imread(path)))
