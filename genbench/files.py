@@ -40,13 +40,21 @@ def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None],
     except OSError as err:
         raise FileError(f"cannot write the {what} {str(path)!r} ({err.strerror or err})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recording(raw)
+            try:
+                if callable(content):
+                    content(f)
+                else:
+                    f.write(content.encode() if isinstance(content, str) else content)
+            except Exception as failed:
+                # a writer may turn the file's OSError into its own error (torch.save raises
+                # RuntimeError on a full disk): report the OSError itself
+                if f.error is not None and not isinstance(failed, OSError):
+                    raise f.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +66,23 @@ def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None],
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by writers that were killed
         stale.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+class _Recording:
+    """A binary file that remembers the first ``OSError`` its writes raised."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401  (everything else: the file's own)
+        return getattr(self._f, name)
 
 
 def _fsync_dir(folder: Path) -> None:

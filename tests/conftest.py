@@ -65,3 +65,15 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def invoke_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``genbench <argv>`` in this process: (exit code, stdout + stderr)."""
+    from genbench import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
