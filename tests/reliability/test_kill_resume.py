@@ -73,8 +73,8 @@ def _arm(point, n):
         from genbench.data.base import Batches
         wrap(Batches, "next")
     elif point == "status":  # last.pt renamed, status.json not yet written
-        from genbench.train import checkpoint
-        wrap(checkpoint, "write_status")
+        from genbench.rundir import RunDir
+        wrap(RunDir, "write_status")
     elif point == "eval":  # training finished, evaluation running
         import genbench.commands
         wrap(genbench.commands, "_evaluate")
