@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "leaderboard" and rest and rest[0] == "rebuild":
         rest = ["action=rebuild"] + rest[1:]
+    from genbench.plugins import search_path_override
+
+    plugins = search_path_override()  # installed plugins' config folders (genbench.configs)
+    if plugins and not any(a.startswith("hydra.searchpath=") for a in rest):
+        rest = [plugins, *rest]
     problem = _unwritable_outputs(rest)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

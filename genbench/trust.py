@@ -9,7 +9,8 @@ read one, its ``config.yaml`` may have been written by anyone, so it is read as 
   lookup, ``oc.create``, a custom resolver) is refused before OmegaConf sees it;
 - allowlisted objects: every ``_target_`` must name exactly one of the classes genbench ships a
   config for (its models, datasets, optimizers, schedulers and loggers, from the packaged
-  ``genbench.conf`` tree), and resolve to that very object. A dotted path that reaches further
+  ``genbench.conf`` tree) or an installed plugin registers (:mod:`genbench.plugins`), and resolve
+  to that very object. A dotted path that reaches further
   through an allowed module (``genbench.run.subprocess.run``) is not on the list.
 
 Configs typed on the command line are the user's own and are not restricted.
@@ -78,7 +79,8 @@ def _walk(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
 
 @functools.cache
 def allowed_targets() -> dict[str, Any]:
-    """``_target_`` name -> object for every class the packaged configs name."""
+    """``_target_`` name -> object for every class the packaged configs name, and for the models
+    installed plugins register (:mod:`genbench.plugins`)."""
     from hydra.utils import get_object
 
     import genbench.conf
@@ -95,6 +97,9 @@ def allowed_targets() -> dict[str, Any]:
             out[name] = get_object(name)
         except Exception:  # noqa: BLE001  (an optional dependency that is not installed)
             continue
+    from genbench.plugins import plugin_models, target_name
+
+    out.update({target_name(cls): cls for cls in plugin_models().values()})
     return out
 
 

@@ -36,7 +36,8 @@ TAXONOMY: dict[str, tuple[str, str, str]] = {
 
 
 def registered_models() -> dict[str, type]:
-    """``{name: class}`` for every ``conf/model/<name>.yaml``."""
+    """``{name: class}`` for every ``conf/model/<name>.yaml`` and every model an installed
+    plugin registers (:mod:`genbench.plugins`)."""
     out = {}
     root = importlib.resources.files("genbench.conf") / "model"
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
@@ -45,7 +46,9 @@ def registered_models() -> dict[str, type]:
         target = yaml.safe_load(entry.read_text())["_target_"]
         module, _, cls = target.rpartition(".")
         out[entry.name[:-5]] = getattr(importlib.import_module(module), cls)
-    return out
+    from genbench.plugins import plugin_models
+
+    return out | {name: cls for name, cls in plugin_models().items() if name not in out}
 
 
 def taxonomy_table(models: dict[str, type]) -> Table:
