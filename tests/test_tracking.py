@@ -43,8 +43,8 @@ def test_loggers_are_chosen_by_target_and_bad_targets_are_refused(tmp_path):
     assert wandb._target_ == "genbench.tracking.WandbTracker" and wandb.mode == "auto"
     with pytest.raises(ConfigError, match="logger._target_='os.system'"):
         make_tracker({"_target_": "os.system"}, {}, tmp_path, None)
-    with pytest.raises(ConfigError, match="logger._target_='genbench.run.validate'"):
-        make_tracker({"_target_": "genbench.run.validate"}, {}, tmp_path, None)
+    with pytest.raises(ConfigError, match="logger._target_='genbench.validation.validate'"):
+        make_tracker({"_target_": "genbench.validation.validate"}, {}, tmp_path, None)
     with pytest.raises(ConfigError, match="logger options"):
         make_tracker({"_target_": "genbench.tracking.Tracker", "project": "x"}, {}, tmp_path,
                      None)

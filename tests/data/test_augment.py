@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from genbench.build import build
 from genbench.data.augment import TRANSFORMS, Augment, check_augment
 from genbench.data.base import Batches, DatasetError
-from genbench.run import build
 from genbench.train.device import setup_device
 
 

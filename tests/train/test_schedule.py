@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from genbench.commands import train_command
 from genbench.data.base import Batches
 from genbench.errors import ConfigError
-from genbench.run import validate
 from genbench.train import checkpoint
 from genbench.train.schedule import build_scheduler
+from genbench.validation import validate
 
 CONF = importlib.resources.files("genbench.conf") / "scheduler"
 SCHEDULERS = sorted(p.name[:-5] for p in CONF.iterdir() if p.name.endswith(".yaml"))
