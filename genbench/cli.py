@@ -30,6 +30,31 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: command-line keys renamed in this release: old key -> new key. The old spelling still works
+#: (rewritten, with a warning on stderr); it will be refused in the next release.
+RENAMED: dict[str, str] = {
+    "trainer.warmup_steps": "scheduler.warmup_steps",
+    "model.n_dis": "model.d_steps",
+    "model.n_critic": "model.d_steps",
+}
+
+
+def rename_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` with the keys of :data:`RENAMED` rewritten to their new names (a deprecation
+    warning on stderr for each)."""
+    out = []
+    for item in overrides:
+        prefix = item[:len(item) - len(item.lstrip("+~"))]
+        key, eq, value = item[len(prefix):].partition("=")
+        if key in RENAMED:
+            new = RENAMED[key]
+            print(f"warning: {key} is deprecated and will be removed in the next release: use "
+                  f"{new} (read as {new}{eq}{value})", file=sys.stderr)
+            item = f"{'' if prefix == '+' else prefix}{new}{eq}{value}"  # the new key exists
+        out.append(item)
+    return out
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: genbench <command> [key=value ...]", "", "commands:"]
@@ -136,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "leaderboard" and rest and rest[0] == "rebuild":
         rest = ["action=rebuild"] + rest[1:]
+    rest = rename_overrides(rest)
     from genbench.plugins import search_path_override
 
     plugins = search_path_override()  # installed plugins' config folders (genbench.configs)

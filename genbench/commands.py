@@ -109,7 +109,8 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         data, model = build(cfg, setup)
         ddp.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
         trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run,
-                          int(cfg.seed), {"config_hash": hash_})
+                          int(cfg.seed), {"config_hash": hash_}, scheduler=cfg.get("scheduler"),
+                          augment=data.augment)
         if resuming:
             trainer.load_state_dict(run.load_checkpoint("last"))
             ddp.seed_rank(int(cfg.seed), trainer.state.step)

@@ -12,8 +12,13 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from genbench.errors import ConfigError
 
@@ -21,9 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """The no-op tracker (``logger=none``); also the interface."""
+    """The no-op tracker (``logger=none``); also the interface. Built by :func:`make_tracker`
+    from ``conf/logger/<name>.yaml`` (``_target_`` plus the class's options) with the resolved
+    run config, the run folder and the id of the run being resumed (``None`` for a new one)."""
 
     run_id: str | None = None
+
+    def __init__(self, config: dict[str, Any] | None = None, run_dir: Path | None = None,
+                 run_id: str | None = None) -> None:
+        """The no-op tracker ignores its arguments."""
 
     def log(self, values: dict[str, float], step: int) -> None:
         """Log scalar ``values`` at ``step``."""
@@ -48,23 +59,28 @@ def _has_api_key() -> bool:
 
 
 class WandbTracker(Tracker):
-    """Weights & Biases; ``mode`` is online, offline or disabled."""
+    """Weights & Biases (``logger=wandb``): ``project``, ``entity``, ``tags`` and ``mode``
+    (auto, online, offline or disabled) come from ``conf/logger/wandb.yaml``."""
 
-    def __init__(self, cfg: Any, config: dict[str, Any], run_dir: Path,
-                 run_id: str | None) -> None:
-        import wandb
+    def __init__(self, config: dict[str, Any], run_dir: Path, run_id: str | None, *,
+                 project: str = "genbench", entity: str | None = None, mode: str = "auto",
+                 tags: Sequence[str] = ()) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("logger=wandb needs the wandb package: pip install "
+                              "'genbench[wandb]'") from None
 
-        mode = str(cfg.get("mode", "auto"))
+        mode = str(mode)
         if mode == "auto":
             mode = "online" if _has_api_key() else "offline"
         if mode not in ("online", "offline", "disabled"):
             raise ConfigError(f"logger.mode={mode!r} is invalid: expected auto, online, offline "
                               "or disabled")
         self._wandb = wandb
-        self.run = wandb.init(project=cfg.get("project", "genbench"), entity=cfg.get("entity"),
-                              config=config, dir=str(run_dir), id=run_id, resume="allow",
-                              mode=mode, tags=list(cfg.get("tags") or []), name=run_dir.name,
-                              settings=wandb.Settings(silent=True))
+        self.run = wandb.init(project=project, entity=entity, config=config, dir=str(run_dir),
+                              id=run_id, resume="allow", mode=mode, tags=list(tags or []),
+                              name=run_dir.name, settings=wandb.Settings(silent=True))
         self.run_id = self.run.id
         log.info("W&B %s run %s (%s)", mode, self.run_id, run_dir / "wandb")
 
@@ -86,14 +102,25 @@ class WandbTracker(Tracker):
 
 
 def make_tracker(cfg: Any, config: dict[str, Any], run_dir: Path, run_id: str | None) -> Tracker:
-    """The tracker chosen by ``cfg.name`` (``none`` or ``wandb``)."""
-    name = str(cfg.get("name", "none"))
-    if name == "none":
-        return Tracker()
-    if name == "wandb":
-        try:
-            return WandbTracker(cfg, config, run_dir, run_id)
-        except ImportError:
-            raise ConfigError("logger=wandb needs the wandb package: pip install "
-                              "'genbench[wandb]'") from None
-    raise ConfigError(f"logger.name={name!r} is invalid: expected none or wandb")
+    """The tracker named by ``cfg._target_`` (a :class:`Tracker` class, ``conf/logger``) with the
+    rest of ``cfg`` as its options."""
+    spec = dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
+                else cfg or {})
+    target = str(spec.get("_target_", ""))
+    try:
+        cls = get_class(target) if target.startswith("genbench.") else None
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Tracker)):
+        raise ConfigError(f"logger._target_={target!r} is invalid: expected a genbench.tracking "
+                          "class (conf/logger: none, wandb)")
+    try:  # a partial first: the run config holds _target_ keys that must stay plain data
+        build = instantiate(spec, _partial_=True)
+    except InstantiationException as err:
+        raise ConfigError(f"could not build the logger from logger._target_={target!r}: "
+                          f"{err.__cause__ or err}") from None
+    try:
+        return build(config=config, run_dir=run_dir, run_id=run_id)
+    except TypeError as err:
+        raise ConfigError(f"logger options {sorted(k for k in spec if k != '_target_')} do not "
+                          f"fit {target}: {err}") from None

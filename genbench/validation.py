@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int
 from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
+from genbench.train.schedule import check_scheduler
 
 
 def validate(cfg: DictConfig) -> None:
@@ -16,7 +17,7 @@ def validate(cfg: DictConfig) -> None:
                 "val_examples"):
         t[key] = positive_int(f"trainer.{key}", t[key])
     t.grad_clip = nonneg_float("trainer.grad_clip", t.grad_clip)
-    t.warmup_steps = positive_int("trainer.warmup_steps", t.get("warmup_steps", 0), minimum=0)
+    check_scheduler(cfg.get("scheduler"))
     t.ema_decay = nonneg_float("trainer.ema_decay", t.ema_decay, maximum=0.99999999)
     if "lr" in cfg.optimizer:
         cfg.optimizer.lr = nonneg_float("optimizer.lr", cfg.optimizer.lr, positive=True)

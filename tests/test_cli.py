@@ -61,10 +61,10 @@ def test_leaderboard_table_marks_bounds(trained):
 
 def test_sample_and_eval_from_a_run(trained):
     out, run_dir, _ = trained
-    proc = run_cli("sample", f"run={run_dir}", "n=8", cwd=out.parent)
+    proc = run_cli("sample", f"run={run_dir}", "n=8", "device=cpu", cwd=out.parent)
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "samples_8.png").is_file() and (run_dir / "samples_8.npz").is_file()
-    proc = run_cli("eval", f"run={run_dir}", "eval=fast", "eval.n_samples=16",
+    proc = run_cli("eval", f"run={run_dir}", "eval=fast", "eval.n_samples=16", "device=cpu",
                    "eval.nll_examples=16", "eval.sample_metrics=false", f"paths.outputs={out}",
                    cwd=out.parent)
     assert proc.returncode == 0, proc.stderr
@@ -91,6 +91,14 @@ def test_help_lists_commands(tmp_path):
     (["optimizer.lr=-1"], "optimizer.lr=-1"),
     (["device=cuda"], "no CUDA device"),
     (["dataset=mnist", "paths.data=/nonexistent"], "dataset.download=true"),
+    (["scheduler=nope"], "Could not find 'scheduler/nope'"),
+    (["scheduler.warmup_steps=-3"], "scheduler.warmup_steps=-3 is invalid"),
+    (["scheduler=linear_warmup"], "scheduler.warmup_steps has no value"),
+    (["dataset.augment=[vflip]"], "dataset.augment=['vflip'] is invalid"),
+    # renamed keys: read as the new key, with a deprecation warning naming it
+    (["trainer.warmup_steps=-2"], "use scheduler.warmup_steps"),
+    (["trainer.warmup_steps=-2"], "scheduler.warmup_steps=-2 is invalid"),
+    (["model=wgan_gp", "model.n_critic=0"], "use model.d_steps"),
 ])
 def test_bad_train_input_is_one_clear_error(args, expect, tmp_path, capsys):
     from genbench.cli import main

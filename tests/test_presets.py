@@ -1,9 +1,10 @@
 """Every conf/experiment preset composes and trains one step, shrunk, so presets cannot rot.
 
 Paper presets name CIFAR-10 or MNIST, whose files are not available offline: each case swaps the
-dataset to the bundled digits, shrinks the model's width and depth keys (a small per-model mapping
-below) and the batch, keeps every other setting of the preset (optimizer, its target, warm-up,
-clipping, EMA, architecture switches) and runs one training step in-process.
+dataset to the bundled digits (keeping the preset's augmentation), shrinks the model's width and
+depth keys (a small per-model mapping below) and the batch, keeps every other setting of the preset
+(optimizer, its target, lr schedule, clipping, EMA, architecture switches) and runs one training
+step in-process.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_preset_trains_one_step_shrunk(experiment, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run_dir,
-                      int(cfg.seed))
+                      int(cfg.seed), scheduler=cfg.scheduler, augment=data.augment)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = trainer.fit()
     assert state.status == "finished" and state.step == 1
@@ -81,3 +82,32 @@ def test_paper_preset_states_published_numbers(experiment, tmp_path):
     numbers = [v for v in expected.values() if isinstance(v, Number) and not isinstance(v, bool)]
     assert numbers and all(math.isfinite(v) and v > 0 for v in numbers), dict(expected)
     assert cfg.run.dataset != "digits" and int(cfg.trainer.max_steps) >= 10_000
+
+
+#: the published lr schedules and augmentations of the paper presets (see each preset's header)
+PAPER_SCHEDULES = {
+    "ddpm_cifar10": ("ConstantLR", 5000, ["hflip"]),  # Ho et al. 2020: warm-up 5000, flips
+    "glow_cifar10": ("ConstantLR", 1000, ["translate"]),  # released code: warm-up, --dal 1
+    "realnvp_cifar10": ("ConstantLR", 0, ["hflip"]),  # Dinh et al. 2017: flips
+    "wgan_gp_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
+    "sngan_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
+    "vae_mnist": ("MultiStepLR", 0, []),  # Burda et al. 2016: lr 10^(-i/7) for 3^i epochs
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPER_SCHEDULES))
+def test_paper_presets_use_their_published_schedule_and_augmentation(experiment, tmp_path):
+    cfg = compose_cfg("train", [f"experiment={experiment}"], tmp_path / "out")
+    cls, warmup, augment = PAPER_SCHEDULES[experiment]
+    assert cfg.scheduler._target_ == f"torch.optim.lr_scheduler.{cls}"
+    assert cfg.scheduler.warmup_steps == warmup and list(cfg.dataset.augment) == augment
+    if cls == "LinearLR":
+        assert (cfg.scheduler.start_factor, cfg.scheduler.end_factor) == (1.0, 0.0)
+        assert cfg.scheduler.total_iters is None  # to 0 at trainer.max_steps
+
+
+def test_other_presets_keep_a_constant_lr_and_no_augmentation(tmp_path):
+    for experiment in sorted(set(EXPERIMENTS) - set(PAPER_SCHEDULES) - {"quickstart"}):
+        cfg = compose_cfg("train", [f"experiment={experiment}"], tmp_path / "out")
+        assert cfg.scheduler._target_.endswith("ConstantLR") and cfg.scheduler.warmup_steps == 0
+        assert list(cfg.dataset.get("augment", [])) == [], experiment

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from genbench.data.augment import Augment, check_augment
 
 
 class DatasetError(ValueError):
@@ -26,6 +28,8 @@ class Data:
         train_labels, test_labels: ``[N]`` int64 class labels, or ``None`` (unlabelled data).
         num_classes: number of label classes (0 when unlabelled).
         density: for 2-D toys, the exact discrete distribution (see :mod:`genbench.data.toy2d`).
+        augment: names of the transforms applied to training batches (``dataset.augment``, see
+            :mod:`genbench.data.augment`); empty: none.
     """
 
     name: str
@@ -38,8 +42,10 @@ class Data:
     num_classes: int = 0
     density: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.augment = check_augment(self.augment)
         for split in ("train", "val", "test"):
             t = getattr(self, split)
             if t.ndim != 4:
@@ -132,11 +138,13 @@ class Batches:
     rank draws the same permutation and :meth:`next` returns rank ``rank``'s contiguous
     ``batch_size / world`` slice of the global batch, so the ranks together see exactly the
     batches of one process.
+
+    ``augment`` names the transforms of :mod:`genbench.data.augment` applied to every batch; each
+    example's draw is seeded from (seed, epoch, row), so augmented batches resume exactly too.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int,
-                 transform: Callable[[Tensor], Tensor] | None = None, *, rank: int = 0,
-                 world: int = 1) -> None:
+    def __init__(self, data: Tensor, batch_size: int, seed: int, *, rank: int = 0,
+                 world: int = 1, augment: Sequence[str] = ()) -> None:
         if batch_size < 1:
             raise DatasetError(f"trainer.batch_size must be >= 1, got {batch_size}")
         if batch_size % world or not 0 <= rank < world:
@@ -147,6 +155,7 @@ class Batches:
         self.rank, self.local_batch_size = rank, self.batch_size // world
         self.epoch, self.index = 0, 0
         self._perm: Tensor | None = None
+        self.augment = Augment(augment, seed)
 
     def _permutation(self) -> Tensor:
         if self._perm is None:
@@ -161,6 +170,8 @@ class Batches:
         lo = self.index + self.rank * self.local_batch_size
         idx = self._permutation()[lo:lo + self.local_batch_size]
         self.index += self.batch_size
+        if self.augment:
+            return self.augment(self.data[idx], self.epoch, idx).long()
         return self.data[idx].long()
 
     def state_dict(self) -> dict[str, int]:

@@ -8,6 +8,7 @@ be decoded are skipped with a warning; a folder with no readable image is an err
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def _read(path: Path, size: int, channels: int) -> np.ndarray | None:
 
 
 def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256,
-                 test_fraction: float = 0.1, val_fraction: float = 0.05, seed: int = 0) -> Data:
+                 test_fraction: float = 0.1, val_fraction: float = 0.05, seed: int = 0,
+                 augment: Sequence[str] = ()) -> Data:
     """Images under ``root`` as ``[N, channels, size, size]`` levels in ``[0, levels)``."""
     if channels not in (1, 3):
         raise DatasetError(f"dataset.channels must be 1 or 3, got {channels}")
@@ -52,4 +54,4 @@ def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256
     x = (x * (levels - 1) + 127) // 255  # 0..255 -> 0..levels-1, rounded
     parts = split_train_val_test(to_levels(x, levels), None, test_fraction=test_fraction,
                                  val_fraction=val_fraction, seed=seed)
-    return Data(name=f"folder:{path.name}", levels=levels, **parts)
+    return Data(name=f"folder:{path.name}", levels=levels, augment=augment, **parts)

@@ -7,6 +7,7 @@ Files are read from ``root`` in torchvision's on-disk layout (``root/MNIST/raw``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ _LAYOUT = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw",
 
 
 def _load(name: str, cls_name: str, root: str, download: bool, val_fraction: float,
-          seed: int) -> Data:
+          seed: int, augment: Sequence[str]) -> Data:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -45,22 +46,22 @@ def _load(name: str, cls_name: str, root: str, download: bool, val_fraction: flo
                                        seed)
     return Data(name=name, levels=256, train=to_levels(train, 256), val=to_levels(val, 256),
                 test=to_levels(images(splits[False]), 256), train_labels=train_y,
-                test_labels=labels(splits[False]), num_classes=10)
+                test_labels=labels(splits[False]), num_classes=10, augment=augment)
 
 
 def mnist(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-          seed: int = 0) -> Data:
+          seed: int = 0, augment: Sequence[str] = ()) -> Data:
     """MNIST ``[N, 1, 28, 28]``, 256 levels; 60,000 train (minus val) / 10,000 test."""
-    return _load("mnist", "MNIST", root, download, val_fraction, seed)
+    return _load("mnist", "MNIST", root, download, val_fraction, seed, augment)
 
 
 def fashion_mnist(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-                  seed: int = 0) -> Data:
+                  seed: int = 0, augment: Sequence[str] = ()) -> Data:
     """Fashion-MNIST ``[N, 1, 28, 28]``, 256 levels; 60,000 / 10,000."""
-    return _load("fashion_mnist", "FashionMNIST", root, download, val_fraction, seed)
+    return _load("fashion_mnist", "FashionMNIST", root, download, val_fraction, seed, augment)
 
 
 def cifar10(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-            seed: int = 0) -> Data:
+            seed: int = 0, augment: Sequence[str] = ()) -> Data:
     """CIFAR-10 ``[N, 3, 32, 32]``, 256 levels; 50,000 / 10,000."""
-    return _load("cifar10", "CIFAR10", root, download, val_fraction, seed)
+    return _load("cifar10", "CIFAR10", root, download, val_fraction, seed, augment)

@@ -138,11 +138,13 @@ def _dataset(node: Any, paths: Mapping) -> Data | None:
     return hydra.utils.instantiate(node)
 
 
-def _device(name: str) -> torch.device:
+def _device(node: Any) -> torch.device:
+    """``cfg.device``: a ``conf/device`` block (its ``name``) or a plain name."""
+    name = str(node.get("name", "auto") if isinstance(node, Mapping) else node)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
-        raise bad_value("device", name, "auto, cpu or cuda")
+        raise bad_value("device.name", name, "auto, cpu or cuda")
     return torch.device(name)
 
 
@@ -158,7 +160,7 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
     data = data or set2.data
     set1 = load_images(str(cfg.input1), data=data, paths=paths)
     data = data or set1.data
-    device = _device(str(cfg.get("device", "auto")))
+    device = _device(cfg.get("device", "auto"))
     cache_dir = Path(str(paths.get("cache", Path(paths.get("outputs", "outputs")) / "cache")))
     extractor = resolve_extractor(str(cfg.get("extractor", "auto")), data,
                                   inception_weights=cfg.get("inception_weights"),

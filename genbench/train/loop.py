@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +38,7 @@ from genbench.train import checkpoint
 from genbench.train import distributed as ddp
 from genbench.train.device import DeviceSetup, ThreadGovernor, eval_mode
 from genbench.train.ema import EMA
+from genbench.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +123,26 @@ def _fusable(optimizer: dict[str, Any], params: list[torch.nn.Parameter]) -> boo
 
 
 class Trainer:
-    """Trains ``model`` on ``train`` batches; writes ``run_dir/checkpoints/{last,best}.pt``."""
+    """Trains ``model`` on ``train`` batches; writes ``run_dir/checkpoints/{last,best}.pt``.
+
+    ``scheduler`` is a ``conf/scheduler`` entry (one lr schedule per phase, stepped once per
+    training step; ``None``: constant lr) and ``augment`` the ``dataset.augment`` transforms
+    applied to training batches (:mod:`genbench.data.augment`)."""
 
     def __init__(self, model: GenerativeModel, train: torch.Tensor, val: torch.Tensor,
                  cfg: DictConfig, optimizer: DictConfig, setup: DeviceSetup, run: RunDir | Path,
                  seed: int, extra_state: dict[str, Any] | None = None,
-                 tracker: Tracker | None = None) -> None:
+                 tracker: Tracker | None = None, *, scheduler: DictConfig | None = None,
+                 augment: Sequence[str] = ()) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.seed = seed
         self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
-                               world=ddp.world_size())
+                               world=ddp.world_size(), augment=augment)
         self.optimizers = {p.name: build_optimizer(optimizer, p, [
             q for q in model.parameters_for(p.name) if q.requires_grad]) for p in model.phases}
-        warmup = int(cfg.get("warmup_steps", 0) or 0)
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: min(1.0, (i + 1) / warmup)) for name, opt in self.optimizers.items()
-        } if warmup > 0 else {}
+        self.schedulers = {name: s for name, opt in self.optimizers.items() if (
+            s := build_scheduler(scheduler, opt, int(cfg.max_steps), name)) is not None}
         fp16 = setup.precision == "fp16"
         self.scalers = {p.name: torch.amp.GradScaler(setup.device.type, enabled=fp16)
                         for p in model.phases}
@@ -178,7 +182,12 @@ class Trainer:
             opt.load_state_dict(ckpt["optimizers"][k])
             self.scalers[k].load_state_dict(ckpt["scalers"][k])
             if k in self.schedulers:
-                self.schedulers[k].load_state_dict(ckpt["schedulers"][k])
+                state = (ckpt.get("schedulers") or {}).get(k)
+                if state is None:
+                    raise checkpoint.CheckpointError(
+                        f"the checkpoint holds no lr-schedule state for phase {k!r}: it was "
+                        "written with another scheduler config")
+                self.schedulers[k].load_state_dict(state)
         self.batches.load_state_dict(ckpt["batches"])
         self.state = TrainState(**ckpt["state"])
         self.extra_state = dict(ckpt.get("extra") or {})
@@ -238,8 +247,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self._grad_clip)
         scaler.step(opt)
         scaler.update()
-        if name in self.schedulers:
-            self.schedulers[name].step()
         for k, v in terms.items():
             terms_acc[f"{name}/{k}"] += v.detach().float().mean() / repeat  # mean over repeats
         self.state.images_seen += self.batches.batch_size  # the global batch, over all ranks
@@ -273,6 +280,8 @@ class Trainer:
                         raise Interrupted(stop[0] if stop else signal.SIGINT)
                     losses = [self._phase_step(p.name, acc, p.repeat)
                               for p in self.model.phases for _ in range(p.repeat)]
+                    for schedule in self.schedulers.values():
+                        schedule.step()
                     self.state.step += 1
                     n_acc += 1
                     # ranks follow rank 0's buffers, and its weights after the first step (ActNorm)

@@ -65,8 +65,7 @@ def measure(compile_: bool, device: torch.device, steps: int, warmup: int,
     flops = step_flops(model, train[:batch].long(), setup)
     never = 10**9
     tcfg = OmegaConf.merge(cfg.trainer, {"max_steps": warmup, "eval_every": never,
-                                         "ckpt_every": never, "log_every": never,
-                                         "warmup_steps": 0})
+                                         "ckpt_every": never, "log_every": never})
     devnull = open(os.devnull, "w")  # noqa: SIM115 (closed below)
     rich.reconfigure(file=devnull, force_terminal=True, width=120)
     with tempfile.TemporaryDirectory(prefix="gb_bench_gpu_") as tmp, devnull:

@@ -143,7 +143,8 @@ def test_inputs_folder_npz_and_dataset_agree(data, outputs, tmp_path, no_hub_wei
     np.savez(with_k, levels=levels.numpy(), num_levels=np.int64(17))
     without_k = tmp_path / "without_k.npz"
     np.savez(without_k, levels.numpy().astype(np.int32))
-    common = {"input2": "digits:train", "metrics": "[fid,isc,prc]", "paths.outputs": outputs}
+    common = {"input2": "digits:train", "metrics": "[fid,isc,prc]", "paths.outputs": outputs,
+              "device": "cpu"}  # the conf/device group (a plain key before: a Hydra error)
     results = [run_score(score_cfg(input1=folder, **common)),
                run_score(score_cfg(input1=with_k, **common)),
                run_score(score_cfg(input1=without_k, dataset="digits", **common))]

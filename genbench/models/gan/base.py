@@ -1,7 +1,8 @@
 """Shared machinery of the GAN family: phases, data scaling, latent draws and toy-size networks.
 
 A GAN has two phases, each with its own optimizer: ``"d"`` trains the discriminator (critic)
-``d_steps`` times per training step and ``"g"`` trains the generator once. Subclasses build
+``d_steps`` times per training step (``model.d_steps`` for every GAN: k of Goodfellow et al.,
+n_critic of WGAN-GP, n_dis of SNGAN) and ``"g"`` trains the generator once. Subclasses build
 ``self.generator`` (``[N, z_dim]`` latents -> ``[N, C, H, W]``, in ``[-1, 1]`` up to the
 MLP generator's unsquashed output) and
 ``self.discriminator`` (``[N, C, H, W]`` -> ``[N]`` raw outputs) and name their objective in
@@ -20,6 +21,7 @@ do move in both phases (the runner should still zero all model grads before each
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -41,6 +43,22 @@ def optimizer_overrides(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             value = tuple(float(v) for v in value)
         out[str(key)] = value
     return out
+
+
+def renamed_d_steps(d_steps: int | None, default: int, **old: int | None) -> int:
+    """``d_steps``, or the value given under its deprecated spelling (``n_dis=``, ``n_critic=``,
+    accepted with a ``FutureWarning`` for one release, so older run configs still build)."""
+    for name, value in old.items():
+        if value is None:
+            continue
+        warnings.warn(f"model.{name} is deprecated and will be removed in the next release: "
+                      "use model.d_steps (discriminator steps per training step)", FutureWarning,
+                      stacklevel=3)
+        if d_steps is not None and int(d_steps) != int(value):
+            raise ValueError(f"model.{name}={value} and model.d_steps={d_steps} disagree; "
+                             "set model.d_steps only")
+        d_steps = value
+    return default if d_steps is None else int(d_steps)
 
 
 def upsampling_plan(h: int, w: int, min_size: int = 4) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ Backbones (``arch``): ``conv`` = the paper's "standard CNN" (App. B.4, Table 3: 
 convolutions, LeakyReLU(0.1)) with a DCGAN generator; ``resnet`` = the ResNet of App. B (Table 4,
 shared with WGAN-GP, global sum pooling); ``mlp`` for 2-D toys. Loss: hinge,
 L_D = E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))], L_G = -E[D(G(z))]. The paper's CIFAR-10
-setting: n_dis = 5, Adam lr 2e-4, betas (0, 0.9), batch 64, 50k generator updates.
+setting: n_dis = 5 (``d_steps``), Adam lr 2e-4, betas (0, 0.9), batch 64, 50k generator updates.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from typing import Any
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genbench.models.gan.base import GAN, MLPDiscriminator, MLPGenerator, resolve_arch
+from genbench.models.gan.base import (
+    GAN,
+    MLPDiscriminator,
+    MLPGenerator,
+    renamed_d_steps,
+    resolve_arch,
+)
 from genbench.models.gan.dcgan import ConvDiscriminator, DCGANGenerator
 from genbench.models.gan.wgan_gp import ResNetDiscriminator, ResNetGenerator
 
@@ -44,8 +50,8 @@ class SNGAN(GAN):
         g_width, d_width: channels (conv: at full resolution, doubled per x2; resnet: throughout;
             the paper's CIFAR ResNet has 256 / 128).
         hidden, depth: MLP width and number of hidden layers.
-        n_dis: discriminator steps per generator step (5 in the paper's ResNet runs; 1 with
-            the paper's settings B/C for the standard CNN).
+        d_steps: discriminator steps per generator step, the paper's n_dis (5 in its ResNet runs;
+            1 with its settings B/C for the standard CNN). ``n_dis=`` is a deprecated alias.
         n_power_iterations: power iterations per forward pass for σ(W) (1).
         d_optimizer, g_optimizer: per-phase optimizer overrides.
     """
@@ -54,11 +60,12 @@ class SNGAN(GAN):
 
     def __init__(self, shape: Sequence[int], levels: int, *, arch: str = "auto", z_dim: int = 64,
                  g_width: int = 32, d_width: int = 16, hidden: int = 128, depth: int = 3,
-                 n_dis: int = 1, n_power_iterations: int = 1,
+                 d_steps: int | None = None, n_power_iterations: int = 1,
                  d_optimizer: Mapping[str, Any] | None = None,
-                 g_optimizer: Mapping[str, Any] | None = None) -> None:
-        super().__init__(shape, levels, z_dim=z_dim, d_steps=n_dis, d_optimizer=d_optimizer,
-                         g_optimizer=g_optimizer)
+                 g_optimizer: Mapping[str, Any] | None = None, n_dis: int | None = None) -> None:
+        super().__init__(shape, levels, z_dim=z_dim,
+                         d_steps=renamed_d_steps(d_steps, 1, n_dis=n_dis),
+                         d_optimizer=d_optimizer, g_optimizer=g_optimizer)
         self.arch = resolve_arch(arch, self.shape, ("conv", "resnet", "mlp"))
         if self.arch == "mlp":
             self.generator = MLPGenerator(self.z_dim, self.shape, hidden, depth)

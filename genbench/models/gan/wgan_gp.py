@@ -1,10 +1,10 @@
 """WGAN-GP (Gulrajani et al. 2017): Wasserstein critic with a gradient penalty, and its ResNet.
 
 Critic loss (Algorithm 1): L = D(x̃) - D(x) + λ (‖∇_x̂ D(x̂)‖₂ - 1)² with x̃ = G(z),
-x̂ = ε x + (1 - ε) x̃, ε ~ U[0, 1], λ = 10, n_critic = 5 critic steps per generator step, Adam
-(lr 1e-4, β1 = 0, β2 = 0.9). The critic has no batch norm (the penalty is per example); ``d_norm:
-layer`` gives the layer-normalized critic the paper suggests instead. The generator minimizes
--D(G(z)).
+x̂ = ε x + (1 - ε) x̃, ε ~ U[0, 1], λ = 10, n_critic = 5 critic steps per generator step
+(``d_steps``), Adam (lr 1e-4, β1 = 0, β2 = 0.9). The critic has no batch norm (the penalty is per
+example); ``d_norm: layer`` gives the layer-normalized critic the paper suggests instead. The
+generator minimizes -D(G(z)).
 
 The ResNet (Gulrajani et al. 2017, App. F; reused by SNGAN, Miyato et al. 2018, App. B) lives here
 too: :class:`ResNetGenerator` (linear to ``[width, h0, w0]``, one up-block per x2 upsampling,
@@ -25,6 +25,7 @@ from genbench.models.gan.base import (
     GAN,
     MLPDiscriminator,
     MLPGenerator,
+    renamed_d_steps,
     resolve_arch,
     upsampling_plan,
 )
@@ -117,7 +118,8 @@ class WGANGP(GAN):
         z_dim: latent size (128 in the paper).
         g_width, d_width: channels (conv: at full resolution, doubled per x2; resnet: throughout).
         hidden, depth: MLP width and number of hidden layers.
-        n_critic: critic steps per generator step (5).
+        d_steps: critic steps per generator step, the paper's n_critic (5). ``n_critic=`` is a
+            deprecated alias.
         gp_weight: λ of the gradient penalty (10; the paper's toy experiments use 0.1, and with
             data scaled to ``[-1, 1]`` λ = 10 makes 2-D toy training oscillate).
         d_norm: critic normalization for ``conv``: ``none`` or ``layer`` (never batch norm).
@@ -128,11 +130,13 @@ class WGANGP(GAN):
 
     def __init__(self, shape: Sequence[int], levels: int, *, arch: str = "auto", z_dim: int = 64,
                  g_width: int = 32, d_width: int = 24, hidden: int = 128, depth: int = 3,
-                 n_critic: int = 5, gp_weight: float = 10.0, d_norm: str = "none",
+                 d_steps: int | None = None, gp_weight: float = 10.0, d_norm: str = "none",
                  d_optimizer: Mapping[str, Any] | None = None,
-                 g_optimizer: Mapping[str, Any] | None = None) -> None:
-        super().__init__(shape, levels, z_dim=z_dim, d_steps=n_critic, d_optimizer=d_optimizer,
-                         g_optimizer=g_optimizer)
+                 g_optimizer: Mapping[str, Any] | None = None,
+                 n_critic: int | None = None) -> None:
+        super().__init__(shape, levels, z_dim=z_dim,
+                         d_steps=renamed_d_steps(d_steps, 5, n_critic=n_critic),
+                         d_optimizer=d_optimizer, g_optimizer=g_optimizer)
         if d_norm not in ("none", "layer"):
             raise ValueError(f"WGAN-GP critic norm must be 'none' or 'layer', got {d_norm!r}")
         if gp_weight < 0:
