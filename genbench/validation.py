@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int
 from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
+from genbench.eval.likelihood import estimator_names
 from genbench.train.schedule import check_scheduler
 
 
@@ -50,3 +51,4 @@ def _validate_eval(e: DictConfig) -> None:
         raise bad_value("eval.extractor", e.extractor, f"one of {', '.join(EXTRACTOR_CHOICES)}")
     if any(str(m) not in METRICS for m in e.get("metrics") or []):
         raise bad_value("eval.metrics", list(e.metrics), f"a subset of {list(METRICS)}")
+    estimator_names(e)

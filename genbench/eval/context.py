@@ -14,7 +14,7 @@ from torch import Tensor
 
 from genbench.data.base import Data
 from genbench.eval.metric import Metric
-from genbench.models.base import GenerativeModel
+from genbench.models.base import GenerativeModel, Sampled
 from genbench.nn.random import per_sample_generators
 from genbench.train import distributed as ddp
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Samples:
-    """Generated levels ``[N, C, H, W]`` (int64, CPU) and what they cost."""
+    """Generated levels ``[N, C, H, W]`` (int64, CPU) and what they cost: device milliseconds
+    and network evaluations (the mean of the per-sample counts the model reported) per image."""
 
     x: Tensor
     ms_per_image: float
@@ -56,19 +57,26 @@ class EvalContext:
         its own generator seeded from ``(eval.seed, i)``, so results do not depend on the
         batch size, nor on how many processes share the work: with several ranks each draws a
         contiguous run of batches and every rank gets all ``n`` samples, in index order;
-        ``ms_per_image`` is then device time (summed over ranks) per image.
-        Samples are generated once per (n, sampler) and shared by all stages."""
+        ``ms_per_image`` is then device time (summed over ranks) per image, and ``nfe`` the mean
+        of every sample's own count. Samples are generated once per (n, sampler) and shared by
+        all stages."""
         n = int(self.cfg.n_samples if n is None else n)
         sampler = dict(self.sampler if sampler is None else sampler)
         key = json.dumps([n, sampler], sort_keys=True, default=str)
         if key not in self._samples:
-            bs, out = int(self.cfg.batch_size), []
+            bs, out, nfe = int(self.cfg.batch_size), [], []
             self.model.eval()
             start = time.perf_counter()
             with torch.inference_mode():
                 for i, j in ddp.my_batches(n, bs):
                     gens = per_sample_generators(self.seed, i, j - i, self.device)
-                    out.append(self.model.sample(j - i, generator=gens, **sampler).cpu())
+                    s = self.model.sample(j - i, generator=gens, **sampler)
+                    if not isinstance(s, Sampled):
+                        raise RuntimeError(f"{type(self.model).__name__}.sample returned "
+                                           f"{type(s).__name__}; the contract is Sampled(x, nfe)"
+                                           " (genbench.models.base)")
+                    out.append(s.x.cpu())
+                    nfe.append(s.nfe)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
@@ -76,9 +84,11 @@ class EvalContext:
             if out:
                 self._check(mine)
             x = ddp.gather_rows(mine)
+            nfe_all = ddp.gather_rows(
+                torch.cat(nfe) if nfe else torch.zeros(0, dtype=torch.float64))
             busy = float(ddp.reduce_sum(torch.tensor(seconds, dtype=torch.float64)))
             self._samples[key] = Samples(x, 1000 * busy / max(n, 1),
-                                         float(self.model.nfe(**sampler)),
+                                         float(nfe_all.mean()) if n else float("nan"),
                                          self.model.resolve_sampler(**sampler))
             log.info("sampled %d images in %.1f s (%.2f ms/image)", n, seconds,
                      1000 * busy / max(n, 1))

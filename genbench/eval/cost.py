@@ -1,10 +1,18 @@
-"""Sampling cost: milliseconds per image at the eval batch size and network evaluations (NFE)."""
+"""Sampling cost: milliseconds per image at the eval batch size and network evaluations (NFE),
+the latter as counted by the model's ``sample`` call for each image."""
 
 from __future__ import annotations
 
 from genbench.eval.context import EvalContext
-from genbench.eval.metric import Metric
-from genbench.eval.registry import register_metric
+from genbench.eval.metric import Column, Metric, MetricSpec
+from genbench.eval.registry import register_metric, register_spec
+
+MS_PER_IMAGE = register_spec(MetricSpec(
+    name="ms_per_image", unit="ms", lower_is_better=True, label="ms/img",
+    column=Column(order=90)))
+NFE = register_spec(MetricSpec(
+    name="nfe", unit="count", lower_is_better=True, label="NFE", integer=True,
+    column=Column(order=91)))
 
 
 def sampler_protocol(ctx: EvalContext, sampler: dict) -> dict:
@@ -12,7 +20,7 @@ def sampler_protocol(ctx: EvalContext, sampler: dict) -> dict:
             "device": ctx.device.type}
 
 
-@register_metric("sampling")
+@register_metric("sampling", order=10)
 def sampling_metrics(ctx: EvalContext) -> list[Metric]:
     """``ms_per_image`` and ``nfe`` for the run's sampler and every ``eval.sampler_sweep`` entry."""
     rows: list[Metric] = []
@@ -21,7 +29,6 @@ def sampling_metrics(ctx: EvalContext) -> list[Metric]:
     for sampler in ctx.sweep():
         s = ctx.samples(sampler=sampler)
         proto = sampler_protocol(ctx, s.sampler)
-        rows.append(Metric("ms_per_image", s.ms_per_image, "measured", "samples", len(s.x), "ms",
-                           proto))
-        rows.append(Metric("nfe", s.nfe, "measured", "samples", len(s.x), "count", proto))
+        rows.append(MS_PER_IMAGE.metric(s.ms_per_image, "measured", "samples", len(s.x), proto))
+        rows.append(NFE.metric(s.nfe, "measured", "samples", len(s.x), proto))
     return rows

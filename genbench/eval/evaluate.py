@@ -1,8 +1,10 @@
 """The evaluator: runs every registered stage on a model and collects :class:`Metric` rows.
 
-Stages (in order): ``likelihood`` (test NLL / bits/dim), ``sampling`` (ms/image, NFE), then the
-sample-quality and toy-density stages. The only model-dependent branch is on ``model.likelihood``,
-inside the likelihood stage.
+Stages run in the order they declare (``register_metric(..., order=)``): ``sampling`` (ms/image,
+NFE), ``likelihood`` (test NLL / bits/dim), ``likelihood_estimators`` (the model's optional
+estimators named in ``eval.estimators``), ``fidelity`` (FID / IS / KID / precision-recall) and
+``toy`` (exact measures on 2-D toys; it reads the NLL rows). The only model-dependent branches are
+on ``model.likelihood`` and on the estimators the model declares, inside the likelihood stages.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from typing import Any
 import torch
 
 from genbench.data.base import Data
-from genbench.eval import cost, likelihood, stages  # noqa: F401  (registers stages)
 from genbench.eval.context import EvalContext
 from genbench.eval.grid import save_grid, save_npz
-from genbench.eval.metric import Metric
-from genbench.eval.registry import registered
+from genbench.eval.metric import Metric, MetricSpec
+from genbench.eval.registry import register_spec, registered
 from genbench.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
+
+EVAL_SECONDS = register_spec(MetricSpec(name="eval_seconds", unit="s", lower_is_better=True,
+                                        label="eval s"))
 
 
 def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, Any],
@@ -38,7 +42,7 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
         ctx.rows.extend(new)
         rows.extend(new)
         log.info("eval stage %s: %.1f s", name, time.perf_counter() - t)
-    rows.append(Metric("eval_seconds", time.perf_counter() - start, "measured", "test", 0, "s"))
+    rows.append(EVAL_SECONDS.metric(time.perf_counter() - start, "measured", "test", 0))
     if grid_png is not None:
         x = ctx.samples().x if ctx._samples else ctx.samples(int(cfg.grid)).x
         save_grid(x[: int(cfg.grid)], data.levels, grid_png)

@@ -1,9 +1,12 @@
 """Test-set NLL and bits/dim with one rule for every model: ``bpd = nll / (D ln 2)``.
 
 The number keeps its kind: ``exact`` for autoregressive models, ``bound`` for the VAE's IWAE / ELBO,
-a flow's dequantized density and DDPM's VLB, ``estimate`` for the probability-flow ODE. Extra terms
-from ``model.bound_terms`` are reported beside the NLL; by convention a term named ``neg_*`` is
-itself a bound on the NLL.
+a flow's dequantized density and DDPM's VLB. Extra terms from ``model.bound_terms`` are reported
+beside the NLL; by convention a term named ``neg_*`` is itself a bound on the NLL.
+
+A model's optional estimators (:meth:`~genbench.models.base.GenerativeModel.likelihood_estimators`,
+e.g. DDPM's probability-flow ODE) run when ``eval.estimators`` names them, each reported as
+``nll_<name>``, ``bpd_<name>`` and ``nfe_<name>`` with the kind the model declares.
 
 Sums stream through torchmetrics, so they reduce across processes: with several ranks each
 evaluates a contiguous run of the test batches. Monte-Carlo / dequantization noise is seeded per
@@ -15,14 +18,17 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from genbench.errors import bad_value, positive_int
 from genbench.eval.context import EvalContext
-from genbench.eval.metric import Metric
-from genbench.eval.registry import register_metric
-from genbench.models.base import likelihood_kind
+from genbench.eval.cost import NFE
+from genbench.eval.metric import Column, Metric, MetricSpec
+from genbench.eval.registry import register_metric, register_spec
+from genbench.models.base import LikelihoodEstimator, likelihood_kind
 from genbench.nn.random import per_sample_generators
 from genbench.train import distributed as ddp
 
@@ -30,6 +36,18 @@ if TYPE_CHECKING:
     from torchmetrics.aggregation import SumMetric
 
 log = logging.getLogger(__name__)
+
+#: nats per example; ``nll_<estimator>`` and ``<term>`` rows of bound terms are nats as well
+NLL = register_spec(MetricSpec(name="nll", unit="nats", lower_is_better=True, label="NLL",
+                               likelihood=True))
+BPD = register_spec(MetricSpec(name="bpd", unit="bits/dim", lower_is_better=True,
+                               label="bits/dim", likelihood=True, column=Column(order=10)))
+NEG_ELBO = register_spec(MetricSpec(name="neg_elbo", unit="nats", lower_is_better=True,
+                                    label="-ELBO", likelihood=True))
+NEG_ELBO_BPD = register_spec(MetricSpec(name="neg_elbo_bpd", unit="bits/dim",
+                                        lower_is_better=True, label="-ELBO bpd",
+                                        likelihood=True,
+                                        column=Column(order=11, optional=True)))
 
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:
@@ -53,7 +71,7 @@ def _sum(name: str, sums: dict[str, SumMetric]) -> SumMetric:
     return sums[name]
 
 
-@register_metric("likelihood")
+@register_metric("likelihood", order=20)
 def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     """``nll`` (nats/example) and ``bpd`` on the test split, plus the model's bound terms."""
     model = ctx.model
@@ -84,32 +102,63 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     return rows
 
 
-@register_metric("ode_likelihood")
-def ode_likelihood_metrics(ctx: EvalContext) -> list[Metric]:
-    """``eval.ode_likelihood=true``: the probability-flow ODE estimate (``nll_ode``, ``bpd_ode``)
-    on the first ``eval.ode_examples`` test images, for models that offer ``ode_likelihood``."""
-    if not ctx.cfg.get("ode_likelihood", False):
-        return []
-    estimate = getattr(ctx.model, "ode_likelihood", None)
-    if not callable(estimate):
-        log.warning("eval.ode_likelihood=true: %s has no probability-flow ODE likelihood",
-                    type(ctx.model).__name__)
-        return []
-    n = min(len(ctx.data.test), int(ctx.cfg.get("ode_examples", 16)))
-    options = dict(ctx.cfg.get("ode_options") or {})
-    sums, settings = torch.zeros(2, dtype=torch.float64), {}  # nats, NFE over this rank's images
+def estimator_names(e: Mapping) -> list[str]:
+    """``eval.estimators`` (a list of names) with ``eval.estimator_examples`` and
+    ``eval.estimator_options`` checked; ``ConfigError`` naming the bad key."""
+    names = e.get("estimators") or []
+    if not isinstance(names, Sequence) or isinstance(names, str) or not all(
+            isinstance(n, str) and n.isidentifier() for n in names):
+        raise bad_value("eval.estimators", names, "a list of estimator names, e.g. [ode]")
+    positive_int("eval.estimator_examples", e.get("estimator_examples", 16))
+    options = e.get("estimator_options") or {}
+    if not isinstance(options, Mapping) or not all(
+            isinstance(v, Mapping) or v is None for v in options.values()):
+        raise bad_value("eval.estimator_options", options,
+                        "a mapping of estimator name to its options, e.g. {ode: {solver: heun}}")
+    return list(dict.fromkeys(str(n) for n in names))
+
+
+def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> list[Metric]:
+    """``nll_<name>`` (nats) and ``bpd_<name>`` with the estimator's kind, and ``nfe_<name>`` when
+    it counts them, on the first ``eval.estimator_examples`` test images. Randomness comes from
+    one generator per image, so results depend neither on the batch size nor on the ranks."""
+    n = min(len(ctx.data.test), int(ctx.cfg.get("estimator_examples", 16)))
+    options = dict((ctx.cfg.get("estimator_options") or {}).get(name) or {})
+    sums = torch.zeros(3, dtype=torch.float64)  # nats, NFE, batches without an NFE count
+    settings: dict[str, Any] = {}
     ctx.model.eval()
     for i, j in ddp.my_batches(n, int(ctx.cfg.batch_size)):
         x = ctx.data.test[i:j].to(ctx.device).long()
-        out = estimate(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device),
-                       **options)
-        sums += torch.stack([out.nll.double().sum(), out.nfe.double().sum()]).cpu()
-        settings = out.settings
-    total, nfe = ddp.reduce_sum(sums).tolist()
+        out = est.fn(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device),
+                     **options)
+        nfe = torch.zeros((), dtype=torch.float64) if out.nfe is None else out.nfe.double().sum()
+        sums += torch.stack([out.nll.double().sum().cpu(), nfe.cpu(),
+                             torch.tensor(float(out.nfe is None), dtype=torch.float64)])
+        settings = dict(out.settings)
+    total, nfe, uncounted = ddp.reduce_sum(sums).tolist()
     settings = ddp.main_value(settings)
-    proto = {"likelihood": "ode", "seed": ctx.seed, **settings}
+    proto = {"likelihood": name, **est.protocol, "seed": ctx.seed, **settings}
     nats = total / max(n, 1)
-    return [Metric("nll_ode", nats, "estimate", "test", n, "nats", proto),
-            Metric("bpd_ode", bits_per_dim(nats, ctx.data.dims), "estimate", "test", n,
-                   "bits/dim", proto),
-            Metric("nfe_ode", nfe / max(n, 1), "measured", "test", n, "count", proto)]
+    rows = [NLL.metric(nats, est.kind, "test", n, proto, name=f"nll_{name}"),
+            BPD.metric(bits_per_dim(nats, ctx.data.dims), est.kind, "test", n, proto,
+                       name=f"bpd_{name}")]
+    if not uncounted:
+        rows.append(NFE.metric(nfe / max(n, 1), "measured", "test", n, proto,
+                               name=f"nfe_{name}"))
+    return rows
+
+
+@register_metric("likelihood_estimators", order=30)
+def likelihood_estimator_metrics(ctx: EvalContext) -> list[Metric]:
+    """Each estimator named in ``eval.estimators`` that the model declares, in that order; a
+    model that lacks one skips it with a warning (a sweep over families may ask every model)."""
+    names = estimator_names(ctx.cfg)
+    declared = ctx.model.likelihood_estimators() if names else {}
+    rows: list[Metric] = []
+    for name in names:
+        if name not in declared:
+            log.warning("eval.estimators: %s has no likelihood estimator %r (it offers %s)",
+                        type(ctx.model).__name__, name, sorted(declared) or "none")
+            continue
+        rows += estimator_metrics(ctx, name, declared[name])
+    return rows

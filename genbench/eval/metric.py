@@ -1,4 +1,6 @@
-"""The :class:`Metric` record: one evaluated number with its unit, kind and protocol."""
+"""The :class:`Metric` record (one evaluated number with its unit, kind and protocol) and the
+:class:`MetricSpec` that declares, once and beside the stage that writes it, how a metric reads:
+its direction, unit, display name and leaderboard column."""
 
 from __future__ import annotations
 
@@ -7,11 +9,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Kind = Literal["exact", "bound", "estimate", "measured"]
-#: metrics where smaller is better; everything else ranks larger-first
-LOWER_IS_BETTER_PREFIXES: tuple[str, ...] = (
-    "bpd", "nll", "neg_elbo", "recon", "kl", "fid", "kid", "ms_per_image", "nfe", "nll_gap",
-    "toy_nll", "loss",
-)
+#: leaderboard sections that show a column: every one, image datasets only, or 2-D toys only
+Sections = Literal["all", "image", "toy"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,79 @@ class Metric:
         return json.dumps(self.protocol, sort_keys=True, default=str)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Column:
+    """Where a metric shows in the leaderboard tables.
+
+    Attributes:
+        order: position among the metric columns, left to right (unique). The run's own
+            columns frame them: model, family and likelihood before; params, steps, train
+            seconds, device and status after.
+        sections: ``all``, ``image`` (image datasets only) or ``toy`` (2-D toys only).
+        optional: hidden in a section where no run has the metric.
+    """
+
+    order: int
+    sections: Sections = "all"
+    optional: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricSpec:
+    """How a metric reads, declared once where it is produced
+    (:func:`~genbench.eval.registry.register_spec`).
+
+    Attributes:
+        name: the stored name; with ``per_extractor``, the part before ``@<extractor>``.
+        lower_is_better: ranking direction; None for a number that describes the data or the
+            protocol rather than the model (``entropy``, ``modes_total``), never ranked.
+        unit: ``bits/dim``, ``nats``, ``ms``, ``s``, ``count`` or ``""``.
+        label: display name (the leaderboard column title); default ``name``.
+        integer: a count, printed without decimals.
+        per_extractor: stored as ``<name>@<extractor>`` (``fid@digits-cnn``); never ranked
+            across extractors.
+        likelihood: a likelihood number: ``n/a`` for models without a likelihood.
+        column: its leaderboard column, or None for none.
+    """
+
+    name: str
+    lower_is_better: bool | None
+    unit: str = ""
+    label: str = ""
+    integer: bool = False
+    per_extractor: bool = False
+    likelihood: bool = False
+    column: Column | None = None
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+        if self.column is not None and self.lower_is_better is None:
+            raise ValueError(f"metric {self.name!r} has a leaderboard column, so it needs a "
+                             "direction (lower_is_better true or false)")
+
+    @property
+    def key(self) -> str:
+        """The leaderboard's key of the metric: ``fid@`` matches every ``fid@<extractor>``."""
+        return self.name + "@" if self.per_extractor else self.name
+
+    def metric(self, value: float, kind: Kind = "measured", split: str = "test", n: int = 0,
+               protocol: dict[str, Any] | None = None, *, name: str | None = None,
+               extractor: str | None = None) -> Metric:
+        """A :class:`Metric` row of this spec (its unit), named ``name`` (default the spec's;
+        ``<name>@<extractor>`` with ``extractor``)."""
+        name = name or self.name
+        if extractor is not None:
+            name = f"{name}@{extractor}"
+        return Metric(name, float(value), kind, split, int(n), self.unit, dict(protocol or {}))
+
+
 def lower_is_better(name: str) -> bool:
-    """Ranking direction of a metric name (``fid@x`` -> lower is better, ``is@x`` -> higher)."""
-    base = name.split("@", 1)[0]
-    return any(base == p or base.startswith(p + "_") for p in LOWER_IS_BETTER_PREFIXES)
+    """Ranking direction of a stored metric name, from its spec (``fid@x`` -> ``fid``: lower is
+    better; ``is@x``: higher). ``KeyError`` for a metric without a spec or a direction."""
+    from genbench.eval.registry import metric_spec
+
+    spec = metric_spec(name)
+    if spec is None or spec.lower_is_better is None:
+        raise KeyError(f"metric {name!r} has no ranking direction (no MetricSpec declares one)")
+    return spec.lower_is_better

@@ -20,8 +20,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from genbench.eval.metric import lower_is_better
-from genbench.leaderboard.sections import Cell, Row, Section, View, build_sections
+from genbench.leaderboard.sections import (
+    Cell,
+    Row,
+    Section,
+    View,
+    build_sections,
+    key_spec,
+    lower_first,
+)
 
 #: family -> (taxonomy class, likelihood it offers, sampling cost class)
 TAXONOMY: dict[str, tuple[str, str, str]] = {
@@ -67,7 +74,7 @@ def _best(rows: Sequence[Row], key: str) -> str:
     have = [r for r in rows if not r.cells[key].missing]
     if not have:
         return "n/a" if rows and all(r.cells[key].label == "n/a" for r in rows) else "–"
-    sign = 1.0 if lower_is_better(key.rstrip("@")) else -1.0
+    sign = 1.0 if lower_first(key) else -1.0
     top = min(have, key=lambda r: sign * r.cells[key].value)
     return f"{top.cells[key].text()} ({top.run['model']})"
 
@@ -77,7 +84,8 @@ def _median(rows: Sequence[Row], key: str) -> str:
     if not vals:
         return "–"
     mid = statistics.median(vals)
-    return Cell(mid, integer=key == "nfe" and mid == int(mid)).text()
+    integer = (spec := key_spec(key)) is not None and spec.integer and mid == int(mid)
+    return Cell(mid, integer=integer).text()
 
 
 def tradeoff_rows(sections: Sequence[Section]) -> list[dict[str, str]]:

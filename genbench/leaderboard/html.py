@@ -16,9 +16,15 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from genbench.eval.metric import lower_is_better
 from genbench.leaderboard import plots
-from genbench.leaderboard.sections import RUN_NUMBERS, TEXT_FIELDS, Section, View, build_sections
+from genbench.leaderboard.sections import (
+    RUN_NUMBERS,
+    TEXT_FIELDS,
+    Section,
+    View,
+    build_sections,
+    lower_first,
+)
 from genbench.rundir import RunDir
 
 Run = dict[str, Any]
@@ -61,8 +67,7 @@ def _best_values(sec: Section) -> dict[str, float]:
             continue
         vals = [r.cells[key].value for r in sec.rows if not r.cells[key].missing]
         if len(vals) > 1:
-            lower = lower_is_better(key.rstrip("@"))
-            out[key] = min(vals) if lower else max(vals)
+            out[key] = min(vals) if lower_first(key) else max(vals)
     return out
 
 

@@ -19,13 +19,20 @@ from typing import Any
 import yaml
 
 from genbench.errors import UserError
+from genbench.eval.metric import MetricSpec
+from genbench.eval.registry import metric_spec
 from genbench.models.base import FAMILIES, LIKELIHOODS, likelihood_kind
 
-#: metric key in the yaml -> (stored metric name, unit); sample metrics get ``@<extractor>``
-METRICS: dict[str, tuple[str, str]] = {
-    "bpd": ("bpd", "bits/dim"), "fid": ("fid", ""), "is": ("is", ""), "nfe": ("nfe", "count"),
-}
-SAMPLE_METRICS = frozenset({"fid", "is"})
+#: metrics a published result may give, named as genbench stores them; unit and whether a name
+#: gets ``@<extractor>`` (FID, IS) come from their :class:`~genbench.eval.metric.MetricSpec`
+METRICS: tuple[str, ...] = ("bpd", "fid", "is", "nfe")
+
+
+def _spec(key: str) -> MetricSpec:
+    spec = metric_spec(key)
+    if spec is None:
+        raise RuntimeError(f"published metric {key!r} has no MetricSpec")
+    return spec
 #: extractor named in the metric of every published FID / IS (``fid@inception-v3``)
 EXTRACTOR = "inception-v3"
 _KEYS = {"model", "family", "likelihood", "dataset", "metrics", "source", "notes", "protocol"}
@@ -59,10 +66,11 @@ class Reference:
         """A dict shaped like a :meth:`Store.runs` row, marked ``published``."""
         rows = []
         for key, value in self.metrics.items():
-            name, unit = METRICS[key]
+            spec = _spec(key)
+            name, unit = key, spec.unit
             kind = likelihood_kind(self.likelihood) if key == "bpd" else "measured"
             proto: dict[str, Any] = {"published": self.source}
-            if key in SAMPLE_METRICS:
+            if spec.per_extractor:
                 name = f"{name}@{EXTRACTOR}"
                 proto.update(extractor=EXTRACTOR, protocol=self.protocol)
             rows.append({"name": name, "value": value, "kind": kind, "split": "test",
@@ -103,7 +111,7 @@ def _check_entry(i: int, e: Any, protocols: dict[str, str]) -> Reference:
     if "bpd" in metrics and e["likelihood"] == "none":
         raise ReferencesError(f"{where}: a model without likelihood cannot report bits/dim")
     protocol = e.get("protocol")
-    if SAMPLE_METRICS & metrics.keys() and protocol not in protocols:
+    if any(_spec(k).per_extractor for k in metrics) and protocol not in protocols:
         raise ReferencesError(f"{where}: FID / IS need a protocol from {sorted(protocols)}")
     src = e["source"]
     if not isinstance(src, dict) or not src.get("paper") or not src.get("table"):

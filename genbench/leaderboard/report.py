@@ -15,32 +15,35 @@ from rich.text import Text
 
 from genbench.eval.metric import Metric
 from genbench.leaderboard.sections import (
-    COLUMNS,
     TEXT_FIELDS,
     Cell,
     Run,
     Section,
     View,
     build_sections,
+    columns,
     fmt_number,
+    key_spec,
     pick,
 )
 
 
 def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
     """One flat dict per row (runs, then published results): raw values, None when missing,
-    keyed by the titles of :data:`COLUMNS` (``FID``; the extractor has its own key), plus the
-    kind of each likelihood number, spreads under ``agg`` and provenance."""
+    keyed by the titles of :func:`~genbench.leaderboard.sections.columns` (``FID``; the extractor
+    has its own key), plus the kind of each bits/dim number, spreads under ``agg`` and
+    provenance."""
     out = []
+    cols = [(title, key, key_spec(key)) for title, key in columns()]
     for sec in sections:
         for row in sec.rows + sec.refs:
             run = row.run
             d: dict[str, Any] = {"dataset": sec.dataset, "section": sec.protocol,
                                  "run_id": run["run_id"], "published": row.published}
-            for title, key in COLUMNS:
+            for title, key, spec in cols:
                 c = row.cells[key]
                 d[title] = run.get(key) if key in TEXT_FIELDS else _raw(c)
-                if key in ("bpd", "neg_elbo_bpd") and not c.missing:
+                if spec is not None and spec.unit == "bits/dim" and not c.missing:
                     d[f"{title} kind"] = c.kind
                 if c.std is not None:
                     d[f"{title} std"] = c.std

@@ -1,12 +1,15 @@
 """Leaderboard sections: runs grouped into comparable tables, one per dataset and sample-metric
 protocol, with their cells formatted by kind.
 
-FID / IS / KID / precision / recall computed with another extractor, sample count or reference
-split are never ranked together. Bounds print as ``≤ 1.23``, exact values plain, stochastic
-estimates as ``≈ 1.23``; a model without a likelihood shows ``n/a``; a missing value is ``–``,
-never 0. Published results (``references.yaml``) are listed under the runs of their dataset,
-apart, and never ranked with them. The renderers are in :mod:`genbench.leaderboard.report`,
-:mod:`~genbench.leaderboard.html` and :mod:`~genbench.leaderboard.plots`.
+The metric columns, their titles, order and ranking direction come from the metrics' own
+declarations (:class:`~genbench.eval.metric.MetricSpec`, registered beside the stage that writes
+each metric); this module adds only the run's own fields around them. FID / IS / KID / precision /
+recall computed with another extractor, sample count or reference split are never ranked
+together. Bounds print as ``≤ 1.23``, exact values plain, stochastic estimates as ``≈ 1.23``; a
+model without a likelihood shows ``n/a``; a missing value is ``–``, never 0. Published results
+(``references.yaml``) are listed under the runs of their dataset, apart, and never ranked with
+them. The renderers are in :mod:`genbench.leaderboard.report`, :mod:`~genbench.leaderboard.html`
+and :mod:`~genbench.leaderboard.plots`.
 """
 
 from __future__ import annotations
@@ -19,25 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genbench.errors import ConfigError
-from genbench.eval.metric import lower_is_better
+from genbench.eval.metric import MetricSpec
+from genbench.eval.registry import metric_spec, metric_specs
 from genbench.leaderboard.references import reference_notes
 
 Run = dict[str, Any]
-#: (column title, metric name or run field); ``@`` keys match ``<name>@<extractor>`` metrics
-LIKELIHOOD_COLUMNS = (("model", "model"), ("family", "family"), ("likelihood", "likelihood"),
-                      ("bits/dim", "bpd"), ("-ELBO bpd", "neg_elbo_bpd"))
-IMAGE_COLUMNS = (("FID", "fid@"), ("IS", "is@"), ("KID", "kid@"), ("precision", "precision@"),
-                 ("recall", "recall@"))
-TOY_COLUMNS = (("nll_gap", "nll_gap"), ("modes", "modes_covered"),
-               ("HQ share", "high_quality_share"))
-COST_COLUMNS = (("ms/img", "ms_per_image"), ("NFE", "nfe"), ("params", "params"),
-                ("steps", "steps"), ("train s", "train_seconds"), ("device", "device"),
-                ("status", "status"))
-COLUMNS = LIKELIHOOD_COLUMNS + IMAGE_COLUMNS + TOY_COLUMNS + COST_COLUMNS
-LIKELIHOOD_KEYS = ("bpd", "neg_elbo_bpd", "nll_gap")   # ``n/a`` for models without likelihood
+#: (column title, run field) before and after the metric columns
+RUN_HEAD = (("model", "model"), ("family", "family"), ("likelihood", "likelihood"))
+RUN_TAIL = (("params", "params"), ("steps", "steps"), ("train s", "train_seconds"),
+            ("device", "device"), ("status", "status"))
 TEXT_FIELDS = ("model", "family", "likelihood", "device", "status")
 RUN_NUMBERS = ("params", "steps", "train_seconds")   # run fields; rank smaller first
-INTEGERS = frozenset({"params", "steps", "nfe", "modes_covered"})
+RUN_INTEGERS = frozenset({"params", "steps"})
 #: protocol fields that must agree for two sample-quality numbers to be ranked together (the
 #: sampler, seed, batch size and device may differ: they belong to the run, not the metric)
 PROTOCOL_FIELDS = ("extractor", "extractor_weights_sha256", "n_generated", "reference_split",
@@ -45,6 +41,30 @@ PROTOCOL_FIELDS = ("extractor", "extractor_weights_sha256", "n_generated", "refe
 TOY_ANCHORS = ("high_quality_share", "modes_covered", "sample_ll")
 LEGEND = "≤ upper bound · ≈ estimate · n/a no likelihood in this family · – not measured"
 _PREFIX = {"bound": "≤ ", "estimate": "≈ ", "exact": "", "measured": ""}
+
+
+def metric_columns(section: str | None = None) -> list[MetricSpec]:
+    """Specs of the metric columns, left to right: every one, or those a ``toy`` / ``image``
+    section shows."""
+    return sorted((s for s in metric_specs() if s.column is not None and (
+        section is None or s.column.sections in ("all", section))), key=lambda s: s.column.order)
+
+
+def columns() -> list[tuple[str, str]]:
+    """(title, key) of every column any section can show, left to right; a metric's key is its
+    name, ``<name>@`` for per-extractor metrics (matching every ``<name>@<extractor>``)."""
+    return [*RUN_HEAD, *((s.label, s.key) for s in metric_columns()), *RUN_TAIL]
+
+
+def key_spec(key: str) -> MetricSpec | None:
+    """The spec of a column key (``fid@`` -> ``fid``), None for run fields."""
+    return None if key in TEXT_FIELDS or key in RUN_NUMBERS else metric_spec(key.rstrip("@"))
+
+
+def lower_first(key: str) -> bool:
+    """Whether column ``key`` ranks smaller values first (run fields do)."""
+    spec = key_spec(key)
+    return spec is None or bool(spec.lower_is_better)
 
 
 @dataclass(frozen=True)
@@ -147,22 +167,24 @@ def cell(run: Run, key: str) -> Cell:
         return Cell(label=text)
     if key in RUN_NUMBERS:
         v = run.get(key)
-        return Cell(None if v is None else float(v), integer=key in INTEGERS)
+        return Cell(None if v is None else float(v), integer=key in RUN_INTEGERS)
+    spec = key_spec(key)
     m = pick(run, key)
     if m is None:
-        no_likelihood = run.get("likelihood") == "none" and key in LIKELIHOOD_KEYS
+        no_likelihood = run.get("likelihood") == "none" and spec is not None and spec.likelihood
         return Cell(label="n/a" if no_likelihood else None)
     suffix = ""
     if key == "modes_covered" and (total := pick(run, "modes_total")):
         suffix = f"/{total['value']:.0f}"
     if run.get("published") and key.endswith("@"):
         suffix = "†"
-    return Cell(m["value"], m["kind"], suffix=suffix, integer=key in INTEGERS)
+    return Cell(m["value"], m["kind"], suffix=suffix, integer=spec is not None and spec.integer)
 
 
 def sample_protocol(run: Run, toy: bool) -> tuple[tuple[Any, ...], str] | None:
     """(comparison key, description) of the run's sample metrics, or None without any."""
-    for key in TOY_ANCHORS if toy else tuple(k for _, k in IMAGE_COLUMNS):
+    anchors = TOY_ANCHORS if toy else [s.key for s in metric_columns("image") if s.per_extractor]
+    for key in anchors:
         if (m := pick(run, key)) is None:
             continue
         p = m["protocol"]
@@ -181,11 +203,11 @@ def sort_keys(view: View, toy: bool) -> tuple[str, ...]:
     if view.sort is None:
         return ("nll_gap", "bpd", "high_quality_share") if toy else ("bpd", "fid@")
     want = str(view.sort).lower()
-    for title, key in COLUMNS:
+    for title, key in columns():
         if key not in TEXT_FIELDS and (want in (title.lower(), key, key.rstrip("@"))
                                        or want.split("@")[0] + "@" == key):
             return (key,)
-    valid = sorted(k.rstrip("@") for _, k in COLUMNS if k not in TEXT_FIELDS)
+    valid = sorted(k.rstrip("@") for _, k in columns() if k not in TEXT_FIELDS)
     raise ConfigError(f"sort={view.sort!r} is invalid: expected one of {valid}")
 
 
@@ -194,8 +216,7 @@ def _rank(row: Row, keys: Sequence[str]) -> tuple[Any, ...]:
     out: list[Any] = []
     for key in keys:
         c = row.cells.get(key) or cell(row.run, key)
-        lower = key in RUN_NUMBERS or lower_is_better(key.rstrip("@"))
-        out += [1, 0.0] if c.missing else [0, c.value if lower else -c.value]
+        out += [1, 0.0] if c.missing else [0, c.value if lower_first(key) else -c.value]
     return tuple(out)
 
 
@@ -242,12 +263,12 @@ def _best_per_model(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
 
 
 def _columns(toy: bool, rows: Sequence[Row], agg: bool) -> list[tuple[str, str]]:
-    cols = [c for c in LIKELIHOOD_COLUMNS
-            if c[1] != "neg_elbo_bpd" or any(not r.cells[c[1]].missing for r in rows)]
-    cols += TOY_COLUMNS if toy else IMAGE_COLUMNS
-    cols += COST_COLUMNS
+    specs = [s for s in metric_columns("toy" if toy else "image")
+             if not s.column.optional or any(not r.cells[s.key].missing for r in rows)]
+    cols = [*RUN_HEAD, *((s.label, s.key) for s in specs), *RUN_TAIL]
     if not toy:
-        found = (pick(r.run, k) for r in rows if not r.published for _, k in IMAGE_COLUMNS)
+        per_extractor = [s.key for s in specs if s.per_extractor]
+        found = (pick(r.run, k) for r in rows if not r.published for k in per_extractor)
         extractor = next((m["name"].partition("@")[2] for m in found if m), None)
         if extractor:
             cols = [(f"{t}@{extractor}" if k.endswith("@") else t, k) for t, k in cols]
@@ -269,7 +290,7 @@ def build_sections(runs: Sequence[Run], view: View = View(),
     """Group ``runs`` into sections (dataset × sample protocol), apply ``view`` and attach the
     ``references`` of each dataset to its first section."""
     sections = []
-    all_keys = [k for _, k in COLUMNS]
+    all_keys = [k for _, k in columns()]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         group = [r for r in runs if r["dataset"] == dataset]
         toy = dataset.startswith("toy") or any(pick(r, "nll_gap") for r in group)

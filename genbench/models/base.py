@@ -1,7 +1,9 @@
 """The model contract every family obeys.
 
-The runner asks a model for losses, the evaluator asks it for samples and, where it has one, for a
-negative log-likelihood together with *what kind* of number that is. Nothing else is required.
+The runner asks a model for losses, the evaluator asks it for samples (with what they cost) and,
+where it has one, for a negative log-likelihood together with *what kind* of number that is.
+Nothing else is required; a model may declare further likelihood estimators
+(:meth:`GenerativeModel.likelihood_estimators`), which the evaluator runs the same way for all.
 
 Data cross this boundary as integer levels: ``x`` is a ``[N, C, H, W]`` integer tensor with values
 in ``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantization, scaling to
@@ -11,7 +13,7 @@ in ``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantizat
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -28,6 +30,9 @@ LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 BOUND_KINDS: frozenset[str] = frozenset({"dequantized", "elbo", "vlb"})
 #: likelihood kinds that are stochastic estimates of the exact value
 ESTIMATE_KINDS: frozenset[str] = frozenset({"ode"})
+#: what an estimator's number is: the exact NLL, an upper bound on it, or a stochastic estimate
+EstimatorKind = Literal["exact", "bound", "estimate"]
+ESTIMATOR_KINDS: tuple[str, ...] = get_args(EstimatorKind)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,80 @@ class Phase:
     name: str = "main"
     repeat: int = 1
     optimizer: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """What :meth:`GenerativeModel.sample` returns: the samples and what they cost.
+
+    Attributes:
+        x: ``[N, C, H, W]`` int64 levels in ``[0, K)``.
+        nfe: ``[N]`` float64 (CPU) network evaluations spent on each sample, as counted by the
+            call that drew it (an adaptive solver reports the steps it took for that sample).
+    """
+
+    x: Tensor
+    nfe: Tensor
+
+    def __post_init__(self) -> None:
+        nfe = torch.as_tensor(self.nfe).to("cpu", torch.float64)
+        if tuple(nfe.shape) != (self.x.shape[0],):
+            raise ValueError(f"nfe must be [N] = [{self.x.shape[0]}] (one count per sample), "
+                             f"got {tuple(nfe.shape)}")
+        object.__setattr__(self, "nfe", nfe)
+
+    @classmethod
+    def constant(cls, x: Tensor, nfe: float) -> Sampled:
+        """``x`` ``[N, C, H, W]`` levels that cost ``nfe`` network evaluations each."""
+        return cls(x, torch.full((x.shape[0],), float(nfe), dtype=torch.float64))
+
+
+@dataclass(frozen=True)
+class NllEstimate:
+    """What a likelihood estimator returns for a batch of ``N`` examples.
+
+    Attributes:
+        nll: ``[N]`` negative log-likelihood of the discrete examples in nats.
+        nfe: ``[N]`` network evaluations spent per example, or ``None`` when not counted.
+        settings: protocol fields that depend on the call's options (solver, tolerances, number
+            of probes ...); recorded with every number.
+    """
+
+    nll: Tensor
+    nfe: Tensor | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: ``fn(x, *, generator, **options) -> NllEstimate``: x is ``[N, C, H, W]`` levels; every random
+#: draw comes from ``generator`` (one per example from the evaluator, so results do not depend
+#: on the batch); ``options`` come from ``eval.estimator_options.<name>``
+EstimatorFn = Callable[..., NllEstimate]
+
+
+@dataclass(frozen=True)
+class LikelihoodEstimator:
+    """An optional likelihood estimator a model offers beside ``nll``.
+
+    The evaluator reports it as ``nll_<name>`` (nats), ``bpd_<name>`` (bits/dim) and, when the
+    estimator counts them, ``nfe_<name>`` (network evaluations per example).
+
+    Attributes:
+        kind: ``exact``, ``bound`` (an upper bound on the NLL, printed ``≤``) or ``estimate``
+            (stochastic, printed ``≈``).
+        fn: the estimator (:data:`EstimatorFn`).
+        protocol: fixed protocol fields recorded with its numbers (the evaluator adds
+            ``likelihood: <name>``, the seed and the call's ``settings``).
+    """
+
+    kind: EstimatorKind
+    fn: EstimatorFn
+    protocol: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ESTIMATOR_KINDS:
+            raise ValueError(f"estimator kind must be one of {ESTIMATOR_KINDS}, got {self.kind!r}")
+        if not callable(self.fn):
+            raise ValueError(f"estimator fn must be callable, got {type(self.fn).__name__}")
 
 
 def likelihood_kind(likelihood: str) -> str:
@@ -63,7 +142,9 @@ class GenerativeModel(nn.Module, abc.ABC):
         levels: number of discrete levels K of each sub-pixel (passed by the runner).
 
     Subclasses set ``family`` and ``likelihood`` and implement ``training_losses``, ``sample`` and
-    ``nll``. Models never call ``backward`` or ``step``: the runner owns optimization.
+    ``nll``; they may override ``likelihood_estimators``, ``bound_terms`` and
+    ``resolve_sampler``. Models never call ``backward`` or ``step``: the runner owns
+    optimization.
     """
 
     family: ClassVar[Family]
@@ -120,8 +201,8 @@ class GenerativeModel(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
-        """Draw ``n`` samples.
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """Draw ``n`` samples and count what they cost.
 
         Args:
             n: number of samples.
@@ -132,7 +213,9 @@ class GenerativeModel(nn.Module, abc.ABC):
                 ``temperature``); unknown options raise ``ValueError``.
 
         Returns:
-            ``[n, C, H, W]`` int64 levels in ``[0, K)``.
+            :class:`Sampled`: ``x`` ``[n, C, H, W]`` int64 levels in ``[0, K)`` and ``nfe``
+            ``[n]``, the network evaluations each sample took (nothing is left behind in
+            attributes: the cost of a call is in its result).
         """
 
     @abc.abstractmethod
@@ -151,9 +234,10 @@ class GenerativeModel(nn.Module, abc.ABC):
         recorded in the protocol of every sample metric. Default: the options as given."""
         return dict(sampler)
 
-    def nfe(self, **sampler: Any) -> float:
-        """Network evaluations per generated image under these sampler options (default 1)."""
-        return 1.0
+    def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
+        """Optional likelihood estimators by name (a lowercase identifier, e.g. ``ode``), run by
+        the evaluator when ``eval.estimators`` names them. Default: none."""
+        return {}
 
 
 def check_sampler_options(sampler: Mapping[str, Any], allowed: Iterable[str], model: str) -> None:

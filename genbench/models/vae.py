@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genbench.models.base import GenerativeModel, Generator, check_sampler_options
+from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.nn.random import categorical, rand, randn
 
 
@@ -135,7 +135,9 @@ class VAE(GenerativeModel):
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """``[n, C, H, W]`` int64 levels: z ~ N(0, T² I) (``temperature`` T, default 1), then a
+        draw from the decoder's level distribution; one network evaluation (the decoder)."""
         check_sampler_options(sampler, ("temperature",), "vae")
         device = next(self.parameters()).device
         z = randn((n, self.latent), generator=generator, device=device)
@@ -144,5 +146,7 @@ class VAE(GenerativeModel):
         if self.decoder_kind == "logistic":  # inverse-CDF draw from the level probabilities
             u = rand(logp.shape[:-1], generator=generator, device=device).unsqueeze(-1)
             cdf = logp.exp().cumsum(-1)
-            return torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp(max=self.levels - 1)
-        return categorical(logp, generator=generator)
+            x = torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp(max=self.levels - 1)
+        else:
+            x = categorical(logp, generator=generator)
+        return Sampled.constant(x, 1)

@@ -10,7 +10,7 @@ import torch
 from conftest import MODELS, compose_cfg
 from hydra.utils import instantiate
 
-from genbench.models.base import FAMILIES, LIKELIHOODS, GenerativeModel
+from genbench.models.base import FAMILIES, LIKELIHOODS, GenerativeModel, Sampled
 from genbench.nn.random import per_sample_generators
 
 SHAPES = {"digits": ((1, 8, 8), 17), "toy": ((2, 1, 1), 64)}
@@ -63,15 +63,40 @@ def test_sample_shape_range_and_per_sample_seeding(model, shape, tmp_path):
     m.eval()
     (c, h, w), levels = SHAPES[shape]
     with torch.inference_mode():
-        a = m.sample(3, generator=per_sample_generators(7, 0, 3))
-        b = m.sample(3, generator=per_sample_generators(7, 0, 3))
-        last = m.sample(1, generator=per_sample_generators(7, 2, 1))
+        a = m.sample(3, generator=per_sample_generators(7, 0, 3)).x
+        b = m.sample(3, generator=per_sample_generators(7, 0, 3)).x
+        last = m.sample(1, generator=per_sample_generators(7, 2, 1)).x
     assert a.shape == (3, c, h, w) and a.dtype == torch.int64
     assert int(a.min()) >= 0 and int(a.max()) < levels
     assert torch.equal(a, b), "same generators must give the same samples"
     agree = (a[2:] == last).float().mean().item()
     assert agree >= 0.95, f"sample 2 depends on the batch size ({agree:.2f} of sub-pixels agree)"
-    assert m.nfe() >= 1
+
+
+def _plain_state(m: GenerativeModel) -> dict:
+    """Every attribute of every submodule that is not a parameter, buffer or submodule."""
+    return {(name, k): v for name, mod in m.named_modules() for k, v in vars(mod).items()
+            if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("model,shape", CASES)
+def test_sample_returns_its_cost_per_sample_and_leaves_no_state(model, shape, tmp_path):
+    """``sample`` returns Sampled(x, nfe): one whole, positive count per sample, the same for a
+    sample whatever batch it is drawn in; the call changes no attribute, parameter or buffer."""
+    m = build(model, shape, tmp_path)
+    m.training_losses(batch(shape), m.phases[-1].name)
+    m.eval()
+    before, weights = _plain_state(m), copy.deepcopy(m.state_dict())
+    with torch.inference_mode():
+        out = m.sample(3, generator=per_sample_generators(7, 0, 3))
+        last = m.sample(1, generator=per_sample_generators(7, 2, 1))
+    assert isinstance(out, Sampled) and isinstance(last, Sampled)
+    assert out.nfe.shape == (3,) and out.nfe.dtype == torch.float64
+    assert bool((out.nfe >= 1).all()) and torch.equal(out.nfe, out.nfe.round()), out.nfe
+    assert float(last.nfe[0]) == float(out.nfe[2]), "a sample's cost depends on its batch"
+    assert _plain_state(m) == before, "sample() left state behind in attributes"
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, weights[k]), f"sample() changed {k}"
 
 
 @pytest.mark.parametrize("model,shape", CASES)

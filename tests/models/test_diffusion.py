@@ -78,29 +78,51 @@ def test_sample_is_per_sample_deterministic(opts):
     a = m.sample(3, generator=per_sample_generators(7, 0, 3), **opts)
     b = m.sample(1, generator=per_sample_generators(7, 2, 1), **opts)
     c = m.sample(3, generator=per_sample_generators(7, 0, 3), **opts)
-    assert a.shape == (3, 1, 8, 8) and a.dtype == torch.int64
-    assert int(a.min()) >= 0 and int(a.max()) <= 16
-    assert torch.equal(a[2:], b) and torch.equal(a, c)
+    assert a.x.shape == (3, 1, 8, 8) and a.x.dtype == torch.int64
+    assert int(a.x.min()) >= 0 and int(a.x.max()) <= 16
+    assert torch.equal(a.x[2:], b.x) and torch.equal(a.x, c.x)
+    assert torch.equal(a.nfe[2:], b.nfe) and torch.equal(a.nfe, c.nfe)
 
 
-def test_nfe_per_sampler():
+def network_calls(m, **opts):
+    """(NFE the sample reports, forward calls of the network) for one sample."""
+    calls = []
+    hook = m.net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = m.sample(1, generator=per_sample_generators(0, 0, 1), **opts)
+    finally:
+        hook.remove()
+    return float(out.nfe[0]), len(calls)
+
+
+@pytest.mark.parametrize("opts,expected", [
+    ({}, 50),  # the constructor default: ancestral over all T
+    ({"name": "ddim", "steps": 10}, 10), ({"name": "ancestral", "steps": 25}, 25),
+    ({"name": "ode", "solver": "heun", "steps": 10}, 19),
+    ({"name": "ode", "solver": "euler", "steps": 10}, 10),
+    ({"name": "ode", "rtol": 1e-3, "atol": 1e-3}, None),  # rk45: whatever steps it took
+])
+def test_nfe_per_sampler_counts_the_network_calls(opts, expected):
+    nfe, calls = network_calls(tiny(timesteps=50), **opts)
+    assert nfe == calls and (expected is None and calls > 7 or nfe == expected), (nfe, calls)
+
+
+def test_rk45_reports_each_samples_own_steps():
+    """The adaptive solver's cost is per sample (batch-independent), not a batch mean."""
     m = tiny(timesteps=50)
-    assert m.nfe() == 50  # the constructor default: ancestral over all T
-    assert m.nfe(name="ddim", steps=10) == 10
-    assert m.nfe(name="ancestral", steps=25) == 25
-    assert m.nfe(name="ode", solver="heun", steps=10) == 19
-    assert m.nfe(name="ode", solver="euler", steps=10) == 10
-    assert math.isnan(m.nfe(name="ode"))  # rk45: known after a sample() call
-    m.sample(2, generator=torch.Generator().manual_seed(0), name="ode", rtol=1e-3, atol=1e-3)
-    assert m.nfe(name="ode") == m.last_ode_nfe > 2
+    opts = {"name": "ode", "rtol": 1e-3, "atol": 1e-3}
+    both = m.sample(2, generator=per_sample_generators(3, 0, 2), **opts).nfe
+    alone = [m.sample(1, generator=per_sample_generators(3, i, 1), **opts).nfe for i in (0, 1)]
+    assert torch.equal(both, torch.cat(alone)), (both, alone)
+    assert bool((both > 7).all() and ((both - 1) % 6 == 1).all())  # 1 + 6 per step, + 1 Euler
 
 
 def test_sampler_defaults_merge_and_validation():
     m = tiny(timesteps=50, sampler={"name": "ddim", "steps": 10})
-    assert m.nfe() == 10 and m.nfe(steps=20) == 20  # merged over the defaults
-    assert m.nfe(name="ancestral") == 50  # another sampler starts from its own defaults
+    assert network_calls(m) == (10, 10) and network_calls(m, steps=20) == (20, 20)  # merged
+    assert network_calls(m, name="ancestral")[0] == 50  # another sampler: its own defaults
     with pytest.raises(ValueError, match="eta"):
-        m.nfe(name="ancestral", eta=0.5)
+        m.sample(1, name="ancestral", eta=0.5)
     with pytest.raises(ValueError, match="unknown sampler"):
         m.sample(1, name="euler")
     with pytest.raises(ValueError, match="temperature"):
@@ -113,8 +135,8 @@ def test_sampler_defaults_merge_and_validation():
 def test_sampler_yamls_are_accepted(name):
     opts = OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / f"{name}.yaml"))
     m = tiny(timesteps=50)
-    x = m.sample(2, generator=per_sample_generators(0, 0, 2), **opts)
-    assert x.shape == (2, 1, 8, 8) and m.nfe(**opts) > 0
+    s = m.sample(2, generator=per_sample_generators(0, 0, 2), **opts)
+    assert s.x.shape == (2, 1, 8, 8) and bool((s.nfe > 0).all())
 
 
 def test_nll_is_a_deterministic_finite_bound():
@@ -135,6 +157,16 @@ def test_nll_is_a_deterministic_finite_bound():
     assert torch.allclose(terms["prior"], prior, rtol=1e-9)
 
 
+def test_declares_the_ode_likelihood_estimator():
+    m = tiny(timesteps=50)
+    (name, est), = m.likelihood_estimators().items()
+    assert name == "ode" and est.kind == "estimate" and est.fn == m.ode_likelihood
+    x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = est.fn(x, generator=per_sample_generators(0, 0, 2), solver="euler", steps=3)
+    assert out.nll.shape == (2,) and bool((out.nfe == 2).all())  # 3 noise levels, 2 steps
+
+
 def test_ode_nll_on_the_model():
     m = tiny(timesteps=50)
     x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
@@ -153,8 +185,8 @@ def test_v_prediction_and_cosine_schedule_models():
     assert torch.isfinite(m.training_losses(x, "main")["loss"]).all()
     with torch.inference_mode():
         assert torch.isfinite(m.nll(x)).all()
-    assert m.sample(2, generator=torch.Generator().manual_seed(0), name="ddim", steps=4).shape == (
-        2, 1, 8, 8)
+    assert m.sample(2, generator=torch.Generator().manual_seed(0), name="ddim",
+                    steps=4).x.shape == (2, 1, 8, 8)
 
 
 def test_state_dict_roundtrip_and_deepcopy():
@@ -170,8 +202,8 @@ def test_state_dict_roundtrip_and_deepcopy():
     g = per_sample_generators(1, 0, 2)
     with torch.inference_mode():
         assert torch.equal(m.nll(x), m2.nll(x))
-        assert torch.equal(m.sample(2, generator=g), copy.deepcopy(m).sample(
-            2, generator=per_sample_generators(1, 0, 2)))
+        assert torch.equal(m.sample(2, generator=g).x, copy.deepcopy(m).sample(
+            2, generator=per_sample_generators(1, 0, 2)).x)
 
 
 def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
@@ -179,5 +211,5 @@ def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
                           OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml").model,
                           {"ch": 8, "ch_mult": [1], "attn_resolutions": [], "norm_groups": 4})
     m = instantiate(cfg, shape=(3, 8, 8), levels=256)
-    assert m.resolve_sampler() == {"name": "ancestral"} and m.nfe() == 1000
+    assert m.resolve_sampler() == {"name": "ancestral"} and m.process.T == 1000
     assert m.resolve_sampler(name="ddim", steps=100) == {"name": "ddim", "steps": 100}

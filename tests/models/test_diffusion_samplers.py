@@ -112,7 +112,7 @@ def test_ddim_eta_zero_is_deterministic_and_equals_euler_ode():
     b, _ = ddim_sample(net, p, x_T, steps=20, eta=0.0, clip=False, generator=gens(6, 2))
     assert torch.equal(a, b)
     c, nfe = ode_sample(net, p, x_T, solver="euler", steps=20)
-    assert nfe == 20 and torch.allclose(a, c, atol=1e-10)
+    assert nfe.tolist() == [20.0] * 6 and torch.allclose(a, c, atol=1e-10)
 
 
 def test_ode_sampler_follows_the_exact_flow():
@@ -128,11 +128,12 @@ def test_ode_sampler_follows_the_exact_flow():
     y_min = MU + (y_max - MU) * ((S**2 + s_min**2) / (S**2 + s_max**2)).sqrt()
     exact = MU + (y_min - MU) * S**2 / (S**2 + s_min**2)
     x, nfe = ode_sample(net, p, x_T, solver="rk45", rtol=1e-6, atol=1e-6)
-    assert torch.allclose(x.view(5, 2), exact, atol=1e-5) and 10 < nfe < 500, nfe
+    assert torch.allclose(x.view(5, 2), exact, atol=1e-5), x
+    assert nfe.shape == (5,) and bool(((nfe > 10) & (nfe < 500)).all()), nfe
     x, nfe = ode_sample(net, p, x_T, solver="heun", steps=30)
-    assert torch.allclose(x.view(5, 2), exact, atol=2e-2) and nfe == 59
+    assert torch.allclose(x.view(5, 2), exact, atol=2e-2) and nfe.tolist() == [59.0] * 5
     x, nfe = ode_sample(net, p, x_T, solver="heun", steps=60)
-    assert torch.allclose(x.view(5, 2), exact, atol=5e-3) and nfe == 119
+    assert torch.allclose(x.view(5, 2), exact, atol=5e-3) and nfe.tolist() == [119.0] * 5
 
 
 def test_rk45_per_row_steps_are_batch_independent():

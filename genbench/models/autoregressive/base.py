@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genbench.models.base import GenerativeModel, Generator, check_sampler_options
+from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.nn.masked import MaskedOutputHead
 from genbench.nn.random import rand
 
@@ -117,14 +117,20 @@ class AutoregressiveModel(GenerativeModel):
                 "bpd": nll.detach() / (self.dims * math.log(2))}
 
     @torch.inference_mode()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
-        """``[n, C, H, W]`` int64 levels, drawn one sub-pixel at a time.
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """``[n, C, H, W]`` int64 levels, drawn one sub-pixel at a time; NFE = D per sample.
 
         Sampler options: ``temperature`` (default 1; logits are divided by it);
         ``incremental`` (default true; false runs the whole network for every sub-pixel, the
         reference the cached path is checked and benchmarked against: same draws, D times the
         work). Sample ``r`` uses D uniforms from its own generator, drawn up front (one call per
         generator instead of one per sub-pixel) and consumed in sampling order by inverse CDF.
+
+        NFE counts one (incremental) network evaluation per sub-pixel: each recomputes only the
+        sampled pixel's position in every layer; the per-row refresh of ``begin_row``
+        (vertical stack / row-LSTM state, one row per layer) is shared by the ``W * C``
+        evaluations of a row and not counted separately. ``incremental=false`` does the same
+        draws with D full passes, also counted D.
         """
         check_sampler_options(sampler, SAMPLER_OPTIONS, type(self).__name__)
         temperature = float(sampler.get("temperature", 1.0))
@@ -147,14 +153,4 @@ class AutoregressiveModel(GenerativeModel):
                               else self.network(u)[:, :, i, j])[:, c * k:(c + 1) * k]
                     x[:, c, i, j] = inverse_cdf(logits / temperature, uniforms[:, i, j, c])
                     u[:, c, i, j] = x[:, c, i, j].to(u.dtype) * (2.0 / (k - 1)) - 1.0
-        return x
-
-    def nfe(self, **sampler: Any) -> float:
-        """D: one (incremental) network evaluation per sub-pixel.
-
-        Each evaluation recomputes only the sampled pixel's position in every layer; the per-row
-        refresh of ``begin_row`` (vertical stack / row-LSTM state, one row per layer) is shared by
-        the ``W * C`` evaluations of a row and not counted separately.
-        """
-        check_sampler_options(sampler, SAMPLER_OPTIONS, type(self).__name__)
-        return float(self.dims)
+        return Sampled.constant(x, self.dims)

@@ -5,9 +5,10 @@ mapped back by rounding and clamping. Training minimizes L_simple (ε- or v-MSE 
 ``nll`` is the full variational bound L_T + Σ L_{t-1} + L_0 with the discretized Gaussian
 decoder over the K levels, an upper bound on the discrete NLL in nats (``likelihood = "vlb"``);
 every one of the T terms is evaluated (no timestep subsampling), batching timesteps together.
-``ode_nll`` estimates the probability-flow ODE likelihood (:mod:`.likelihood`).
+``ode_nll`` estimates the probability-flow ODE likelihood (:mod:`.likelihood`); the model declares
+it to the evaluator as the likelihood estimator ``ode`` (``eval.estimators=[ode]``).
 
-Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample``/``nfe``):
+Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample``):
 
 - ``name``: ``ancestral`` | ``ddim`` | ``ode``.
 - ancestral: ``steps`` (default T; fewer respaces the process), ``variance`` (small|large),
@@ -27,8 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genbench.models.base import GenerativeModel, check_sampler_options
-from genbench.models.diffusion.likelihood import OdeLikelihood
+from genbench.models.base import (
+    GenerativeModel,
+    LikelihoodEstimator,
+    NllEstimate,
+    Sampled,
+    check_sampler_options,
+)
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
 from genbench.models.diffusion.process import (
     GaussianDiffusion,
@@ -92,7 +98,6 @@ class DDPM(GenerativeModel):
         self.nll_seed = int(nll_seed)
         self.sampler_defaults: dict[str, Any] = dict(sampler or {"name": "ancestral"})
         self._sampler_options({})  # validate the defaults
-        self.last_ode_nfe: float = float("nan")  # NFE per image of the latest ODE sample
 
     # ---- scaling ----------------------------------------------------------------------
     def _param(self) -> Tensor:
@@ -150,7 +155,7 @@ class DDPM(GenerativeModel):
 
     def ode_likelihood(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
                        steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
-                       probes: int = 1) -> OdeLikelihood:
+                       probes: int = 1) -> NllEstimate:
         """Probability-flow ODE NLL of levels ``x`` with NFE and settings (see ``ode_nll``)."""
         return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
                         solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
@@ -166,6 +171,11 @@ class DDPM(GenerativeModel):
         probes) comes from ``generator`` (one per example for batch-independent results)."""
         return self.ode_likelihood(x, generator=generator, solver=solver, steps=steps,
                                    rtol=rtol, atol=atol, probes=probes).nll
+
+    def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
+        """``ode``: the probability-flow ODE estimate of :meth:`ode_likelihood` (options:
+        ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``)."""
+        return {"ode": LikelihoodEstimator("estimate", self.ode_likelihood)}
 
     # ---- sampling -----------------------------------------------------------------------
     def _sampler_options(self, sampler: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -187,34 +197,21 @@ class DDPM(GenerativeModel):
         return {"name": name, **opts}
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
-        """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``."""
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``.
+
+        NFE per image: T or ``steps`` (ancestral, DDIM); for the ODE ``steps`` (euler),
+        ``2 steps - 1`` (heun), or the steps the adaptive ``rk45`` took for that image, plus one.
+        """
         name, opts = self._sampler_options(sampler)
         p = self._param()
         x_T = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
         if name == "ode":
-            x0, nfe = ode_sample(self._net, self.process, x_T, **opts)
-        else:
-            fn = ancestral_sample if name == "ancestral" else ddim_sample
-            if name == "ancestral":
-                opts.setdefault("variance", self.variance)
-            opts.setdefault("clip", self.clip_denoised)
-            x0, nfe = fn(self._net, self.process, x_T, generator=generator, **opts)
-        if name == "ode":
-            self.last_ode_nfe = nfe
-        return self.to_levels(x0)
-
-    def nfe(self, **sampler: Any) -> float:
-        """Network evaluations per image: T or ``steps`` (ancestral, DDIM); for the ODE,
-        ``steps`` (euler), ``2 steps - 1`` (heun), or for ``rk45`` the batch mean of the most
-        recent ODE ``sample`` call (NaN before any)."""
-        name, opts = self._sampler_options(sampler)
-        steps = int(opts.get("steps", 50 if name == "ode" else self.process.T))
-        if name != "ode":
-            return float(steps)
-        solver = opts.get("solver", "rk45")
-        if solver == "euler":
-            return float(steps)
-        if solver == "heun":
-            return float(2 * steps - 1)
-        return float(self.last_ode_nfe)
+            x0, nfe_rows = ode_sample(self._net, self.process, x_T, **opts)
+            return Sampled(self.to_levels(x0), nfe_rows)
+        fn = ancestral_sample if name == "ancestral" else ddim_sample
+        if name == "ancestral":
+            opts.setdefault("variance", self.variance)
+        opts.setdefault("clip", self.clip_denoised)
+        x0, nfe = fn(self._net, self.process, x_T, generator=generator, **opts)
+        return Sampled.constant(self.to_levels(x0), nfe)

@@ -24,12 +24,11 @@ a single-sample (in U and in the probes) estimate of that bound. Divide by D ln 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from genbench.models.base import NllEstimate
 from genbench.models.diffusion.process import GaussianDiffusion, NetFn
 from genbench.models.diffusion.samplers import (
     Drift,
@@ -40,16 +39,6 @@ from genbench.models.diffusion.samplers import (
     pf_ode_eps,
 )
 from genbench.nn.random import Generator, rand
-
-
-@dataclass
-class OdeLikelihood:
-    """Result of :func:`ode_nll`: ``nll`` ``[B]`` nats of the discrete data, ``nfe`` ``[B]``
-    network evaluations (each also runs ``probes`` backward passes), and the settings."""
-
-    nll: Tensor
-    nfe: Tensor
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _drift_with_trace(net: NetFn, process: GaussianDiffusion, shape: tuple[int, ...],
@@ -126,11 +115,13 @@ def dequantize(x: Tensor, levels: int, *, generator: Generator = None,
 def ode_nll(net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, *,
             generator: Generator = None, solver: Solver = "rk45", steps: int = 100,
             rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
-            dtype: torch.dtype = torch.float32) -> OdeLikelihood:
+            dtype: torch.dtype = torch.float32) -> NllEstimate:
     """Dequantized probability-flow ODE NLL of discrete ``x`` ``[B, ...]`` (levels in
     ``[0, K)``), in nats per example (see the module docstring for the bound it estimates).
 
     Draws, per example from ``generator``: the dequantization noise, then the probe vectors.
+    Returns ``nll`` ``[B]`` nats, ``nfe`` ``[B]`` network evaluations (each also runs
+    ``probes`` backward passes) and the settings (estimator, probes, solver, tolerances).
     """
     u = dequantize(x, levels, generator=generator, dtype=dtype)
     logp, nfe = ode_log_density(net, process, u, generator=generator, solver=solver,
@@ -140,4 +131,4 @@ def ode_nll(net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, *,
     settings = {"estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
                 "probes": probes, "solver": solver, "dequantization": "uniform"}
     settings.update({"rtol": rtol, "atol": atol} if solver == "rk45" else {"steps": steps})
-    return OdeLikelihood(nll=nll, nfe=nfe, settings=settings)
+    return NllEstimate(nll=nll, nfe=nfe, settings=settings)

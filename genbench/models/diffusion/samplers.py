@@ -3,7 +3,9 @@
 Every sampler takes ``net(x_t, t_net) -> output`` (ε or v, per ``process.prediction``), a
 :class:`~genbench.models.diffusion.process.GaussianDiffusion`, the starting noise ``x_T``
 ``[B, ...]`` ~ N(0, I), and returns ``(x_0, nfe)``: the sample in the data scale ``[-1, 1]``
-(not yet clipped or quantized) and the network evaluations spent per image.
+(not yet clipped or quantized) and the network evaluations spent per image (a number for the
+ancestral and DDIM samplers, where every image costs the same; ``[B]`` for the ODE, whose adaptive
+solver takes its own steps per image).
 
 - :func:`ancestral_sample`: DDPM (Ho et al. 2020) x_{t-1} ~ p(x_{t-1} | x_t), variance β̃_t
   (``small``) or β_t (``large``).
@@ -198,12 +200,12 @@ def ode_grid(process: GaussianDiffusion, steps: int, solver: Solver) -> list[flo
 
 def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: Solver = "rk45",
                steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
-               generator: Generator = None) -> tuple[Tensor, float]:
+               generator: Generator = None) -> tuple[Tensor, Tensor]:
     """Probability-flow ODE from x_T ``[B, ...]`` (deterministic; ``generator`` is unused).
 
     ``euler``/``heun``: ``steps`` noise levels (:func:`ode_grid`) then 0 (Heun ends with an
     Euler step, NFE = 2 steps - 1). ``rk45``: adaptive in log σ down to the smallest σ, then one
-    Euler step to σ = 0; NFE is the mean over the batch. Returns (x_0, NFE per image).
+    Euler step to σ = 0; each image counts its own steps. Returns (x_0, NFE ``[B]`` float64).
     """
     shape = x_T.shape
     y = (x_T * (1 + process.sigmas[-1] ** 2).sqrt().to(x_T.dtype)).flatten(1)
@@ -213,15 +215,16 @@ def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: S
 
     if solver in ("euler", "heun"):
         grid = ode_grid(process, int(steps), solver)[::-1]
-        y, nfe = integrate_fixed(lambda sig, st, rows: eps(sig, st), y, grid, solver)
+        y, n = integrate_fixed(lambda sig, st, rows: eps(sig, st), y, grid, solver)
+        nfe = torch.full((y.shape[0],), n, dtype=torch.float64, device=y.device)
     elif solver == "rk45":
         def drift(log_sig: Tensor, state: Tensor, rows: Tensor) -> Tensor:
             sig = log_sig.exp()
             return sig.to(state.dtype)[:, None] * eps(sig, state)
 
         lo, hi = float(process.sigmas[0].log()), float(process.sigmas[-1].log())
-        y, nfe_rows = integrate_rk45(drift, y, hi, lo, rtol=rtol, atol=atol)
-        nfe, grid = float(nfe_rows.mean()), [float(process.sigmas[0])]
+        y, nfe = integrate_rk45(drift, y, hi, lo, rtol=rtol, atol=atol)
+        grid = [float(process.sigmas[0])]
     else:
         raise ValueError(f"solver must be euler, heun or rk45, got {solver!r}")
     s_min = torch.full((y.shape[0],), grid[-1], dtype=torch.float64, device=y.device)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genbench.models.base import GenerativeModel, Generator, check_sampler_options
+from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.flows.layers import (
     ActNorm,
     AffineCoupling,
@@ -144,12 +144,13 @@ class MultiScaleFlow(GenerativeModel):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         return {"temperature": temperature}
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
-        """``[n, C, H, W]`` int64 levels: ``x = floor(K decode(T eps))`` clamped to ``[0, K)``."""
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """``[n, C, H, W]`` int64 levels: ``x = floor(K decode(T eps))`` clamped to ``[0, K)``;
+        one network evaluation (the inverse pass)."""
         temperature = self.resolve_sampler(**sampler)["temperature"]
         ref = self._ref()
         eps = randn((n, self.dims), generator=generator, device=ref.device, dtype=ref.dtype)
-        return quantize(self.decode(temperature * eps), self.levels)
+        return Sampled.constant(quantize(self.decode(temperature * eps), self.levels), 1)
 
 
 class RealNVP(MultiScaleFlow):

@@ -28,7 +28,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from genbench.models.base import GenerativeModel, Generator, Phase, check_sampler_options
+from genbench.models.base import (
+    GenerativeModel,
+    Generator,
+    Phase,
+    Sampled,
+    check_sampler_options,
+)
 from genbench.models.gan.losses import D_LOSSES, G_LOSSES
 from genbench.nn import random as rnd
 
@@ -205,7 +211,7 @@ class GAN(GenerativeModel):
         with torch.no_grad():
             return self.generator(torch.randn(n, self.z_dim, device=device)).detach()
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Tensor:
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels; one network evaluation per sample.
 
         Sampler options: ``truncation`` (``None`` or t > 0): draw z from N(0, I) truncated to
@@ -213,7 +219,7 @@ class GAN(GenerativeModel):
         """
         check_sampler_options(sampler, SAMPLER_OPTIONS, type(self).__name__)
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
-        return self.to_levels(self.generator(z))
+        return Sampled.constant(self.to_levels(self.generator(z)), 1)
 
     def nll(self, x: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no likelihood (likelihood='none')")

@@ -1,0 +1,200 @@
+"""The evaluator over the model contract: stages in their declared order, sampling cost as the
+model reports it per sample, and optional likelihood estimators run the same way for any model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import compose_cfg
+from omegaconf import open_dict
+from torch import Tensor, nn
+
+from genbench.data.base import Data
+from genbench.data.toy2d import toy
+from genbench.errors import ConfigError
+from genbench.eval import registry
+from genbench.eval.context import EvalContext
+from genbench.eval.evaluate import evaluate
+from genbench.eval.likelihood import estimator_names
+from genbench.models.base import (
+    GenerativeModel,
+    LikelihoodEstimator,
+    NllEstimate,
+    Sampled,
+    check_sampler_options,
+)
+from genbench.nn.random import per_sample_generators, rand
+
+STAGES = ["sampling", "likelihood", "likelihood_estimators", "fidelity", "toy"]
+SHAPE, K = (1, 2, 2), 5
+
+
+class Toy(GenerativeModel):
+    """Uniform levels; sample i costs 1 + floor(4 u_i) evaluations (u_i its first uniform), and
+    the model declares two extra estimators: a bound that counts its evaluations (``k`` per
+    example) and an estimate that does not."""
+
+    family = "flow"
+    likelihood = "exact"
+
+    def __init__(self, shape=SHAPE, levels=K, bare=False):
+        super().__init__(shape, levels)
+        self.w = nn.Parameter(torch.zeros(()))
+        self.bare = bare
+
+    def training_losses(self, x, phase="main"):
+        return {"loss": self.w + self.nll(x)}
+
+    def sample(self, n, *, generator=None, **sampler):
+        check_sampler_options(sampler, (), "Toy")
+        u = rand((n, *self.shape), generator=generator)
+        x = (u * self.levels).long().clamp(max=self.levels - 1)
+        return x if self.bare else Sampled(x, 1 + (4 * u.flatten(1)[:, 0]).floor())
+
+    def nll(self, x):
+        return torch.full((x.shape[0],), self.dims * math.log(self.levels), dtype=torch.float64)
+
+    def likelihood_estimators(self):
+        return {"kbound": LikelihoodEstimator("bound", self.k_bound, {"bound": "k-sample"}),
+                "guess": LikelihoodEstimator("estimate", self.guess)}
+
+    def k_bound(self, x: Tensor, *, generator=None, k: int = 4) -> NllEstimate:
+        noise = rand((x.shape[0],), generator=generator, dtype=torch.float64)
+        return NllEstimate(self.nll(x) + noise, torch.full((x.shape[0],), float(k)), {"k": k})
+
+    def guess(self, x: Tensor, *, generator=None) -> NllEstimate:
+        return NllEstimate(self.nll(x) - 1.0)
+
+
+def toy_data(n=7):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, K, (n, *SHAPE), generator=g, dtype=torch.uint8)
+    return Data("toyimg", K, x, x[:2], x)
+
+
+def eval_cfg(tmp_path, **values):
+    cfg = compose_cfg("eval", ["run=unused"], tmp_path).eval
+    with open_dict(cfg):
+        cfg.update({"n_samples": 6, "batch_size": 2, "sample_metrics": False, **values})
+    return cfg
+
+
+def rows_by_name(rows):
+    return {m.name: m for m in rows}
+
+
+def test_stages_run_in_their_declared_order():
+    assert list(registry.registered()) == STAGES
+
+
+@pytest.mark.parametrize("first", ["genbench.eval.stages", "genbench.eval.likelihood",
+                                   "genbench.eval.registry"])
+def test_stage_order_does_not_depend_on_import_order(first):
+    code = (f"import {first}; from genbench.eval.registry import registered; "
+            "print(','.join(registered()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().split(",") == STAGES
+
+
+def test_a_new_stage_runs_where_its_order_puts_it(monkeypatch):
+    monkeypatch.setattr(registry, "_STAGES", dict(registry._STAGES))
+    registry.register_metric("probe", lambda ctx: [], order=15)
+    assert list(registry.registered()) == [*STAGES[:1], "probe", *STAGES[1:]]
+    with pytest.raises(ValueError, match="order 15 is already stage 'probe'"):
+        registry.register_metric("other", lambda ctx: [], order=15)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_metric("probe", lambda ctx: [], order=16)
+    with pytest.raises(ValueError, match="order must be an int"):
+        registry.register_metric("other", lambda ctx: [], order=1.5)
+
+
+def test_evaluate_writes_rows_stage_by_stage_with_declared_estimators(tmp_path, caplog):
+    """``eval.estimators`` runs what the model declares, with its kind, options, NFE and
+    protocol; one it lacks is skipped with a warning. Rows come out in stage order."""
+    cfg = eval_cfg(tmp_path, estimators=["kbound", "ode", "guess"], estimator_examples=5,
+                   estimator_options={"kbound": {"k": 8}})
+    data = toy_data()
+    with caplog.at_level(logging.WARNING):
+        rows = evaluate(Toy(), data, cfg, {}, torch.device("cpu"), tmp_path)
+    assert [m.name for m in rows] == [
+        "ms_per_image", "nfe", "nll", "bpd", "nll_kbound", "bpd_kbound", "nfe_kbound",
+        "nll_guess", "bpd_guess", "eval_seconds"]
+    assert "has no likelihood estimator 'ode' (it offers ['guess', 'kbound'])" in caplog.text
+    r = rows_by_name(rows)
+    exact = 4 * math.log(K)
+    noise = torch.cat([rand((1,), generator=g, dtype=torch.float64)
+                       for g in per_sample_generators(0, 0, 5)])
+    assert r["nll_kbound"].kind == r["bpd_kbound"].kind == "bound"
+    assert r["nll_kbound"].value == pytest.approx(exact + float(noise.mean()), rel=1e-12)
+    assert r["bpd_kbound"].value == pytest.approx(r["nll_kbound"].value / (4 * math.log(2)))
+    assert (r["nll_kbound"].unit, r["bpd_kbound"].unit) == ("nats", "bits/dim")
+    assert r["nfe_kbound"].value == 8.0 and r["nll_kbound"].n == 5
+    assert r["nll_kbound"].protocol == {"likelihood": "kbound", "bound": "k-sample", "seed": 0,
+                                        "k": 8}
+    assert r["nll_guess"].kind == "estimate" and r["nll_guess"].value == exact - 1
+    assert "nfe_guess" not in r   # the estimator does not count evaluations
+
+
+def test_estimator_results_do_not_depend_on_the_batch_size(tmp_path):
+    data, out = toy_data(), []
+    for bs in (2, 5):
+        ctx = EvalContext(Toy(), data, eval_cfg(tmp_path, batch_size=bs, estimators=["kbound"]),
+                          {}, torch.device("cpu"), tmp_path)
+        out.append(rows_by_name(registry.registered()["likelihood_estimators"](ctx)))
+    assert out[0]["nll_kbound"].value == pytest.approx(out[1]["nll_kbound"].value, rel=1e-12)
+
+
+def test_every_metric_the_evaluator_writes_is_declared(tmp_path):
+    """Image and 2-D toy data: each row's name has a MetricSpec with the row's unit."""
+    cfg = eval_cfg(tmp_path, n_samples=16, batch_size=16, estimators=["kbound"])
+    data = toy("8gaussians", 16, n_train=64, n_val=8, n_test=16)
+    rows = evaluate(Toy((2, 1, 1), 16), data, cfg, {}, torch.device("cpu"), tmp_path)
+    rows += evaluate(Toy(), toy_data(), cfg, {}, torch.device("cpu"), tmp_path)
+    assert {"nll_gap", "modes_covered", "zero_prob_share", "nfe_kbound"} <= {m.name for m in rows}
+    for m in rows:
+        spec = registry.metric_spec(m.name)
+        assert spec is not None and spec.unit == m.unit, (m.name, m.unit, spec)
+
+
+def test_sampling_nfe_is_the_mean_of_every_samples_own_count(tmp_path):
+    """Three batches of 2: the mean over all 6 samples, not the last batch's."""
+    model, data = Toy(), toy_data()
+    costs = model.sample(6, generator=per_sample_generators(0, 0, 6)).nfe
+    assert len(set(costs.tolist())) > 1   # the per-sample costs differ (else the test is void)
+    for bs in (2, 6):
+        ctx = EvalContext(model, data, eval_cfg(tmp_path, batch_size=bs), {},
+                          torch.device("cpu"), tmp_path)
+        r = rows_by_name(registry.registered()["sampling"](ctx))
+        assert r["nfe"].value == float(costs.mean()) and r["nfe"].unit == "count"
+
+
+def test_a_sample_without_its_cost_is_refused(tmp_path):
+    ctx = EvalContext(Toy(bare=True), toy_data(), eval_cfg(tmp_path), {}, torch.device("cpu"),
+                      tmp_path)
+    with pytest.raises(RuntimeError, match=r"Toy.sample returned Tensor; the contract is "
+                                           r"Sampled\(x, nfe\)"):
+        ctx.samples()
+
+
+def test_sampled_checks_one_count_per_sample():
+    x = torch.zeros(3, 1, 2, 2, dtype=torch.long)
+    assert Sampled.constant(x, 7).nfe.tolist() == [7.0] * 3
+    with pytest.raises(ValueError, match=r"nfe must be \[N\] = \[3\]"):
+        Sampled(x, torch.ones(2))
+    with pytest.raises(ValueError, match="estimator kind"):
+        LikelihoodEstimator("upper", Toy().guess)
+
+
+@pytest.mark.parametrize("key,value", [("estimators", "ode"), ("estimators", [3]),
+                                       ("estimator_examples", 0),
+                                       ("estimator_options", {"ode": 3})])
+def test_bad_estimator_settings_name_the_key(tmp_path, key, value):
+    cfg = eval_cfg(tmp_path, **{key: value})
+    with pytest.raises(ConfigError, match=f"eval.{key}="):
+        estimator_names(cfg)
