@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from genbench.build import build, config_hash, resolved, seed_everything
 from genbench.errors import ConfigError, positive_int
 from genbench.eval.evaluate import evaluate, sample_to_files
-from genbench.eval.metric import Metric
+from genbench.eval.metric import Metric, MetricSpec
+from genbench.eval.registry import register_spec
 from genbench.leaderboard.report import print_metrics
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.record import open_store, record
@@ -27,6 +28,9 @@ from genbench.train.loop import Trainer, TrainState
 from genbench.validation import validate
 
 log = logging.getLogger(__name__)
+#: the runner's own row: the validation loss of the weights it evaluated (models that select by it)
+BEST_VAL_LOSS = register_spec(MetricSpec(name="best_val_loss", lower_is_better=True,
+                                         label="best val loss"))
 
 
 def _is_multirun() -> bool:
