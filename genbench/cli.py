@@ -7,6 +7,7 @@ Hydra's help for that command.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -62,6 +63,15 @@ def usage() -> str:
     lines += ["", "`genbench <command> --help` shows the command's config and Hydra's options.",
               "example: genbench train model=vae dataset=digits trainer.max_steps=500"]
     return "\n".join(lines)
+
+
+def stderr_log_handler() -> logging.Handler:
+    """The rich log handler of the console commands, writing to stderr (their stdout carries
+    only their output: a table, JSON, CSV or paths)."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    return RichHandler(console=Console(stderr=True), show_path=False, markup=False)
 
 
 def _task(command: str) -> Callable:
@@ -134,8 +144,9 @@ def _run(command: str, cfg: object) -> object:
 
 
 def _unwritable_outputs(overrides: list[str]) -> str | None:
-    """Hydra creates the run folder under ``paths.outputs`` before genbench runs: check first that
-    it can, so a bad path is one clear sentence rather than a traceback."""
+    """``train``: Hydra creates the run folder under ``paths.outputs`` before genbench runs, so
+    check first that it can: a bad path is one clear sentence rather than a traceback. (The other
+    commands check when they write, so a read-only outputs folder can still be viewed.)"""
     from pathlib import Path
 
     for item in overrides:
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     plugins = search_path_override()  # installed plugins' config folders (genbench.configs)
     if plugins and not any(a.startswith("hydra.searchpath=") for a in rest):
         rest = [plugins, *rest]
-    problem = _unwritable_outputs(rest)
+    problem = _unwritable_outputs(rest) if command == "train" else None
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec
 from genbench.leaderboard.report import print_metrics
 from genbench.leaderboard.store import RunRecord, Store
+from genbench.output import check_out_folder
 from genbench.record import open_store, record
 from genbench.rundir import RunDir, find_resumable, move_logs
 from genbench.tracking import Tracker, make_tracker
@@ -260,7 +261,7 @@ def _sample(cfg: DictConfig) -> Path | None:
         with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
             sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp))
         return None
-    out = Path(cfg.out) if cfg.get("out") else run.path
+    out = check_out_folder(cfg.out, own_run=run.path) if cfg.get("out") else run.path
     png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
     log.info("wrote %s and %s", png, png.with_suffix(".npz"))
     return png

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from genbench.output import atomic_write
 
 
 def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     """Write ``[N, C, H, W]`` levels as a PNG grid (levels scaled to [0, 1]).
 
     2-D toy data (``[N, 2, 1, 1]``) is drawn as a scatter plot of the level coordinates instead.
+    Written atomically (:func:`genbench.output.atomic_write`): a full disk leaves no partial file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     if x.shape[1:] == (2, 1, 1):
-        _scatter(x.reshape(-1, 2).cpu().numpy(), levels, path)
+        atomic_write(path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f))
         return
     from torchvision.utils import save_image
 
-    save_image(x.float().cpu() / (levels - 1), path, nrow=nrow, padding=1, pad_value=0.5)
+    atomic_write(path, lambda f: save_image(x.float().cpu() / (levels - 1), f, format="png",
+                                            nrow=nrow, padding=1, pad_value=0.5))
 
 
-def _scatter(xy: np.ndarray, levels: int, path: Path) -> None:
+def _scatter(xy: np.ndarray, levels: int, f: IO[bytes]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,12 +39,12 @@ def _scatter(xy: np.ndarray, levels: int, path: Path) -> None:
     ax.set_ylim(0, levels)
     ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(f, format="png")
     plt.close(fig)
 
 
 def save_npz(x: Tensor, levels: int, path: Path) -> None:
     """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) and ``num_levels``
-    (K), the format ``genbench score`` reads."""
+    (K), the format ``genbench score`` reads (written atomically)."""
     arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
-    np.savez_compressed(path, levels=arr, num_levels=np.int64(levels))
+    atomic_write(path, lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)))

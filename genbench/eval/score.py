@@ -17,7 +17,6 @@ named by input2 (then input1).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from genbench.data.base import Data
 from genbench.errors import UserError, bad_value
 from genbench.eval.extractors import ExtractorError, resolve_extractor
 from genbench.eval.fidelity import Settings, score_images
+from genbench.output import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
 def format_scores(scores: Mapping[str, float], fmt: str = "table") -> str:
     """``json``: a JSON object; ``table``: one ``name  value`` line per metric."""
     if fmt == "json":
-        return json.dumps(dict(scores), indent=2)
+        return strict_json(dict(scores), indent=2)  # NaN -> null: always valid JSON
     if fmt != "table":
         raise bad_value("format", fmt, "table or json")
     width = max((len(k) for k in scores), default=0)

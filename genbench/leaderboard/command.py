@@ -14,6 +14,7 @@ from genbench.files import FileError
 from genbench.leaderboard.report import render
 from genbench.leaderboard.sections import View, sort_keys
 from genbench.leaderboard.store import RunRecord, Store, StoreError
+from genbench.output import atomic_write, check_out_file, check_out_folder
 from genbench.rundir import run_dirs, run_id_of
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     if names:
         from genbench.leaderboard.plots import write_plots
 
-        out_dir = Path(cfg.out) if cfg.out is not None else outputs / "plots"
+        out_dir = check_out_folder(cfg.out if cfg.out is not None else outputs / "plots")
         written = write_plots(runs, names, out_dir)
         for path in written.values():
             print(path)
@@ -96,15 +97,16 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     if cfg.format == "html":
         from genbench.leaderboard.html import write_report
 
-        path = write_report(runs, cfg.out or outputs / "report.html", view, refs)
+        path = write_report(runs, check_out_file(cfg.out or outputs / "report.html"), view, refs)
         log.info("wrote %d runs to %s", len(runs), path)
         print(path)
         return str(path)
-    fmt = str(cfg.format) if cfg.out is None or cfg.format != "table" else "md"
+    out = check_out_file(cfg.out) if cfg.out is not None else None
+    fmt = str(cfg.format) if out is None or cfg.format != "table" else "md"
     text = render(runs, fmt, view, refs)
-    if cfg.out is not None:
-        Path(cfg.out).write_text(text or "")
-        log.info("wrote %d runs to %s", len(runs), cfg.out)
+    if out is not None:
+        atomic_write(out, text or "")
+        log.info("wrote %d runs to %s", len(runs), out)
     elif text is not None:
         print(text)
     return text

@@ -25,6 +25,7 @@ from genbench.leaderboard.sections import (
     build_sections,
     lower_first,
 )
+from genbench.output import atomic_write
 from genbench.rundir import RunDir
 
 Run = dict[str, Any]
@@ -179,7 +180,4 @@ def html_report(runs: Sequence[Run], view: View | None = None, references: Seque
 def write_report(runs: Sequence[Run], path: Path | str, view: View | None = None,
                  references: Sequence[Run] = ()) -> Path:
     """Write the self-contained HTML report to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_report(runs, view, references), encoding="utf-8")
-    return path
+    return atomic_write(path, html_report(runs, view, references))

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
 from genbench.leaderboard.sections import Row, Section, View, build_sections, pick
+from genbench.output import atomic_write
 from genbench.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -304,8 +305,5 @@ def write_plots(runs: Sequence[Run], names: Sequence[str], out_dir: Path | str
         if fig is None:
             log.warning("plot %s: %s; nothing written", name, PLOTS[name][2])
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}.png"
-        path.write_bytes(png_bytes(fig))
-        written[name] = path
+        written[name] = atomic_write(out_dir / f"{name}.png", png_bytes(fig))
     return written

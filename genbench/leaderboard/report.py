@@ -26,6 +26,7 @@ from genbench.leaderboard.sections import (
     key_spec,
     pick,
 )
+from genbench.output import strict_json
 
 
 def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def render(runs: Sequence[Run], fmt: str = "table", view: View = View(),
     """Render ``runs`` as ``table`` (printed, returns None), ``md``, ``csv`` or ``json``."""
     sections = build_sections(runs, view, references)
     if fmt == "json":
-        return json.dumps(table_rows(sections), indent=1, default=str)
+        return strict_json(table_rows(sections), indent=1)
     if fmt == "csv":
         rows, buf = table_rows(sections), io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))

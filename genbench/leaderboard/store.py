@@ -8,7 +8,10 @@ with no table and no application id, is a leaderboard not yet created).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -36,7 +39,35 @@ CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash, status);
 
 
 class StoreError(UserError):
-    """The leaderboard file is corrupt, foreign or not writable."""
+    """The leaderboard file is corrupt, foreign, of another schema version or not writable."""
+
+
+#: errno values meaning "this file system has no hard links" (then the schema is made in place)
+_NO_LINK = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+
+
+def _version_message(path: Path, version: int) -> str:
+    if version > SCHEMA_VERSION:
+        return (f"{str(path)!r} was written by a newer genbench (leaderboard schema version "
+                f"{version}; this genbench reads version {SCHEMA_VERSION}): upgrade genbench to "
+                "use it; it was left untouched")
+    return (f"{str(path)!r} has an unknown leaderboard schema version {version} (this genbench "
+            f"reads version {SCHEMA_VERSION}); it was left untouched")
+
+
+def _failure(path: Path, err: sqlite3.Error, write: bool) -> StoreError:
+    """One sentence for an SQLite error: full disk, read-only, or an unreadable file."""
+    text = str(err)
+    if "full" in text or (write and "I/O error" in text):
+        return StoreError(f"cannot write the leaderboard {str(path)!r}: the disk is full or "
+                          f"failing ({text}); its previous content is kept")
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"cannot write the leaderboard {str(path)!r}: it is read-only "
+                          "(viewing it still works)")
+    if write and "unable to open" in text:
+        return StoreError(f"cannot write the leaderboard {str(path)!r} ({text})")
+    return StoreError(f"{str(path)!r} is not a readable genbench leaderboard ({text}); it was "
+                      "left untouched")
 
 
 @dataclass
@@ -92,52 +123,135 @@ def _typed(name: str, value: Any, kind: type) -> Any:
 
 
 class Store:
-    """The SQLite leaderboard at ``path`` (created on first write)."""
+    """The SQLite leaderboard at ``path`` (created on first write).
+
+    Created atomically: the schema is built in a temp file that is then linked into place, so no
+    empty or half-built leaderboard ever appears (a full disk leaves nothing behind). A file of
+    another schema version is refused. Where the folder or file is read-only, reading still works
+    (through a read-only or immutable connection) and writing says that it cannot write.
+    """
 
     def __init__(self, path: Path | str, retries: int = 20) -> None:
         self.path, self.retries = Path(path), retries
+
+    def writable(self) -> bool:
+        """Whether this process may write the leaderboard file and its folder."""
+        folder = next((p for p in (self.path.parent, *self.path.parent.parents) if p.exists()),
+                      Path("/"))
+        return os.access(folder, os.W_OK | os.X_OK) and (
+            not self.path.exists() or os.access(self.path, os.W_OK))
 
     @contextmanager
     def _connect(self, write: bool) -> Iterator[sqlite3.Connection]:
         if not write and not self.path.exists():
             raise StoreError(f"no leaderboard at {str(self.path)!r} yet: train a model first")
+        if write and not self.writable():
+            raise StoreError(f"cannot write the leaderboard {str(self.path)!r}: its folder or "
+                             "file is read-only (viewing it still works)")
+        if write:
+            self._create()
+        con = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        except (sqlite3.Error, OSError) as err:
-            raise StoreError(f"cannot open the leaderboard {str(self.path)!r}: {err}") from None
-        try:
-            self._check(con, write)
+            con, readonly = self._open(write)
+            self._check(con, readonly)
             yield con
         except sqlite3.DatabaseError as err:
             if "locked" in str(err) or "busy" in str(err):
                 raise
-            raise StoreError(f"{str(self.path)!r} is not a readable genbench leaderboard "
-                             f"({err}); it was left untouched") from None
+            raise _failure(self.path, err, write) from None
+        except OSError as err:
+            raise StoreError(f"cannot open the leaderboard {str(self.path)!r}: {err}") from None
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
-    def _check(self, con: sqlite3.Connection, write: bool) -> None:
-        con.execute("BEGIN")  # one snapshot for both reads: a schema commit cannot fall between
+    def _open(self, write: bool) -> tuple[sqlite3.Connection, bool]:
+        """(connection, read-only?). A reader that cannot set up WAL reading (a read-only
+        folder or file, a full disk) reads through a ``mode=ro``, else ``immutable``, connection
+        that writes nothing."""
+        if write or self.writable():
+            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            if write:
+                return con, False
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return con, False
+            except sqlite3.OperationalError as err:
+                con.close()
+                if "locked" in str(err) or "busy" in str(err):
+                    raise
+        uri = self.path.resolve().as_uri()
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return con, True
+        except sqlite3.OperationalError:
+            con.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None), True
+
+    def _create(self) -> None:
+        """Create the leaderboard if missing: schema in a temp file beside it, then hard-linked
+        to ``path`` (atomic; a process that links second keeps the first one's file)."""
+        if self.path.exists():
+            return
+        tmp = str(self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+                                      ".tmp"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(tmp, isolation_level=None)
+            try:  # rollback-journal commit (complete in the file itself), then switch to WAL
+                con.executescript(f"BEGIN; PRAGMA application_id={APP_ID}; "
+                                  f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")
+                mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            finally:
+                con.close()
+            if mode != "wal":
+                raise StoreError(f"cannot create the leaderboard {str(self.path)!r}: SQLite could "
+                                 "not switch it to WAL mode (is the disk full?); nothing was "
+                                 "written")
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass  # another process created it first
+        except OSError as err:
+            if err.errno not in _NO_LINK or not Path(tmp).exists():
+                raise StoreError(f"cannot create the leaderboard {str(self.path)!r}: "
+                                 f"{err.strerror or err}; nothing was written") from None
+            # no hard links on this file system: the schema is created in place on first open
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot create the leaderboard {str(self.path)!r} ({err}); "
+                             "nothing was written") from None
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(tmp + suffix).unlink(missing_ok=True)
+
+    def _check(self, con: sqlite3.Connection, readonly: bool) -> None:
+        con.execute("BEGIN")  # one snapshot for all reads: a schema commit cannot fall between
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
-            con.execute("COMMIT")
+            if con.in_transaction:
+                con.execute("COMMIT")
         if app_id == 0 and not tables:
-            # an empty SQLite file: new, or a writer is creating the schema right now (readers
-            # too, so one that opens the file in that window reads an empty leaderboard instead
-            # of calling it foreign). One IMMEDIATE transaction with IF NOT EXISTS statements:
-            # creators queue behind each other and never see a half-built schema.
+            if readonly:
+                raise StoreError(f"no leaderboard at {str(self.path)!r} yet (the file is empty)")
+            # an empty SQLite file (made by hand, or by a file system without hard links, where
+            # a writer may be creating the schema right now): readers too create the schema in
+            # one IMMEDIATE transaction with IF NOT EXISTS statements, so creators queue behind
+            # each other and never see a half-built schema.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id={APP_ID}; "
                               f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")
         elif app_id != APP_ID:
             raise StoreError(f"{str(self.path)!r} is an SQLite file but not a genbench "
                              "leaderboard; it was left untouched (choose another paths.outputs)")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
+        elif version != SCHEMA_VERSION:
+            raise StoreError(_version_message(self.path, version))
+        if not readonly:
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA busy_timeout=30000")
 
     def _retry(self, fn: Any) -> Any:
         for attempt in range(self.retries):
@@ -146,7 +260,7 @@ class Store:
                     return fn(con)
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) and "busy" not in str(err):
-                    raise StoreError(f"leaderboard {str(self.path)!r}: {err}") from None
+                    raise _failure(self.path, err, True) from None
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"leaderboard {str(self.path)!r} stayed locked; try again")
 
@@ -170,7 +284,8 @@ class Store:
                                 rows)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite already rolled back after e.g. a full disk
+                    con.execute("ROLLBACK")
                 raise
 
         self._retry(write)
