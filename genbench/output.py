@@ -13,7 +13,8 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,28 +36,19 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any] | bytes | str) -> Path:
-    """Write ``path`` atomically: ``write(f)`` fills a temp file beside it (or the bytes / UTF-8
-    text given), then it replaces ``path``. On failure the temp file is removed, ``path`` is left
-    as it was and a :class:`WriteError` names the file and the reason."""
+@contextmanager
+def replacing(path: Path | str, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` (default ``.<name>.<random>.tmp``) to write; when the
+    block ends it replaces ``path``. On failure the temp file is removed, ``path`` is left as it
+    was and an ``OSError`` becomes a :class:`WriteError` naming the file and the reason."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = tmp or path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # mode 0o666 less the umask, as for any new file (mkstemp would make it private)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as err:
         raise WriteError(f"cannot write {str(path)!r}: {_reason(err)}") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, str):
-                f.write(write.encode())
-            elif isinstance(write, bytes):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -64,6 +56,21 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any] | bytes | s
             kept = "the previous file is kept" if path.exists() else "nothing was written"
             raise WriteError(f"could not write {str(path)!r}: {_reason(err)}; {kept}") from None
         raise
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any] | bytes | str) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file beside it (or the bytes / UTF-8
+    text given), which is flushed, fsynced and renamed over ``path`` (see :func:`replacing`)."""
+    path = Path(path)
+    with replacing(path) as tmp, open(tmp, "xb") as f:  # mode 0o666 less the umask
+        if isinstance(write, str):
+            f.write(write.encode())
+        elif isinstance(write, bytes):
+            f.write(write)
+        else:
+            write(f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -5,18 +5,22 @@ Two kinds:
 - ``inception-v3``: torch-fidelity's standard Inception-v3 (``inception-v3-compat``, the TF-FID
   port; images are replicated to RGB and resized bilinearly to 299x299 inside the extractor).
   Usable only when its weights file is given (``inception_weights``) or already sits in
-  torch-fidelity's download cache; nothing is ever downloaded.
+  torch-fidelity's download cache; nothing is ever downloaded. The file is read by genbench with
+  ``torch.load(weights_only=True)`` and refused unless it holds plain tensors; torch-fidelity only
+  ever unpickles genbench's in-memory copy of those tensors, never the file.
 - a **domain extractor** ``<dataset>-cnn``: a small CNN classifier trained (seeded) on the labelled
   training split of the dataset and cached under ``<cache_dir>/extractors/``. FID, KID and
   precision/recall use its penultimate features (``features``, 128-d after ReLU), the Inception
   Score its ``logits`` (torch-fidelity applies the softmax). Images enter at native size.
 
-Both receive uint8 images ``[B, C, H, W]`` in ``{0..255}`` (torch-fidelity's convention).
+Both receive uint8 images ``[B, C, H, W]`` in ``{0..255}`` (torch-fidelity's convention). A
+domain-CNN cache file that does not load as plain tensors is ignored (with a warning) and retrained.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,10 +37,12 @@ from torch import Tensor, nn
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.helpers import vassert
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
 
 from genbench.data.base import Data
 from genbench.errors import UserError
 from genbench.eval.choices import EXTRACTOR_CHOICES
+from genbench.output import replacing
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ class Extractor:
         input_size: what the network sees (``3x299x299``, ``1x8x8``).
         resize: how images reach ``input_size``.
         info: extra protocol entries (e.g. ``extractor_test_acc``).
+        state_dict: the weights as loaded by genbench (``weights_only=True``) when torch-fidelity's
+            own class would otherwise unpickle ``weights`` in full (Inception-v3); else None.
     """
 
     name: str
@@ -71,11 +79,25 @@ class Extractor:
     input_size: str
     resize: str
     info: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def protocol(self) -> dict[str, Any]:
         """The entries that make two scores comparable."""
         return {"extractor": self.name, "extractor_weights_sha256": self.weights_hash[:16],
                 "extractor_input": self.input_size, "extractor_resize": self.resize, **self.info}
+
+    def build(self, features: list[str], cuda: bool) -> torch_fidelity.FeatureExtractorBase:
+        """The torch-fidelity feature extractor returning ``features`` (layer names). Weights
+        reach it as ``state_dict`` re-serialized in memory when set (torch-fidelity's Inception
+        class unpickles its weights in full), else as the file (read by genbench's own class
+        with ``weights_only=True``)."""
+        weights: str | io.BytesIO = str(self.weights)
+        if self.state_dict is not None:
+            weights = io.BytesIO()
+            torch.save(self.state_dict, weights)
+            weights.seek(0)
+        return create_feature_extractor(self.registered, features, cuda=cuda, verbose=False,
+                                        feature_extractor_weights_path=weights)
 
 
 def file_sha256(path: Path) -> str:
@@ -100,10 +122,36 @@ def find_inception_weights(path: str | os.PathLike | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
+def load_plain_weights(path: Path) -> tuple[dict[str, Tensor], str]:
+    """(state dict, sha256 hex) of a weights file read once and loaded with
+    ``weights_only=True``; an :class:`ExtractorError` unless it is a dict of named tensors."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ExtractorError(f"cannot read the Inception-v3 weights {str(path)!r} "
+                             f"({err.strerror or err})") from None
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (any failure: refuse the file, never fall back)
+        text = str(err).partition("WeightsUnpickler error:")[2] or str(err)
+        reason = text.strip().split("\n")[0].split(". ")[0]
+        raise ExtractorError(
+            f"refusing the Inception-v3 weights {str(path)!r}: they do not load as plain tensors "
+            f"with torch.load(weights_only=True) ({reason or type(err).__name__}); use "
+            f"torch-fidelity's {URL_INCEPTION_V3.rsplit('/', 1)[-1]}") from None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ExtractorError(f"refusing the Inception-v3 weights {str(path)!r}: the file is not "
+                             "a state dict of named tensors")
+    return state, hashlib.sha256(raw).hexdigest()
+
+
 def inception_extractor(weights: Path) -> Extractor:
-    return Extractor(INCEPTION, INCEPTION_REGISTERED, weights, file_sha256(weights), rgb=True,
+    state, digest = load_plain_weights(weights)
+    return Extractor(INCEPTION, INCEPTION_REGISTERED, weights, digest, rgb=True,
                      input_size="3x299x299",
-                     resize="grey replicated to RGB; bilinear (TF1-compatible) to 299x299")
+                     resize="grey replicated to RGB; bilinear (TF1-compatible) to 299x299",
+                     state_dict=state)
 
 
 # ---------------------------------------------------------------- domain CNN
@@ -274,7 +322,8 @@ def domain_extractor(data: Data, cache_dir: Path, device: torch.device,
     key = hashlib.sha256((data_digest(data) + json.dumps(asdict(recipe), sort_keys=True))
                          .encode()).hexdigest()[:16]
     path = Path(cache_dir) / "extractors" / f"{name}-{key}.pt"
-    if not path.is_file():
+    payload = _read_domain_cache(path)
+    if payload is None:
         start = time.perf_counter()
         net, acc = train_domain_cnn(data, recipe, device)
         seconds = time.perf_counter() - start
@@ -282,17 +331,32 @@ def domain_extractor(data: Data, cache_dir: Path, device: torch.device,
                 "width": recipe.width, "hidden": recipe.hidden}
         payload = {"arch": arch, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                    "test_acc": acc, "recipe": asdict(recipe)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        # saved by path: the archive inside is named after the file, as in every earlier version,
+        # so the weights hash (part of the metric protocol) is unchanged
+        with replacing(path, path.with_suffix(f".tmp{os.getpid()}")) as tmp:
+            torch.save(payload, tmp)
         log.info("trained %s in %.1f s: test accuracy %.4f -> %s", name, seconds, acc, path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     register_domain(name)
     c, h, w = data.shape
     return Extractor(name, name, path, file_sha256(path), rgb=False, input_size=f"{c}x{h}x{w}",
                      resize="none (native size)",
                      info={"extractor_test_acc": round(float(payload["test_acc"]), 4)})
+
+
+def _read_domain_cache(path: Path) -> dict[str, Any] | None:
+    """The cached domain-CNN payload, or None (missing, or not loadable as plain tensors: then a
+    warning, and the caller retrains and replaces it)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        DomainCNN(**payload["arch"]).load_state_dict(payload["state_dict"])
+        float(payload["test_acc"])
+        return payload
+    except Exception as err:  # noqa: BLE001  (a cache: anything unreadable is rebuilt)
+        log.warning("ignoring the domain-extractor cache file %s (%s: %s); retraining it", path,
+                    type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+        return None
 
 
 def resolve_extractor(choice: str, data: Data | None, *, inception_weights: str | None,

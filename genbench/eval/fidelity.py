@@ -4,10 +4,16 @@ Levels ``[N, C, H, W]`` in ``[0, K)`` are shown to the extractor as uint8 ``roun
 (replicated to RGB for Inception-v3, native channels and size for a domain CNN). torch-fidelity
 computes every number; this module chooses its inputs and settings and caches the reference side.
 
-Reference cache: torch-fidelity keys its feature/statistics cache only by an input's cache name,
-the extractor's registry name and the layer, so changed weights or data would silently reuse stale
-features. The cache name given here therefore contains the dataset, split, a sha256 of the
-reference levels and the sha256 of the extractor weights; files live in ``<cache_dir>/fidelity``.
+Stages (torch-fidelity's own functions, in the order ``calculate_metrics`` runs them): features of
+both sets, then IS, FID (statistics, then distance), KID and precision/recall. Results equal
+``torch_fidelity.calculate_metrics`` on the same images.
+
+Reference cache: the reference set's features are cached by genbench, not by torch-fidelity (whose
+cache files are full pickles: a planted file would run code). A cache file is an ``.npz`` of one
+float array, read with ``allow_pickle=False``; one that does not read back as exactly that (a
+pickle, a truncated or foreign file, the wrong shape) is ignored with a warning and recomputed.
+Its name holds the dataset, split, a sha256 of the reference levels, the extractor and the sha256
+of its weights, and the layer; files live in ``<cache_dir>/fidelity``.
 
 Sample order and ``rng_seed`` fix the IS splits and KID subsets; both are kept fixed.
 """
@@ -23,16 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+from torch_fidelity.utils import get_featuresdict_from_dataset, resolve_feature_layer_for_metric
 
 from genbench.data.base import Data
 from genbench.errors import UserError, bad_value
 from genbench.eval.choices import METRICS
 from genbench.eval.extractors import Extractor, levels_to_uint8, resolve_extractor
 from genbench.eval.metric import Metric
+from genbench.output import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +142,40 @@ def reference_cache_name(label: str, digest: str, extractor: Extractor) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
 
 
+def reference_cache_path(cache_dir: Path, name: str, layer: str) -> Path:
+    """``<cache_dir>/fidelity/<name>-features-<layer>.npz``."""
+    return Path(cache_dir) / "fidelity" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                                                  f"{name}-features-{layer}.npz")
+
+
+def read_features(path: Path, n: int) -> Tensor | None:
+    """Cached features ``[n, D]`` from an ``.npz`` holding only the float array ``features``,
+    read without unpickling; None (with a warning when the file exists) for anything else."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if npz.files != ["features"]:
+                raise ValueError(f"arrays {npz.files}, expected ['features']")
+            x = npz["features"]
+        if x.ndim != 2 or x.shape[0] != n or x.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{x.dtype} {x.shape}, expected float [{n}, D]")
+        return torch.from_numpy(x)
+    except Exception as err:  # noqa: BLE001  (a cache: anything unreadable is recomputed)
+        log.warning("ignoring the feature cache file %s (%s); recomputing it", path,
+                    str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        return None
+
+
+def write_features(path: Path, features: Tensor) -> None:
+    """Cache ``features`` ``[n, D]``; a failed write (full disk, read-only) only logs a warning."""
+    array = features.numpy()
+    try:
+        atomic_write(path, lambda f: np.savez(f, features=array))
+    except WriteError as err:
+        log.warning("feature cache not written: %s", err)
+
+
 def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
                  settings: Settings, *, device: torch.device, cache_dir: Path,
                  reference_label: str) -> dict[str, float]:
@@ -136,21 +183,40 @@ def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
 
     Returns ``{"fid@<extractor>": ..., "is@...": ..., "is_std@...": ..., "kid@...": ...,
     "kid_std@...": ..., "precision@...": ..., "recall@...": ...}`` for the requested metrics.
-    The reference features/statistics are cached under ``cache_dir/fidelity``.
+    The reference features are cached under ``cache_dir/fidelity`` (see the module docstring).
     """
-    binary = any(m in settings.metrics for m in ("fid", "kid", "prc"))
-    input2, name2 = None, None
-    if binary:
-        input2 = ImageTensors(x2, k2, extractor.rgb)
-        name2 = reference_cache_name(reference_label, levels_digest(x2, k2), extractor)
+    cuda = device.type == "cuda"
+    kw = {**settings.kwargs(len(x1), len(x2)), "cuda": cuda, "save_cpu_ram": True,
+          "samples_shuffle": True, "verbose": False}
+    layers = {m: resolve_feature_layer_for_metric(m, feature_extractor=extractor.registered)
+              for m in ("isc", "fid", "kid", "prc") if kw[m]}
     start = time.perf_counter()
-    result = torch_fidelity.calculate_metrics(
-        input1=ImageTensors(x1, k1, extractor.rgb), input2=input2, input2_cache_name=name2,
-        cuda=device.type == "cuda", feature_extractor=extractor.registered,
-        feature_extractor_weights_path=str(extractor.weights),
-        cache=True, cache_root=str(Path(cache_dir) / "fidelity"),
-        save_cpu_ram=True,  # also keeps torch-fidelity from starting DataLoader worker processes
-        samples_shuffle=True, verbose=False, **settings.kwargs(len(x1), len(x2)))
+    net = extractor.build(sorted(set(layers.values())), cuda)
+
+    def features(x: Tensor, k: int) -> dict[str, Tensor]:
+        return get_featuresdict_from_dataset(ImageTensors(x, k, extractor.rgb), net,
+                                             settings.batch_size, cuda, True, False)
+
+    f1 = features(x1, k1)
+    result: dict[str, float] = {}
+    if "isc" in layers:
+        result.update(isc_featuresdict_to_metric(f1, layers["isc"], **kw))
+    binary = sorted({layers[m] for m in ("fid", "kid", "prc") if m in layers})
+    if binary:
+        name = reference_cache_name(reference_label, levels_digest(x2, k2), extractor)
+        paths = {layer: reference_cache_path(cache_dir, name, layer) for layer in binary}
+        f2 = {layer: read_features(path, len(x2)) for layer, path in paths.items()}
+        if any(v is None for v in f2.values()):
+            f2 = features(x2, k2)
+            for layer, path in paths.items():
+                write_features(path, f2[layer])
+        if "fid" in layers:
+            stats = [fid_featuresdict_to_statistics(f, layers["fid"]) for f in (f1, f2)]
+            result.update(fid_statistics_to_metric(*stats, verbose=False))
+        if "kid" in layers:
+            result.update(kid_featuresdict_to_metric(f1, f2, layers["kid"], **kw))
+        if "prc" in layers:
+            result.update(prc_featuresdict_to_metric(f1, f2, layers["prc"], **kw))
     log.info("%s on %d vs %d images with %s: %.1f s", "/".join(settings.metrics), len(x1),
              len(x2), extractor.name, time.perf_counter() - start)
     return {f"{base}@{extractor.name}": float(result[key]) for key, (base, _) in RESULTS.items()

@@ -127,17 +127,26 @@ def test_resolve_extractor(data, tmp_path, no_hub_weights):
         ex.resolve_extractor("auto", data, inception_weights=str(tmp_path / "nope.pth"), **kw)
 
     weights = tmp_path / "w.pth"
-    weights.write_bytes(b"not really weights")
+    torch.save({"fc.weight": torch.ones(2, 3)}, weights)
     inc = ex.resolve_extractor("auto", unlabelled(), inception_weights=str(weights), **kw)
     assert (inc.name, inc.registered, inc.rgb) == ("inception-v3", "inception-v3-compat", True)
-    assert inc.weights_hash == hashlib.sha256(b"not really weights").hexdigest()
+    assert inc.weights_hash == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert inc.protocol()["extractor_input"] == "3x299x299"
+    assert torch.equal(inc.state_dict["fc.weight"], torch.ones(2, 3))
     # torch-fidelity's own download cache is used when no path is configured
     no_hub_weights.mkdir(parents=True)
     cached = no_hub_weights / "weights-inception-2015-12-05-6726825d.pth"
-    cached.write_bytes(b"cached")
+    torch.save({"fc.bias": torch.zeros(2)}, cached)
     found = ex.resolve_extractor("inception-v3", data, inception_weights=None, **kw)
     assert found.weights == cached
+    # anything but a state dict of tensors is refused, in one sentence naming the file
+    for content in (b"not really weights", None, {"fc.weight": [1.0]}):
+        if content is None or isinstance(content, dict):
+            torch.save(content, weights)
+        else:
+            weights.write_bytes(content)
+        with pytest.raises(ex.ExtractorError, match="refusing the Inception-v3 weights .*w.pth"):
+            ex.resolve_extractor("auto", data, inception_weights=str(weights), **kw)
     assert not (tmp_path / "cache").exists()  # nothing was trained
 
 
