@@ -14,7 +14,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,10 +51,11 @@ def replacing(path: Path | str, tmp: Path | None = None) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # (on a read-only file system the temp file was never made)
+            tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             kept = "the previous file is kept" if path.exists() else "nothing was written"
-            raise WriteError(f"could not write {str(path)!r}: {_reason(err)}; {kept}") from None
+            raise WriteError(f"cannot write {str(path)!r}: {_reason(err)}; {kept}") from None
         raise
 
 
@@ -123,8 +124,9 @@ def check_out_folder(out: Path | str, key: str = "out", own_run: Path | None = N
         raise WriteError(f"{key}={str(out)!r} is a file, not a folder: refusing to overwrite it")
     run = _run_dir_above(real)
     if run is not None and (own_run is None or run != Path(own_run).resolve()):
-        raise WriteError(f"{key}={str(out)!r} is inside the run folder {str(run)!r}: refusing "
-                         "to write there; choose a folder outside it")
+        where = "is the run folder" if run == real else "is inside the run folder"
+        raise WriteError(f"{key}={str(out)!r} {where} {str(run)!r}: refusing to write there; "
+                         "choose a folder outside it")
     return out
 
 
