@@ -327,9 +327,12 @@ def read_only(template, tmp_path, monkeypatch):
         p.chmod(0o755)
 
 
-def test_read_only_outputs_can_be_viewed(read_only, capsys):
+def test_read_only_outputs_can_be_viewed(read_only, capsys, tmp_path):
     out, _ = read_only
     before = snapshot(out)
+    code, _, err = invoke(["leaderboard", "format=csv", f"out={tmp_path / 'board.csv'}",
+                           f"paths.outputs={out}"], capsys)  # exported elsewhere
+    assert code == 0 and "vae" in (tmp_path / "board.csv").read_text(), err[-2000:]
     code, text, err = invoke(["leaderboard", f"paths.outputs={out}"], capsys)
     assert code == 0, err[-2000:]
     assert "vae" in text
