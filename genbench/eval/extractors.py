@@ -19,6 +19,7 @@ domain-CNN cache file that does not load as plain tensors is ignored (with a war
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -42,7 +43,7 @@ from torch_fidelity.utils import create_feature_extractor
 from genbench.data.base import Data
 from genbench.errors import UserError
 from genbench.eval.choices import EXTRACTOR_CHOICES
-from genbench.output import replacing
+from genbench.files import FileError
 
 log = logging.getLogger(__name__)
 
@@ -331,16 +332,29 @@ def domain_extractor(data: Data, cache_dir: Path, device: torch.device,
                 "width": recipe.width, "hidden": recipe.hidden}
         payload = {"arch": arch, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                    "test_acc": acc, "recipe": asdict(recipe)}
-        # saved by path: the archive inside is named after the file, as in every earlier version,
-        # so the weights hash (part of the metric protocol) is unchanged
-        with replacing(path, path.with_suffix(f".tmp{os.getpid()}")) as tmp:
-            torch.save(payload, tmp)
+        _save_domain_cnn(payload, path)
         log.info("trained %s in %.1f s: test accuracy %.4f -> %s", name, seconds, acc, path)
     register_domain(name)
     c, h, w = data.shape
     return Extractor(name, name, path, file_sha256(path), rgb=False, input_size=f"{c}x{h}x{w}",
                      resize="none (native size)",
                      info={"extractor_test_acc": round(float(payload["test_acc"]), 4)})
+
+
+def _save_domain_cnn(payload: dict[str, Any], path: Path) -> None:
+    """Write atomically, by path: the archive inside is named after the file (as in every earlier
+    version, so the weights hash in the metric protocol is unchanged); a failed write is a
+    :class:`FileError` and leaves no file."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise FileError(f"cannot write the domain extractor {str(path)!r} "
+                        f"({err.strerror or err}); nothing was written") from None
 
 
 def _read_domain_cache(path: Path) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ from genbench.errors import UserError, bad_value
 from genbench.eval.choices import METRICS
 from genbench.eval.extractors import Extractor, levels_to_uint8, resolve_extractor
 from genbench.eval.metric import Metric
-from genbench.output import WriteError, atomic_write
+from genbench.files import FileError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ def write_features(path: Path, features: Tensor) -> None:
     """Cache ``features`` ``[n, D]``; a failed write (full disk, read-only) only logs a warning."""
     array = features.numpy()
     try:
-        atomic_write(path, lambda f: np.savez(f, features=array))
-    except WriteError as err:
+        atomic_write(path, lambda f: np.savez(f, features=array), what="feature cache")
+    except FileError as err:
         log.warning("feature cache not written: %s", err)
 
 

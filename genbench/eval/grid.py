@@ -9,22 +9,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genbench.output import atomic_write
+from genbench.files import atomic_write
 
 
 def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     """Write ``[N, C, H, W]`` levels as a PNG grid (levels scaled to [0, 1]).
 
     2-D toy data (``[N, 2, 1, 1]``) is drawn as a scatter plot of the level coordinates instead.
-    Written atomically (:func:`genbench.output.atomic_write`): a full disk leaves no partial file.
+    Written atomically (:func:`genbench.files.atomic_write`): a full disk leaves no partial file.
     """
     if x.shape[1:] == (2, 1, 1):
-        atomic_write(path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f))
+        atomic_write(path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f),
+                     what="sample plot")
         return
     from torchvision.utils import save_image
 
     atomic_write(path, lambda f: save_image(x.float().cpu() / (levels - 1), f, format="png",
-                                            nrow=nrow, padding=1, pad_value=0.5))
+                                            nrow=nrow, padding=1, pad_value=0.5),
+                 what="sample grid")
 
 
 def _scatter(xy: np.ndarray, levels: int, f: IO[bytes]) -> None:
@@ -47,4 +49,5 @@ def save_npz(x: Tensor, levels: int, path: Path) -> None:
     """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) and ``num_levels``
     (K), the format ``genbench score`` reads (written atomically)."""
     arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
-    atomic_write(path, lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)))
+    atomic_write(path, lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)),
+                 what="samples file")

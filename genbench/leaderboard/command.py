@@ -10,11 +10,11 @@ from omegaconf import DictConfig, ListConfig
 
 from genbench.errors import ConfigError, bad_value
 from genbench.eval.metric import Metric
-from genbench.files import FileError
+from genbench.files import FileError, atomic_write
 from genbench.leaderboard.report import render
 from genbench.leaderboard.sections import View, sort_keys
 from genbench.leaderboard.store import RunRecord, Store, StoreError
-from genbench.output import atomic_write, check_out_file, check_out_folder
+from genbench.output import check_out_file, check_out_folder
 from genbench.rundir import run_dirs, run_id_of
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     fmt = str(cfg.format) if out is None or cfg.format != "table" else "md"
     text = render(runs, fmt, view, refs)
     if out is not None:
-        atomic_write(out, text or "")
+        atomic_write(out, text or "", what="leaderboard export")
         log.info("wrote %d runs to %s", len(runs), out)
     elif text is not None:
         print(text)

@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from genbench.files import atomic_write
 from genbench.leaderboard import plots
 from genbench.leaderboard.sections import (
     RUN_NUMBERS,
@@ -25,7 +26,6 @@ from genbench.leaderboard.sections import (
     build_sections,
     lower_first,
 )
-from genbench.output import atomic_write
 from genbench.rundir import RunDir
 
 Run = dict[str, Any]
@@ -180,4 +180,5 @@ def html_report(runs: Sequence[Run], view: View | None = None, references: Seque
 def write_report(runs: Sequence[Run], path: Path | str, view: View | None = None,
                  references: Sequence[Run] = ()) -> Path:
     """Write the self-contained HTML report to ``path``."""
-    return atomic_write(path, html_report(runs, view, references))
+    atomic_write(Path(path), html_report(runs, view, references), what="report")
+    return Path(path)

@@ -28,8 +28,8 @@ from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
+from genbench.files import atomic_write
 from genbench.leaderboard.sections import Row, Section, View, build_sections, pick
-from genbench.output import atomic_write
 from genbench.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -305,5 +305,6 @@ def write_plots(runs: Sequence[Run], names: Sequence[str], out_dir: Path | str
         if fig is None:
             log.warning("plot %s: %s; nothing written", name, PLOTS[name][2])
             continue
-        written[name] = atomic_write(out_dir / f"{name}.png", png_bytes(fig))
+        written[name] = out_dir / f"{name}.png"
+        atomic_write(written[name], png_bytes(fig), what="plot")
     return written

@@ -2,8 +2,9 @@
 
 Run folders are the source of truth; this file indexes them and can be rebuilt from them. Writes
 are single transactions with a busy timeout and retries, so parallel sweep jobs can record at once.
-A file that is not a genbench leaderboard is refused and never modified (an empty SQLite file, one
-with no table and no application id, is a leaderboard not yet created).
+A file that is not a genbench leaderboard, or one of another schema version (``PRAGMA
+user_version``), is refused and never modified (an empty SQLite file, one with no table and no
+application id, is a leaderboard not yet created).
 """
 
 from __future__ import annotations
@@ -305,7 +306,8 @@ class Store:
                 con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r, _ in gone])
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite already rolled back after e.g. a full disk
+                    con.execute("ROLLBACK")
                 raise
             return gone
 

@@ -229,7 +229,7 @@ class InjectedFullDisk:
         def full(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.monkeypatch.setattr("genbench.output.os.fsync", full)
+        self.monkeypatch.setattr("genbench.files.os.fsync", full)
 
     def free(self) -> None:
         self.monkeypatch.undo()
