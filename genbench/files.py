@@ -40,6 +40,7 @@ def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None],
     except OSError as err:
         raise FileError(f"cannot write the {what} {str(path)!r} ({err.strerror or err})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: files get the usual mode
         with os.fdopen(fd, "wb") as raw:
             f = _Recording(raw)
             try:
@@ -66,6 +67,12 @@ def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None],
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by writers that were killed
         stale.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _Recording:

@@ -147,3 +147,12 @@ def test_two_commands_resuming_one_run_do_not_both_train_it(train_cfg, tmp_path)
         holder.kill()
         holder.wait()
     assert not run.status_file.exists()  # the second process trained nothing
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
