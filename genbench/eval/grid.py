@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genbench.data.base import is_toy
+
 
 def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     """Write ``[N, C, H, W]`` levels as a PNG grid (levels scaled to [0, 1]).
@@ -15,7 +17,7 @@ def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     2-D toy data (``[N, 2, 1, 1]``) is drawn as a scatter plot of the level coordinates instead.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if x.shape[1:] == (2, 1, 1):
+    if is_toy(x.shape[1:]) and x.shape[1] == 2:  # points with two coordinates
         _scatter(x.reshape(-1, 2).cpu().numpy(), levels, path)
         return
     from torchvision.utils import save_image
