@@ -13,12 +13,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_subpackage_is_listed():
+def test_every_subpackage_and_config_folder_is_listed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
                  ["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts)
              for p in (ROOT / "genbench").rglob("__init__.py")}
-    assert found | {"genbench.conf"} == listed, sorted(found ^ (listed - {"genbench.conf"}))
+    conf = {".".join(("genbench", "conf", *p.relative_to(ROOT / "conf").parts))
+            for p in [ROOT / "conf", *(ROOT / "conf").rglob("*")]
+            if p.is_dir() and p.name != "__pycache__"}
+    assert found | conf == listed, sorted(listed ^ (found | conf))
 
 
 def test_shared_code_imports_no_family():
