@@ -109,7 +109,10 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
                 dist.barrier()
                 ms[kind].append(1e3 * (time.perf_counter() - t) / steps)
         n_params = sum(p.numel() for p in base.parameters() if p.requires_grad)
-        results["models"][name] = {"ms": ms, "params": n_params,
+        # DDP's buckets after its first iterations (a private but stable logging record)
+        buckets = {p: [int(b) for b in str(w._get_ddp_logging_data().get("bucket_sizes", ""))
+                       .split(",") if b] for p, w in runs["ddp"][2].items()}
+        results["models"][name] = {"ms": ms, "params": n_params, "buckets": buckets,
                                    "phases": [[p.name, p.repeat] for p in base.phases]}
     if rank == 0:
         out.write_text(json.dumps(results))
@@ -134,7 +137,7 @@ def _spawn(models: list[str], steps: int, repeats: int) -> dict:
 
 
 def run(quick: bool) -> Result:
-    steps, repeats = (10, 3) if quick else (30, 5)
+    steps, repeats = (5, 6) if quick else (5, 20)  # short blocks, many: load changes hit all
     res = Result(f"8. Data-parallel training: 2 gloo ranks on CPU (torchrun, 1 thread each), "
                  f"digits, global batch {BATCH}, {steps} steps x {repeats} repeats per variant")
     before = loadavg()
@@ -146,19 +149,27 @@ def run(quick: bool) -> Result:
         s = {k: Spread.of(v) for k, v in m["ms"].items()}
         ratio = Spread.of([d / h for d, h in zip(m["ms"]["ddp"], m["ms"]["hand"])])
         none = s["none"].median
+        buckets = "; ".join(f"{p}: " + " + ".join(f"{b / 2**20:.2f}" for b in sizes)
+                            for p, sizes in m["buckets"].items())
         rows.append([name, f"{m['params']:,}", " ".join(f"{p}x{k}" for p, k in m["phases"]),
+                     buckets,
                      s["none"].fmt(1), s["hand"].fmt(1), s["ddp"].fmt(1), ratio.fmt(3),
                      f"{s['hand'].median - none:.1f}", f"{s['ddp'].median - none:.1f}"])
-        res.checks.append(Check(f"ddp {name}, 2 gloo ranks: DDP / hand-averaged step time",
-                                ratio.fmt(3), "<= 1.0", ratio.median <= 1.0))
-    res.table = table(["model", "parameters", "phases", f"{LABELS['none']} ms/step",
-                       f"{LABELS['hand']} ms/step", f"{LABELS['ddp']} ms/step",
+        res.checks.append(Check(f"ddp {name}, 2 gloo ranks on CPU: DDP / hand-averaged step "
+                                "time", ratio.fmt(3)))
+    res.table = table(["model", "parameters", "phases", "DDP buckets, MiB",
+                       *(f"{LABELS[k]} ms/step" for k in VARIANTS),
                        "DDP / hand (per repeat)", "sync cost before, ms", "sync cost after, ms"],
                       rows)
     res.notes = [f"load average (1/5/15 min) before: {before}; after: {after}.",
                  "sync cost = the variant's ms/step minus the no-sync variant's (gradient "
                  "all-reduce and the buffer broadcast, plus waiting for the slower rank).",
-                 "each rank has one of the 2 cores; gloo's communication threads share them."]
+                 "DDP buckets: gradient MiB per all-reduce, per phase, as DDP rebuilt them after "
+                 "its first step (the first bucket capped at 1 MiB, the others at 25 MiB); a "
+                 "single bucket cannot overlap the backward pass: it is all-reduced when the last "
+                 "gradient is ready.",
+                 f"each rank has one of the machine's {os.cpu_count()} cores when they are free; "
+                 "gloo's communication threads share them."]
     res.raw = raw
     return res
 
