@@ -51,11 +51,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from genbench.distributed import (  # noqa: F401  (re-exported for genbench.commands)
+# init, teardown, on_main, process_group: re-exported for genbench.commands, which imports them
+# from here until it imports genbench.distributed itself
+from genbench.distributed import (  # noqa: F401
     broadcast_module,
     init,
     is_main,
-    main_value,
     on_main,
     process_group,
     rank,
