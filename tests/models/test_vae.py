@@ -59,7 +59,7 @@ def test_samples_are_inverse_cdf_draws_from_the_decoders_level_probabilities():
     for kind in ("categorical", "logistic"):
         m = VAE((1, 8, 8), 17, hidden=8, latent=4, decoder=kind).eval()
         with torch.no_grad():
-            x = m.sample(5, generator=per_sample_generators(3, 0, 5), temperature=0.5)
+            x = m.sample(5, generator=per_sample_generators(3, 0, 5), temperature=0.5).x
         gens = per_sample_generators(3, 0, 5)
         z = torch.stack([torch.randn(4, generator=g) for g in gens]) * 0.5
         with torch.no_grad():
