@@ -15,8 +15,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from genbench import distributed as ddp
 from genbench.leaderboard.store import Store
-from genbench.train import distributed as ddp
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,

@@ -64,6 +64,11 @@ class Data:
         return int(c), int(h), int(w)
 
     @property
+    def is_toy(self) -> bool:
+        """Whether these are toy points rather than images (see :func:`is_toy`)."""
+        return is_toy(self.shape)
+
+    @property
     def dims(self) -> int:
         """D = C * H * W."""
         c, h, w = self.shape
@@ -80,6 +85,17 @@ class Data:
         for split in ("train", "val", "test"):
             setattr(self, split, getattr(self, split).to(device))
         return self
+
+
+def is_toy(shape: Sequence[int]) -> bool:
+    """Whether data of shape ``(C, H, W)`` are toy points, not images: no spatial extent
+    (``H = W = 1``; the 2-D toys of :mod:`genbench.data.toy2d` are ``(2, 1, 1)``). Toy data get
+    exact density metrics and a scatter plot instead of image metrics (FID ...) and image grids.
+
+    >>> is_toy((2, 1, 1)), is_toy((1, 8, 8))
+    (True, False)
+    """
+    return tuple(int(s) for s in shape[-2:]) == (1, 1)
 
 
 def to_levels(images: Tensor, levels: int) -> Tensor:

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genbench import distributed as ddp
 from genbench.data.base import Data
 from genbench.eval.metric import Metric
 from genbench.models.base import GenerativeModel, Sampled
 from genbench.nn.random import per_sample_generators
-from genbench.train import distributed as ddp
 
 log = logging.getLogger(__name__)
 

@@ -243,7 +243,7 @@ def fidelity_metrics(samples: Tensor, data: Data, cfg: Mapping, *, device: torch
         and for data without a usable extractor (a warning is logged).
     """
     settings = Settings.from_cfg(cfg)
-    if data.shape[1:] == (1, 1) or not settings.metrics:
+    if data.is_toy or not settings.metrics:
         return []  # 2-D toys have exact metrics instead
     if tuple(samples.shape[1:]) != data.shape:
         raise ValueError(f"samples are {tuple(samples.shape)}, data is [N, *{data.shape}]")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genbench.data.base import is_toy
 from genbench.files import atomic_write
 
 
@@ -18,7 +19,7 @@ def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     2-D toy data (``[N, 2, 1, 1]``) is drawn as a scatter plot of the level coordinates instead.
     Written atomically (:func:`genbench.files.atomic_write`): a full disk leaves no partial file.
     """
-    if x.shape[1:] == (2, 1, 1):
+    if is_toy(x.shape[1:]) and x.shape[1] == 2:  # points with two coordinates
         atomic_write(path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f),
                      what="sample plot")
         return

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from genbench import distributed as ddp
 from genbench.errors import bad_value, positive_int
 from genbench.eval.context import EvalContext
 from genbench.eval.cost import NFE
@@ -30,7 +31,6 @@ from genbench.eval.metric import Column, Metric, MetricSpec
 from genbench.eval.registry import register_metric, register_spec
 from genbench.models.base import LikelihoodEstimator, likelihood_kind
 from genbench.nn.random import per_sample_generators
-from genbench.train import distributed as ddp
 
 if TYPE_CHECKING:
     from torchmetrics.aggregation import SumMetric

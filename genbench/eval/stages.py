@@ -50,7 +50,7 @@ TOY_SPECS = {s.name: s for s in [
 @register_metric("fidelity", order=40)
 def fidelity_stage(ctx: EvalContext) -> list[Metric]:
     """torch-fidelity metrics for the run's sampler and each ``eval.sampler_sweep`` entry."""
-    if not ctx.cfg.sample_metrics or ctx.data.density is not None or int(ctx.cfg.n_samples) < 2:
+    if not ctx.cfg.sample_metrics or ctx.data.is_toy or int(ctx.cfg.n_samples) < 2:
         return []
     from genbench.eval.fidelity import fidelity_metrics  # torch-fidelity only when needed
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
-from genbench.nn.random import categorical, rand, randn
+from genbench.nn.random import categorical, randn
 
 
 def _stages(size: int) -> int:
@@ -143,10 +143,8 @@ class VAE(GenerativeModel):
         z = randn((n, self.latent), generator=generator, device=device)
         z = z * float(sampler.get("temperature", 1.0))
         logp = self._level_log_probs(self.decode(z))
-        if self.decoder_kind == "logistic":  # inverse-CDF draw from the level probabilities
-            u = rand(logp.shape[:-1], generator=generator, device=device).unsqueeze(-1)
-            cdf = logp.exp().cumsum(-1)
-            x = torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp(max=self.levels - 1)
+        if self.decoder_kind == "logistic":  # the level probabilities (bins), as they are
+            x = categorical(probs=logp.exp(), generator=generator)
         else:
             x = categorical(logp, generator=generator)
         return Sampled.constant(x, 1)

@@ -62,14 +62,23 @@ def rand(shape: Sequence[int], *, generator: Generator = None,
     return _draw(torch.rand, shape, generator, device, dtype)
 
 
-def categorical(logits: Tensor, *, generator: Generator = None) -> Tensor:
-    """Sample indices from ``logits`` ``[N, ..., K]`` (softmax over the last dim) by inverse CDF.
+def categorical(logits: Tensor | None = None, *, probs: Tensor | None = None,
+                generator: Generator = None) -> Tensor:
+    """Sample indices over the last dim of ``logits`` ``[N, ..., K]`` (softmax), or of ``probs``
+    ``[N, ..., K]`` (non-negative weights, normalized here), by inverse CDF.
 
     Returns an int64 tensor ``[N, ...]``. Uses one uniform per draw, taken row-wise from the
     per-sample generators, so row *i* depends only on its own generator.
+
+    >>> gens = per_sample_generators(seed=0, start=0, n=2)
+    >>> categorical(probs=torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]), generator=gens)
+    tensor([1, 2])
     """
-    probs = torch.softmax(logits.float(), dim=-1)
+    if (logits is None) == (probs is None):
+        raise ValueError("categorical takes logits or probs (one of them)")
+    if probs is None:
+        probs = torch.softmax(logits.float(), dim=-1)
     cdf = probs.cumsum(-1)
-    u = rand(logits.shape[:-1], generator=generator, device=logits.device).unsqueeze(-1)
+    u = rand(probs.shape[:-1], generator=generator, device=probs.device).unsqueeze(-1)
     idx = torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1)
-    return idx.clamp_(max=logits.shape[-1] - 1)
+    return idx.clamp_(max=probs.shape[-1] - 1)

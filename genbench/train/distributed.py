@@ -1,25 +1,37 @@
-"""Data-parallel training over several processes (``torchrun``, or SLURM tasks via submitit).
+"""Data-parallel training: gradients through ``DistributedDataParallel``, replicas kept identical.
 
-``torchrun --standalone --nproc_per_node=N -m genbench train ...`` starts N copies of the same
-command; each is one *rank*. :func:`init` joins them into a process group (NCCL on CUDA, gloo on
-CPU) when ``WORLD_SIZE > 1``; outside such a launch every helper here is a no-op, so the runner has
-one code path. What the runner does with the group:
+The process group, rank and collectives are :mod:`genbench.distributed` (evaluation uses them
+too); this module is what only training needs. In one process none of it does anything: the
+runner calls the model's ``training_losses`` itself, exactly as without a process group.
 
-- Gradients: after ``backward`` each rank averages the gradients of the phase's parameters with
-  :func:`average_gradients` (one ``all_reduce`` per bucket). ``DistributedDataParallel`` is not
-  used: its reducer hooks are armed by the wrapped module's ``forward``, while the model contract
-  trains through ``training_losses`` (a method, one per phase, with per-phase parameter sets);
-  averaging after ``backward`` gives the same update without a wrapper module. Buffers (batch-norm
-  statistics) follow rank 0 after every step, as DDP's ``broadcast_buffers`` does, and the first
-  step's weights are re-broadcast so data-dependent initialization (ActNorm) is rank 0's.
+- Gradients: one ``DistributedDataParallel`` per phase (:func:`loss_functions`), around
+  :class:`PhaseLosses`, a module whose ``forward(x, phase)`` is ``model.training_losses(x,
+  phase)`` and whose own parameters are exactly the phase's trainable ones (the model is held,
+  not registered as a submodule, so DDP sees nothing else). DDP's reducer all-reduces gradient
+  buckets while ``backward`` is still computing the earlier layers' gradients, and leaves the
+  mean over ranks in ``.grad`` before ``backward`` returns.
+
+  Per-phase wrappers rather than one wrapper with ``find_unused_parameters=True``: a GAN's
+  ``"d"`` and ``"g"`` phases train disjoint parameter sets. One wrapper over all of them would
+  walk the autograd graph after every forward to find the other phase's parameters and still
+  all-reduce their (empty) buckets, doubling the traffic of every phase; a wrapper per phase
+  all-reduces exactly that phase's gradients in a fixed bucket order. DDP's default
+  (``find_unused_parameters=False``) needs every parameter of a phase to get a gradient in each
+  of its steps, which the contract test checks for every model (``tests/models/test_contract.py``).
+- Buffers (batch-norm statistics, ActNorm's init flag, spectral-norm vectors): DDP syncs none
+  (``PhaseLosses`` registers no buffers; ``forward_sync_buffers=False``). :func:`sync_replicas`
+  copies rank 0's buffers to every rank once after each step, in one coalesced broadcast. DDP's
+  own buffer sync runs at the start of each forward, k + 1 times per GAN step, and leaves the
+  last phase's updates different on each rank, while the EMA copies buffers after every step and
+  validation and evaluation run on every rank with rank 0's weights. Spectral-norm vectors follow
+  a deterministic power iteration from weights that are equal on every rank, so they stay equal
+  anyway. ActNorm initializes from each rank's first batch, so after the first step rank 0's
+  parameters are broadcast too.
 - Data: ``trainer.batch_size`` is the *global* batch; each rank takes its ``1/N`` slice of it
   (:class:`genbench.data.base.Batches`), so N ranks see exactly the batches one process would.
 - Files: only rank 0 writes the run folder (config, checkpoints, ``stats.jsonl``, samples),
   the tracker and the leaderboard row. Rank 0 also chooses the run folder and shares it
-  (:func:`on_main`): Hydra's ``${now:}`` differs per process, so each rank's own folder is not used.
-- Evaluation: test-set sums and samples are split across ranks by whole eval batches
-  (:func:`my_batches`) and combined (:func:`reduce_sum`, :func:`gather_rows`, torchmetrics'
-  ``SumMetric``); per-batch seeds and per-sample generators make the numbers those of one process.
+  (:func:`~genbench.distributed.on_main`): Hydra's ``${now:}`` differs per process.
 
 Per-rank randomness (noise, latents, timesteps) is drawn from ``seed + 1_000_003 * rank``, so ranks
 do not repeat each other's noise; rank 0's stream is the single-process one.
@@ -27,140 +39,33 @@ do not repeat each other's noise; rank 0's stream is the single-process one.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import hashlib
-import logging
-import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+# init, teardown, on_main, process_group: re-exported for genbench.commands, which imports them
+# from here until it imports genbench.distributed itself
+from genbench.distributed import (  # noqa: F401
+    broadcast_module,
+    init,
+    is_main,
+    on_main,
+    process_group,
+    rank,
+    teardown,
+    world_size,
+)
 from genbench.errors import ConfigError
-from genbench.train.device import DeviceSetup
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-#: process-group timeout: long enough for rank 0's own work (checkpoint writes, sample-quality
-#: metrics) while the other ranks wait at the next collective
-TIMEOUT = datetime.timedelta(minutes=60)
-BUCKET_NUMEL = 1 << 24  # gradient elements per all_reduce (64 MiB of fp32)
-_STATE = {"owner": False}  # whether init() created the process group (and so tears it down)
-
-
-# -- who am I ------------------------------------------------------------------------------------
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    """Number of ranks (1 without a process group)."""
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def rank() -> int:
-    """This process's rank (0 without a process group)."""
-    return dist.get_rank() if is_initialized() else 0
-
-
-def is_main() -> bool:
-    """True on rank 0, the only rank that writes files, tracks and records."""
-    return rank() == 0
-
-
-def comm_device() -> torch.device:
-    """Where collective tensors must live: the rank's GPU for NCCL, else the CPU."""
-    if is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-# -- set-up and teardown -------------------------------------------------------------------------
-def requested_world_size() -> int:
-    """``WORLD_SIZE`` of the launch (torchrun, or a multi-task submitit job), 1 if none."""
-    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
-        _export_submitit_env()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _export_submitit_env() -> None:
-    """Inside a submitit job with several tasks, set the ``env://`` variables from the job."""
-    import submitit
-
-    if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                         overwrite=True)
-
-
-def init(setup: DeviceSetup, threads: object = "auto") -> DeviceSetup:
-    """Join the process group of a multi-process launch; returns the rank's device setup.
-
-    With ``WORLD_SIZE <= 1`` nothing happens and ``setup`` is returned. On CUDA each rank uses
-    ``cuda:LOCAL_RANK`` (or its only visible GPU, where the scheduler binds one GPU per task).
-    ``device.threads=auto`` becomes the cores this process may use, shared among the node's ranks
-    unless the scheduler already bound each rank to its own cores. Non-zero ranks log warnings
-    and errors only, to the console.
-    """
-    world = requested_world_size()
-    if world <= 1 or is_initialized():
-        return setup
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = setup.device
-    if device.type == "cuda":
-        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=TIMEOUT)
-    _STATE["owner"] = True
-    n = setup.threads
-    if threads in (None, "auto"):
-        n = _auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
-        torch.set_num_threads(n)
-        threadpool_limits(n, user_api="blas")  # as train/device does for one process
-    if not is_main():
-        _quiet()
-    log.info("process group: %d ranks (%s), rank %d on %s", world, dist.get_backend(), rank(),
-             device)
-    return dataclasses.replace(setup, device=device, threads=n, adaptive_threads=False)
-
-
-def _auto_threads(ranks_per_node: int) -> int:
-    cores = os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return max(1, usable // ranks_per_node if usable == cores else usable)
-
-
-def _quiet() -> None:
-    """Non-zero ranks: warnings and errors only, and no handler on rank 0's ``train.log``."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(logging.WARNING)
-
-
-def teardown(ok: bool) -> None:
-    """Leave the process group that :func:`init` created.
-
-    After success, every rank waits for the others (rank 0 may still be writing) and the group is
-    destroyed. After an error the group is left alone: destroying it is collective for NCCL and
-    would wait for ranks that are gone; the launcher stops the remaining ranks.
-    """
-    if not (_STATE["owner"] and is_initialized()):
-        return
-    _STATE["owner"] = False
-    if ok:
-        dist.barrier()
-        dist.destroy_process_group()
+LossFn = Callable[[Tensor, str], dict[str, Tensor]]
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -198,130 +103,49 @@ def adopt_run_dir(own: Path, shared: Path) -> None:
         pass
 
 
-# -- collectives ---------------------------------------------------------------------------------
-def on_main(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on rank 0 only and return its result (or raise its error) everywhere."""
+# -- gradients -----------------------------------------------------------------------------------
+class PhaseLosses(nn.Module):
+    """``forward(x, phase)`` = ``model.training_losses(x, phase)``; the module's own parameters
+    are ``params`` (the phase's trainable ones), so ``DistributedDataParallel`` around it reduces
+    the gradients of exactly those. The model is referenced, not registered as a submodule."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)  # hidden from parameters() / buffers()
+        self.params = nn.ParameterList(params)
+
+    def forward(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+        """``x``: ``[N, C, H, W]`` levels; returns the model's ``[N]`` loss terms."""
+        return self.model.training_losses(x, phase)
+
+
+def loss_functions(model: nn.Module, params: Mapping[str, Sequence[nn.Parameter]],
+                   compile: bool = False) -> dict[str, LossFn]:
+    """Per phase (the keys of ``params``), the callable ``(x, phase) -> loss terms`` the runner
+    trains through. One process: ``model.training_losses`` itself (compiled when ``compile``).
+    Several: a ``DistributedDataParallel`` per phase around :class:`PhaseLosses` (see the module
+    docstring), whose ``backward`` leaves the mean gradient over ranks in ``.grad``.
+
+    Construction is collective (DDP checks the shapes and broadcasts rank 0's parameters), so
+    every rank calls this at the same point with the same phases."""
     if world_size() == 1:
-        return fn(*args)
-    box: list[Any] = [None]
-    if is_main():
-        try:
-            box[0] = ("ok", fn(*args))
-        except Exception as err:  # shared so that every rank stops, then re-raised
-            box[0] = ("error", err)
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
-
-
-def main_value(value: T) -> T:
-    """Rank 0's ``value`` on every rank (a picklable object)."""
-    return on_main(lambda: value)
-
-
-def _coalesced(tensors: Sequence[Tensor], op: Callable[[Tensor], None]) -> None:
-    """Apply the in-place collective ``op`` to ``tensors`` through flat buffers of one dtype
-    (at most :data:`BUCKET_NUMEL` elements each), copying the results back."""
-    bucket: list[Tensor] = []
-    size = 0
-
-    def flush() -> None:
-        flat = torch.cat([t.detach().reshape(-1) for t in bucket]).to(comm_device())
-        op(flat)
-        offset = 0
-        for t in bucket:
-            t.detach().copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-        bucket.clear()
-
-    for t in tensors:
-        if bucket and (t.dtype != bucket[0].dtype or size + t.numel() > BUCKET_NUMEL):
-            flush()
-            size = 0
-        bucket.append(t)
-        size += t.numel()
-    if bucket:
-        flush()
-
-
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Replace each ``p.grad`` by its mean over ranks (parameters without a gradient are skipped;
-    every rank must have the same ones, as with one code path it does)."""
-    world = world_size()
-    if world == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-
-    def mean(flat: Tensor) -> None:
-        dist.all_reduce(flat)
-        flat.div_(world)
-
-    _coalesced(grads, mean)
-
-
-def broadcast_module(module: nn.Module, buffers_only: bool = False) -> None:
-    """Copy rank 0's parameters (unless ``buffers_only``) and buffers to every rank."""
-    if world_size() == 1:
-        return
-    tensors = list(module.buffers()) if buffers_only else \
-        [*module.parameters(), *module.buffers()]
-    if tensors:
-        _coalesced(tensors, lambda flat: dist.broadcast(flat, src=0))
-
-
-def reduce_sum(x: Tensor) -> Tensor:
-    """Sum of ``x`` over ranks (same device and dtype as ``x``)."""
-    if world_size() == 1:
-        return x
-    y = x.detach().clone().to(comm_device())
-    dist.all_reduce(y)
-    return y.to(x.device)
-
-
-def reduce_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over ranks."""
-    return reduce_sum(x) / world_size()
-
-
-def union(names: Sequence[str]) -> list[str]:
-    """The names seen on any rank, in rank order, each once."""
-    if world_size() == 1:
-        return list(names)
-    lists: list[Any] = [None] * world_size()
-    dist.all_gather_object(lists, list(names))
-    out: list[str] = []
-    for lst in lists:
-        out += [n for n in lst if n not in out]
+        return {name: (torch.compile(model.training_losses) if compile
+                       else model.training_losses) for name in params}
+    out: dict[str, LossFn] = {}
+    for name, ps in params.items():
+        device = ps[0].device if ps else torch.device("cpu")
+        wrapper = DistributedDataParallel(
+            PhaseLosses(model, ps), device_ids=[device] if device.type == "cuda" else None,
+            forward_sync_buffers=False)  # PhaseLosses has no buffers: see sync_replicas
+        out[name] = torch.compile(wrapper) if compile else wrapper
     return out
 
 
-def my_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """This rank's ``(start, stop)`` eval batches of ``range(n)``: the batches of one process,
-    dealt out in contiguous runs, so concatenating the ranks' results in rank order gives one
-    process's order and every batch is the same one a single process would use."""
-    starts = list(range(0, n, batch_size))
-    world, r = world_size(), rank()
-    mine = starts[r * len(starts) // world:(r + 1) * len(starts) // world]
-    return [(s, min(s + batch_size, n)) for s in mine]
-
-
-def gather_rows(x: Tensor) -> Tensor:
-    """Concatenate each rank's rows ``[n_r, ...]`` in rank order; every rank gets the result (on
-    ``x``'s device). Ranks may hold different numbers of rows, zero included."""
-    world = world_size()
-    if world == 1:
-        return x
-    dev = comm_device()
-    counts = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([x.shape[0]], device=dev))
-    sizes = [int(c) for c in counts]
-    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=dev)
-    padded[:x.shape[0]] = x.to(dev)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(x.device)
+# -- replicas ------------------------------------------------------------------------------------
+def sync_replicas(model: nn.Module, first_step: bool) -> None:
+    """After a training step: every rank takes rank 0's buffers, and after the first step its
+    parameters too (data-dependent initialization such as ActNorm's used each rank's batch)."""
+    broadcast_module(model, buffers_only=not first_step)
 
 
 def fingerprint(module: nn.Module) -> str:

@@ -29,13 +29,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from genbench import distributed as ddp
 from genbench.data.base import Batches
 from genbench.errors import ConfigError, Interrupted
 from genbench.models.base import GenerativeModel, Phase
 from genbench.rundir import RunDir
 from genbench.tracking import Tracker
 from genbench.train import checkpoint
-from genbench.train import distributed as ddp
+from genbench.train import distributed as ddp_train
 from genbench.train.device import DeviceSetup, ThreadGovernor, eval_mode
 from genbench.train.ema import EMA
 from genbench.train.schedule import build_scheduler
@@ -139,8 +140,10 @@ class Trainer:
         self.seed = seed
         self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
                                world=ddp.world_size(), augment=augment)
-        self.optimizers = {p.name: build_optimizer(optimizer, p, [
-            q for q in model.parameters_for(p.name) if q.requires_grad]) for p in model.phases}
+        params = {p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
+                  for p in model.phases}
+        self.optimizers = {p.name: build_optimizer(optimizer, p, params[p.name])
+                           for p in model.phases}
         self.schedulers = {name: s for name, opt in self.optimizers.items() if (
             s := build_scheduler(scheduler, opt, int(cfg.max_steps), name)) is not None}
         fp16 = setup.precision == "fp16"
@@ -152,8 +155,8 @@ class Trainer:
         self.state = TrainState()
         self.extra_state = extra_state or {}
         self.tracker = tracker or Tracker()
-        self.losses = {p.name: (torch.compile(model.training_losses) if setup.compile
-                                else model.training_losses) for p in model.phases}
+        # several ranks: a DistributedDataParallel per phase, averaging gradients during backward
+        self.losses = ddp_train.loss_functions(model, params, compile=setup.compile)
 
     @property
     def eval_model(self) -> GenerativeModel:
@@ -238,9 +241,7 @@ class Trainer:
         with self.setup.autocast():
             terms = self.losses[name](x, name)
         loss = terms["loss"].float().mean()
-        scaler.scale(loss).backward()
-        # several ranks: average the phase's gradients here (see train/distributed for why not DDP)
-        ddp.average_gradients(p for g in opt.param_groups for p in g["params"])
+        scaler.scale(loss).backward()  # several ranks: DDP leaves the mean gradient over ranks
         if self._grad_clip > 0:
             scaler.unscale_(opt)
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -285,7 +286,7 @@ class Trainer:
                     self.state.step += 1
                     n_acc += 1
                     # ranks follow rank 0's buffers, and its weights after the first step (ActNorm)
-                    ddp.broadcast_module(self.model, buffers_only=self.state.step > 1)
+                    ddp_train.sync_replicas(self.model, first_step=self.state.step == 1)
                     check = self.setup.device.type == "cpu" or self.state.step % every == 0
                     if check and not self._all_finite(losses):
                         log.error("loss became %s at step %d: the run diverged; keeping the last "
@@ -319,7 +320,7 @@ class Trainer:
             stats.close()
             if self.governor is not None:  # evaluation starts from the configured count
                 torch.set_num_threads(self.setup.threads)
-        ddp.check_replicas(self.model)
+        ddp_train.check_replicas(self.model)
         self.save("finished")
         return self.state
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from genbench.data.base import Batches, DatasetError
+from genbench.data.base import Batches, Data, DatasetError, is_toy
 from genbench.data.folder import image_folder
+from genbench.data.toy2d import toy
 from genbench.data.vision import cifar10, mnist
 
 
@@ -67,3 +68,10 @@ def test_batches_resume_at_the_same_position():
         assert torch.equal(c.next(), first[i])
     epoch0 = torch.cat(first[:6]).flatten()
     assert len(set(epoch0.tolist())) == 48  # no repeats within an epoch
+
+
+def test_toy_data_are_told_from_images_by_one_rule():
+    points = toy("moons", levels=16, n_train=40, n_val=8, n_test=8)
+    assert points.is_toy and points.density is not None and is_toy(points.test.shape[1:])
+    images = Data("img", 4, *(torch.zeros(4, 1, 8, 8, dtype=torch.uint8) for _ in range(3)))
+    assert not images.is_toy and not is_toy((3, 32, 32)) and not is_toy((1, 1, 8))

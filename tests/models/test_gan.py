@@ -13,8 +13,15 @@ from genbench.data.toy2d import toy
 from genbench.eval.toy import mode_metrics, sample_log_likelihood
 from genbench.models.base import Phase
 from genbench.models.gan import losses as L
-from genbench.models.gan.base import upsampling_plan
 from genbench.models.gan.dcgan import DCGAN
+from genbench.models.gan.networks import (
+    ConvDiscriminator,
+    DCGANGenerator,
+    MLPGenerator,
+    ResNetDiscriminator,
+    build_networks,
+    upsampling_plan,
+)
 from genbench.models.gan.sngan import SNGAN
 from genbench.models.gan.wgan_gp import WGANGP
 from genbench.nn.random import per_sample_generators
@@ -203,6 +210,24 @@ def test_upsampling_plan():
     assert upsampling_plan(28, 28) == (7, 7, 2)
     assert upsampling_plan(32, 32) == (4, 4, 3)
     assert upsampling_plan(1, 1) == (1, 1, 0)
+
+
+def test_arch_switch_resolves_auto_and_offers_resnet_only_with_a_pool():
+    nets = dict(g_width=4, d_width=4, hidden=8, depth=1)
+    arch, g, d = build_networks("auto", (1, 8, 8), 8, **nets, conv={"norm": "none"})
+    assert arch == "conv" and isinstance(g, DCGANGenerator) and isinstance(d, ConvDiscriminator)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert build_networks("auto", (2, 1, 1), 8, **nets)[0] == "mlp"
+    arch, g, d = build_networks("resnet", (3, 8, 8), 8, **nets, resnet_pool="sum")
+    assert isinstance(d, ResNetDiscriminator) and d.pool == "sum"
+    with pytest.raises(ValueError, match=r"\['auto', 'conv', 'mlp'\], got 'resnet'"):
+        build_networks("resnet", (1, 8, 8), 8, **nets)
+    # the generator's parameters are drawn first: built alone from the same seed, it is the same
+    torch.manual_seed(3)
+    g = build_networks("mlp", (2, 1, 1), 8, **nets)[1]
+    torch.manual_seed(3)
+    alone = MLPGenerator(8, (2, 1, 1), 8, 1)
+    assert all(torch.equal(a, b) for a, b in zip(g.parameters(), alone.parameters()))
 
 
 @pytest.mark.parametrize("name", ["dcgan", "wgan_gp", "sngan"])

@@ -7,6 +7,7 @@ import math
 import torch
 
 from genbench.models.vae import VAE
+from genbench.nn.random import per_sample_generators
 
 
 def test_iwae_bound_is_tighter_than_the_elbo():
@@ -48,3 +49,23 @@ def test_untrained_vae_is_near_uniform_on_random_data():
     with torch.no_grad():
         bpd = m.nll(x).mean() / (64 * math.log(2))
     assert bpd > math.log2(17) - 0.05
+
+
+def test_samples_are_inverse_cdf_draws_from_the_decoders_level_probabilities():
+    """Both decoders sample through nn.random.categorical: one uniform per sub-pixel from the
+    sample's own generator, searched in the cumulative level probabilities (softmax of the logits,
+    or the logistic's bin masses as they are)."""
+    torch.manual_seed(0)
+    for kind in ("categorical", "logistic"):
+        m = VAE((1, 8, 8), 17, hidden=8, latent=4, decoder=kind).eval()
+        with torch.no_grad():
+            x = m.sample(5, generator=per_sample_generators(3, 0, 5), temperature=0.5).x
+        gens = per_sample_generators(3, 0, 5)
+        z = torch.stack([torch.randn(4, generator=g) for g in gens]) * 0.5
+        with torch.no_grad():
+            logp = m._level_log_probs(m.decode(z))
+        probs = torch.softmax(logp, -1) if kind == "categorical" else logp.exp()
+        cdf = probs.cumsum(-1)
+        u = torch.stack([torch.rand(1, 8, 8, generator=g) for g in gens]).unsqueeze(-1)
+        expected = torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp(max=16)
+        assert x.dtype == torch.int64 and torch.equal(x, expected), kind

@@ -1,5 +1,7 @@
-"""Data-parallel training on CPU with gloo: the helpers of genbench.train.distributed in a real
-2-process group, and `torchrun -m genbench train` end to end against a one-process evaluation."""
+"""Data-parallel training on CPU with gloo: the helpers of genbench.distributed in a real
+2-process group, DistributedDataParallel's gradients against hand-averaged ones for every model,
+replicas kept identical by the runner, and `torchrun -m genbench train` end to end against a
+one-process evaluation."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import MODELS, compose_cfg
 
+from genbench import distributed as ddp
 from genbench.commands import eval_command
 from genbench.data.base import Batches, DatasetError
 from genbench.leaderboard.store import Store
 from genbench.train import checkpoint
-from genbench.train import distributed as ddp
+from genbench.train import distributed as ddp_train
 
 
 def torchrun(nproc: int, *args: str, cwd: Path, timeout: float = 240
@@ -56,30 +59,46 @@ def test_helpers_are_identities_in_one_process():
     assert ddp.reduce_sum(x) is x and ddp.gather_rows(x) is x
     assert ddp.on_main(lambda a: a + 1, 1) == 2 and ddp.union(["b", "a"]) == ["b", "a"]
     assert ddp.my_batches(10, 4) == [(0, 4), (4, 8), (8, 10)]
-    ddp.check_batch_size(7)  # any batch splits across one process
+    ddp_train.check_batch_size(7)  # any batch splits across one process
+
+
+def test_one_process_trains_through_the_model_itself_without_a_wrapper():
+    model = torch.nn.Linear(2, 2)
+    model.training_losses = lambda x, phase: {"loss": x}
+    fns = ddp_train.loss_functions(model, {"main": list(model.parameters())})
+    assert fns == {"main": model.training_losses}
+
+
+def test_process_group_block_tears_down_after_success_and_after_an_error(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ddp, "teardown", calls.append)
+
+    def command(fail):
+        with ddp.process_group():
+            if fail:
+                raise KeyboardInterrupt
+            return "done"
+
+    assert command(False) == "done"
+    with pytest.raises(KeyboardInterrupt):
+        command(True)
+    assert calls == [True, False]
 
 
 # -- two processes: the helpers --------------------------------------------------------------------
 WORKER = r'''
-"""Runs in each rank: exercises genbench.train.distributed and writes what it saw as JSON."""
+"""Runs in each rank: exercises genbench.distributed and writes what it saw as JSON."""
 import json, os, sys
 import torch
 from torch import nn
 from genbench.errors import ConfigError
-from genbench.train import distributed as ddp
+from genbench import distributed as ddp
+from genbench.train import distributed as ddp_train
 from genbench.train.device import DeviceSetup
 
 setup = ddp.init(DeviceSetup(torch.device("cpu"), "fp32", False, 1))
 r, out = ddp.rank(), {}
 out["world"], out["threads"] = ddp.world_size(), setup.threads
-
-# gradients: rank r holds (r + 1) * g, the mean is 1.5 g; a parameter without grad stays so
-net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
-net[0].weight.grad = torch.full((2, 3), float(r + 1))
-net[0].bias.grad = torch.arange(2.0) * (r + 1)
-ddp.average_gradients(net.parameters())
-out["grad_w"], out["grad_b"] = net[0].weight.grad.tolist(), net[0].bias.grad.tolist()
-out["none_grad"] = net[1].weight.grad is None
 
 # broadcast: parameters and buffers become rank 0's
 bn = nn.BatchNorm1d(2)
@@ -105,21 +124,22 @@ try:
 except ConfigError as err:
     out["error"] = str(err)
 try:
-    ddp.check_batch_size(3)
+    ddp_train.check_batch_size(3)
 except ConfigError as err:
     out["batch_error"] = str(err)
 
 # replica check: equal weights pass, different weights fail on every rank
 torch.manual_seed(0)
 same = nn.Linear(4, 4)
-ddp.check_replicas(same)
+ddp_train.check_replicas(same)
 torch.manual_seed(r)
 try:
-    ddp.check_replicas(nn.Linear(4, 4))
+    ddp_train.check_replicas(nn.Linear(4, 4))
     out["diverged"] = None
 except RuntimeError as err:
     out["diverged"] = str(err)
-ddp.teardown(ok=True)
+with ddp.process_group():  # leaves the group when the block ends
+    pass
 out["after_teardown"] = ddp.world_size()
 with open(os.path.join(sys.argv[1], f"rank{r}.json"), "w") as f:
     json.dump(out, f)
@@ -135,8 +155,6 @@ def test_helpers_in_a_two_process_gloo_group(tmp_path):
     for r, out in enumerate(ranks):
         assert out["world"] == 2 and out["after_teardown"] == 1
         assert out["threads"] >= 1
-        assert out["grad_w"] == [[1.5] * 3] * 2 and out["grad_b"] == [0.0, 1.5]
-        assert out["none_grad"] is True
         assert out["buffers_only"] == [[10.0 + r] * 2, [20.0] * 2]
         assert out["weight_after"] == [10.0, 10.0]
         assert out["gathered"] == [100, 101, 102]  # rank 0 had no rows, rank 1 three
@@ -147,6 +165,105 @@ def test_helpers_in_a_two_process_gloo_group(tmp_path):
         assert out["diverged"] and "weights differ" in out["diverged"]
     assert ranks[0]["batches"] == [(0, 3), (3, 6)] or ranks[0]["batches"] == [[0, 3], [3, 6]]
     assert ranks[1]["batches"] == [[6, 9], [9, 10]]
+
+
+# -- two processes: DistributedDataParallel in the runner ----------------------------------------
+DDP_WORKER = r'''
+"""Runs in each rank. For every model: two rounds of every phase through genbench's DDP wrappers
+against a copy whose gradients are all-reduced by hand. Then Trainer.fit() for a few steps of
+Glow (ActNorm's data-dependent init) and DCGAN (batch norm, two phases), with and without the
+runner's replica synchronization."""
+import copy, json, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from genbench import distributed as ddp
+from genbench.train import distributed as ddp_train
+from genbench.train.device import DeviceSetup
+from genbench.train.loop import Trainer
+
+setup = ddp.init(DeviceSetup(torch.device("cpu"), "fp32", False, 1), threads=1)
+r, world, out, tmp = ddp.rank(), ddp.world_size(), {}, Path(sys.argv[1])
+shape, levels = (1, 8, 8), 17
+with initialize_config_module("genbench.conf", version_base="1.3"):
+    cfgs = {m: compose("train", overrides=[f"model={m}"]) for m in sys.argv[2].split(",")}
+
+
+def phase_params(model):
+    return {p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
+            for p in model.phases}
+
+
+x = torch.randint(0, levels, (4, *shape), generator=torch.Generator().manual_seed(10 + r))
+for name, cfg in cfgs.items():
+    torch.manual_seed(0)
+    ref = instantiate(cfg.model, shape=shape, levels=levels)
+    model = copy.deepcopy(ref)
+    ref_params, params = phase_params(ref), phase_params(model)
+    fns = ddp_train.loss_functions(model, params)
+    equal, averaged = True, False
+    for round in range(2):
+        for phase in params:
+            torch.manual_seed(100 * round + r)
+            ref.zero_grad(set_to_none=True)
+            ref.training_losses(x, phase)["loss"].mean().backward()
+            local = [p.grad.clone() for p in ref_params[phase]]
+            for p in ref_params[phase]:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+            averaged |= any(not torch.equal(a, p.grad) for a, p in zip(local, ref_params[phase]))
+            torch.manual_seed(100 * round + r)
+            model.zero_grad(set_to_none=True)
+            fns[phase](x, phase)["loss"].mean().backward()
+            equal &= all(torch.equal(a.grad, b.grad)
+                         for a, b in zip(ref_params[phase], params[phase]))
+    out[name] = {"equal": equal, "averaged": averaged}
+
+data = torch.randint(0, levels, (64, *shape), generator=torch.Generator().manual_seed(5))
+for name in ("glow", "dcgan"):
+    for sync in (True, False):
+        cfg = cfgs[name]
+        torch.manual_seed(0)
+        model = instantiate(cfg.model, shape=shape, levels=levels)
+        ddp_train.seed_rank(0)
+        run_dir = tmp / f"{name}-{sync}"
+        run_dir.mkdir(exist_ok=True)
+        trainer_cfg = OmegaConf.merge(cfg.trainer, {"max_steps": 3, "batch_size": 8,
+                                                    "eval_every": 3, "ckpt_every": 100,
+                                                    "log_every": 100, "val_examples": 8})
+        trainer = Trainer(model, data, data[:8], trainer_cfg, cfg.optimizer, setup, run_dir, 0)
+        real = ddp_train.sync_replicas
+        if not sync:
+            ddp_train.sync_replicas = lambda model, first_step: None
+        try:
+            trainer.fit()
+            out[f"{name}/sync={sync}"] = ddp_train.fingerprint(model)
+        except RuntimeError as err:
+            out[f"{name}/sync={sync}"] = str(err)
+        finally:
+            ddp_train.sync_replicas = real
+with ddp.process_group():
+    pass
+(tmp / f"rank{r}.json").write_text(json.dumps(out))
+'''
+
+
+def test_ddp_gradients_equal_hand_averaged_ones_and_replicas_stay_identical(tmp_path):
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(DDP_WORKER)
+    proc = torchrun(2, str(script), str(tmp_path), ",".join(MODELS), cwd=tmp_path, timeout=200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for name in MODELS:
+        for out in ranks:  # bit-identical to all_reduce + divide, and not the local gradient
+            assert out[name] == {"equal": True, "averaged": True}, name
+    for name in ("glow", "dcgan"):
+        synced = [out[f"{name}/sync=True"] for out in ranks]
+        assert len(synced[0]) == 64 and synced[0] == synced[1], synced  # same sha256 on both
+        assert "weights differ" in ranks[0][f"{name}/sync=False"]  # the sync is what keeps them
 
 
 # -- two processes: the runner end to end ----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared machinery of the GAN family: phases, data scaling, latent draws and toy-size networks.
+"""Shared machinery of the GAN family: phases, data scaling and latent draws (the networks are
+:mod:`genbench.models.gan.networks`).
 
 A GAN has two phases, each with its own optimizer: ``"d"`` trains the discriminator (critic)
 ``d_steps`` times per training step (``model.d_steps`` for every GAN: k of Goodfellow et al.,
@@ -65,69 +66,6 @@ def renamed_d_steps(d_steps: int | None, default: int, **old: int | None) -> int
                              "set model.d_steps only")
         d_steps = value
     return default if d_steps is None else int(d_steps)
-
-
-def upsampling_plan(h: int, w: int, min_size: int = 4) -> tuple[int, int, int]:
-    """Start resolution ``(h0, w0)`` and number of x2 upsamplings ``n`` with ``h = h0 * 2**n``.
-
-    Halves both sides while they are even and larger than ``min_size``: 8 -> (4, 4, 1),
-    28 -> (7, 7, 2), 32 -> (4, 4, 3). Discriminators mirror the plan with stride-2 downsampling.
-    """
-    n = 0
-    while h % 2 == 0 and w % 2 == 0 and min(h, w) > min_size:
-        h, w, n = h // 2, w // 2, n + 1
-    return h, w, n
-
-
-def resolve_arch(arch: str, shape: Sequence[int], choices: Sequence[str]) -> str:
-    """``auto`` -> ``conv`` for images of at least 4x4, else ``mlp``; validates ``arch``."""
-    if arch not in ("auto", *choices):
-        raise ValueError(f"arch must be one of {['auto', *choices]}, got {arch!r}")
-    if arch == "auto":
-        return "conv" if min(shape[1], shape[2]) >= 4 else "mlp"
-    return arch
-
-
-class MLPGenerator(nn.Module):
-    """``[N, z_dim]`` -> ``[N, C, H, W]``: ``depth`` ReLU layers of ``hidden`` units and a linear
-    output (used for 2-D toys, where H = W = 1).
-
-    The output is not squashed by tanh: toy mixtures lie well inside ``[-1, 1]``, and a tanh
-    output saturates when an early critic pushes samples outwards, which stalls WGAN-GP there.
-    :meth:`GAN.to_levels` clamps to the grid.
-    """
-
-    def __init__(self, z_dim: int, shape: Sequence[int], hidden: int, depth: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = z_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers += [nn.Linear(width, int(torch.tensor(shape).prod())),
-                   nn.Unflatten(1, tuple(shape))]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
-
-
-class MLPDiscriminator(nn.Module):
-    """``[N, C, H, W]`` -> ``[N]``: ``depth`` LeakyReLU(0.2) layers of ``hidden`` units and a linear
-    output (no normalization, so rows never interact)."""
-
-    def __init__(self, shape: Sequence[int], hidden: int, depth: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = int(torch.tensor(shape).prod())
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
-            width = hidden
-        layers += [nn.Linear(width, 1), nn.Flatten(0)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 @contextlib.contextmanager

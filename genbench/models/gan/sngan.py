@@ -8,7 +8,8 @@ see :func:`torch.nn.utils.parametrizations.spectral_norm`). Convolution kernels 
 
 Backbones (``arch``): ``conv`` = the paper's "standard CNN" (App. B.4, Table 3: 3x3 and strided 4x4
 convolutions, LeakyReLU(0.1)) with a DCGAN generator; ``resnet`` = the ResNet of App. B (Table 4,
-shared with WGAN-GP, global sum pooling); ``mlp`` for 2-D toys. Loss: hinge,
+shared with WGAN-GP, global sum pooling); ``mlp`` for 2-D toys (all in
+:mod:`genbench.models.gan.networks`). Loss: hinge,
 L_D = E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))], L_G = -E[D(G(z))]. The paper's CIFAR-10
 setting: n_dis = 5 (``d_steps``), Adam lr 2e-4, betas (0, 0.9), batch 64, 50k generator updates.
 """
@@ -21,15 +22,8 @@ from typing import Any
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genbench.models.gan.base import (
-    GAN,
-    MLPDiscriminator,
-    MLPGenerator,
-    renamed_d_steps,
-    resolve_arch,
-)
-from genbench.models.gan.dcgan import ConvDiscriminator, DCGANGenerator
-from genbench.models.gan.wgan_gp import ResNetDiscriminator, ResNetGenerator
+from genbench.models.gan.base import GAN, renamed_d_steps
+from genbench.models.gan.networks import build_networks
 
 
 def spectral_normalize_(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
@@ -66,15 +60,7 @@ class SNGAN(GAN):
         super().__init__(shape, levels, z_dim=z_dim,
                          d_steps=renamed_d_steps(d_steps, 1, n_dis=n_dis),
                          d_optimizer=d_optimizer, g_optimizer=g_optimizer)
-        self.arch = resolve_arch(arch, self.shape, ("conv", "resnet", "mlp"))
-        if self.arch == "mlp":
-            self.generator = MLPGenerator(self.z_dim, self.shape, hidden, depth)
-            self.discriminator = MLPDiscriminator(self.shape, hidden, depth)
-        elif self.arch == "resnet":
-            self.generator = ResNetGenerator(self.z_dim, self.shape, g_width)
-            self.discriminator = ResNetDiscriminator(self.shape, d_width, pool="sum")
-        else:
-            self.generator = DCGANGenerator(self.z_dim, self.shape, g_width)
-            self.discriminator = ConvDiscriminator(self.shape, d_width, norm="none", slope=0.1,
-                                                   deep=True)
+        self.arch, self.generator, self.discriminator = build_networks(
+            arch, self.shape, self.z_dim, g_width=g_width, d_width=d_width, hidden=hidden,
+            depth=depth, conv={"norm": "none", "slope": 0.1, "deep": True}, resnet_pool="sum")
         spectral_normalize_(self.discriminator, int(n_power_iterations))
