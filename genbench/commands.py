@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from genbench import checkpoint
+from genbench import distributed as ddp
 from genbench.build import build, config_hash, resolved, seed_everything
 from genbench.errors import ConfigError, positive_int
 from genbench.eval.evaluate import evaluate, sample_to_files
@@ -22,8 +24,7 @@ from genbench.output import check_out_folder
 from genbench.record import open_store, record
 from genbench.rundir import RunDir, find_resumable, move_logs
 from genbench.tracking import Tracker, make_tracker
-from genbench.train import checkpoint
-from genbench.train import distributed as ddp
+from genbench.train import distributed as ddp_train
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer, TrainState
 from genbench.validation import validate
@@ -87,18 +88,12 @@ def train_command(cfg: DictConfig) -> RunRecord | None:
     """Train, evaluate and record one run; returns its leaderboard record (on rank 0; other
     ranks of a multi-process run return None)."""
     validate(cfg)
-    setup = ddp.init(setup_device(cfg.device), cfg.device.get("threads", "auto"))
-    ok = False
-    try:
-        rec = _train(cfg, setup)
-        ok = True
-        return rec
-    finally:
-        ddp.teardown(ok)
+    with ddp.process_group():
+        return _train(cfg, ddp.init(setup_device(cfg.device), cfg.device.get("threads", "auto")))
 
 
 def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
-    ddp.check_batch_size(int(cfg.trainer.batch_size))
+    ddp_train.check_batch_size(int(cfg.trainer.batch_size))
     outputs = Path(cfg.paths.outputs)
     hash_ = config_hash(cfg)
     with contextlib.ExitStack() as hold:  # the run folder's lock, on rank 0
@@ -106,19 +101,19 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         if start is None:
             return None
         run, resuming = RunDir(start[0]), start[1]
-        ddp.adopt_run_dir(Path(cfg.paths.run_dir), run.path)
+        ddp_train.adopt_run_dir(Path(cfg.paths.run_dir), run.path)
         plain = resolved(cfg)
         plain["paths"]["run_dir"] = str(run.path)
         plain["run"]["world_size"] = ddp.world_size()
         seed_everything(int(cfg.seed))
         data, model = build(cfg, setup)
-        ddp.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
+        ddp_train.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
         trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run,
                           int(cfg.seed), {"config_hash": hash_}, scheduler=cfg.get("scheduler"),
                           augment=data.augment)
         if resuming:
             trainer.load_state_dict(run.load_checkpoint("last"))
-            ddp.seed_rank(int(cfg.seed), trainer.state.step)
+            ddp_train.seed_rank(int(cfg.seed), trainer.state.step)
         # the run folder is written only once the data, model and optimizers are known to be valid
         if ddp.is_main():
             run.write_config(plain)
@@ -216,13 +211,8 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, Any, Any, Any, TrainS
 def eval_command(cfg: DictConfig) -> RunRecord | None:
     """Re-evaluate a run from its checkpoint with the current ``eval`` / ``sampler`` config
     (under torchrun, the ranks share the work and rank 0 records; the others return None)."""
-    ok = False
-    try:
-        rec = _eval(cfg)
-        ok = True
-        return rec
-    finally:
-        ddp.teardown(ok)
+    with ddp.process_group():  # load_run starts it
+        return _eval(cfg)
 
 
 def _eval(cfg: DictConfig) -> RunRecord | None:
@@ -244,13 +234,8 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
 def sample_command(cfg: DictConfig) -> Path | None:
     """Write an image grid and an ``.npz`` of ``n`` seeded samples from a run (under torchrun,
     the ranks share the sampling and rank 0 writes; the others return None)."""
-    ok = False
-    try:
-        png = _sample(cfg)
-        ok = True
-        return png
-    finally:
-        ddp.teardown(ok)
+    with ddp.process_group():  # load_run starts it
+        return _sample(cfg)
 
 
 def _sample(cfg: DictConfig) -> Path | None:

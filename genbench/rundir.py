@@ -35,9 +35,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from genbench import checkpoint
 from genbench.errors import ConfigError, UserError
 from genbench.files import FileError, atomic_write, read_bytes, read_json, write_json
-from genbench.train import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from genbench import checkpoint
 from genbench.commands import train_command
 from genbench.tracking import Tracker, make_tracker
-from genbench.train import checkpoint
 
 
 def test_wandb_offline_run_holds_metrics_and_resumable_id(train_cfg, tmp_path, monkeypatch):

@@ -51,18 +51,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-# init, teardown, on_main, process_group: re-exported for genbench.commands, which imports them
-# from here until it imports genbench.distributed itself
-from genbench.distributed import (  # noqa: F401
-    broadcast_module,
-    init,
-    is_main,
-    on_main,
-    process_group,
-    rank,
-    teardown,
-    world_size,
-)
+from genbench.distributed import broadcast_module, is_main, rank, world_size
 from genbench.errors import ConfigError
 
 LossFn = Callable[[Tensor, str], dict[str, Tensor]]

@@ -29,13 +29,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from genbench import checkpoint
 from genbench import distributed as ddp
 from genbench.data.base import Batches
 from genbench.errors import ConfigError, Interrupted
 from genbench.models.base import GenerativeModel, Phase
 from genbench.rundir import RunDir
 from genbench.tracking import Tracker
-from genbench.train import checkpoint
 from genbench.train import distributed as ddp_train
 from genbench.train.device import DeviceSetup, ThreadGovernor, eval_mode
 from genbench.train.ema import EMA

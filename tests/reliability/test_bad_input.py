@@ -24,11 +24,10 @@ from conftest import compose_cfg, run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-from genbench import cli, files
+from genbench import checkpoint, cli, files
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store, StoreError
 from genbench.rundir import RunDir
-from genbench.train import checkpoint
 
 SMOKE = ["experiment=smoke", "eval.sample_metrics=false", "eval.nll_examples=16"]
 

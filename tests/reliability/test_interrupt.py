@@ -18,11 +18,10 @@ import torch
 from conftest import compose_cfg
 from hydra.utils import get_class
 
-from genbench import cli
+from genbench import checkpoint, cli
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store
 from genbench.rundir import RunDir
-from genbench.train import checkpoint
 
 #: sleeps inside every EMA update: after the optimizer step, before the step is complete, which is
 #: where a Ctrl-C that is not held until the end of the step would leave a torn checkpoint

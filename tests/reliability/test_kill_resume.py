@@ -25,11 +25,10 @@ import torch
 from conftest import MODELS, compose_cfg
 from hydra.utils import get_class
 
-from genbench import cli
+from genbench import checkpoint, cli
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store
 from genbench.rundir import RunDir
-from genbench.train import checkpoint
 
 HOOK = '''
 """Test hook: SIGKILL this process the n-th time a point of `genbench train` is reached."""

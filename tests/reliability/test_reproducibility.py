@@ -17,9 +17,9 @@ import torch
 from conftest import MODELS, compose_cfg
 
 import genbench
+from genbench import checkpoint
 from genbench.commands import train_command
 from genbench.leaderboard.store import Store
-from genbench.train import checkpoint
 
 TINY = ["experiment=smoke", "device=cpu", "device.threads=1", "trainer.max_steps=3",
         "trainer.eval_every=3", "trainer.ckpt_every=3", "trainer.log_every=1",

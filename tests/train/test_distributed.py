@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import MODELS, compose_cfg
 
+from genbench import checkpoint
 from genbench import distributed as ddp
 from genbench.commands import eval_command
 from genbench.data.base import Batches, DatasetError
 from genbench.leaderboard.store import Store
-from genbench.train import checkpoint
 from genbench.train import distributed as ddp_train
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from genbench import checkpoint
 from genbench.commands import train_command
 from genbench.data.base import Batches
 from genbench.leaderboard.store import Store
 from genbench.rundir import RunDir
-from genbench.train import checkpoint
 
 
 def _weights(run_dir):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from genbench import checkpoint
 from genbench.commands import train_command
 from genbench.data.base import Batches
 from genbench.errors import ConfigError
-from genbench.train import checkpoint
 from genbench.train.schedule import build_scheduler
 from genbench.validation import validate
 
