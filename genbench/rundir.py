@@ -161,7 +161,8 @@ class RunDir:
                      ) -> tuple[dict[str, Tensor], str]:
         """The weights that evaluation and sampling use, and which they are: the best-validation
         weights when the model selects by validation loss and they exist, else the EMA of the
-        last checkpoint when there is one, else its raw weights."""
+        last checkpoint when there is one, else its raw weights. The weights are a state dict on
+        ``device``, each tensor shaped as ``model.state_dict()[name]``."""
         best = self.checkpoint_file("best")
         if select_best and best.is_file():
             ckpt = checkpoint.load(best, device)

@@ -33,16 +33,22 @@ def _arc_mix(u: Tensor, points: Tensor, std: float, chunk: int = 65536) -> Tenso
 
 
 def density_8gaussians(u: Tensor) -> Tensor:
+    """Density ``[N]`` (per unit area, integrates to 1) at points ``u`` ``[N, 2]``: 8 Gaussians,
+    std 0.15, centred on the circle of radius 2."""
     a = torch.arange(8, dtype=u.dtype) * (2 * math.pi / 8)
     return _gauss_mix(u, 2.0 * torch.stack([a.cos(), a.sin()], -1), 0.15)
 
 
 def density_25gaussians(u: Tensor) -> Tensor:
+    """Density ``[N]`` (per unit area, integrates to 1) at points ``u`` ``[N, 2]``: 25 Gaussians,
+    std 0.1, on the 5 x 5 grid over ``[-2, 2]^2``."""
     g = torch.linspace(-2.0, 2.0, 5, dtype=u.dtype)
     return _gauss_mix(u, torch.cartesian_prod(g, g), 0.1)
 
 
 def density_moons(u: Tensor) -> Tensor:
+    """Density ``[N]`` (per unit area, integrates to 1) at points ``u`` ``[N, 2]``: Gaussians
+    (std 0.1) along two interleaved half circles of radius 1.5."""
     s = torch.linspace(0, math.pi, 100, dtype=u.dtype)
     upper = torch.stack([s.cos() - 0.5, s.sin() - 0.25], -1)
     lower = torch.stack([0.5 - s.cos(), 0.25 - s.sin()], -1)
@@ -50,12 +56,16 @@ def density_moons(u: Tensor) -> Tensor:
 
 
 def density_rings(u: Tensor) -> Tensor:
+    """Density ``[N]`` (per unit area, integrates to 1) at points ``u`` ``[N, 2]``: Gaussians
+    (std 0.08) along three concentric circles of radii 0.75, 1.5 and 2.25."""
     s = torch.linspace(0, 2 * math.pi, 129, dtype=u.dtype)[:-1]
     circle = torch.stack([s.cos(), s.sin()], -1)
     return _arc_mix(u, torch.cat([r * circle for r in (0.75, 1.5, 2.25)]), 0.08)
 
 
 def density_checkerboard(u: Tensor) -> Tensor:
+    """Density ``[N]`` (per unit area, integrates to 1) at points ``u`` ``[N, 2]``: 1/8 on the
+    alternate unit cells of ``[-2, 2]^2``, 0 elsewhere."""
     inside = (u.abs() < 2).all(-1)
     cell = torch.floor(u + 2).long().sum(-1) % 2 == 0
     return (inside & cell).to(u.dtype) / 8.0

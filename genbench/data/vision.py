@@ -35,11 +35,13 @@ def _load(name: str, cls_name: str, root: str, download: bool, val_fraction: flo
         ) from None
 
     def images(ds: object) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` images in ``{0..255}`` of a torchvision dataset."""
         x = ds.data  # MNIST: uint8 tensor [N, H, W]; CIFAR: ndarray [N, H, W, 3]
         x = torch.as_tensor(np.asarray(x))
         return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
     def labels(ds: object) -> torch.Tensor:
+        """int64 ``[N]`` class indices in ``[0, 10)``."""
         return torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
     train, train_y, val = hold_out_val(images(splits[True]), labels(splits[True]), val_fraction,

@@ -83,7 +83,8 @@ class AutoregressiveModel(GenerativeModel):
     def begin_row(self, u: Tensor, i: int, state: Any) -> Any:
         """Sampling state for row ``i`` (``state`` is the one of row ``i - 1``, or ``None``).
 
-        Called when rows ``< i`` of ``u`` hold their final values.
+        Called when rows ``< i`` of the encoded input ``u`` ``[N, C + 1, H, W]`` hold their final
+        values.
         """
 
     @abc.abstractmethod
@@ -111,7 +112,8 @@ class AutoregressiveModel(GenerativeModel):
         return F.cross_entropy(logits, x.long(), reduction="none").sum((1, 2, 3))
 
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``loss``: nats per sub-pixel; ``nll``: nats per example; ``bpd``: bits per sub-pixel."""
+        """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
+        per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
         nll = self.nll(x)
         return {"loss": nll / self.dims, "nll": nll.detach(),
                 "bpd": nll.detach() / (self.dims * math.log(2))}

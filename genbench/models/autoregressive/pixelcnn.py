@@ -122,7 +122,8 @@ class PixelCNN(AutoregressiveModel):
         return h
 
     def begin_row(self, u: Tensor, i: int, state: Any) -> _RowCache:
-        """Advance the vertical stack by row ``i - 1`` (one row per layer)."""
+        """Advance the vertical stack by row ``i - 1`` of the encoded input ``u``
+        ``[N, C + 1, H, W]`` (one row per layer)."""
         n, w = u.shape[0], u.shape[3]
         if state is None:
             tops = [u.new_zeros(n, layer.v_conv.in_channels, layer.pad, w)

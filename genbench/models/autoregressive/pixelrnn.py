@@ -113,7 +113,8 @@ class PixelRNN(AutoregressiveModel):
         return x
 
     def begin_row(self, u: Tensor, i: int, state: Any) -> _RowState:
-        """Move the finished row's states up and precompute ``K_ss (*) h_{i-1}``."""
+        """Move the finished row's states up and precompute ``K_ss (*) h_{i-1}`` (``[N, 4F, W]``
+        per layer); ``u`` is the encoded input ``[N, C + 1, H, W]``."""
         n, w = u.shape[0], u.shape[3]
         size = (len(self.layers), n, self.features, w)
         if state is None:

@@ -104,7 +104,7 @@ class DDPM(GenerativeModel):
         return next(self.parameters())
 
     def to_unit(self, x: Tensor) -> Tensor:
-        """Levels ``[B, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
+        """Levels ``[N, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
         return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
 
     def to_levels(self, x: Tensor) -> Tensor:
@@ -116,7 +116,7 @@ class DDPM(GenerativeModel):
 
     # ---- training and likelihood ------------------------------------------------------
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``{"loss": L_simple [B]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG)."""
+        """``{"loss": L_simple [N]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG)."""
         x0 = self.to_unit(x)
         t = torch.randint(0, self.process.T, (x0.shape[0],), device=x0.device)
         return {"loss": self.process.simple_loss(self._net, x0, t, torch.randn_like(x0))}
@@ -127,19 +127,19 @@ class DDPM(GenerativeModel):
         return torch.Generator(device=x.device).manual_seed(self.nll_seed)
 
     def vlb_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
-        """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[B]`` nats of levels ``x``."""
+        """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[N]`` nats of levels ``x``."""
         return self.process.vlb_terms(self._net, self.to_unit(x), self.levels,
                                       variance=self.variance, clip=self.clip_denoised,
                                       generator=self._generator(x, generator),
                                       max_batch=self.vlb_max_batch)
 
     def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
-        """``[B]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
+        """``[N]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
         noise from ``generator``, default one generator seeded ``nll_seed``)."""
         return self.vlb_terms(x, generator=generator)["vlb"]
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
-        """Cheap parts of the bound, ``[B]`` nats: ``prior`` L_T (closed form) and ``decoder``
+        """Cheap parts of the bound, ``[N]`` nats: ``prior`` L_T (closed form) and ``decoder``
         L_0 (one network call; its own noise draw, so an independent estimate)."""
         x0 = self.to_unit(x)
         t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
@@ -156,7 +156,8 @@ class DDPM(GenerativeModel):
     def ode_likelihood(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
                        steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
                        probes: int = 1) -> NllEstimate:
-        """Probability-flow ODE NLL of levels ``x`` with NFE and settings (see ``ode_nll``)."""
+        """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]``, with NFE
+        ``[N]`` and the settings (see ``ode_nll``)."""
         return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
                         solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
                         dtype=self._param().dtype)
@@ -164,7 +165,7 @@ class DDPM(GenerativeModel):
     def ode_nll(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
                 steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
                 probes: int = 1) -> Tensor:
-        """``[B]`` nats: dequantized probability-flow ODE estimate of -log P(x) (Song et al.
+        """``[N]`` nats: dequantized probability-flow ODE estimate of -log P(x) (Song et al.
         2021): -log p(u) + D log((K-1)/2), u = x scaled to [-1, 1] plus uniform noise of one
         bin. Hutchinson trace with ``probes`` Rademacher vectors (0 = exact trace); solver
         ``rk45`` (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,

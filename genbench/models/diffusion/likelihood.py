@@ -43,9 +43,11 @@ from genbench.nn.random import Generator, rand
 
 def _drift_with_trace(net: NetFn, process: GaussianDiffusion, shape: tuple[int, ...],
                       probes: Tensor | None, log_time: bool) -> Drift:
-    """Augmented drift (dy/ds, tr ∂(dy/ds)/∂y) over a state ``[b, D + 1]``."""
+    """Augmented drift (dy/ds, tr ∂(dy/ds)/∂y) over a state ``[N, D + 1]``."""
 
     def drift(s: Tensor, state: Tensor, rows: Tensor) -> Tensor:
+        """``[N, D + 1]`` (dy/ds, trace) at times ``s`` ``[N]`` (float64 σ, or log σ) for the
+        states ``[N, D + 1]`` of the batch rows ``rows`` ``[N]`` (they pick the probes)."""
         with torch.inference_mode(False), torch.enable_grad():
             # clones: tensors made under inference_mode cannot enter an autograd graph
             sigma = (s.exp() if log_time else s).clone()
@@ -57,7 +59,7 @@ def _drift_with_trace(net: NetFn, process: GaussianDiffusion, shape: tuple[int, 
                 div = sum(torch.autograd.grad(f[:, i].sum(), y, retain_graph=True)[0][:, i]
                           for i in range(f.shape[1]))
             else:
-                z = probes[rows].clone()  # [b, P, D]
+                z = probes[rows].clone()  # [N, P, D]
                 div = torch.zeros(y.shape[0], dtype=f.dtype, device=f.device)
                 for k in range(z.shape[1]):
                     (g,) = torch.autograd.grad((f * z[:, k]).sum(), y,
@@ -72,8 +74,8 @@ def ode_log_density(net: NetFn, process: GaussianDiffusion, y: Tensor, *,
                     generator: Generator = None, solver: Solver = "rk45", steps: int = 100,
                     rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1
                     ) -> tuple[Tensor, Tensor]:
-    """log p_{σ_min}(y) ``[B]`` (nats, continuous density of y ``[B, ...]`` in the data scale)
-    and the network evaluations per row ``[B]``.
+    """log p_{σ_min}(y) ``[N]`` (nats, continuous density of y ``[N, ...]`` in the data scale)
+    and the network evaluations per row ``[N]``.
 
     ``solver``: ``rk45`` (adaptive in log σ, ``rtol``/``atol``; recommended) or ``euler``/``heun``
     in σ over ``steps`` noise levels (:func:`~genbench.models.diffusion.samplers.ode_grid`; Heun
@@ -107,7 +109,7 @@ def ode_log_density(net: NetFn, process: GaussianDiffusion, y: Tensor, *,
 
 def dequantize(x: Tensor, levels: int, *, generator: Generator = None,
                dtype: torch.dtype = torch.float32) -> Tensor:
-    """Levels ``[B, ...]`` in ``[0, K)`` → u = 2k/(K-1) - 1 + (U - ½)·2/(K-1), U ~ U[0, 1)."""
+    """Levels ``[N, ...]`` in ``[0, K)`` → u = 2k/(K-1) - 1 + (U - ½)·2/(K-1), U ~ U[0, 1)."""
     u = rand(x.shape, generator=generator, device=x.device, dtype=dtype)
     return (2 * (x.to(dtype) + u - 0.5)) / (levels - 1) - 1
 
@@ -116,11 +118,11 @@ def ode_nll(net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, *,
             generator: Generator = None, solver: Solver = "rk45", steps: int = 100,
             rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
             dtype: torch.dtype = torch.float32) -> NllEstimate:
-    """Dequantized probability-flow ODE NLL of discrete ``x`` ``[B, ...]`` (levels in
+    """Dequantized probability-flow ODE NLL of discrete ``x`` ``[N, ...]`` (levels in
     ``[0, K)``), in nats per example (see the module docstring for the bound it estimates).
 
     Draws, per example from ``generator``: the dequantization noise, then the probe vectors.
-    Returns ``nll`` ``[B]`` nats, ``nfe`` ``[B]`` network evaluations (each also runs
+    Returns ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` network evaluations (each also runs
     ``probes`` backward passes) and the settings (estimator, probes, solver, tolerances).
     """
     u = dequantize(x, levels, generator=generator, dtype=dtype)

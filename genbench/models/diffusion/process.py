@@ -52,7 +52,7 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> T
 
 
 def make_betas(schedule: Schedule, timesteps: int) -> Tensor:
-    """The named schedule with its published constants."""
+    """β_1..β_T of the named schedule with its published constants, float64 ``[T]``."""
     if schedule == "linear":
         return linear_betas(timesteps)
     if schedule == "cosine":
@@ -61,7 +61,8 @@ def make_betas(schedule: Schedule, timesteps: int) -> Tensor:
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats."""
+    """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats, in the broadcast shape
+    of the inputs (e.g. ``[N, C, H, W]``)."""
     return 0.5 * (logvar2 - logvar1 - 1 + torch.exp(logvar1 - logvar2)
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
@@ -149,12 +150,12 @@ class GaussianDiffusion:
     # ---- table access -------------------------------------------------------------------
     @staticmethod
     def extract(table: Tensor, t: Tensor, ref: Tensor) -> Tensor:
-        """``table[t]`` as ``[B, 1, ..., 1]`` broadcastable to ``ref`` (its dtype and device)."""
+        """``table[t]`` as ``[N, 1, ..., 1]`` broadcastable to ``ref`` (its dtype and device)."""
         vals = table.to(t.device)[t].to(device=ref.device, dtype=ref.dtype)
         return vals.reshape(-1, *([1] * (ref.ndim - 1)))
 
     def net_time(self, t: Tensor) -> Tensor:
-        """Network times ``[B]`` (float32) of integer indices ``t``."""
+        """Network times ``[N]`` (float32) of integer indices ``t``."""
         return self.timestep_map.to(t.device)[t].float()
 
     def _log_sigma_spline(self) -> tuple[Tensor, Tensor]:
@@ -186,13 +187,13 @@ class GaussianDiffusion:
         return value, slope
 
     def sigma_at(self, t: Tensor) -> Tensor:
-        """σ at fractional indices ``t`` ``[B]``, float64: a natural cubic spline of log σ through
+        """σ at fractional indices ``t`` ``[N]``, float64: a natural cubic spline of log σ through
         the T steps, so the probability-flow ODE's drift is smooth in σ (adaptive solvers stall
         on the kinks of a piecewise-linear map)."""
         return self._spline_eval(t)[0].exp()
 
     def t_at(self, sigma: Tensor) -> Tensor:
-        """Inverse of :meth:`sigma_at`: fractional index of σ ``[B]`` (float64), by Newton steps
+        """Inverse of :meth:`sigma_at`: fractional index of σ ``[N]`` (float64), by Newton steps
         from the piecewise-linear inverse."""
         knots = self._log_sigma_spline()[0].to(sigma.device)
         ls = sigma.double().log()
@@ -206,7 +207,8 @@ class GaussianDiffusion:
         return t
 
     def net_time_at(self, t: Tensor) -> Tensor:
-        """Network times of fractional indices (timestep_map interpolated linearly), float32."""
+        """Network times ``[N]`` (float32) of fractional indices ``t`` ``[N]`` in ``[0, T-1]``
+        (``timestep_map`` interpolated linearly)."""
         i = t.floor().long().clamp(0, self.T - 1)
         j = (i + 1).clamp(max=self.T - 1)
         tm = self.timestep_map.to(t.device)
@@ -214,24 +216,27 @@ class GaussianDiffusion:
 
     # ---- forward process and posterior --------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, all ``[B, ...]``."""
+        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, all ``[N, ...]``."""
         ab = self.extract(self.alphas_cumprod, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean μ̃_t(x_t, x_0) and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        """Mean μ̃_t(x_t, x_0) ``[N, ...]`` and clipped log-variance ``[N, 1, ..., 1]`` of
+        q(x_{t-1} | x_t, x_0), from ``x0``, ``x_t`` ``[N, ...]`` and int64 indices ``t`` ``[N]``."""
         mean = self.extract(self.coef1, t, x_t) * x0 + self.extract(self.coef2, t, x_t) * x_t
         return mean, self.extract(self.posterior_log_variance_clipped, t, x_t)
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """Regression target of the network: ε, or v = √ᾱ ε - √(1-ᾱ) x_0."""
+        """Regression target ``[N, ...]`` of the network: ε, or v = √ᾱ ε - √(1-ᾱ) x_0, from ``x0``,
+        ``eps`` ``[N, ...]`` and int64 indices ``t`` ``[N]``."""
         if self.prediction == "eps":
             return eps
         ab = self.extract(self.alphas_cumprod, t, x0)
         return ab.sqrt() * eps - (1 - ab).sqrt() * x0
 
     def split(self, out: Tensor, x_t: Tensor, alpha_bar: Tensor) -> tuple[Tensor, Tensor]:
-        """(ε̂, x̂_0) from the network output at ᾱ ``alpha_bar`` (broadcastable to ``x_t``)."""
+        """(ε̂, x̂_0), each ``[N, ...]``, from the network output ``out`` ``[N, ...]`` at ``x_t``
+        ``[N, ...]`` and ᾱ ``alpha_bar`` (broadcastable to ``x_t``, e.g. ``[N, 1, ..., 1]``)."""
         a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         if self.prediction == "eps":
             return out, (x_t - s * out) / a
@@ -254,12 +259,12 @@ class GaussianDiffusion:
 
     # ---- losses --------------------------------------------------------------------------
     def simple_loss(self, net: NetFn, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """L_simple ``[B]``: mean squared error of the network output against its target."""
+        """L_simple ``[N]``: mean squared error of the network output against its target."""
         out = net(self.q_sample(x0, t, eps), self.net_time(t))
         return (out - self.target(x0, eps, t)).square().flatten(1).mean(1)
 
     def prior_kl(self, x0: Tensor) -> Tensor:
-        """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dims, ``[B]`` nats."""
+        """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dims, ``[N]`` nats."""
         t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
         x0 = x0.double()
         ab = self.extract(self.alphas_cumprod, t, x0)
@@ -269,14 +274,14 @@ class GaussianDiffusion:
     def vlb_terms(self, net: NetFn, x0: Tensor, levels: int, *, variance: Variance = "small",
                   clip: bool = True, generator: Generator = None, max_batch: int = 4096
                   ) -> dict[str, Tensor]:
-        """The variational bound on -log P(x_0) of discrete data, every term in ``[B]`` nats.
+        """The variational bound on -log P(x_0) of discrete data, every term in ``[N]`` nats.
 
-        ``x0``: ``[B, ...]`` levels scaled to ``[-1, 1]``. For each t one x_t ~ q(x_t | x_0)
+        ``x0``: ``[N, ...]`` levels scaled to ``[-1, 1]``. For each t one x_t ~ q(x_t | x_0)
         is drawn (noise from ``generator`` in the order t = 0..T-1, so results do not depend on
         batching). Returns ``prior`` L_T, ``diffusion`` Σ_{t=2..T} L_{t-1} =
         KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), ``decoder`` L_0 = -log p(x_0 | x_1) under the
         discretized Gaussian, ``vlb`` (their sum, an upper bound on the discrete NLL) and
-        ``per_t`` ``[B, T]`` (column 0 is L_0, column t ≥ 1 is L_t's KL term).
+        ``per_t`` ``[N, T]`` (column 0 is L_0, column t ≥ 1 is L_t's KL term).
         ``max_batch`` caps the rows per network call (timesteps are batched together).
         """
         b = x0.shape[0]

@@ -2,9 +2,9 @@
 
 Every sampler takes ``net(x_t, t_net) -> output`` (ε or v, per ``process.prediction``), a
 :class:`~genbench.models.diffusion.process.GaussianDiffusion`, the starting noise ``x_T``
-``[B, ...]`` ~ N(0, I), and returns ``(x_0, nfe)``: the sample in the data scale ``[-1, 1]``
+``[N, ...]`` ~ N(0, I), and returns ``(x_0, nfe)``: the sample in the data scale ``[-1, 1]``
 (not yet clipped or quantized) and the network evaluations spent per image (a number for the
-ancestral and DDIM samplers, where every image costs the same; ``[B]`` for the ODE, whose adaptive
+ancestral and DDIM samplers, where every image costs the same; ``[N]`` for the ODE, whose adaptive
 solver takes its own steps per image).
 
 - :func:`ancestral_sample`: DDPM (Ho et al. 2020) x_{t-1} ~ p(x_{t-1} | x_t), variance β̃_t
@@ -36,7 +36,8 @@ from genbench.models.diffusion.process import GaussianDiffusion, NetFn, Variance
 from genbench.nn.random import Generator, randn
 
 Solver = Literal["euler", "heun", "rk45"]
-#: ODE right-hand side: (time [b] float64, state [b, n], row indices [b]) -> d state / d time
+#: ODE right-hand side: (time [N] float64, state [N, D], row indices [N]) -> d state / d time;
+#: N counts the rows of the call (an adaptive solver passes only the rows still integrating)
 Drift = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
@@ -68,7 +69,7 @@ def _respaced(process: GaussianDiffusion, steps: int | None) -> GaussianDiffusio
 def ancestral_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *,
                      steps: int | None = None, variance: Variance = "small", clip: bool = True,
                      generator: Generator = None) -> tuple[Tensor, float]:
-    """DDPM ancestral sampling from x_T ``[B, ...]``: x_{t-1} = μ_θ(x_t, t) + σ_t z (no noise at
+    """DDPM ancestral sampling from x_T ``[N, ...]``: x_{t-1} = μ_θ(x_t, t) + σ_t z (no noise at
     the last step). ``steps`` respaces the process (default: all T). Returns (x_0, NFE)."""
     proc, x = _respaced(process, steps), x_T
     for i in reversed(range(proc.T)):
@@ -86,7 +87,7 @@ def ancestral_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *,
 def ddim_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, steps: int | None = None,
                 eta: float = 0.0, clip: bool = True, generator: Generator = None
                 ) -> tuple[Tensor, float]:
-    """DDIM from x_T ``[B, ...]`` on ``steps`` timesteps (default all T). Returns (x_0, NFE).
+    """DDIM from x_T ``[N, ...]`` on ``steps`` timesteps (default all T). Returns (x_0, NFE).
 
     x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε̂ + σ z; with ``clip``, x̂_0 is clipped to
     [-1, 1] and ε̂ recomputed from it, so η = 1 equals ancestral sampling path by path.
@@ -108,7 +109,7 @@ def ddim_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, steps: i
 
 
 def pf_ode_eps(net: NetFn, process: GaussianDiffusion, y: Tensor, sigma: Tensor) -> Tensor:
-    """ε̂ at the ODE state y = x / √ᾱ ``[b, ...]`` and noise level σ ``[b]``: the drift dy/dσ."""
+    """ε̂ at the ODE state y = x / √ᾱ ``[N, ...]`` and noise level σ ``[N]``: the drift dy/dσ."""
     ab = (1 / (1 + sigma.double() ** 2)).to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
     x = y * ab.sqrt()
     eps, _ = process.split(net(x, process.net_time_at(process.t_at(sigma))), x, ab)
@@ -117,8 +118,9 @@ def pf_ode_eps(net: NetFn, process: GaussianDiffusion, y: Tensor, sigma: Tensor)
 
 def integrate_fixed(f: Drift, state: Tensor, grid: Sequence[float], method: Solver = "heun"
                     ) -> tuple[Tensor, float]:
-    """Integrate d state/ds = f over the times ``grid`` with Euler or Heun steps. Returns the
-    final state and the drift evaluations per row."""
+    """Integrate d state/ds = f over the times ``grid`` with Euler or Heun steps, every row on the
+    same grid. Returns the final ``state`` ``[N, D]`` and the drift evaluations per row (one
+    number for all rows)."""
     rows = torch.arange(state.shape[0], device=state.device)
     nfe = 0
     for s0, s1 in zip(grid[:-1], grid[1:]):
@@ -151,7 +153,7 @@ def integrate_rk45(f: Drift, state: Tensor, s0: float, s1: float, *, rtol: float
     Error norm per row: RMS of err / (atol + rtol · max(|y|, |y_new|)); a step is accepted when
     it is ≤ 1 and the step size is rescaled by 0.9 · err^(-1/5) within [0.2, 10]. Rows that are
     done drop out of the network calls. Returns the state at ``s1`` and the drift evaluations
-    spent per row ``[B]`` (float64).
+    spent per row ``[N]`` (float64).
     """
     b, dev = state.shape[0], state.device
     direction = 1.0 if s1 >= s0 else -1.0
@@ -201,16 +203,17 @@ def ode_grid(process: GaussianDiffusion, steps: int, solver: Solver) -> list[flo
 def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: Solver = "rk45",
                steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
                generator: Generator = None) -> tuple[Tensor, Tensor]:
-    """Probability-flow ODE from x_T ``[B, ...]`` (deterministic; ``generator`` is unused).
+    """Probability-flow ODE from x_T ``[N, ...]`` (deterministic; ``generator`` is unused).
 
     ``euler``/``heun``: ``steps`` noise levels (:func:`ode_grid`) then 0 (Heun ends with an
     Euler step, NFE = 2 steps - 1). ``rk45``: adaptive in log σ down to the smallest σ, then one
-    Euler step to σ = 0; each image counts its own steps. Returns (x_0, NFE ``[B]`` float64).
+    Euler step to σ = 0; each image counts its own steps. Returns (x_0, NFE ``[N]`` float64).
     """
     shape = x_T.shape
     y = (x_T * (1 + process.sigmas[-1] ** 2).sqrt().to(x_T.dtype)).flatten(1)
 
     def eps(sig: Tensor, state: Tensor) -> Tensor:
+        """ε̂ ``[N, D]`` at flat ODE states ``state`` ``[N, D]`` and σ ``sig`` ``[N]`` (float64)."""
         return pf_ode_eps(net, process, state.view(-1, *shape[1:]), sig).flatten(1)
 
     if solver in ("euler", "heun"):
@@ -219,6 +222,7 @@ def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: S
         nfe = torch.full((y.shape[0],), n, dtype=torch.float64, device=y.device)
     elif solver == "rk45":
         def drift(log_sig: Tensor, state: Tensor, rows: Tensor) -> Tensor:
+            """dy/d log σ = σ ε̂ ``[N, D]`` at log σ ``log_sig`` ``[N]`` (float64)."""
             sig = log_sig.exp()
             return sig.to(state.dtype)[:, None] * eps(sig, state)
 

@@ -1,7 +1,7 @@
 """Denoising networks of DDPM: the U-Net of Ho et al. (2020) and a residual MLP for 1x1 data.
 
 Both map ``(x_t, t)`` to a tensor shaped like ``x_t`` (ε or v, as the process asks). ``t`` is a
-``[B]`` float tensor of network times (the original step index ``0..T-1``; fractional values come
+``[N]`` float tensor of network times (the original step index ``0..T-1``; fractional values come
 from the probability-flow ODE) and enters through a sinusoidal embedding followed by an MLP.
 
 U-Net (Ho et al. 2020, Appendix B; the PixelCNN++-style backbone of their ``diffusion_tf``):
@@ -30,7 +30,7 @@ NetKind = Literal["auto", "unet", "mlp"]
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of network times ``t`` ``[B]`` → ``[B, dim]`` (Ho et al. 2020).
+    """Sinusoidal embedding of network times ``t`` ``[N]`` → ``[N, dim]`` (Ho et al. 2020).
 
     Frequencies are ``10000^(-i / (dim/2 - 1))`` for ``i = 0..dim/2-1``; the first half of the
     features are sines, the second half cosines (zero-padded when ``dim`` is odd).
@@ -55,7 +55,7 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class TimeEmbedding(nn.Module):
-    """``t`` ``[B]`` → ``[B, 4 ch]``: sinusoid(ch) → Dense → SiLU → Dense."""
+    """``t`` ``[N]`` → ``[N, out]`` (``4 ch`` in the U-Net): sinusoid(ch) → Dense → SiLU → Dense."""
 
     def __init__(self, ch: int, out: int) -> None:
         super().__init__()
@@ -68,7 +68,7 @@ class TimeEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block with a time-embedding bias: ``[B, c_in, H, W]`` → ``[B, c_out, H, W]``."""
+    """Residual block with a time-embedding bias: ``[N, c_in, H, W]`` → ``[N, c_out, H, W]``."""
 
     def __init__(self, c_in: int, c_out: int, temb: int, dropout: float, groups: int) -> None:
         super().__init__()
@@ -88,7 +88,8 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the ``H*W`` positions, residual: shape-preserving."""
+    """Single-head self-attention over the ``H*W`` positions, residual: ``[N, C, H, W]`` →
+    ``[N, C, H, W]``."""
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -99,12 +100,13 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3).unbind(1)
-        a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])  # [B, 1, HW, C]
+        a = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])  # [N, 1, HW, C]
         return x + self.proj(a[:, 0].transpose(1, 2).reshape(b, c, h, w))
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour resize to a given size, then a 3x3 conv."""
+    """Nearest-neighbour resize to a given size, then a 3x3 conv: ``[N, C, h, w]`` →
+    ``[N, C, size[0], size[1]]``."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -115,7 +117,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM U-Net: ``(x [B, C, H, W], t [B]) → [B, C, H, W]``.
+    """DDPM U-Net: ``(x [N, C, H, W], t [N]) → [N, C, H, W]``.
 
     Args:
         in_channels: C of the data (the output has as many channels).
@@ -186,7 +188,7 @@ class UNet(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    """Residual MLP for flat data (2-D toys): ``(x [B, C, H, W], t [B]) → [B, C, H, W]``.
+    """Residual MLP for flat data (2-D toys): ``(x [N, C, H, W], t [N]) → [N, C, H, W]``.
 
     ``Linear(D, hidden)`` → ``blocks`` × [``h + Linear(dropout(SiLU(Linear(SiLU(h)) +
     Dense(SiLU(temb)))))``] → ``SiLU, Linear(hidden, D)`` (zero-initialized).

@@ -59,7 +59,8 @@ class LogitTransform(nn.Module):
     """``h = logit(p)`` with ``p = alpha + (1 - 2 alpha) y`` (Dinh et al. 2017, sec. 4.1).
 
     ``alpha`` keeps ``p`` away from 0 and 1. log-det per dim:
-    ``log(1 - 2 alpha) - log p - log(1 - p)``.
+    ``log(1 - 2 alpha) - log p - log(1 - p)``. ``forward``: ``y`` ``[N, C, H, W]`` in ``[0, 1)`` ->
+    ``(h [N, C, H, W], log-det [N] nats)``; ``inverse``: ``h`` -> ``y``.
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -79,7 +80,8 @@ class LogitTransform(nn.Module):
 
 
 class Center(nn.Module):
-    """``h = y - 1/2`` (Glow's pre-transform); log-det 0."""
+    """``h = y - 1/2`` (Glow's pre-transform): ``forward`` maps ``y`` ``[N, C, H, W]`` in ``[0, 1)``
+    to ``(h [N, C, H, W], log-det [N] = 0)``; ``inverse`` maps ``h`` back to ``y``."""
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return y - 0.5, y.new_zeros(y.shape[0])
@@ -106,7 +108,8 @@ class Squeeze(nn.Module):
 
 
 class ActNorm(nn.Module):
-    """``h' = (h + b) * exp(log_s)`` per channel; log-det ``H W sum(log_s)``.
+    """``h' = (h + b) * exp(log_s)`` per channel; log-det ``H W sum(log_s)``. ``forward``: ``h``
+    ``[N, C, H, W]`` -> ``(h' [N, C, H, W], log-det [N] nats)``; ``inverse``: ``h'`` -> ``h``.
 
     On the first forward pass in training mode, ``b`` and ``log_s`` are set so that this batch comes
     out with zero mean and unit variance per channel. The ``initialized`` buffer (float 0/1, so it
@@ -149,7 +152,8 @@ class ActNorm(nn.Module):
 class InvConv1x1(nn.Module):
     """``h' = W h`` at every pixel, ``W = P L (U + diag(sign_s * exp(log_s)))``; log-det
     ``H W sum(log_s)``. ``P`` (permutation) and ``sign_s`` are fixed; ``W`` starts as a random
-    rotation drawn from the global RNG."""
+    rotation drawn from the global RNG. ``forward``: ``h`` ``[N, C, H, W]`` -> ``(h' [N, C, H, W],
+    log-det [N] nats)``; ``inverse``: ``h'`` -> ``h``."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -314,7 +318,8 @@ class SplitPrior(nn.Module):
         return (z - mean) * torch.exp(-log_std), -log_std.flatten(1).sum(1)
 
     def unstandardize(self, eps: Tensor, h: Tensor) -> Tensor:
-        """Inverse of :meth:`standardize`: ``z = mean + std * eps``."""
+        """Inverse of :meth:`standardize`: ``z = mean + std * eps`` ``[N, c_out, H, W]`` from
+        ``eps`` ``[N, c_out, H, W]`` and the kept ``h`` ``[N, c_keep, H, W]``."""
         if self.net is None:
             return eps
         mean, log_std = self.net(h).chunk(2, dim=1)
