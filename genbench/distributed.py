@@ -219,7 +219,8 @@ def _coalesced(tensors: Sequence[Tensor], op: Callable[[Tensor], None]) -> None:
 
 
 def broadcast_tensors(tensors: Sequence[Tensor]) -> None:
-    """Copy rank 0's values of ``tensors`` (in place, same order on every rank) to every rank."""
+    """Copy rank 0's values of ``tensors`` (any shapes ``[...]``, in place, same order on every
+    rank) to every rank."""
     if world_size() > 1 and tensors:
         _coalesced(tensors, lambda flat: dist.broadcast(flat, src=0))
 
@@ -233,7 +234,7 @@ def broadcast_module(module: nn.Module, buffers_only: bool = False) -> None:
 
 
 def reduce_sum(x: Tensor) -> Tensor:
-    """Sum of ``x`` over ranks (same device and dtype as ``x``)."""
+    """Sum of ``x`` (any shape ``[...]``) over ranks, elementwise (same shape, device and dtype)."""
     if world_size() == 1:
         return x
     y = x.detach().clone().to(comm_device())
@@ -242,7 +243,7 @@ def reduce_sum(x: Tensor) -> Tensor:
 
 
 def reduce_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over ranks."""
+    """Elementwise mean of ``x`` (any shape ``[...]``) over ranks."""
     return reduce_sum(x) / world_size()
 
 

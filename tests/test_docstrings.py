@@ -22,44 +22,6 @@ PACKAGE = ROOT / "genbench"
 SHAPE = re.compile(r"\[[^\]]*\]|\(C, H, W\)")
 BATCH_B = re.compile(r"\[B\b")
 
-# Functions still without a shape in their docstring, as (file, qualified name). This set must only
-# shrink: document a function and remove its entry; never add one (test_exempt_entries_are_live
-# fails on entries that are already documented or gone).
-EXEMPT_SHAPES: set[tuple[str, str]] = {
-    ("genbench/data/base.py", "Data.split"),
-    ("genbench/data/base.py", "hold_out_val"),
-    ("genbench/data/base.py", "split_train_val_test"),
-    ("genbench/data/base.py", "to_levels"),
-    ("genbench/eval/extractors.py", "DomainFeatureExtractor.forward"),
-    ("genbench/eval/extractors.py", "DomainFeatureExtractor.get_dummy_input_for_compile"),
-    ("genbench/eval/extractors.py", "load_plain_weights"),
-    ("genbench/eval/fidelity.py", "score_images"),
-    ("genbench/eval/fidelity.py", "score_images.features"),
-    ("genbench/models/base.py", "GenerativeModel.bound_terms"),
-    ("genbench/models/gan/base.py", "GAN.nll"),
-    ("genbench/models/vae.py", "VAE.bound_terms"),
-    ("genbench/models/vae.py", "VAE.training_losses"),
-    ("genbench/nn/random.py", "rand"),
-    ("genbench/nn/random.py", "randn"),
-    ("genbench/train/distributed.py", "average_gradients.mean"),
-    ("genbench/train/distributed.py", "reduce_mean"),
-    ("genbench/train/distributed.py", "reduce_sum"),
-}
-
-# Docstrings and comments that still write the batch as ``[B``, as (file, qualified name of the
-# documented or enclosing object, ``<module>`` at the top level). This set must only shrink.
-EXEMPT_BATCH_B: set[tuple[str, str]] = {
-    ("genbench/data/base.py", "Batches.next"),
-    ("genbench/eval/extractors.py", "<module>"),
-    ("genbench/eval/extractors.py", "DomainCNN"),
-    ("genbench/eval/extractors.py", "uint8_to_unit"),
-    ("genbench/models/vae.py", "VAE._level_log_probs"),
-    ("genbench/models/vae.py", "VAE._log_px_z"),
-    ("genbench/models/vae.py", "VAE.decode"),
-    ("genbench/models/vae.py", "VAE.encode"),
-    ("genbench/models/vae.py", "VAE.nll"),
-}
-
 Def = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
@@ -127,7 +89,7 @@ def _batch_b() -> frozenset[tuple[str, str]]:
 
 
 def test_public_tensor_functions_state_shapes():
-    new = sorted(_missing_shapes() - EXEMPT_SHAPES)
+    new = sorted(_missing_shapes())
     assert not new, (
         f"{len(new)} public function(s) take or return tensors but their docstring states no "
         "shape (write e.g. ``[N, C, H, W]``, ``[N]`` nats, int64 levels in ``[0, K)``):\n"
@@ -135,15 +97,8 @@ def test_public_tensor_functions_state_shapes():
 
 
 def test_batch_is_written_n():
-    new = sorted(_batch_b() - EXEMPT_BATCH_B)
+    new = sorted(_batch_b())
     assert not new, (
         f"{len(new)} docstring(s) or comment(s) write the batch as ``[B``; genbench writes it "
         "``[N]`` / ``[N, ...]``:\n" + "\n".join(f"  {file}: {name}" for file, name in new))
 
-
-def test_exempt_entries_are_live():
-    stale = sorted((EXEMPT_SHAPES - _missing_shapes()) | (EXEMPT_BATCH_B - _batch_b()))
-    assert not stale, (
-        "exempt entries that are now documented (or no longer exist); remove them from "
-        "EXEMPT_SHAPES / EXEMPT_BATCH_B so the sets only shrink:\n"
-        + "\n".join(f"  {file}: {name}" for file, name in stale))

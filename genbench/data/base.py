@@ -75,7 +75,7 @@ class Data:
         return c * h * w
 
     def split(self, name: str) -> Tensor:
-        """The ``train``, ``val`` or ``test`` tensor."""
+        """The ``train``, ``val`` or ``test`` levels ``[N, C, H, W]`` (uint8 or int32)."""
         if name not in ("train", "val", "test"):
             raise DatasetError(f"unknown split {name!r}; valid: train, val, test")
         return getattr(self, name)
@@ -99,7 +99,8 @@ def is_toy(shape: Sequence[int]) -> bool:
 
 
 def to_levels(images: Tensor, levels: int) -> Tensor:
-    """Store integer levels compactly: uint8 when K <= 256, else int32."""
+    """``images`` ``[N, C, H, W]`` integer levels in ``[0, K)`` stored compactly: uint8 when
+    K <= 256, else int32."""
     dtype = torch.uint8 if levels <= 256 else torch.int32
     return images.to(dtype)
 
@@ -117,7 +118,8 @@ def check_fraction(key: str, value: Any) -> float:
 
 def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction: float,
                          val_fraction: float, seed: int) -> dict[str, Tensor | None]:
-    """A fixed, seeded permutation split into train / val / test (val is held out of train)."""
+    """A fixed, seeded permutation of ``images`` ``[N, C, H, W]`` (and ``labels`` ``[N]``) split
+    into train / val / test (val is held out of train); values are ``[N_split, ...]``."""
     test_fraction = check_fraction("test_fraction", test_fraction)
     val_fraction = check_fraction("val_fraction", val_fraction)
     n = images.shape[0]
@@ -134,7 +136,8 @@ def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction
 
 def hold_out_val(train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
                  ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Split a fixed training split into (train, train_labels, val) with a seeded permutation."""
+    """Split a fixed training split ``[N, C, H, W]`` (labels ``[N]``) into (train, train_labels,
+    val) with a seeded permutation."""
     val_fraction = check_fraction("val_fraction", val_fraction)
     n = train.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -180,7 +183,8 @@ class Batches:
         return self._perm
 
     def next(self) -> Tensor:
-        """The next ``[B / world, C, H, W]`` int64 batch (this rank's slice)."""
+        """The next ``[N / world, C, H, W]`` int64 batch of levels (this rank's slice of a global
+        batch of N)."""
         if self.index + self.batch_size > self.data.shape[0]:
             self.epoch, self.index, self._perm = self.epoch + 1, 0, None
         lo = self.index + self.rank * self.local_batch_size

@@ -13,7 +13,7 @@ Two kinds:
   precision/recall use its penultimate features (``features``, 128-d after ReLU), the Inception
   Score its ``logits`` (torch-fidelity applies the softmax). Images enter at native size.
 
-Both receive uint8 images ``[B, C, H, W]`` in ``{0..255}`` (torch-fidelity's convention). A
+Both receive uint8 images ``[N, C, H, W]`` in ``{0..255}`` (torch-fidelity's convention). A
 domain-CNN cache file that does not load as plain tensors is ignored (with a warning) and retrained.
 """
 
@@ -124,7 +124,7 @@ def find_inception_weights(path: str | os.PathLike | None) -> Path | None:
 
 
 def load_plain_weights(path: Path) -> tuple[dict[str, Tensor], str]:
-    """(state dict, sha256 hex) of a weights file read once and loaded with
+    """(state dict ``{name: tensor [...]}``, sha256 hex) of a weights file read once and loaded with
     ``weights_only=True``; an :class:`ExtractorError` unless it is a dict of named tensors."""
     try:
         raw = path.read_bytes()
@@ -172,8 +172,8 @@ class CNNRecipe:
 class DomainCNN(nn.Module):
     """conv3x3(w) -> conv3x3/2(2w) -> conv3x3/2(4w) -> avgpool 2x2 -> fc(hidden) -> fc(classes).
 
-    Input: float ``[B, C, H, W]`` in ``[-1, 1]`` (any H, W >= 1). Output: (features ``[B, hidden]``
-    after ReLU times ``feature_scale``, logits ``[B, classes]``). ``feature_scale`` is set after
+    Input: float ``[N, C, H, W]`` in ``[-1, 1]`` (any H, W >= 1). Output: (features ``[N, hidden]``
+    after ReLU times ``feature_scale``, logits ``[N, classes]``). ``feature_scale`` is set after
     training so the training set's mean squared feature is 1: KID's kernel ``(x.y / d + 1)^3``
     then works in its intended range instead of being dominated by the cubic term.
     """
@@ -198,7 +198,7 @@ class DomainCNN(nn.Module):
 
 
 def uint8_to_unit(x: Tensor, channels: int) -> Tensor:
-    """uint8 ``[B, C', H, W]`` -> float ``[B, channels, H, W]`` in ``[-1, 1]``.
+    """uint8 ``[N, C', H, W]`` -> float ``[N, channels, H, W]`` in ``[-1, 1]``.
 
     RGB into a grey network uses PIL's luma, ``L = (19595 R + 38470 G + 7471 B + 2^15) >> 16``,
     so an RGB file and its grey conversion give the same features; grey into RGB is replicated.
@@ -232,6 +232,8 @@ class DomainFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         self.eval()
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """uint8 images ``[N, C, H, W]`` -> the outputs torch-fidelity asked for (features
+        ``[N, F]``, logits ``[N, classes]``), in ``features_list`` order."""
         vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "expecting uint8 images")
         features, logits = self.net(uint8_to_unit(x, self.channels))
         out = {"features": features, "logits": logits}
@@ -251,6 +253,7 @@ class DomainFeatureExtractor(torch_fidelity.FeatureExtractorBase):
 
     @staticmethod
     def get_dummy_input_for_compile() -> Tensor:
+        """A uint8 ``[1, 1, 8, 8]`` image (torch-fidelity's compile probe)."""
         return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
 
 

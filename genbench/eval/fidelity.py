@@ -179,7 +179,8 @@ def write_features(path: Path, features: Tensor) -> None:
 def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
                  settings: Settings, *, device: torch.device, cache_dir: Path,
                  reference_label: str) -> dict[str, float]:
-    """Score generated levels ``x1`` (K = ``k1``) against reference levels ``x2`` (K = ``k2``).
+    """Score generated levels ``x1`` ``[N1, C, H, W]`` (K = ``k1``) against reference levels ``x2``
+    ``[N2, C, H, W]`` (K = ``k2``).
 
     Returns ``{"fid@<extractor>": ..., "is@...": ..., "is_std@...": ..., "kid@...": ...,
     "kid_std@...": ..., "precision@...": ..., "recall@...": ...}`` for the requested metrics.
@@ -194,6 +195,8 @@ def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
     net = extractor.build(sorted(set(layers.values())), cuda)
 
     def features(x: Tensor, k: int) -> dict[str, Tensor]:
+        """Extractor outputs (``features`` ``[N, F]``, ``logits`` ...) of levels ``x``
+        ``[N, C, H, W]`` in ``[0, k)``."""
         return get_featuresdict_from_dataset(ImageTensors(x, k, extractor.rgb), net,
                                              settings.batch_size, cuda, True, False)
 

@@ -225,8 +225,8 @@ class GenerativeModel(nn.Module, abc.ABC):
         ``NotImplementedError``."""
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
-        """Extra per-example likelihood terms in nats reported beside ``nll`` (e.g. a VAE's
-        ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
+        """Extra per-example likelihood terms, ``[N]`` in nats, reported beside ``nll`` for levels
+        ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
         return {}
 
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:

@@ -80,18 +80,18 @@ class VAE(GenerativeModel):
         return x.float() * (2.0 / (self.levels - 1)) - 1.0
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z|x): mean and log-std, each ``[B, latent]``."""
+        """q(z|x): mean and log-std, each ``[N, latent]``."""
         mu, log_std = self.encoder(self._scale(x)).chunk(2, dim=-1)
         return mu, log_std.clamp(-8.0, 4.0)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder output ``[B, C, H, W, P]`` (P = K logits, or logistic mean and log-scale)."""
+        """Decoder output ``[N, C, H, W, P]`` (P = K logits, or logistic mean and log-scale)."""
         c, h, w = self.shape
         out = self.decoder(z).reshape(z.shape[0], c, self.out_per_dim, h, w)
         return out.permute(0, 1, 3, 4, 2)
 
     def _level_log_probs(self, out: Tensor) -> Tensor:
-        """``[B, C, H, W, K]`` log-probabilities of every level under the decoder output."""
+        """``[N, C, H, W, K]`` log-probabilities of every level under the decoder output."""
         if self.decoder_kind == "categorical":
             return F.log_softmax(out.float(), dim=-1)
         k = self.levels
@@ -105,17 +105,20 @@ class VAE(GenerativeModel):
         return torch.log((upper - lower).clamp(min=1e-12))
 
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
-        """``[B]`` log p(x|z) in nats."""
+        """``[N]`` log p(x|z) in nats."""
         logp = self._level_log_probs(self.decode(z))
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
 
     # -- contract ----------------------------------------------------------------------------
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+        """``loss`` = ``neg_elbo``, ``recon``, ``kl``: ``[N]`` nats for levels ``x``
+        ``[N, C, H, W]``."""
         terms = self.bound_terms(x)
         return {"loss": terms["neg_elbo"], "recon": terms["recon"], "kl": terms["kl"]}
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-example ``neg_elbo`` = ``recon`` + ``kl`` in nats (one posterior sample)."""
+        """``neg_elbo`` = ``recon`` + ``kl``, each ``[N]`` nats for levels ``x`` ``[N, C, H, W]``
+        (one posterior sample)."""
         mu, log_std = self.encode(x)
         z = mu + log_std.exp() * torch.randn_like(mu)
         recon = -self._log_px_z(x, z)
@@ -123,7 +126,7 @@ class VAE(GenerativeModel):
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
     def nll(self, x: Tensor) -> Tensor:
-        """``[B]`` negative IWAE bound in nats with ``iwae_samples`` importance samples."""
+        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` importance samples."""
         k, b = self.iwae_samples, x.shape[0]
         mu, log_std = self.encode(x)
         eps = torch.randn(k, *mu.shape, device=mu.device)

@@ -52,13 +52,15 @@ def _draw(fn: Callable[..., Tensor], shape: Sequence[int], generator: Generator,
 
 def randn(shape: Sequence[int], *, generator: Generator = None,
           device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal draws of ``shape`` (first dim = batch)."""
+    """Standard normal draws of ``shape``, e.g. ``[N, C, H, W]`` (the first dim is the batch: row
+    i comes from generator i when ``generator`` is a sequence)."""
     return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand(shape: Sequence[int], *, generator: Generator = None,
          device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Uniform ``[0, 1)`` draws of ``shape`` (first dim = batch)."""
+    """Uniform draws in ``[0, 1)`` of ``shape``, e.g. ``[N, C, H, W]`` (the first dim is the batch:
+    row i comes from generator i when ``generator`` is a sequence)."""
     return _draw(torch.rand, shape, generator, device, dtype)
 
 

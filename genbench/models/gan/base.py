@@ -160,6 +160,7 @@ class GAN(GenerativeModel):
         return Sampled.constant(self.to_levels(self.generator(z)), 1)
 
     def nll(self, x: Tensor) -> Tensor:
+        """No likelihood: ``x`` ``[N, C, H, W]`` gets ``NotImplementedError`` (kind ``none``)."""
         raise NotImplementedError(f"{type(self).__name__} has no likelihood (likelihood='none')")
 
     # -- helpers --------------------------------------------------------------------------------
