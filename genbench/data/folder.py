@@ -1,8 +1,12 @@
 """Any directory of PNG/JPEG images as a :class:`Data` record.
 
-Images are found recursively, converted to ``channels`` (1 = greyscale, 3 = RGB), resized to
-``size x size`` (bilinear, on the PIL image) and quantized to ``levels`` levels. Files that cannot
-be decoded are skipped with a warning; a folder with no readable image is an error.
+Images are found recursively (by extension, :data:`EXTENSIONS`) and read by
+:mod:`genbench.data.images`: each is converted to ``channels`` (1 = greyscale by luma, 3 = RGB
+with grey replicated; an alpha channel is dropped, not composited), resized to ``size x size``
+(bilinear, on the PIL image; other sizes and aspect ratios are stretched) and quantized to
+``levels`` levels at its real depth (16-bit greyscale PNGs keep their 16 bits). Files that are not
+usable images (FIFOs, devices, empty, unreadable or undecodable files, decompression bombs) are
+skipped with a warning naming each; a folder with fewer than 3 usable images is an error.
 """
 
 from __future__ import annotations
@@ -14,24 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genbench.data.base import Data, DatasetError, split_train_val_test, to_levels
+from genbench.data.base import Data, DatasetError, split_train_val_test
+from genbench.data.images import SkippedImage, image_to_levels, open_image
 
 log = logging.getLogger(__name__)
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _read(path: Path, size: int, channels: int) -> np.ndarray | None:
-    from PIL import Image, UnidentifiedImageError
-
+def _read(path: Path, size: int, channels: int, levels: int) -> np.ndarray | None:
+    """uint8 levels ``[channels, size, size]``, or None (with a warning) for an unusable file."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size),
-                                                                     Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        log.warning("skipping %s: not a readable image (%s)", path, err)
+        img = open_image(path)
+        try:
+            return image_to_levels(img, size, channels, levels)
+        finally:
+            img.close()
+    except SkippedImage as why:
+        log.warning("skipping %s: %s", path, why)
         return None
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256,
@@ -46,12 +50,11 @@ def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256
     if not path.is_dir():
         raise DatasetError(f"dataset.root={str(path)!r} is not a directory of images")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    arrays = [a for a in (_read(f, size, channels) for f in files) if a is not None]
+    arrays = [a for a in (_read(f, size, channels, levels) for f in files) if a is not None]
     if len(arrays) < 3:
         raise DatasetError(f"dataset.root={str(path)!r} holds {len(arrays)} readable images "
                            f"({', '.join(EXTENSIONS)}); at least 3 are needed")
-    x = torch.from_numpy(np.stack(arrays)).long()
-    x = (x * (levels - 1) + 127) // 255  # 0..255 -> 0..levels-1, rounded
-    parts = split_train_val_test(to_levels(x, levels), None, test_fraction=test_fraction,
+    x = torch.from_numpy(np.stack(arrays))  # uint8 levels (levels <= 256)
+    parts = split_train_val_test(x, None, test_fraction=test_fraction,
                                  val_fraction=val_fraction, seed=seed)
     return Data(name=f"folder:{path.name}", levels=levels, augment=augment, **parts)

@@ -44,6 +44,7 @@ from genbench.data.base import Data
 from genbench.errors import UserError
 from genbench.eval.choices import EXTRACTOR_CHOICES
 from genbench.files import FileError
+from genbench.nn.chunks import row_slices
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +268,17 @@ def register_domain(name: str) -> None:
 
 
 def levels_to_uint8(x: Tensor, levels: int) -> Tensor:
-    """Levels ``[N, C, H, W]`` in ``[0, K)`` -> uint8 ``round(x * 255 / (K - 1))``."""
+    """Levels ``[N, C, H, W]`` in ``[0, K)`` -> uint8 ``round(x * 255 / (K - 1))`` (converted in
+    chunks of rows: the float64 intermediate never holds the whole set)."""
     if levels == 256:
         return x.to(torch.uint8)
-    return torch.round(x.double() * (255.0 / (levels - 1))).to(torch.uint8)
+    scale = 255.0 / (levels - 1)
+    if x.ndim == 0:
+        return torch.round(x.double() * scale).to(torch.uint8)
+    out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    for i, j in row_slices(x.shape[0], x[:1].numel()):
+        out[i:j] = torch.round(x[i:j].double() * scale).to(torch.uint8)
+    return out
 
 
 def data_digest(data: Data) -> str:
@@ -288,7 +296,8 @@ def _safe(name: str) -> str:
 def train_domain_cnn(data: Data, recipe: CNNRecipe, device: torch.device
                      ) -> tuple[DomainCNN, float]:
     """Train on ``data.train`` (seeded Adam, one-cycle LR) and return (net, test accuracy)."""
-    x = uint8_to_unit(levels_to_uint8(data.train, data.levels).to(device), data.shape[0])
+    # uint8 images, scaled batch by batch: a float copy of the split would grow with it
+    x = levels_to_uint8(data.train, data.levels).to(device)
     y = data.train_labels.to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
@@ -299,17 +308,19 @@ def train_domain_cnn(data: Data, recipe: CNNRecipe, device: torch.device
     net.train()
     for _ in range(recipe.steps):
         idx = torch.randint(0, x.shape[0], (recipe.batch_size,), generator=gen).to(device)
-        loss = F.cross_entropy(net(x[idx])[1], y[idx])
+        loss = F.cross_entropy(net(uint8_to_unit(x[idx], data.shape[0]))[1], y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     net.eval()
-    xt = uint8_to_unit(levels_to_uint8(data.test, data.levels).to(device), data.shape[0])
+    xt = levels_to_uint8(data.test, data.levels).to(device)
+    c = data.shape[0]
     with torch.no_grad():
-        f2 = torch.cat([net(b)[0].square().mean(1) for b in x.split(1024)]).mean()
+        f2 = torch.cat([net(uint8_to_unit(b, c))[0].square().mean(1)
+                        for b in x.split(1024)]).mean()
         net.feature_scale.fill_(float(f2.clamp_min(1e-12).rsqrt()))
-        pred = torch.cat([net(b)[1].argmax(1) for b in xt.split(1024)])
+        pred = torch.cat([net(uint8_to_unit(b, c))[1].argmax(1) for b in xt.split(1024)])
     acc = float((pred.cpu() == data.test_labels.cpu()).float().mean())
     return net, acc
 

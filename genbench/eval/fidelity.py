@@ -50,6 +50,9 @@ from genbench.files import FileError, atomic_write
 log = logging.getLogger(__name__)
 
 PRC_NEIGHBORHOOD = 3  # k of the k-NN balls of Kynkaanniemi et al. 2019
+#: rows of each precision/recall distance block (torch-fidelity's default, 10,000, makes blocks of
+#: 10,000 x N distances: 2 GB at N = 50,000; this keeps them at 1,000 x N)
+PRC_BATCH = 1000
 KID_SUBSETS = 100
 _REF = ("n_reference", "reference_split", "reference_sha256")
 _ISC = ("isc_splits", "fidelity_rng_seed")  # IS does not look at the reference set
@@ -73,20 +76,20 @@ class ImageTensors(Dataset):
     Args:
         levels: ``[N, C, H, W]`` integer levels in ``[0, K)`` (any device, any integer dtype).
         num_levels: K.
-        rgb: replicate one grey channel to three (for Inception-v3).
+        rgb: replicate one grey channel to three (for Inception-v3), item by item (the set is
+            held once, as uint8 with its own channels).
     """
 
     def __init__(self, levels: Tensor, num_levels: int, rgb: bool) -> None:
-        x = levels_to_uint8(levels.detach().cpu(), num_levels)
-        if rgb and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        self.images = x.contiguous()
+        self.images = levels_to_uint8(levels.detach().cpu(), num_levels).contiguous()
+        self.replicate = rgb and self.images.shape[1] == 1
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> Tensor:
-        return self.images[i]
+        x = self.images[i]
+        return x.expand(3, -1, -1) if self.replicate else x
 
 
 def levels_digest(x: Tensor, num_levels: int) -> str:
@@ -127,7 +130,8 @@ class Settings:
                 "kid": "kid" in self.metrics, "prc": "prc" in self.metrics,
                 "batch_size": self.batch_size, "rng_seed": self.seed,
                 "kid_subsets": KID_SUBSETS, "kid_subset_size": min(self.kid_subset_size, n1, n2),
-                "isc_splits": min(self.isc_splits, n1), "prc_neighborhood": PRC_NEIGHBORHOOD}
+                "isc_splits": min(self.isc_splits, n1), "prc_neighborhood": PRC_NEIGHBORHOOD,
+                "prc_batch_size": PRC_BATCH}
 
     def protocol(self, n1: int, n2: int) -> dict[str, Any]:
         kw = self.kwargs(n1, n2)

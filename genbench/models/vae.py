@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
+from genbench.nn.chunks import map_rows, row_slices
 from genbench.nn.random import categorical, randn
 
 
@@ -105,9 +106,22 @@ class VAE(GenerativeModel):
         return torch.log((upper - lower).clamp(min=1e-12))
 
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
-        """``[N]`` log p(x|z) in nats."""
-        logp = self._level_log_probs(self.decode(z))
-        return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+        """``[R]`` log p(x|z) in nats of latents ``z`` ``[R, latent]``, row ``r`` paired with
+        ``x[r % N]`` for ``x`` ``[N, C, H, W]`` (R = k N: k latent draws per example, draw-major).
+
+        Without autograd the rows go through the decoder in chunks of a fixed size
+        (:func:`genbench.nn.chunks.map_rows`: at most 2^25 level log-probabilities per chunk), so
+        memory does not grow with R; with autograd (training), in one call.
+        """
+        n = x.shape[0]
+
+        def _rows(r: Tensor, zc: Tensor) -> Tensor:  # row indices [M], latents [M, latent]
+            xc = x if r.numel() == n and (n == 0 or int(r[0]) == 0) else x[r % n]
+            logp = self._level_log_probs(self.decode(zc))
+            return logp.gather(-1, xc.long().unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+
+        index = torch.arange(z.shape[0])  # on the CPU: reading r[0] never waits for a GPU
+        return map_rows(_rows, index, z, per_row=self.dims * self.levels)
 
     # -- contract ----------------------------------------------------------------------------
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
@@ -126,15 +140,19 @@ class VAE(GenerativeModel):
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
     def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` importance samples."""
+        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` importance samples.
+
+        Memory: the k latent draws ``[k, N, latent]`` and log-weights ``[k, N]`` are held (a few
+        bytes per draw); the decoder's ``[k N, C, H, W, K]`` level log-probabilities are never
+        built at once (see ``_log_px_z``), so k and the batch size only cost time.
+        """
         k, b = self.iwae_samples, x.shape[0]
         mu, log_std = self.encode(x)
         eps = torch.randn(k, *mu.shape, device=mu.device)
         z = mu + log_std.exp() * eps  # [k, B, latent]
         log_q = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_p = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
-        xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-        log_px = self._log_px_z(xs, z.reshape(k * b, -1)).reshape(k, b)
+        log_px = self._log_px_z(x, z.reshape(k * b, self.latent)).reshape(k, b)
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
 
@@ -145,9 +163,16 @@ class VAE(GenerativeModel):
         device = next(self.parameters()).device
         z = randn((n, self.latent), generator=generator, device=device)
         z = z * float(sampler.get("temperature", 1.0))
+        if generator is None or isinstance(generator, torch.Generator):
+            x = self._draw_levels(z, generator)  # one stream: chunks would reorder its draws
+        else:  # one generator per sample: decode and draw in chunks of a fixed size (same draws)
+            x = torch.cat([self._draw_levels(z[i:j], generator[i:j])
+                           for i, j in row_slices(n, self.dims * self.levels)])
+        return Sampled.constant(x, 1)
+
+    def _draw_levels(self, z: Tensor, generator: Generator) -> Tensor:
+        """``[n, C, H, W]`` levels drawn from the decoder at latents ``z`` ``[n, latent]``."""
         logp = self._level_log_probs(self.decode(z))
         if self.decoder_kind == "logistic":  # the level probabilities (bins), as they are
-            x = categorical(probs=logp.exp(), generator=generator)
-        else:
-            x = categorical(logp, generator=generator)
-        return Sampled.constant(x, 1)
+            return categorical(probs=logp.exp(), generator=generator)
+        return categorical(logp, generator=generator)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from bench_lib import common, ddp, evaluation, gpu, runner, sampling, sweeps, threads
+from bench_lib import common, ddp, evaluation, gpu, memory, runner, sampling, sweeps, threads
 from bench_lib.common import ROOT, Result, log, machine, table, verdict
 
 SECTIONS = {"runner": runner.run, "eval": evaluation.run, "sampling": sampling.run,
             "sweeps": sweeps.run_sweeps, "quickstart": sweeps.run_quickstart,
-            "threads": threads.run, "gpu": gpu.run, "ddp": ddp.run}
+            "threads": threads.run, "gpu": gpu.run, "ddp": ddp.run, "memory": memory.run}
 
 
 def _jsonable(x: object) -> object:

@@ -185,3 +185,162 @@ def test_config_defaults():
     assert list(cfg.metrics) == ["fid", "isc", "kid", "prc"]
     assert cfg.paths.cache == "outputs/cache"
     assert score_cfg(input1="a", input2="b", dataset="digits").dataset._target_.endswith("digits")
+
+
+# ---------------------------------------------------------------- bad inputs
+def _npz(**arrays):
+    def write(path):
+        np.savez(path, **arrays)
+    return write
+
+
+def _raw(data: bytes):
+    def write(path):
+        path.write_bytes(data)
+    return write
+
+
+def _npy_as_npz(path):
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((4, 1, 8, 8), np.uint8))
+
+
+def _object_levels(path):
+    np.savez(path, levels=np.array([np.zeros((1, 8, 8)), "x"], dtype=object), allow_pickle=True)
+
+
+def _object_num_levels(path):
+    np.savez(path, levels=np.zeros((4, 1, 8, 8), np.uint8),
+             num_levels=np.array({"k": 17}, dtype=object), allow_pickle=True)
+
+
+def _huge_claim(path):
+    """levels.npy whose header promises 10^9 images but holds 256 bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                               "shape": (10**9, 1, 8, 8)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("levels.npy", buf.getvalue() + bytes(256))
+
+
+def _corrupt_member(path):
+    """A compressed archive whose levels data is damaged (the zip directory is intact)."""
+    np.savez_compressed(path, levels=np.arange(4096, dtype=np.int32).reshape(4, 1, 32, 32),
+                        num_levels=5000)
+    raw = bytearray(path.read_bytes())
+    raw[100:140] = bytes(40)
+    path.write_bytes(bytes(raw))
+
+
+LEVELS = np.zeros((4, 1, 8, 8), np.int32)
+BAD_INPUTS = [
+    ("empty-archive", _npz(), ["holds no arrays"]),
+    ("no-images", _npz(levels=np.zeros((0, 1, 8, 8), np.uint8), num_levels=17),
+     ["holds no images"]),
+    ("rank-2", _npz(levels=np.zeros((4, 64), np.uint8)), ["expected integer levels [N, C, H, W]"]),
+    ("rank-5", _npz(levels=np.zeros((4, 1, 1, 8, 8), np.uint8)), ["[N, C, H, W]"]),
+    ("two-channels", _npz(levels=np.zeros((4, 2, 8, 8), np.uint8)),
+     ["2 channels", "expected 1 (grey) or 3 (RGB)"]),
+    ("float-levels", _npz(levels=np.zeros((4, 1, 8, 8), np.float32)),
+     ["expected integer levels", "float32"]),
+    ("object-levels", _object_levels, ["holds Python objects"]),
+    ("npy-as-npz", _npy_as_npz, ["is a .npy array, not an .npz archive"]),
+    ("not-an-archive", _raw(b"\x89PNG\r\n\x1a\n not levels"), ["is not an .npz archive"]),
+    ("truncated-archive", lambda p: (_npz(levels=LEVELS, num_levels=17)(p),
+                                     p.write_bytes(p.read_bytes()[:200])),
+     ["is not an .npz archive"]),
+    ("corrupt-member", _corrupt_member, ["cannot be read as an .npz archive"]),
+    ("huge-claimed-shape", _huge_claim, ["more than the archive holds"]),
+    ("num-levels-missing", _npz(levels=LEVELS), ["has no 'num_levels'", "dataset=NAME"]),
+    ("num-levels-zero", _npz(levels=LEVELS, num_levels=0), ["num_levels=0 is invalid"]),
+    ("num-levels-one", _npz(levels=LEVELS, num_levels=1), ["num_levels=1 is invalid"]),
+    ("num-levels-vector", _npz(levels=LEVELS, num_levels=np.array([17, 17])),
+     ["num_levels must be one integer >= 2 (a scalar)"]),
+    ("num-levels-fraction", _npz(levels=LEVELS, num_levels=16.5), ["num_levels=16.5 is invalid"]),
+    ("num-levels-nan", _npz(levels=LEVELS, num_levels=np.nan), ["num_levels=nan is invalid"]),
+    ("num-levels-bool", _npz(levels=LEVELS, num_levels=True), ["num_levels=True is invalid"]),
+    ("num-levels-object", _object_num_levels, ["'num_levels' holds Python objects"]),
+    ("levels-beyond-num-levels", _npz(levels=LEVELS + 20, num_levels=17),
+     ["levels in [20, 20] lie outside [0, 17)", "num_levels"]),
+    ("negative-levels", _npz(levels=LEVELS - 1, num_levels=17), ["outside [0, 17)"]),
+    ("uint8-beyond-num-levels", _npz(levels=np.full((4, 1, 8, 8), 200, np.uint8), num_levels=17),
+     ["outside [0, 17)"]),
+]
+
+
+@pytest.fixture
+def score_cli(tmp_path, monkeypatch, capsys):
+    """``genbench score <args>`` in this process: (exit code, stdout + stderr)."""
+    from genbench import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+
+    def invoke(*args):
+        try:
+            code = cli.main(["score", *args, f"paths.outputs={tmp_path / 'out'}"])
+        except SystemExit as exit_:
+            code = exit_.code
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    return invoke
+
+
+@pytest.mark.parametrize("write,expect", [c[1:] for c in BAD_INPUTS],
+                         ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize("side", ["input1", "input2"])
+def test_bad_npz_input_is_one_clear_error(write, expect, side, score_cli, tmp_path):
+    bad, good = tmp_path / "bad.npz", tmp_path / "good.npz"
+    write(bad)
+    np.savez(good, levels=np.zeros((4, 1, 8, 8), np.uint8))
+    other = "input2" if side == "input1" else "input1"
+    code, text = score_cli(f"{side}={bad}", f"{other}={good}")
+    assert code == 2 and "Traceback" not in text, text[-3000:]
+    assert f"{side}={str(bad)!r}" in text, text[-2000:]
+    for part in expect:
+        assert part in text, f"{part!r} not in:\n{text[-2000:]}"
+    assert not (tmp_path / "out").exists()  # nothing written (no cache, no extractor)
+
+
+def test_npz_level_counts_that_are_accepted(data, tmp_path):
+    from genbench.eval.score import load_images
+
+    np.savez(tmp_path / "u8.npz", levels=np.full((4, 8, 8), 255, np.uint8))
+    assert load_images(str(tmp_path / "u8.npz"), data=None).num_levels == 256  # uint8 default
+    np.savez(tmp_path / "k.npz", levels=LEVELS + 3, num_levels=np.float64(17.0))
+    assert load_images(str(tmp_path / "k.npz"), data=None).num_levels == 17
+    np.savez(tmp_path / "ds.npz", levels=LEVELS + 16)
+    found = load_images(str(tmp_path / "ds.npz"), data=data)  # K from the dataset
+    assert found.num_levels == 17 and found.levels.dtype == torch.uint8
+
+
+def test_score_folder_skips_unusable_files(data, tmp_path, caplog):
+    import logging
+    import os
+    import threading
+
+    from genbench.eval.score import load_images
+
+    folder = write_pngs(tmp_path / "imgs", ex.levels_to_uint8(data.test[:4], data.levels))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(folder / "z16.png")
+    result = {}
+    with caplog.at_level(logging.WARNING):
+        reader = threading.Thread(target=lambda: result.update(
+            found=load_images(str(folder), data=None, key="input1")), daemon=True)
+        reader.start()
+        reader.join(20)
+    if reader.is_alive():  # blocked on the FIFO: give it a writer so the thread ends, and fail
+        os.close(os.open(folder / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("reading the folder blocked on a FIFO")
+    found = result["found"]
+    assert found.levels.shape == (5, 1, 8, 8) and found.num_levels == 256
+    assert torch.equal(found.levels[4, 0].flatten().long(),
+                       (torch.arange(64) * 1000 * 255 + 32767) // 65535)  # 16 bits, not 255s
+    assert "pipe.png" in caplog.text and "FIFO" in caplog.text and "empty.png" in caplog.text

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
+from genbench.nn.chunks import map_rows
 from genbench.nn.masked import MaskedOutputHead
 from genbench.nn.random import rand
 
@@ -106,7 +107,13 @@ class AutoregressiveModel(GenerativeModel):
         return self.network(self.encode(x)).view(n, c, self.levels, h, w).transpose(1, 2)
 
     def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats."""
+        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats.
+
+        Without autograd (evaluation), rows run in chunks of a fixed size, at most 2^25 logits
+        each (:func:`genbench.nn.chunks.map_rows`), so memory does not grow with N."""
+        return map_rows(self._nll, x, per_row=self.dims * self.levels)
+
+    def _nll(self, x: Tensor) -> Tensor:
         logits = self.logits(x)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no fp16 sums
         return F.cross_entropy(logits, x.long(), reduction="none").sum((1, 2, 3))

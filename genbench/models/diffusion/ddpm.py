@@ -67,7 +67,10 @@ class DDPM(GenerativeModel):
         prediction: ``eps`` or ``v``. variance: reverse-process variance ``small`` (β̃_t) or
             ``large`` (β_t), used by ``nll`` and the ancestral sampler.
         clip_denoised: clip x̂_0 to [-1, 1] in the bound and in ancestral/DDIM sampling.
-        vlb_max_batch: rows per network call when evaluating the bound (timesteps batched).
+        vlb_max_batch: rows per network call when evaluating the bound (timesteps batched);
+            it bounds the bound's memory (at 1024 rows, about 0.9 GB for the default U-Net on
+            28x28x1 images and 1.2 GB on 32x32x3; 4096 rows took 3.0 / 4.1 GB) and does not
+            change its value.
         nll_seed: seed of the noise used by ``nll`` when no generator is given.
         sampler: default sampler options (see the module docstring).
     """
@@ -81,7 +84,7 @@ class DDPM(GenerativeModel):
                  norm_groups: int = 8, mlp_hidden: int = 256, mlp_blocks: int = 3,
                  timesteps: int = 1000, schedule: Schedule = "linear",
                  prediction: Prediction = "eps", variance: Variance = "small",
-                 clip_denoised: bool = True, vlb_max_batch: int = 4096, nll_seed: int = 0,
+                 clip_denoised: bool = True, vlb_max_batch: int = 1024, nll_seed: int = 0,
                  sampler: Mapping[str, Any] | None = None) -> None:
         super().__init__(shape, levels)
         if variance not in ("small", "large"):

@@ -282,7 +282,8 @@ class GaussianDiffusion:
         KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), ``decoder`` L_0 = -log p(x_0 | x_1) under the
         discretized Gaussian, ``vlb`` (their sum, an upper bound on the discrete NLL) and
         ``per_t`` ``[N, T]`` (column 0 is L_0, column t ≥ 1 is L_t's KL term).
-        ``max_batch`` caps the rows per network call (timesteps are batched together).
+        ``max_batch`` caps the rows per network call (timesteps are batched together; a batch
+        larger than ``max_batch`` is split), so the network's memory does not grow with T or N.
         """
         b = x0.shape[0]
         chunk = max(1, max_batch // b)
@@ -293,8 +294,9 @@ class GaussianDiffusion:
                                    dtype=x0.dtype) for _ in ts])
             t = torch.tensor(ts, device=x0.device).repeat_interleave(b)
             x0r = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
-            x_t = self.q_sample(x0r, t, eps)
-            out = net(x_t, self.net_time(t)).double()
+            x_t, net_t = self.q_sample(x0r, t, eps), self.net_time(t)
+            out = torch.cat([net(x_t[i:i + max_batch], net_t[i:i + max_batch])
+                             for i in range(0, x_t.shape[0], max_batch)]).double()
             x0d, x_td = x0r.double(), x_t.double()
             mean, logvar, _ = self.p_mean_variance(out, x_td, t, variance=variance, clip=clip)
             q_mean, q_logvar = self.q_posterior(x0d, x_td, t)
