@@ -77,9 +77,9 @@ def test_ddpm_ode_options_follow_the_solver(tmp_path):
     cls = get_class("genbench.models.diffusion.ddpm.DDPM")
     hp = {"timesteps": 50}
     cls.validate_estimator("ode", {"solver": "rk45", "steps": 100, "probes": 0}, hp,
-                           key="eval.ode_options")  # rk45 does not use steps
-    with pytest.raises(OptionError, match=r"eval.ode_options.steps=100 .* \[1, 50\]"):
+                           key="eval.estimator_options.ode")  # rk45 does not use steps
+    with pytest.raises(OptionError, match=r"eval.estimator_options.ode.steps=100 .* \[1, 50\]"):
         cls.validate_estimator("ode", {"solver": "heun", "steps": 100}, hp,
-                               key="eval.ode_options")
-    with pytest.raises(OptionError, match="eval.ode_options.probes=-1"):
-        cls.validate_estimator("ode", {"probes": -1}, hp, key="eval.ode_options")
+                               key="eval.estimator_options.ode")
+    with pytest.raises(OptionError, match="eval.estimator_options.ode.probes=-1"):
+        cls.validate_estimator("ode", {"probes": -1}, hp, key="eval.estimator_options.ode")

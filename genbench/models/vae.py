@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
-from genbench.nn.random import categorical, randn
 from genbench.models.options import option_number
+from genbench.nn.random import categorical, randn
 
 
 def _stages(size: int) -> int:

@@ -126,12 +126,11 @@ TRAIN_KEYS: dict[str, st.SearchStrategy[str]] = {
         ["fid", "[[fid]]", "[1]", "{a:1}", "[fid,null]"])),
     "eval.sampler_sweep": st.one_of(words.map(lambda w: f"[10,{w}]"), st.sampled_from(
         ["5", "[0]", "[-3]", "[1.5]", "[[10]]", "{a:1}", "[nan]"])),
-    **{f"eval.{k}": bools for k in ("nll", "sample_metrics", "ode_likelihood")},
+    **{f"eval.{k}": bools for k in ("nll", "sample_metrics")},
     "eval.inception_weights": path_tricks,
     "device.precision": choices("fp32", "bf16", "fp16"),
     "device.name": choices("auto", "cpu", "cuda"),
     "device.compile": bools,
-    "logger.name": choices("none", "wandb"),
     "model.latent": st.one_of(words, non_finite, fractions, wrong_types, negatives),
 }
 #: (model, key) -> hostile sampler or model-default values
@@ -285,7 +284,7 @@ VALID = st.sampled_from([
     ["model=ddpm", "eval.sampler_sweep=[1,1000]"], ["model=pixelcnn", "+sampler.temperature=1e-3"],
     ["model=vae", "+sampler.temperature=0"], ["model=dcgan", "+sampler.truncation=null"],
     ["model=dcgan", "+sampler.truncation=0.5"], ["+model.decoder=logistic"],
-    ["model=ddpm", "eval.ode_likelihood=true", "eval.ode_options={solver:rk45,probes:0}"],
+    ["model=ddpm", "eval.estimators=[ode]", "eval.estimator_options={ode:{solver:rk45}}"],
 ])
 
 

@@ -318,8 +318,6 @@ BY_KIND: dict[str, list[tuple[str, Mutation]]] = {
 #: (command, file, mutation) classes with a known defect, each pinned by a strict xfail below;
 #: the fuzz leaves them out until the fix lands (the xfail then passes and fails the suite)
 KNOWN: set[tuple[str, str, str]] = {
-    ("eval", "samples.png", "folder"), ("eval", "samples.png", "fifo"),
-    ("eval", "samples.png", "device-link"),  # test_eval_replaces_a_planted_samples_png
     ("eval", "metrics.json", "folder"), ("eval", "record.json", "folder"),
     # test_eval_that_cannot_record_writes_nothing
 }
@@ -368,11 +366,10 @@ def test_hostile_run_folder_files_are_read_as_data_full(data):
     _run(data)
 
 
-@pytest.mark.xfail(strict=True, reason="eval writes samples.png in place (genbench/eval/grid.py): "
-                   "a folder, FIFO or link planted at that name gives a traceback, and a link "
-                   "is written through; an atomic write (temporary file, then rename) fixes it")
 @pytest.mark.parametrize("mutation", ["folder", "fifo", "device-link"])
 def test_eval_replaces_a_planted_samples_png(mutation, tmp_path):
+    """A folder, FIFO or link planted at samples.png: a clean error or a replaced file, and a
+    link is never written through (the grid is written atomically)."""
     out, run = copy_outputs(tmp_path / "out")
     target = tmp_path / "victim.txt"
     target.write_text("not to be overwritten")

@@ -196,7 +196,8 @@ class DDPM(GenerativeModel):
                        probes: int = 1) -> NllEstimate:
         """Probability-flow ODE NLL of levels ``x`` with NFE and settings (see ``ode_nll``)."""
         check_options({"solver": solver, "steps": steps, "rtol": rtol, "atol": atol,
-                       "probes": probes}, "eval.ode_options", self.process.T)
+                       "probes": probes}, "eval.estimator_options.ode",
+                      self.process.T)
         return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
                         solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
                         dtype=self._param().dtype)
