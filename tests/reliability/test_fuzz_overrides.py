@@ -128,6 +128,11 @@ TRAIN_KEYS: dict[str, st.SearchStrategy[str]] = {
         ["5", "[0]", "[-3]", "[1.5]", "[[10]]", "{a:1}", "[nan]"])),
     **{f"eval.{k}": bools for k in ("nll", "sample_metrics")},
     "eval.inception_weights": path_tricks,
+    "eval.estimators": st.one_of(words, st.sampled_from(
+        ["[1]", "[[ode]]", "{a:1}", "['a b']", "[null]", "5", "['']"])),
+    "eval.estimator_examples": counts(1),
+    "eval.estimator_options": st.one_of(words, st.sampled_from(["5", "[1]", "{ode:5}",
+                                                                "{ode:[1]}"])),
     "device.precision": choices("fp32", "bf16", "fp16"),
     "device.name": choices("auto", "cpu", "cuda"),
     "device.compile": bools,
@@ -147,6 +152,14 @@ SAMPLER_KEYS: dict[tuple[str, str], st.SearchStrategy[str]] = {
     ("realnvp", "+sampler.temperature"): numbers(0),
     ("dcgan", "+sampler.truncation"): numbers(0, open_low=True).filter(lambda v: v != "null"),
 }
+#: option of DDPM's ``ode`` likelihood estimator -> hostile values
+ESTIMATOR_KEYS: dict[str, st.SearchStrategy[str]] = {
+    "solver": choices("rk45", "heun", "euler"),
+    "steps": counts(1, bound=T).filter(lambda v: v != "''"),
+    "rtol": numbers(0, open_low=True),
+    "probes": counts(0),
+    "tolerance": st.integers(0, 9).map(str),  # not an option of the estimator
+}
 ODE_KEYS: dict[str, st.SearchStrategy[str]] = {
     "sampler.solver": choices("rk45", "heun", "euler"),
     "sampler.rtol": numbers(0, open_low=True),
@@ -159,7 +172,14 @@ identifiers = st.text(string.ascii_lowercase + "_", min_size=1, max_size=8)
 @st.composite
 def train_case(draw) -> tuple[list[str], list[str]]:
     """(overrides, keys at fault) for one hostile ``train`` command."""
-    kind = draw(st.sampled_from(["value", "sampler", "ode", "added", "group", "target"]))
+    kind = draw(st.sampled_from(["value", "sampler", "ode", "estimator", "added", "group",
+                                 "target"]))
+    if kind == "estimator":
+        opt = draw(st.sampled_from(sorted(ESTIMATOR_KEYS)))
+        more = ", solver: heun" if opt == "steps" else ""  # rk45 does not read steps
+        return ["model=ddpm", "eval.estimators=[ode]",
+                f"eval.estimator_options={{ode: {{{opt}: {draw(ESTIMATOR_KEYS[opt])}{more}}}}}"], \
+            [f"eval.estimator_options.ode.{opt}"]
     if kind == "value":
         keys = draw(st.lists(st.sampled_from(sorted(TRAIN_KEYS)), min_size=1, max_size=3,
                              unique=True))
