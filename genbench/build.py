@@ -56,7 +56,13 @@ def seed_everything(seed: int) -> None:
 
 def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
     """The dataset (on the training device) and the model built for its shape and levels."""
+    from genbench.validation import check_arguments
+
+    check_arguments(cfg)  # a bad value is named by its key, not by the constructor's error
     data: Data = _instantiate(cfg.dataset, "dataset")
+    if not isinstance(data, Data):
+        raise ConfigError(f"dataset._target_={cfg.dataset.get('_target_')!r} built a "
+                          f"{type(data).__name__}, not a genbench dataset (a Data record)")
     model = _instantiate(cfg.model, "model", shape=data.shape, levels=data.levels)
     if not isinstance(model, GenerativeModel):
         raise ConfigError(f"model._target_={cfg.model._target_!r} is not a GenerativeModel")

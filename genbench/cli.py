@@ -82,6 +82,9 @@ def _task(command: str) -> Callable:
 
         try:
             with _sigterm_as_interrupt():
+                from genbench.validation import check_command_line
+
+                check_command_line(cfg)
                 return _run(command, cfg)
         except UserError as err:
             from rich.console import Console

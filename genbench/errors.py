@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -24,7 +25,7 @@ def positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
         raise bad_value(key, value, f"an integer >= {minimum}")
     try:
         out = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise bad_value(key, value, f"an integer >= {minimum}") from None
     if out != value and not (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
         raise bad_value(key, value, f"an integer >= {minimum}")
@@ -35,16 +36,19 @@ def positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
 
 def nonneg_float(key: str, value: Any, *, positive: bool = False, maximum: float | None = None
                  ) -> float:
-    """``value`` as a float (> 0 if ``positive``, else >= 0), or a ``ConfigError`` naming
-    ``key``."""
-    what = "a number > 0" if positive else "a number >= 0"
+    """``value`` as a finite float (> 0 if ``positive``, else >= 0), or a ``ConfigError``
+    naming ``key``."""
+    what = "a finite number > 0" if positive else "a finite number >= 0"
     if maximum is not None:
         what += f" and <= {maximum}"
+    if isinstance(value, bool):
+        raise bad_value(key, value, what)
     try:
         out = float(value)
     except (TypeError, ValueError):
         raise bad_value(key, value, what) from None
-    if out != out or out < 0 or (positive and out == 0) or (maximum is not None and out > maximum):
+    if not math.isfinite(out) or out < 0 or (positive and out == 0) or \
+            (maximum is not None and out > maximum):
         raise bad_value(key, value, what)
     return out
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from genbench.data.augment import Augment, check_augment
+from genbench.errors import ConfigError
 
 
 class DatasetError(ValueError):
@@ -169,8 +170,11 @@ class Batches:
         if batch_size % world or not 0 <= rank < world:
             raise DatasetError(f"the global batch ({batch_size}) must split evenly across "
                                f"{world} processes (rank {rank})")
+        if batch_size > data.shape[0]:
+            raise ConfigError(f"trainer.batch_size={batch_size} is invalid: expected an integer "
+                               f"<= {data.shape[0]:,}, the size of the training split")
         self.data, self.seed = data, seed
-        self.batch_size = min(batch_size, data.shape[0] // world * world)  # global
+        self.batch_size = batch_size  # global
         self.rank, self.local_batch_size = rank, self.batch_size // world
         self.epoch, self.index = 0, 0
         self._perm: Tensor | None = None

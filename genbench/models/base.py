@@ -20,6 +20,8 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from genbench.models.options import unknown_options
+
 Family = Literal["autoregressive", "flow", "vae", "gan", "diffusion"]
 Likelihood = Literal["exact", "dequantized", "elbo", "vlb", "ode", "none"]
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -229,9 +231,36 @@ class GenerativeModel(nn.Module, abc.ABC):
         ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
         return {}
 
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """Check sampler options before a model exists (no weights, no data): commands call it
+        when they start, so a bad option stops them before any work instead of after training.
+
+        Args:
+            sampler: the options ``sample`` would get (``conf/sampler``).
+            hparams: the model's constructor arguments (its config over the signature's
+                defaults; no ``shape`` or ``levels``), for options whose range depends on them.
+
+        Raises:
+            :class:`~genbench.models.options.OptionError` naming the config key, the bad value
+            and what is valid. ``sample`` and ``resolve_sampler`` apply the same check.
+
+        Default: accepts anything (a model that does not override it checks in ``sample``).
+        """
+
+    @classmethod
+    def validate_estimator(cls, name: str, options: Mapping[str, Any],
+                           hparams: Mapping[str, Any], *, key: str) -> None:
+        """Check the options of the likelihood estimator ``name`` (e.g. ``ode``) like
+        :meth:`validate_sampler`; ``key`` is the config key the options come from. Default:
+        accepts anything."""
+
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """The sampler settings ``sample(**sampler)`` actually uses (model defaults filled in);
-        recorded in the protocol of every sample metric. Default: the options as given."""
+        recorded in the protocol of every sample metric; bad options raise an
+        :class:`~genbench.models.options.OptionError`. Default: the options as given, checked by
+        :meth:`validate_sampler` (without hyperparameters)."""
+        self.validate_sampler(sampler, {})
         return dict(sampler)
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
@@ -240,11 +269,8 @@ class GenerativeModel(nn.Module, abc.ABC):
         return {}
 
 
-def check_sampler_options(sampler: Mapping[str, Any], allowed: Iterable[str], model: str) -> None:
-    """Raise a clear ``ValueError`` for sampler options a model does not understand."""
-    allowed = sorted(set(allowed))
-    unknown = sorted(set(sampler) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"sampler option(s) {unknown} are not understood by {model}; valid: {allowed or 'none'}"
-        )
+def check_sampler_options(sampler: Mapping[str, Any], allowed: Iterable[str], model: str, *,
+                          prefix: str = "sampler") -> None:
+    """Raise an :class:`~genbench.models.options.OptionError` (a ``ValueError``) naming the first
+    sampler option ``model`` does not understand (config key ``<prefix>.<option>``)."""
+    unknown_options(sampler, allowed, model, prefix=prefix)

@@ -12,7 +12,7 @@ data with no spatial extent (2-D toys).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
+from genbench.models.options import option_number
 from genbench.nn.chunks import map_rows, row_slices
 from genbench.nn.random import categorical, randn
 
@@ -156,10 +157,16 @@ class VAE(GenerativeModel):
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
 
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """Option ``temperature`` (T >= 0, default 1): latents are drawn from N(0, T² I)."""
+        check_sampler_options(sampler, ("temperature",), cls.__name__)
+        option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0)
+
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels: z ~ N(0, T² I) (``temperature`` T, default 1), then a
         draw from the decoder's level distribution; one network evaluation (the decoder)."""
-        check_sampler_options(sampler, ("temperature",), "vae")
+        self.validate_sampler(sampler, {})
         device = next(self.parameters()).device
         z = randn((n, self.latent), generator=generator, device=device)
         z = z * float(sampler.get("temperature", 1.0))

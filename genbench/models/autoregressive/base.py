@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
+from genbench.models.options import option_bool, option_number
 from genbench.nn.chunks import map_rows
 from genbench.nn.masked import MaskedOutputHead
 from genbench.nn.random import rand
@@ -125,6 +126,14 @@ class AutoregressiveModel(GenerativeModel):
         return {"loss": nll / self.dims, "nll": nll.detach(),
                 "bpd": nll.detach() / (self.dims * math.log(2))}
 
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """Options ``temperature`` (T > 0, default 1) and ``incremental`` (true or false)."""
+        check_sampler_options(sampler, SAMPLER_OPTIONS, cls.__name__)
+        option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0,
+                      low_open=True)
+        option_bool("sampler.incremental", sampler.get("incremental", True))
+
     @torch.inference_mode()
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels, drawn one sub-pixel at a time; NFE = D per sample.
@@ -141,11 +150,9 @@ class AutoregressiveModel(GenerativeModel):
         evaluations of a row and not counted separately. ``incremental=false`` does the same
         draws with D full passes, also counted D.
         """
-        check_sampler_options(sampler, SAMPLER_OPTIONS, type(self).__name__)
+        self.validate_sampler(sampler, {})
         temperature = float(sampler.get("temperature", 1.0))
         incremental = bool(sampler.get("incremental", True))
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         c_, h_, w_ = self.shape
         k = self.levels
         device = next(self.parameters()).device

@@ -45,6 +45,13 @@ from genbench.models.diffusion.process import (
 )
 from genbench.models.diffusion.samplers import Solver, ancestral_sample, ddim_sample, ode_sample
 from genbench.models.diffusion.unet import NetKind, build_denoiser
+from genbench.models.options import (
+    OptionError,
+    bad_option,
+    option_bool,
+    option_choice,
+    option_number,
+)
 from genbench.nn.random import Generator, randn
 
 SAMPLERS: dict[str, tuple[str, ...]] = {
@@ -52,6 +59,37 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "ddim": ("steps", "eta", "clip"),
     "ode": ("solver", "steps", "rtol", "atol"),
 }
+SOLVERS: tuple[str, ...] = ("rk45", "heun", "euler")
+#: options of the ``ode`` likelihood estimator (:meth:`DDPM.ode_likelihood`)
+ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes")
+
+
+def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None) -> None:
+    """Check the values of sampler / ODE options (``None`` = unset) under config key ``prefix``:
+    ``steps`` an integer in [1, T] (any >= 1 for ``rk45``, which does not use it), ``eta`` in
+    [0, 1], ``variance`` small | large, ``clip`` a bool, ``solver`` rk45 | heun | euler,
+    ``rtol``/``atol`` > 0, ``probes`` an integer >= 0."""
+    high = None if options.get("solver") == "rk45" else timesteps
+    checks = {
+        "steps": lambda k, v: option_number(k, v, low=1, high=high, integer=True),
+        "eta": lambda k, v: option_number(k, v, low=0, high=1),
+        "variance": lambda k, v: option_choice(k, v, ("small", "large")),
+        "clip": option_bool,
+        "solver": lambda k, v: option_choice(k, v, SOLVERS),
+        "rtol": lambda k, v: option_number(k, v, low=0, low_open=True),
+        "atol": lambda k, v: option_number(k, v, low=0, low_open=True),
+        "probes": lambda k, v: option_number(k, v, low=0, integer=True),
+    }
+    for name, value in options.items():
+        if value is not None and name in checks:
+            checks[name](f"{prefix}.{name}", value)
+
+
+def _timesteps(hparams: Mapping[str, Any]) -> int | None:
+    """T from the model's hyperparameters, when given and valid (else no bound: the constructor
+    reports a bad T, and a built model checks against its own)."""
+    t = hparams.get("timesteps")
+    return t if isinstance(t, int) and not isinstance(t, bool) and t >= 1 else None
 
 
 class DDPM(GenerativeModel):
@@ -161,6 +199,9 @@ class DDPM(GenerativeModel):
                        probes: int = 1) -> NllEstimate:
         """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]``, with NFE
         ``[N]`` and the settings (see ``ode_nll``)."""
+        check_options({"solver": solver, "steps": steps, "rtol": rtol, "atol": atol,
+                       "probes": probes}, "eval.estimator_options.ode",
+                      self.process.T)
         return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
                         solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
                         dtype=self._param().dtype)
@@ -181,18 +222,51 @@ class DDPM(GenerativeModel):
         ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``)."""
         return {"ode": LikelihoodEstimator("estimate", self.ode_likelihood)}
 
+    @classmethod
+    def validate_estimator(cls, name: str, options: Mapping[str, Any],
+                           hparams: Mapping[str, Any], *, key: str) -> None:
+        """``ode``: options ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``."""
+        if name != "ode":
+            return
+        if not isinstance(options, Mapping):
+            raise bad_option(key, options, "a mapping of options such as {solver: rk45}")
+        check_sampler_options(options, ODE_OPTIONS, "the DDPM ODE likelihood", prefix=key)
+        check_options(options, key, _timesteps(hparams))
+
     # ---- sampling -----------------------------------------------------------------------
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """The options of the module docstring, over the defaults in ``hparams["sampler"]``."""
+        cls._merge_sampler(sampler, hparams.get("sampler"), _timesteps(hparams))
+
+    @staticmethod
+    def _merge_sampler(sampler: Mapping[str, Any], defaults: Mapping[str, Any] | None,
+                       timesteps: int | None) -> tuple[str, dict[str, Any]]:
+        """(name, options) after merging ``sampler`` over ``defaults`` (the model's ``sampler``
+        argument), each checked; ``None`` = unset."""
+        if defaults is not None and not isinstance(defaults, Mapping):
+            raise bad_option("model.sampler", defaults, "a mapping of sampler options")
+        sampler = {k: v for k, v in sampler.items() if v is not None}
+        defaults = {k: v for k, v in (defaults or {"name": "ancestral"}).items()
+                    if v is not None}
+        default = defaults.get("name", "ancestral")
+        for opts, prefix in ((defaults, "model.sampler"), (sampler, "sampler")):
+            name = opts.get("name", default)
+            if not isinstance(name, str) or name not in SAMPLERS:
+                raise OptionError(f"{prefix}.name", name,
+                                  f"{prefix}.name={name!r} is an unknown sampler; valid: "
+                                  f"{', '.join(SAMPLERS)}")
+            rest = {k: v for k, v in opts.items() if k != "name"}
+            check_sampler_options(rest, SAMPLERS[name], f"the DDPM sampler {name!r}",
+                                  prefix=prefix)
+            check_options(rest, prefix, timesteps)
+        name = sampler.get("name", default)
+        opts = {**defaults, **sampler} if name == default else sampler
+        return name, {k: v for k, v in opts.items() if k != "name"}
+
     def _sampler_options(self, sampler: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """(name, options) after merging ``sampler`` over the defaults; ``None`` = unset."""
-        defaults = {k: v for k, v in self.sampler_defaults.items() if v is not None}
-        sampler = {k: v for k, v in sampler.items() if v is not None}
-        name = sampler.get("name", defaults.get("name", "ancestral"))
-        opts = {**defaults, **sampler} if name == defaults.get("name", "ancestral") else sampler
-        opts = {k: v for k, v in opts.items() if k != "name"}
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}")
-        check_sampler_options(opts, SAMPLERS[name], f"DDPM sampler {name!r}")
-        return name, opts
+        return self._merge_sampler(sampler, self.sampler_defaults, self.process.T)
 
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """The sampler options actually used for ``sample(**sampler)``, with ``name`` (for

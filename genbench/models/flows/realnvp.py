@@ -19,7 +19,7 @@ model reports less than ``log2 K`` bits/dim in expectation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from genbench.models.flows.layers import (
     gaussian_log_prob,
     quantize,
 )
+from genbench.models.options import option_number
 from genbench.nn.random import randn
 
 
@@ -136,13 +137,16 @@ class MultiScaleFlow(GenerativeModel):
         """``{"loss": [N] bits/dim}`` of the dequantized bound (:meth:`nll` / (D ln 2))."""
         return {"loss": self.nll(x) / (self.dims * math.log(2))}
 
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """Option ``temperature`` (T >= 0, default 1)."""
+        check_sampler_options(sampler, cls.sampler_options, cls.__name__)
+        option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0)
+
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """``{"temperature": T}`` (default 1.0); unknown options or ``T < 0`` raise ValueError."""
-        check_sampler_options(sampler, self.sampler_options, type(self).__name__)
-        temperature = float(sampler.get("temperature", 1.0))
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        return {"temperature": temperature}
+        self.validate_sampler(sampler, {})
+        return {"temperature": float(sampler.get("temperature", 1.0))}
 
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels: ``x = floor(K decode(T eps))`` clamped to ``[0, K)``;

@@ -37,6 +37,7 @@ from genbench.models.base import (
     check_sampler_options,
 )
 from genbench.models.gan.losses import D_LOSSES, G_LOSSES
+from genbench.models.options import option_number
 from genbench.nn import random as rnd
 
 SAMPLER_OPTIONS = ("truncation",)
@@ -149,13 +150,20 @@ class GAN(GenerativeModel):
         with torch.no_grad():
             return self.generator(torch.randn(n, self.z_dim, device=device)).detach()
 
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """Option ``truncation``: null (none) or t > 0."""
+        check_sampler_options(sampler, SAMPLER_OPTIONS, cls.__name__)
+        if sampler.get("truncation") is not None:
+            option_number("sampler.truncation", sampler["truncation"], low=0, low_open=True)
+
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels; one network evaluation per sample.
 
         Sampler options: ``truncation`` (``None`` or t > 0): draw z from N(0, I) truncated to
         ``[-t, t]`` per coordinate (the truncation trick) by inverse-CDF sampling.
         """
-        check_sampler_options(sampler, SAMPLER_OPTIONS, type(self).__name__)
+        self.validate_sampler(sampler, {})
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
         return Sampled.constant(self.to_levels(self.generator(z)), 1)
 
