@@ -161,7 +161,8 @@ def check_sample(s: Subject) -> None:
     expect(bool((nfe >= 1).all()) and torch.equal(nfe, nfe.round()),
            f"nfe must be a whole count >= 1 per sample, got {nfe.tolist()}")
     again = _draw(m, 3, 0)
-    expect(torch.equal(again.x, x), "the same generators gave different samples")
+    expect(torch.equal(again.x, x), "the same generators gave different samples (draw every "
+           "random number from the generator argument, through genbench.nn.random)")
     last = _draw(m, 1, 2)
     agree = (last.x[0] == x[2]).float().mean().item()
     expect(agree >= BATCH_AGREEMENT, f"sample 2 depends on its batch: {agree:.0%} of its "
@@ -229,7 +230,7 @@ def check_nll(s: Subject) -> None:
     expect(mean + UNIFORM_Z * se + 1e-3 * d >= floor,
            f"mean nll of uniform random levels is {mean:.4g} nats (± {se:.2g}), below the "
            f"uniform distribution's D log K = {floor:.4g}: nll must be the total nats of each "
-           "example (not per dimension, not in bits of a mean, not a log-likelihood)")
+           "example (not per dimension, not a mean over the batch, not a log-likelihood)")
 
 
 def check_state_dict(s: Subject) -> None:
