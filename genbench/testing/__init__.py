@@ -17,6 +17,11 @@ what is wrong. Run one check at a time with ``only=`` to get one pytest case per
     def test_contract(check):
         check_model(MyModel, only=[check])
 
+``from_config("<name>")`` builds the model from its yaml the way ``genbench train`` does (genbench's
+config tree plus the config packages of installed plugins), so the yaml is checked too::
+
+    check_model(from_config("mymodel", ["model.hidden=8"]))
+
 Keep the sizes tiny: the kit draws uniform random levels, trains a few steps and, for the
 ``enumeration`` check, scores every input of a tiny shape. Before any evaluation check the model
 gets one ``training_losses`` call in training mode (as the runner does first), so data-dependent
@@ -24,6 +29,7 @@ initialization has run. ``sample`` and ``nll`` are called under ``torch.inferenc
 evaluator calls them.
 """
 
+from genbench.testing.config import from_config
 from genbench.testing.kit import (
     CHECKS,
     EXACT_TOLERANCE,
@@ -34,4 +40,4 @@ from genbench.testing.kit import (
 )
 
 __all__ = ["CHECKS", "EXACT_TOLERANCE", "MAX_ENUMERATION", "ConformanceError", "Subject",
-           "check_model"]
+           "check_model", "from_config"]

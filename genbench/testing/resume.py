@@ -39,7 +39,7 @@ def _trainer(s: Subject, run: Path, max_steps: int, seed: int) -> Trainer:
                    optimizer, setup, run, s.seed)
 
 
-def _first_difference(a: Any, b: Any, where: str = "") -> str | None:  # noqa: ANN401
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
     """The first key at which nested states ``a`` and ``b`` differ, or None."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)

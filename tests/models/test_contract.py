@@ -9,10 +9,9 @@ from __future__ import annotations
 import functools
 
 import pytest
-from conftest import MODELS, compose_cfg
-from hydra.utils import instantiate
+from conftest import MODELS
 
-from genbench.testing import CHECKS, check_model
+from genbench.testing import CHECKS, check_model, from_config
 
 SHAPES = {"digits": ((1, 8, 8), 17), "toy": ((2, 1, 1), 64)}
 ENUMERATION = {"exact_shape": (2, 1, 1), "exact_levels": 4}
@@ -21,17 +20,7 @@ ONCE = {"declares": "toy", "enumeration": "toy", "estimators": "toy", "resume": 
 CASES = [(m, s, c) for m in MODELS for s in SHAPES for c in CHECKS if ONCE.get(c, s) == s]
 
 
-@functools.cache
-def factory(model: str):
-    """``build(shape=, levels=)`` for ``conf/model/<model>.yaml``, instantiated as the runner
-    does."""
-    node = compose_cfg("train", [f"model={model}"]).model
-
-    def build(shape, levels):
-        return instantiate(node, shape=shape, levels=levels)
-
-    build.__qualname__ = f"model={model}"
-    return build
+factory = functools.cache(from_config)  # conf/model/<model>.yaml, as the runner builds it
 
 
 @pytest.mark.parametrize("model,shape,check", CASES)
