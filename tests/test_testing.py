@@ -7,6 +7,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -137,6 +138,14 @@ class OwnGenerator(Histogram):
         return {"loss": super().training_losses(x, phase)["loss"] * (1 + jitter)}
 
 
+class NumpyNoise(Histogram):
+    """Draws training noise from NumPy's global generator, which checkpoints hold: resumes."""
+
+    def training_losses(self, x, phase="main"):
+        jitter = torch.from_numpy(np.random.rand(x.shape[0])).float()
+        return {"loss": super().training_losses(x, phase)["loss"] * (1 + jitter)}
+
+
 class Opaque:
     pass
 
@@ -229,7 +238,7 @@ def test_each_broken_variant_fails_its_check(cls, check, message):
     assert message in text, text
 
 
-@pytest.mark.parametrize("cls", [LooseBound, ExactEstimator, TwoPhase])
+@pytest.mark.parametrize("cls", [LooseBound, ExactEstimator, TwoPhase, NumpyNoise])
 def test_variants_within_the_contract_pass(cls):
     report = check_model(cls, init_scale=0.5)
     assert all(v == "passed" or v.startswith("skipped") for v in report.values()), report

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from genbench.build import seed_everything
 from genbench.testing.subject import ConformanceError, Subject, expect
 from genbench.train import checkpoint
 from genbench.train.device import DeviceSetup
@@ -32,6 +33,7 @@ def _trainer(s: Subject, run: Path, max_steps: int, seed: int) -> Trainer:
     """A trainer over seeded uniform data with Adam and EMA, as the runner builds it."""
     setup = DeviceSetup(torch.device("cpu"), "fp32", False, torch.get_num_threads())
     run.mkdir(parents=True)
+    seed_everything(seed)  # Python, NumPy and torch, as the runner seeds them
     model = s.build(seed=seed)
     optimizer = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True,
                                   "lr": 1e-3})
@@ -82,7 +84,7 @@ def check_resume(s: Subject) -> None:
             first = _trainer(s, root / "cut", STEPS, s.seed)
             first.fit()
             ckpt = checkpoint.load(root / "cut" / "checkpoints" / "last.pt")
-            torch.manual_seed(s.seed + 12345)  # resume must restore every generator it uses
+            # other weights and generator states: resume must restore all of them
             resumed = _trainer(s, root / "resumed", TOTAL, s.seed + 1)
             try:
                 resumed.load_state_dict(ckpt)
