@@ -73,6 +73,8 @@ def check_enumeration(s: Subject) -> None:
     kind = likelihood_kind(m.likelihood)
     if kind in ("exact", "bound"):
         def nll(rows: Tensor, seed: int) -> Tensor:
+            """``[n]`` nats of the ``[n, C, H, W]`` rows, the global RNG seeded with ``seed``
+            (as the evaluator seeds each batch)."""
             with torch.random.fork_rng(devices=[]), torch.inference_mode():
                 torch.manual_seed(seed)
                 return m.nll(rows)
@@ -87,6 +89,7 @@ def check_enumeration(s: Subject) -> None:
 
         def score(rows: Tensor, seed: int, fn: Callable = est.fn,
                   options: Mapping = options) -> Tensor:
+            """``[n]`` nats of the ``[n, C, H, W]`` rows, one generator per row from ``seed``."""
             return fn(rows, generator=per_sample_generators(seed, 0, rows.shape[0]),
                       **options).nll.detach()
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from genbench import checkpoint
 from genbench.build import seed_everything
 from genbench.testing.subject import ConformanceError, Subject, expect
-from genbench.train import checkpoint
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import Trainer
 
