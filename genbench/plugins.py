@@ -69,6 +69,17 @@ def plugin_models() -> dict[str, type]:
     return out
 
 
+def plugin_source(name: str) -> str | None:
+    """``"<distribution> <version>"`` of the installed package whose ``genbench.models`` entry
+    point is named ``name`` (None when none is): recorded with every run of a plugin model and
+    shown by ``genbench families``. Imports nothing."""
+    found = None
+    for ep in importlib.metadata.entry_points(group=MODELS_GROUP, name=name):
+        dist = getattr(ep, "dist", None)  # the last one wins, as in plugin_models
+        found = f"{dist.name} {dist.version}" if dist is not None else ep.value
+    return found
+
+
 def target_name(cls: type) -> str:
     """The ``_target_`` string that names ``cls``."""
     return f"{cls.__module__}.{cls.__qualname__}"

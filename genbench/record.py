@@ -24,11 +24,14 @@ from genbench.rundir import RunDir, run_id_of
 _PACKAGES = ("numpy", "torchvision", "torch-fidelity", "torchmetrics", "hydra-core", "omegaconf")
 
 
-def versions() -> dict[str, str]:
-    """genbench, Python and package versions, and the git commit (with ``git_dirty`` when the work
-    tree has uncommitted changes) when genbench runs from a checkout."""
+def versions(model: type | None = None) -> dict[str, str]:
+    """genbench, Python and package versions, the version of the plugin package that registers
+    ``model`` (when one does), and the git commit (with ``git_dirty`` when the work tree has
+    uncommitted changes) when genbench runs from a checkout."""
     out = {"genbench": genbench.__version__, "python": platform.python_version(),
            "torch": torch.__version__}
+    if model is not None:
+        out.update(_plugin_version(model))
     for name in _PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -48,6 +51,17 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def _plugin_version(model: type) -> dict[str, str]:
+    """``{distribution: version}`` of the installed plugin that registers ``model`` (or {})."""
+    from genbench.plugins import plugin_models, plugin_source
+
+    for name, cls in plugin_models().items():
+        if cls is model and (source := plugin_source(name)):
+            dist, _, version = source.partition(" ")
+            return {dist: version}
+    return {}
 
 
 def open_store(outputs: Path) -> Store:
@@ -78,7 +92,7 @@ def record(cfg: dict[str, Any], run: RunDir, outputs: Path, model: GenerativeMod
         params=sum(p.numel() for p in model.parameters()), steps=state.step,
         images_seen=state.images_seen, train_seconds=round(state.train_seconds, 3),
         device=device, status=state.status, run_dir=str(run.path.resolve()), config_hash=hash_,
-        config=cfg, versions=versions())
+        config=cfg, versions=versions(type(model)))
     run.write_record(asdict(rec))
     Store(outputs / "leaderboard.sqlite").record(rec, rows)
     return rec

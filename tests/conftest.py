@@ -17,6 +17,9 @@ from omegaconf import open_dict
 
 torch.set_num_threads(1)
 
+#: example packages that tests install themselves (tests/test_tutorial.py); not collected here
+collect_ignore = ["fixtures"]
+
 CONF = importlib.resources.files("genbench.conf")
 MODELS = sorted(p.name[:-5] for p in (CONF / "model").iterdir() if p.name.endswith(".yaml"))
 DATASETS = sorted(p.name[:-5] for p in (CONF / "dataset").iterdir() if p.name.endswith(".yaml"))

@@ -77,3 +77,19 @@ def test_families_lists_plugin_models(installed):
 
     models = registered_models()
     assert models["good"].family == "flow" and "vae" in models
+
+
+def test_plugin_models_are_shown_and_recorded_with_their_package(installed, capsys):
+    from rich.console import Console
+
+    from genbench.leaderboard.families import models_table, registered_models
+    from genbench.record import versions
+
+    assert plugins.plugin_source("good") == "fakelab 0.1"
+    assert plugins.plugin_source("vae") is None
+    Console(width=200).print(models_table(registered_models()))
+    out = capsys.readouterr().out
+    assert "good" in out and "fakelab.Good" in out and "fakelab 0.1" in out
+    assert "vae  " in out and "elbo (≤)" in out and "genbench" in out
+    good = plugins.plugin_models()["good"]
+    assert versions(good)["fakelab"] == "0.1" and "fakelab" not in versions()

@@ -69,6 +69,26 @@ def taxonomy_table(models: dict[str, type]) -> Table:
     return t
 
 
+def models_table(models: dict[str, type]) -> Table:
+    """Every registered model with its family, likelihood kind (``≤`` a bound, ``≈`` an
+    estimate), class and the package it comes from (genbench or an installed plugin)."""
+    from genbench.models.base import likelihood_kind
+    from genbench.plugins import plugin_source, target_name
+
+    marks = {"bound": " (≤)", "estimate": " (≈)"}
+    own = importlib.resources.files("genbench.conf") / "model"
+    t = Table(title=Text("registered models", style="bold"), title_justify="left")
+    for col in ("model", "family", "likelihood", "class", "from"):
+        t.add_column(col)
+    for name, cls in sorted(models.items(), key=lambda kv: (list(TAXONOMY).index(kv[1].family)
+                                                            if kv[1].family in TAXONOMY else 99,
+                                                            kv[0])):
+        kind = cls.likelihood + marks.get(likelihood_kind(cls.likelihood), "")
+        source = "genbench" if (own / f"{name}.yaml").is_file() else plugin_source(name) or "?"
+        t.add_row(name, cls.family, kind, target_name(cls), source)
+    return t
+
+
 def _best(rows: Sequence[Row], key: str) -> str:
     """``value (model)`` of the best row on ``key``, ``–`` when none has it."""
     have = [r for r in rows if not r.cells[key].missing]
@@ -143,7 +163,9 @@ def _runs(cfg: Any) -> list[dict[str, Any]]:
 def print_families(cfg: Any = None) -> None:
     """Print the taxonomy and, when a leaderboard exists, the measured trade-offs."""
     console = Console() if Console().is_terminal else Console(width=200)
-    console.print(taxonomy_table(registered_models()))
+    models = registered_models()
+    console.print(taxonomy_table(models))
+    console.print(models_table(models))
     table = tradeoff_table(_runs(cfg))
     if table is not None:
         console.print(table)
