@@ -27,7 +27,7 @@ from genbench.tracking import Tracker, make_tracker
 from genbench.train import distributed as ddp_train
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer, TrainState
-from genbench.validation import validate
+from genbench.validation import check_evaluation, validate
 
 log = logging.getLogger(__name__)
 #: the runner's own row: the validation loss of the weights it evaluated (models that select by it)
@@ -170,6 +170,7 @@ def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outp
     """Evaluate on every rank. With several ranks, all share the test-set NLL and the sampling;
     rank 0 alone computes sample-quality metrics and writes files. Other ranks return []."""
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    check_evaluation(cfg.eval, model, sampler)  # before any work: one sentence for a bad option
     if ddp.is_main():
         return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache",
                         run.samples_png)
@@ -242,6 +243,7 @@ def _sample(cfg: DictConfig) -> Path | None:
     run_cfg, run, setup, data, model, _ = load_run(cfg)
     n = positive_int("n", cfg.n)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    check_evaluation(cfg.eval, model, sampler)
     if not ddp.is_main():
         with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
             sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp))

@@ -22,7 +22,6 @@ from genbench.eval.grid import save_grid, save_npz
 from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec, registered
 from genbench.models.base import GenerativeModel
-from genbench.validation import check_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
              device: torch.device, cache_dir: Path, grid_png: Path | None = None
              ) -> list[Metric]:
     """Evaluate ``model`` on ``data``; write a grid of ``eval.grid`` samples to ``grid_png``."""
-    check_evaluation(cfg, model, sampler)  # before any work: one sentence for a bad option
     ctx = EvalContext(model, data, cfg, dict(sampler), device, Path(cache_dir))
     rows: list[Metric] = []
     start = time.perf_counter()
@@ -54,7 +52,6 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
 def sample_to_files(model: GenerativeModel, data: Data, n: int, cfg: Any,
                     sampler: dict[str, Any], device: torch.device, out_dir: Path) -> Path:
     """Draw ``n`` seeded samples; write ``samples_<n>.png`` and ``samples_<n>.npz``."""
-    check_evaluation(cfg, model, sampler)
     ctx = EvalContext(model, data, cfg, dict(sampler), device, out_dir)
     s = ctx.samples(n)
     png = out_dir / f"samples_{n}.png"
