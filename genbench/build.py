@@ -44,8 +44,9 @@ def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        raise ConfigError(f"could not build {key} from {node.get('_target_')}: "
-                          f"{cause or err}") from None
+        raise ConfigError(
+            f"could not build {key} from {node.get('_target_')}: {cause or err}"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -61,8 +62,10 @@ def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
     check_arguments(cfg)  # a bad value is named by its key, not by the constructor's error
     data: Data = _instantiate(cfg.dataset, "dataset")
     if not isinstance(data, Data):
-        raise ConfigError(f"dataset._target_={cfg.dataset.get('_target_')!r} built a "
-                          f"{type(data).__name__}, not a genbench dataset (a Data record)")
+        raise ConfigError(
+            f"dataset._target_={cfg.dataset.get('_target_')!r} built a "
+            f"{type(data).__name__}, not a genbench dataset (a Data record)"
+        )
     model = _instantiate(cfg.model, "model", shape=data.shape, levels=data.levels)
     if not isinstance(model, GenerativeModel):
         raise ConfigError(f"model._target_={cfg.model._target_!r} is not a GenerativeModel")

@@ -61,17 +61,21 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt (not a torch "
-                              "checkpoint archive)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt (not a torch checkpoint archive)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         reason = str(err).partition("WeightsUnpickler error:")[2].strip().split(". ")[0]
-        raise CheckpointError(f"refusing to load {str(path)!r}: it holds more than plain "
-                              f"weights ({reason or 'unsupported content'})") from None
+        raise CheckpointError(
+            f"refusing to load {str(path)!r}: it holds more than plain "
+            f"weights ({reason or 'unsupported content'})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({err})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not the "
-                              "dict genbench writes")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds a {type(state).__name__}, not the dict genbench writes"
+        )
     return state

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 
 # Before torch loads: idle OpenMP threads spin briefly, then sleep (genbench/train/device.py);
 # the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-SPIN = {"GOMP_SPINCOUNT": "3000",  # GNU OpenMP (torch's Linux wheels): spin ~3000 rounds
-        "KMP_BLOCKTIME": "0"}  # LLVM/Intel OpenMP builds: sleep at once, as PASSIVE did
+SPIN = {
+    "GOMP_SPINCOUNT": "3000",  # GNU OpenMP (torch's Linux wheels): spin ~3000 rounds
+    "KMP_BLOCKTIME": "0",
+}  # LLVM/Intel OpenMP builds: sleep at once, as PASSIVE did
 if "OMP_WAIT_POLICY" not in os.environ:
     for _key, _value in SPIN.items():
         os.environ.setdefault(_key, _value)
@@ -25,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "eval": "re-evaluate a finished run from its checkpoint (run=<folder>)",
     "sample": "write a PNG grid and an .npz of samples from a run (run=<folder> n=64)",
     "leaderboard": "show, export or plot runs (format=table|md|csv|json|html, out=, sort=, best=, "
-                   "agg=, refs=, plot=; `leaderboard rebuild`)",
+    "agg=, refs=, plot=; `leaderboard rebuild`)",
     "score": "FID / IS / KID / precision-recall between two image sets (input1=, input2=)",
     "families": "the model taxonomy: families, likelihood kinds and registered models",
 }
@@ -45,12 +47,15 @@ def rename_overrides(overrides: list[str]) -> list[str]:
     warning on stderr for each)."""
     out = []
     for item in overrides:
-        prefix = item[:len(item) - len(item.lstrip("+~"))]
-        key, eq, value = item[len(prefix):].partition("=")
+        prefix = item[: len(item) - len(item.lstrip("+~"))]
+        key, eq, value = item[len(prefix) :].partition("=")
         if key in RENAMED:
             new = RENAMED[key]
-            print(f"warning: {key} is deprecated and will be removed in the next release: use "
-                  f"{new} (read as {new}{eq}{value})", file=sys.stderr)
+            print(
+                f"warning: {key} is deprecated and will be removed in the next release: use "
+                f"{new} (read as {new}{eq}{value})",
+                file=sys.stderr,
+            )
             item = f"{'' if prefix == '+' else prefix}{new}{eq}{value}"  # the new key exists
         out.append(item)
     return out
@@ -60,8 +65,11 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: genbench <command> [key=value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
-    lines += ["", "`genbench <command> --help` shows the command's config and Hydra's options.",
-              "example: genbench train model=vae dataset=digits trainer.max_steps=500"]
+    lines += [
+        "",
+        "`genbench <command> --help` shows the command's config and Hydra's options.",
+        "example: genbench train model=vae dataset=digits trainer.max_steps=500",
+    ]
     return "\n".join(lines)
 
 
@@ -159,8 +167,10 @@ def _unwritable_outputs(overrides: list[str]) -> str | None:
             while not probe.exists() and probe != probe.parent:
                 probe = probe.parent
             if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-                return (f"paths.outputs={str(path)!r} cannot be created or written "
-                        f"({str(probe)!r} is not a writable folder)")
+                return (
+                    f"paths.outputs={str(path)!r} cannot be created or written "
+                    f"({str(probe)!r} is not a writable folder)"
+                )
     return None
 
 
@@ -188,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     import hydra
 
     config = "leaderboard" if command == "families" else command
-    app = hydra.main(config_path="pkg://genbench.conf", config_name=config,
-                     version_base="1.3")(_task(command))
+    app = hydra.main(config_path="pkg://genbench.conf", config_name=config, version_base="1.3")(
+        _task(command)
+    )
     sys.argv = [f"genbench {command}"] + rest
     app()
     return 0

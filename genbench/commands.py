@@ -31,8 +31,9 @@ from genbench.validation import check_evaluation, validate
 
 log = logging.getLogger(__name__)
 #: the runner's own row: the validation loss of the weights it evaluated (models that select by it)
-BEST_VAL_LOSS = register_spec(MetricSpec(name="best_val_loss", lower_is_better=True,
-                                         label="best val loss"))
+BEST_VAL_LOSS = register_spec(
+    MetricSpec(name="best_val_loss", lower_is_better=True, label="best val loss")
+)
 
 
 def _is_multirun() -> bool:
@@ -53,7 +54,8 @@ def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[RunDir,
         if found != hash_:
             raise checkpoint.CheckpointError(
                 f"{str(run.path)!r} holds a checkpoint of a different config (hash {found} vs "
-                f"{hash_}); pick another hydra.run.dir — nothing was overwritten")
+                f"{hash_}); pick another hydra.run.dir — nothing was overwritten"
+            )
         return run, True
     if cfg.trainer.resume == "auto":
         store = Store(outputs / "leaderboard.sqlite")
@@ -64,8 +66,9 @@ def _choose_run_dir(cfg: DictConfig, outputs: Path, hash_: str) -> tuple[RunDir,
     return run, False
 
 
-def _start(cfg: DictConfig, outputs: Path, hash_: str, hold: contextlib.ExitStack
-           ) -> tuple[Path, bool] | None:
+def _start(
+    cfg: DictConfig, outputs: Path, hash_: str, hold: contextlib.ExitStack
+) -> tuple[Path, bool] | None:
     """The run folder and whether to resume it, or None to skip a config that already finished
     in a sweep. Decided by rank 0 alone when several processes train together; rank 0 takes the
     run folder's lock (held in ``hold``) and moves its log file there."""
@@ -73,8 +76,11 @@ def _start(cfg: DictConfig, outputs: Path, hash_: str, hold: contextlib.ExitStac
     if _is_multirun() and not cfg.trainer.rerun:
         done = store.finished_run(hash_)
         if done:
-            log.info("skipping: this config already finished in %s (trainer.rerun=true to "
-                     "train it again)", done)
+            log.info(
+                "skipping: this config already finished in %s (trainer.rerun=true to "
+                "train it again)",
+                done,
+            )
             return None
     run, resuming = _choose_run_dir(cfg, outputs, hash_)
     hold.enter_context(run.lock("train"))
@@ -108,22 +114,42 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         seed_everything(int(cfg.seed))
         data, model = build(cfg, setup)
         ddp_train.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
-        trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run,
-                          int(cfg.seed), {"config_hash": hash_}, scheduler=cfg.get("scheduler"),
-                          augment=data.augment)
+        trainer = Trainer(
+            model,
+            data.train,
+            data.val,
+            cfg.trainer,
+            cfg.optimizer,
+            setup,
+            run,
+            int(cfg.seed),
+            {"config_hash": hash_},
+            scheduler=cfg.get("scheduler"),
+            augment=data.augment,
+        )
         if resuming:
             trainer.load_state_dict(run.load_checkpoint("last"))
             ddp_train.seed_rank(int(cfg.seed), trainer.state.step)
         # the run folder is written only once the data, model and optimizers are known to be valid
         if ddp.is_main():
             run.write_config(plain)
-        log.info("%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
-                 cfg.run.model, cfg.run.dataset, f"{sum(p.numel() for p in model.parameters()):,}",
-                 data.shape, data.levels, setup.device, setup.threads)
+        log.info(
+            "%s on %s: %s parameters, data %s with %d levels, device %s (%d threads)",
+            cfg.run.model,
+            cfg.run.dataset,
+            f"{sum(p.numel() for p in model.parameters()):,}",
+            data.shape,
+            data.levels,
+            setup.device,
+            setup.threads,
+        )
         if resuming:
             log.info("resumed at step %d (status %s)", trainer.state.step, trainer.state.status)
-        trainer.tracker = make_tracker(cfg.logger, plain, run.path, trainer.extra_state.get(
-            "tracker_id")) if ddp.is_main() else Tracker()
+        trainer.tracker = (
+            make_tracker(cfg.logger, plain, run.path, trainer.extra_state.get("tracker_id"))
+            if ddp.is_main()
+            else Tracker()
+        )
         trainer.extra_state["tracker_id"] = trainer.tracker.run_id
         try:
             return _train_and_record(cfg, plain, trainer, data, setup, run, outputs, hash_)
@@ -131,8 +157,16 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
             trainer.tracker.finish()
 
 
-def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
-                      setup: Any, run: RunDir, outputs: Path, hash_: str) -> RunRecord | None:
+def _train_and_record(
+    cfg: DictConfig,
+    plain: dict,
+    trainer: Trainer,
+    data: Any,
+    setup: Any,
+    run: RunDir,
+    outputs: Path,
+    hash_: str,
+) -> RunRecord | None:
     model, main = trainer.model, ddp.is_main()
     try:
         state = trainer.fit() if trainer.state.status != "finished" else trainer.state
@@ -159,21 +193,22 @@ def _train_and_record(cfg: DictConfig, plain: dict, trainer: Trainer, data: Any,
     rec = record(plain, run, outputs, model, state, setup.device.type, rows, hash_)
     trainer.tracker.log({f"eval/{m.name}": m.value for m in rows}, state.step)
     trainer.tracker.log_image("eval/samples", run.samples_png, state.step)
-    trainer.tracker.log_table("eval/metrics", [m.to_dict() | {"protocol": m.protocol_key}
-                                               for m in rows])
+    trainer.tracker.log_table(
+        "eval/metrics", [m.to_dict() | {"protocol": m.protocol_key} for m in rows]
+    )
     print_metrics(rec, rows)
     return rec
 
 
-def _evaluate(model: Any, data: Any, cfg: DictConfig, device: torch.device, outputs: Path,
-              run: RunDir) -> list[Metric]:
+def _evaluate(
+    model: Any, data: Any, cfg: DictConfig, device: torch.device, outputs: Path, run: RunDir
+) -> list[Metric]:
     """Evaluate on every rank. With several ranks, all share the test-set NLL and the sampling;
     rank 0 alone computes sample-quality metrics and writes files. Other ranks return []."""
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
     check_evaluation(cfg.eval, model, sampler)  # before any work: one sentence for a bad option
     if ddp.is_main():
-        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache",
-                        run.samples_png)
+        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run.samples_png)
     eval_cfg = OmegaConf.merge(cfg.eval, {"sample_metrics": False})
     with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
         evaluate(model, data, eval_cfg, sampler, device, Path(tmp), Path(tmp) / "grid.png")
@@ -189,22 +224,25 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, Any, Any, Any, TrainS
     run_cfg = run.read_config()
     if not isinstance(run_cfg.get("device"), DictConfig):
         raise ConfigError(f"{str(run.config_file)!r} has no device block")
-    run_cfg.device = OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else \
-        run_cfg.device
+    run_cfg.device = (
+        OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else run_cfg.device
+    )
     setup = ddp.init(setup_device(run_cfg.device), run_cfg.device.get("threads", "auto"))
     data, model = build(run_cfg, setup)
     try:
         state = TrainState(**run.load_checkpoint("last")["state"])
     except (KeyError, TypeError) as err:
-        raise checkpoint.CheckpointError(f"the checkpoint in {str(run.path)!r} has no valid "
-                                         f"training state ({err})") from None
+        raise checkpoint.CheckpointError(
+            f"the checkpoint in {str(run.path)!r} has no valid training state ({err})"
+        ) from None
     weights, which = run.eval_weights(type(model).select_best, setup.device)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise checkpoint.CheckpointError(
             f"the checkpoint in {str(run.path)!r} does not match its config's model "
-            f"({str(err).splitlines()[0]})") from None
+            f"({str(err).splitlines()[0]})"
+        ) from None
     log.info("%s: the %s weights", run.path, which)
     return run_cfg, run, setup, data, model, state
 
@@ -226,8 +264,16 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
         if not ddp.is_main():
             return None
         plain = resolved(run_cfg)
-        rec = record(plain, run, outputs, model, state, setup.device.type, rows,
-                     run.status().get("config_hash") or config_hash(run_cfg))
+        rec = record(
+            plain,
+            run,
+            outputs,
+            model,
+            state,
+            setup.device.type,
+            rows,
+            run.status().get("config_hash") or config_hash(run_cfg),
+        )
     print_metrics(rec, rows)
     return rec
 

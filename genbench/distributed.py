@@ -83,8 +83,9 @@ def _export_submitit_env() -> None:
     import submitit
 
     if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                         overwrite=True)
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
 
 
 def init(setup: DeviceSetup, threads: object = "auto") -> DeviceSetup:
@@ -115,8 +116,9 @@ def init(setup: DeviceSetup, threads: object = "auto") -> DeviceSetup:
         threadpool_limits(n, user_api="blas")  # as train/device does for one process
     if not is_main():
         _quiet()
-    log.info("process group: %d ranks (%s), rank %d on %s", world, dist.get_backend(), rank(),
-             device)
+    log.info(
+        "process group: %d ranks (%s), rank %d on %s", world, dist.get_backend(), rank(), device
+    )
     return dataclasses.replace(setup, device=device, threads=n, adaptive_threads=False)
 
 
@@ -204,7 +206,7 @@ def _coalesced(tensors: Sequence[Tensor], op: Callable[[Tensor], None]) -> None:
         op(flat)
         offset = 0
         for t in bucket:
-            t.detach().copy_(flat[offset:offset + t.numel()].view_as(t))
+            t.detach().copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
         bucket.clear()
 
@@ -229,8 +231,9 @@ def broadcast_module(module: nn.Module, buffers_only: bool = False) -> None:
     """Copy rank 0's parameters (unless ``buffers_only``) and buffers to every rank."""
     if world_size() == 1:
         return
-    broadcast_tensors(list(module.buffers()) if buffers_only else
-                      [*module.parameters(), *module.buffers()])
+    broadcast_tensors(
+        list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
+    )
 
 
 def reduce_sum(x: Tensor) -> Tensor:
@@ -265,7 +268,7 @@ def my_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     process's order and every batch is the same one a single process would use."""
     starts = list(range(0, n, batch_size))
     world, r = world_size(), rank()
-    mine = starts[r * len(starts) // world:(r + 1) * len(starts) // world]
+    mine = starts[r * len(starts) // world : (r + 1) * len(starts) // world]
     return [(s, min(s + batch_size, n)) for s in mine]
 
 
@@ -280,7 +283,7 @@ def gather_rows(x: Tensor) -> Tensor:
     dist.all_gather(counts, torch.tensor([x.shape[0]], device=dev))
     sizes = [int(c) for c in counts]
     padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=dev)
-    padded[:x.shape[0]] = x.to(dev)
+    padded[: x.shape[0]] = x.to(dev)
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(x.device)

@@ -34,8 +34,9 @@ def positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
     return out
 
 
-def nonneg_float(key: str, value: Any, *, positive: bool = False, maximum: float | None = None
-                 ) -> float:
+def nonneg_float(
+    key: str, value: Any, *, positive: bool = False, maximum: float | None = None
+) -> float:
     """``value`` as a finite float (> 0 if ``positive``, else >= 0), or a ``ConfigError``
     naming ``key``."""
     what = "a finite number > 0" if positive else "a finite number >= 0"
@@ -47,8 +48,12 @@ def nonneg_float(key: str, value: Any, *, positive: bool = False, maximum: float
         out = float(value)
     except (TypeError, ValueError):
         raise bad_value(key, value, what) from None
-    if not math.isfinite(out) or out < 0 or (positive and out == 0) or \
-            (maximum is not None and out > maximum):
+    if (
+        not math.isfinite(out)
+        or out < 0
+        or (positive and out == 0)
+        or (maximum is not None and out > maximum)
+    ):
         raise bad_value(key, value, what)
     return out
 

@@ -28,8 +28,9 @@ class FileError(UserError):
     be written."""
 
 
-def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None], *,
-                 what: str = "file") -> None:
+def atomic_write(
+    path: Path, content: bytes | str | Callable[[IO[bytes]], None], *, what: str = "file"
+) -> None:
     """Write ``content`` (bytes, text, or a function writing to a binary file object) to ``path``
     atomically. Raises :class:`FileError` naming ``path`` when it cannot be written; the previous
     file at ``path`` is then kept as it was."""
@@ -61,8 +62,9 @@ def atomic_write(path: Path, content: bytes | str | Callable[[IO[bytes]], None],
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             kept = f"the previous {what} is kept" if path.exists() else "nothing was written"
-            raise FileError(f"could not write the {what} {str(path)!r} "
-                            f"({err.strerror or err}); {kept}") from None
+            raise FileError(
+                f"could not write the {what} {str(path)!r} ({err.strerror or err}); {kept}"
+            ) from None
         raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by writers that were killed
         stale.unlink(missing_ok=True)
@@ -128,8 +130,10 @@ def read_bytes(path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES, what: str = "
     if not path.is_file():
         raise FileError(f"the {what} {str(path)!r} is not a regular file")
     if st.st_size > max_bytes:
-        raise FileError(f"the {what} {str(path)!r} is too large ({st.st_size:,} bytes; at most "
-                        f"{max_bytes:,} are read)")
+        raise FileError(
+            f"the {what} {str(path)!r} is too large ({st.st_size:,} bytes; at most "
+            f"{max_bytes:,} are read)"
+        )
     try:
         with path.open("rb") as f:
             data = f.read(max_bytes + 1)
@@ -149,6 +153,7 @@ def read_json(path: Path, *, expect: type = dict, what: str = "file") -> Any:
     except (ValueError, RecursionError) as err:
         raise FileError(f"the {what} {str(path)!r} is not valid JSON ({err})") from None
     if not isinstance(value, expect):
-        raise FileError(f"the {what} {str(path)!r} holds a JSON {type(value).__name__}, not a "
-                        f"{expect.__name__}")
+        raise FileError(
+            f"the {what} {str(path)!r} holds a JSON {type(value).__name__}, not a {expect.__name__}"
+        )
     return value

@@ -41,16 +41,22 @@ def check_out_file(out: Path | str, key: str = "out") -> Path:
     out = Path(out).expanduser()
     real = out.resolve()
     if real.is_dir():
-        raise FileError(f"{key}={str(out)!r} is a folder: give a file name, e.g. "
-                         f"{key}={str(out / 'leaderboard.md')!r}")
+        raise FileError(
+            f"{key}={str(out)!r} is a folder: give a file name, e.g. "
+            f"{key}={str(out / 'leaderboard.md')!r}"
+        )
     base = real.with_name(real.name.removesuffix("-wal").removesuffix("-shm"))
     if real.suffix == ".sqlite" or _is_sqlite(real) or _is_sqlite(base):
-        raise FileError(f"{key}={str(out)!r} is a leaderboard database: refusing to overwrite "
-                         "it; choose another file")
+        raise FileError(
+            f"{key}={str(out)!r} is a leaderboard database: refusing to overwrite "
+            "it; choose another file"
+        )
     run = _run_dir_above(real.parent)
     if run is not None:
-        raise FileError(f"{key}={str(out)!r} is inside the run folder {str(run)!r}: refusing "
-                         "to write there; choose a file outside it")
+        raise FileError(
+            f"{key}={str(out)!r} is inside the run folder {str(run)!r}: refusing "
+            "to write there; choose a file outside it"
+        )
     return out
 
 
@@ -64,8 +70,10 @@ def check_out_folder(out: Path | str, key: str = "out", own_run: Path | None = N
     run = _run_dir_above(real)
     if run is not None and (own_run is None or run != Path(own_run).resolve()):
         where = "is the run folder" if run == real else "is inside the run folder"
-        raise FileError(f"{key}={str(out)!r} {where} {str(run)!r}: refusing to write there; "
-                         "choose a folder outside it")
+        raise FileError(
+            f"{key}={str(out)!r} {where} {str(run)!r}: refusing to write there; "
+            "choose a folder outside it"
+        )
     return out
 
 

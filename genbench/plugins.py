@@ -36,8 +36,11 @@ def config_packages() -> list[str]:
         if _MODULE.match(ep.value):
             out.append(ep.value)
         else:
-            log.warning("ignoring the genbench.configs entry point %s = %r: not a package name",
-                        ep.name, ep.value)
+            log.warning(
+                "ignoring the genbench.configs entry point %s = %r: not a package name",
+                ep.name,
+                ep.value,
+            )
     return out
 
 
@@ -58,12 +61,16 @@ def plugin_models() -> dict[str, type]:
         try:
             cls = ep.load()
         except Exception as err:  # noqa: BLE001  (a broken plugin must not break genbench)
-            log.warning("the genbench model plugin %s = %r cannot be loaded: %s", ep.name,
-                        ep.value, err)
+            log.warning(
+                "the genbench model plugin %s = %r cannot be loaded: %s", ep.name, ep.value, err
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
-            log.warning("the genbench model plugin %s = %r is not a GenerativeModel subclass",
-                        ep.name, ep.value)
+            log.warning(
+                "the genbench model plugin %s = %r is not a GenerativeModel subclass",
+                ep.name,
+                ep.value,
+            )
             continue
         out[ep.name] = cls
     return out

@@ -28,8 +28,11 @@ def versions(model: type | None = None) -> dict[str, str]:
     """genbench, Python and package versions, the version of the plugin package that registers
     ``model`` (when one does), and the git commit (with ``git_dirty`` when the work tree has
     uncommitted changes) when genbench runs from a checkout."""
-    out = {"genbench": genbench.__version__, "python": platform.python_version(),
-           "torch": torch.__version__}
+    out = {
+        "genbench": genbench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     if model is not None:
         out.update(_plugin_version(model))
     for name in _PACKAGES:
@@ -39,14 +42,24 @@ def versions(model: type | None = None) -> dict[str, str]:
             pass
     try:
         where = Path(genbench.__file__).parent
-        git = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
-                             text=True, cwd=where, timeout=5)
+        git = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=where,
+            timeout=5,
+        )
         top, _, commit = git.stdout.strip().partition("\n")
         # only genbench's own checkout (not a repository that merely contains an installed copy)
         if git.returncode == 0 and Path(top).resolve() == where.parent.resolve():
             out["git_commit"] = commit
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, cwd=where, timeout=5)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=where,
+                timeout=5,
+            )
             out["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
@@ -71,28 +84,47 @@ def open_store(outputs: Path) -> Store:
         outputs.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=outputs).close()
     except OSError as err:
-        raise ConfigError(f"paths.outputs={str(outputs)!r} is not a writable folder "
-                          f"({err.strerror or err})") from None
+        raise ConfigError(
+            f"paths.outputs={str(outputs)!r} is not a writable folder ({err.strerror or err})"
+        ) from None
     store = Store(outputs / "leaderboard.sqlite")
     if store.path.exists():
         store.runs()
     return store
 
 
-def record(cfg: dict[str, Any], run: RunDir, outputs: Path, model: GenerativeModel,
-           state: Any, device: str, rows: list[Metric], hash_: str) -> RunRecord:
+def record(
+    cfg: dict[str, Any],
+    run: RunDir,
+    outputs: Path,
+    model: GenerativeModel,
+    state: Any,
+    device: str,
+    rows: list[Metric],
+    hash_: str,
+) -> RunRecord:
     """Write ``metrics.json`` and ``record.json`` into the run folder and index the run in
     ``outputs/leaderboard.sqlite``."""
     run_id = run_id_of(run, outputs)
     run.write_metrics(run_id, state.status, [m.to_dict() for m in rows])
     rec = RunRecord(
-        run_id=run_id, created=run.created().isoformat(timespec="seconds"),
-        model=str(cfg["run"]["model"]), family=type(model).family,
-        likelihood=type(model).likelihood, dataset=str(cfg["run"]["dataset"]),
-        params=sum(p.numel() for p in model.parameters()), steps=state.step,
-        images_seen=state.images_seen, train_seconds=round(state.train_seconds, 3),
-        device=device, status=state.status, run_dir=str(run.path.resolve()), config_hash=hash_,
-        config=cfg, versions=versions(type(model)))
+        run_id=run_id,
+        created=run.created().isoformat(timespec="seconds"),
+        model=str(cfg["run"]["model"]),
+        family=type(model).family,
+        likelihood=type(model).likelihood,
+        dataset=str(cfg["run"]["dataset"]),
+        params=sum(p.numel() for p in model.parameters()),
+        steps=state.step,
+        images_seen=state.images_seen,
+        train_seconds=round(state.train_seconds, 3),
+        device=device,
+        status=state.status,
+        run_dir=str(run.path.resolve()),
+        config_hash=hash_,
+        config=cfg,
+        versions=versions(type(model)),
+    )
     run.write_record(asdict(rec))
     Store(outputs / "leaderboard.sqlite").record(rec, rows)
     return rec

@@ -106,8 +106,10 @@ class RunDir:
     def require_run(self, key: str = "run") -> RunDir:
         """This folder, or a :class:`ConfigError` naming ``key`` when it holds no run."""
         if not self.is_run():
-            raise ConfigError(f"{key}={str(self.path)!r} is not a genbench run folder (it needs "
-                              "config.yaml and checkpoints/)")
+            raise ConfigError(
+                f"{key}={str(self.path)!r} is not a genbench run folder (it needs "
+                "config.yaml and checkpoints/)"
+            )
         return self
 
     # -- status --------------------------------------------------------------------------------
@@ -120,15 +122,22 @@ class RunDir:
             return {}
 
     def write_status(self, status: str, step: int, config_hash: str | None) -> None:
-        write_json(self.status_file, {"status": status, "step": step, "config_hash": config_hash},
-                   what="run status")
+        write_json(
+            self.status_file,
+            {"status": status, "step": step, "config_hash": config_hash},
+            what="run status",
+        )
 
     def resumable(self, config_hash: str) -> bool:
         """Whether this folder is an unfinished run of ``config_hash`` with a checkpoint (a
         finished one counts too when it stopped before being recorded; the caller checks)."""
         s = self.status()
-        return (s.get("config_hash") == config_hash and s.get("status") in STATUSES
-                and s.get("status") != "diverged" and self.checkpoint_file("last").is_file())
+        return (
+            s.get("config_hash") == config_hash
+            and s.get("status") in STATUSES
+            and s.get("status") != "diverged"
+            and self.checkpoint_file("last").is_file()
+        )
 
     # -- config --------------------------------------------------------------------------------
     def write_config(self, plain: dict[str, Any]) -> None:
@@ -157,8 +166,9 @@ class RunDir:
     def load_checkpoint(self, name: str, device: str | torch.device = "cpu") -> dict[str, Any]:
         return checkpoint.load(self.checkpoint_file(name), device)
 
-    def eval_weights(self, select_best: bool, device: str | torch.device = "cpu"
-                     ) -> tuple[dict[str, Tensor], str]:
+    def eval_weights(
+        self, select_best: bool, device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, Tensor], str]:
         """The weights that evaluation and sampling use, and which they are: the best-validation
         weights when the model selects by validation loss and they exist, else the EMA of the
         last checkpoint when there is one, else its raw weights. The weights are a state dict on
@@ -174,8 +184,11 @@ class RunDir:
 
     # -- results -------------------------------------------------------------------------------
     def write_metrics(self, run_id: str, status: str, rows: list[dict[str, Any]]) -> None:
-        write_json(self.metrics_file, {"run_id": run_id, "status": status, "metrics": rows},
-                   what="metrics file")
+        write_json(
+            self.metrics_file,
+            {"run_id": run_id, "status": status, "metrics": rows},
+            what="metrics file",
+        )
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metric rows of ``metrics.json`` (a :class:`FileError` when unreadable)."""
@@ -216,22 +229,33 @@ class RunDir:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
-            raise FileError(f"cannot lock the run folder {str(self.path)!r} "
-                            f"({err.strerror or err})") from None
+            raise FileError(
+                f"cannot lock the run folder {str(self.path)!r} ({err.strerror or err})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FileError(f"cannot lock the run folder {str(self.path)!r} "
-                                f"({err.strerror or err})") from None
-            raise RunLockedError(f"the run folder {str(self.path)!r} is in use by "
-                                 f"{self._holder()}; wait for it to finish, or stop it") from None
+                raise FileError(
+                    f"cannot lock the run folder {str(self.path)!r} ({err.strerror or err})"
+                ) from None
+            raise RunLockedError(
+                f"the run folder {str(self.path)!r} is in use by "
+                f"{self._holder()}; wait for it to finish, or stop it"
+            ) from None
         try:
             with contextlib.suppress(FileError):  # the holder's name is information only
-                write_json(self.lock_file, {
-                    "pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
-                    "since": dt.datetime.now().isoformat(timespec="seconds")}, what="lock note")
+                write_json(
+                    self.lock_file,
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "purpose": purpose,
+                        "since": dt.datetime.now().isoformat(timespec="seconds"),
+                    },
+                    what="lock note",
+                )
             yield
         finally:
             self.lock_file.unlink(missing_ok=True)
@@ -240,8 +264,10 @@ class RunDir:
     def _holder(self) -> str:
         try:
             h = json.loads(read_bytes(self.lock_file, max_bytes=4096))
-            return f"process {int(h['pid'])} on {str(h['host'])!r} ({h.get('purpose')}, since " \
-                   f"{h.get('since')})"
+            return (
+                f"process {int(h['pid'])} on {str(h['host'])!r} ({h.get('purpose')}, since "
+                f"{h.get('since')})"
+            )
         except (FileError, ValueError, KeyError, TypeError):
             return "another process"
 
@@ -286,8 +312,10 @@ def move_logs(old: Path, new: RunDir) -> None:
     if Path(old).resolve() == new.path.resolve():
         return
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and \
-                Path(handler.baseFilename).parent.resolve() == Path(old).resolve():
+        if (
+            isinstance(handler, logging.FileHandler)
+            and Path(handler.baseFilename).parent.resolve() == Path(old).resolve()
+        ):
             handler.acquire()
             try:
                 handler.close()
@@ -302,4 +330,3 @@ def move_logs(old: Path, new: RunDir) -> None:
         Path(old).rmdir()  # only when empty: never anything a user put there
     except OSError:
         pass
-

@@ -32,8 +32,12 @@ class Tracker:
 
     run_id: str | None = None
 
-    def __init__(self, config: dict[str, Any] | None = None, run_dir: Path | None = None,
-                 run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+        run_id: str | None = None,
+    ) -> None:
         """The no-op tracker ignores its arguments."""
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -62,25 +66,44 @@ class WandbTracker(Tracker):
     """Weights & Biases (``logger=wandb``): ``project``, ``entity``, ``tags`` and ``mode``
     (auto, online, offline or disabled) come from ``conf/logger/wandb.yaml``."""
 
-    def __init__(self, config: dict[str, Any], run_dir: Path, run_id: str | None, *,
-                 project: str = "genbench", entity: str | None = None, mode: str = "auto",
-                 tags: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        run_dir: Path,
+        run_id: str | None,
+        *,
+        project: str = "genbench",
+        entity: str | None = None,
+        mode: str = "auto",
+        tags: Sequence[str] = (),
+    ) -> None:
         try:
             import wandb
         except ImportError:
-            raise ConfigError("logger=wandb needs the wandb package: pip install "
-                              "'genbench[wandb]'") from None
+            raise ConfigError(
+                "logger=wandb needs the wandb package: pip install 'genbench[wandb]'"
+            ) from None
 
         mode = str(mode)
         if mode == "auto":
             mode = "online" if _has_api_key() else "offline"
         if mode not in ("online", "offline", "disabled"):
-            raise ConfigError(f"logger.mode={mode!r} is invalid: expected auto, online, offline "
-                              "or disabled")
+            raise ConfigError(
+                f"logger.mode={mode!r} is invalid: expected auto, online, offline or disabled"
+            )
         self._wandb = wandb
-        self.run = wandb.init(project=project, entity=entity, config=config, dir=str(run_dir),
-                              id=run_id, resume="allow", mode=mode, tags=list(tags or []),
-                              name=run_dir.name, settings=wandb.Settings(silent=True))
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            config=config,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            tags=list(tags or []),
+            name=run_dir.name,
+            settings=wandb.Settings(silent=True),
+        )
         self.run_id = self.run.id
         log.info("W&B %s run %s (%s)", mode, self.run_id, run_dir / "wandb")
 
@@ -104,23 +127,29 @@ class WandbTracker(Tracker):
 def make_tracker(cfg: Any, config: dict[str, Any], run_dir: Path, run_id: str | None) -> Tracker:
     """The tracker named by ``cfg._target_`` (a :class:`Tracker` class, ``conf/logger``) with the
     rest of ``cfg`` as its options."""
-    spec = dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
-                else cfg or {})
+    spec = dict(
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg or {}
+    )
     target = str(spec.get("_target_", ""))
     try:
         cls = get_class(target) if target.startswith("genbench.") else None
     except (ImportError, AttributeError, ValueError):
         cls = None
     if cls is None or not (isinstance(cls, type) and issubclass(cls, Tracker)):
-        raise ConfigError(f"logger._target_={target!r} is invalid: expected a genbench.tracking "
-                          "class (conf/logger: none, wandb)")
+        raise ConfigError(
+            f"logger._target_={target!r} is invalid: expected a genbench.tracking "
+            "class (conf/logger: none, wandb)"
+        )
     try:  # a partial first: the run config holds _target_ keys that must stay plain data
         build = instantiate(spec, _partial_=True)
     except InstantiationException as err:
-        raise ConfigError(f"could not build the logger from logger._target_={target!r}: "
-                          f"{err.__cause__ or err}") from None
+        raise ConfigError(
+            f"could not build the logger from logger._target_={target!r}: {err.__cause__ or err}"
+        ) from None
     try:
         return build(config=config, run_dir=run_dir, run_id=run_id)
     except TypeError as err:
-        raise ConfigError(f"logger options {sorted(k for k in spec if k != '_target_')} do not "
-                          f"fit {target}: {err}") from None
+        raise ConfigError(
+            f"logger options {sorted(k for k in spec if k != '_target_')} do not "
+            f"fit {target}: {err}"
+        ) from None

@@ -38,8 +38,9 @@ class _PlainLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted "
-                                              "in a genbench config", mark)
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in a genbench config", mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -52,8 +53,9 @@ class _PlainDumper(yaml.SafeDumper):
 
 def dump_yaml(value: Any) -> str:
     """``value`` (plain containers) as YAML without anchors, in key order."""
-    return yaml.dump(value, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True)
+    return yaml.dump(
+        value, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
 
 
 def parse_yaml(text: bytes | str, where: str) -> Any:
@@ -115,7 +117,8 @@ def check_targets(node: Any, where: str = "config") -> None:
             raise ConfigError(
                 f"{where}: {name}={target!r} is not allowed: a config read from a run folder may "
                 "only build the models, datasets, optimizers, schedulers and loggers genbench "
-                "ships configs for")
+                "ships configs for"
+            )
         from hydra.utils import get_object
 
         if get_object(target) is not allowed[target]:
@@ -128,8 +131,10 @@ def check_plain(node: Any, where: str = "config") -> None:
         if isinstance(value, dict) and any(not isinstance(k, str) for k in value):
             raise ConfigError(f"{where}: {key or 'the top level'} has a key that is not a string")
         if isinstance(value, str) and "${" in value:
-            raise ConfigError(f"{where}: {key}={value!r} is an interpolation; configs read from a "
-                              "run folder must be fully resolved (genbench writes them so)")
+            raise ConfigError(
+                f"{where}: {key}={value!r} is an interpolation; configs read from a "
+                "run folder must be fully resolved (genbench writes them so)"
+            )
 
 
 def load_untrusted_config(path: Path) -> DictConfig:

@@ -50,8 +50,7 @@ def validate(cfg: DictConfig) -> None:
         _mapping("sampler", plain["sampler"])
     _refuse_non_finite(plain)
     t = cfg.trainer
-    for key in ("max_steps", "batch_size", "eval_every", "ckpt_every", "log_every",
-                "val_examples"):
+    for key in ("max_steps", "batch_size", "eval_every", "ckpt_every", "log_every", "val_examples"):
         t[key] = positive_int(f"trainer.{key}", t[key])
     t.grad_clip = nonneg_float("trainer.grad_clip", t.grad_clip)
     check_scheduler(cfg.get("scheduler"))
@@ -67,8 +66,9 @@ def validate(cfg: DictConfig) -> None:
         raise bad_value("device.compile", cfg.device.compile, "true or false")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{missing[0]} has no value: set it on the command line, e.g. "
-                          f"{missing[0]}=...")
+        raise ConfigError(
+            f"{missing[0]} has no value: set it on the command line, e.g. {missing[0]}=..."
+        )
     _signature(plain["dataset"], "dataset")
     _signature(plain["logger"], "logger", skip=("config", "run_dir", "run_id"))
     _signature(plain["optimizer"], "optimizer", unset_ok=("fused",))  # null: genbench decides
@@ -99,15 +99,18 @@ def _validate_eval(e: DictConfig) -> None:
         raise bad_value("eval.extractor", e.extractor, f"one of {', '.join(EXTRACTOR_CHOICES)}")
     metrics = e.get("metrics")
     metrics = [] if metrics is None else metrics
-    if not (isinstance(metrics, list) or OmegaConf.is_list(metrics)) or \
-            any(not isinstance(m, str) or m not in METRICS for m in metrics):
+    if not (isinstance(metrics, list) or OmegaConf.is_list(metrics)) or any(
+        not isinstance(m, str) or m not in METRICS for m in metrics
+    ):
         shown = list(metrics) if OmegaConf.is_list(metrics) else metrics
         raise bad_value("eval.metrics", shown, f"a subset of {list(METRICS)}")
     weights = e.get("inception_weights")
-    if weights is not None and not (isinstance(weights, str) and Path(weights).expanduser()
-                                    .is_file()):
-        raise bad_value("eval.inception_weights", weights,
-                        "null or the path of an existing weights file")
+    if weights is not None and not (
+        isinstance(weights, str) and Path(weights).expanduser().is_file()
+    ):
+        raise bad_value(
+            "eval.inception_weights", weights, "null or the path of an existing weights file"
+        )
     estimator_names(e)
 
 
@@ -128,18 +131,23 @@ def check_evaluation(e: DictConfig, model: GenerativeModel, sampler: dict[str, A
 
 def _sweep_error(sweep: Any, err: Exception) -> ConfigError:  # noqa: ANN401
     shown = list(sweep) if OmegaConf.is_list(sweep) else sweep
-    return ConfigError(f"eval.sampler_sweep={shown!r} is invalid: each entry sets sampler.steps, "
-                       f"and {err}")
+    return ConfigError(
+        f"eval.sampler_sweep={shown!r} is invalid: each entry sets sampler.steps, and {err}"
+    )
 
 
 def check_arguments(cfg: DictConfig) -> None:
     """The ``dataset`` and ``model`` nodes of ``cfg`` (a composed config, or one read back from
     a run folder) against their targets' signatures and annotations, so a bad value is named by
     its key before anything is built."""
-    _signature(_resolve(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset,
-               "dataset")
-    _signature(_resolve(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model, "model",
-               skip=_RUNNER_ARGS)
+    _signature(
+        _resolve(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset, "dataset"
+    )
+    _signature(
+        _resolve(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model,
+        "model",
+        skip=_RUNNER_ARGS,
+    )
 
 
 def _validate_model(plain: dict[str, Any]) -> None:
@@ -150,12 +158,16 @@ def _validate_model(plain: dict[str, Any]) -> None:
     model = plain["model"]
     cls = _import_target(model, "model")
     if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
-        raise ConfigError(f"model._target_={model.get('_target_')!r} is not a genbench model "
-                          "(a GenerativeModel subclass)")
+        raise ConfigError(
+            f"model._target_={model.get('_target_')!r} is not a genbench model "
+            "(a GenerativeModel subclass)"
+        )
     for name in _RUNNER_ARGS:
         if name in model:
-            raise ConfigError(f"model.{name}={model[name]!r} cannot be set: genbench passes the "
-                              "model its data's shape and levels")
+            raise ConfigError(
+                f"model.{name}={model[name]!r} cannot be set: genbench passes the "
+                "model its data's shape and levels"
+            )
     hparams = _signature(model, "model", skip=_RUNNER_ARGS)
     sampler = plain.get("sampler") or {}
     if not isinstance(sampler, dict):
@@ -188,12 +200,17 @@ def _import_target(node: Any, key: str) -> Any:  # noqa: ANN401
         return pkgutil.resolve_name(node["_target_"])
     except Exception as err:  # noqa: BLE001  (ImportError, AttributeError, a module's own error)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{key}._target_={node['_target_']!r} cannot be imported ({reason})"
-                          ) from None
+        raise ConfigError(
+            f"{key}._target_={node['_target_']!r} cannot be imported ({reason})"
+        ) from None
 
 
-def _signature(node: Any, key: str, skip: tuple[str, ...] = (),  # noqa: ANN401
-               unset_ok: tuple[str, ...] = ()) -> dict[str, Any]:
+def _signature(
+    node: Any,
+    key: str,
+    skip: tuple[str, ...] = (),  # noqa: ANN401
+    unset_ok: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Refuse keys of ``node`` that are not parameters of its ``_target_`` (or set to null and
     in ``unset_ok``); returns the arguments it would be built with (the node's values over the
     signature's defaults)."""
@@ -202,15 +219,24 @@ def _signature(node: Any, key: str, skip: tuple[str, ...] = (),  # noqa: ANN401
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):  # no signature to check against (a builtin)
         return {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
-    named = {n: p for n, p in params.items() if n not in skip and p.kind in (
-        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    named = {
+        n: p
+        for n, p in params.items()
+        if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
     for name, value in node.items():
-        if name not in _HYDRA_KEYS and name not in named and not takes_any and not (
-                name in unset_ok and value is None):
+        if (
+            name not in _HYDRA_KEYS
+            and name not in named
+            and not takes_any
+            and not (name in unset_ok and value is None)
+        ):
             valid = [n for n in named if not (node.get("_partial_") and n == "params")]
-            raise ConfigError(f"{key}.{name}={value!r} is not a parameter of "
-                              f"{node['_target_']}; valid: {', '.join(valid) or 'none'}")
+            raise ConfigError(
+                f"{key}.{name}={value!r} is not a parameter of "
+                f"{node['_target_']}; valid: {', '.join(valid) or 'none'}"
+            )
     if node["_target_"].startswith("genbench."):  # genbench's own classes are fully annotated
         _check_types(target, node, key)
     out = {n: p.default for n, p in named.items() if p.default is not p.empty}
@@ -332,8 +358,10 @@ def check_command_line(cfg: DictConfig) -> None:
         parts = choice.replace("\\", "/").split("/")
         if any(p in ("", ".", "..") for p in parts):
             options = _group_options(group)
-            raise ConfigError(f"{group}={choice!r} is invalid: expected the name of a config in "
-                              f"the {group} group ({', '.join(options) or 'none'}), not a path")
+            raise ConfigError(
+                f"{group}={choice!r} is invalid: expected the name of a config in "
+                f"the {group} group ({', '.join(options) or 'none'}), not a path"
+            )
     task = OmegaConf.to_container(hc.overrides.task, resolve=False)  # as typed: no ${...}
     _check_additions(cfg, [str(t) for t in task], set(hc.runtime.choices))
 
@@ -348,8 +376,12 @@ def _check_additions(cfg: DictConfig, task: list[str], groups: set[str]) -> None
         return
     for o in overrides:
         key = o.key_or_group
-        if o.type != OverrideType.ADD or key in groups or o.package is not None or \
-                key.split(".")[0] == "sampler":
+        if (
+            o.type != OverrideType.ADD
+            or key in groups
+            or o.package is not None
+            or key.split(".")[0] == "sampler"
+        ):
             continue
         node, parent = cfg, []
         for part in key.split(".")[:-1]:
@@ -360,8 +392,13 @@ def _check_additions(cfg: DictConfig, task: list[str], groups: set[str]) -> None
         else:
             where = ".".join(parent)
             above = OmegaConf.select(cfg, where) if where else cfg
-            known = sorted(str(k) for k in above if str(k) != key.rsplit(".", 1)[-1]) \
-                if isinstance(above, DictConfig) else []
-            raise ConfigError(f"+{key}={o.get_value_element_as_str()} adds a key genbench does "
-                              f"not read; the keys of {where or 'the config'} are: "
-                              f"{', '.join(known) or 'none'}")
+            known = (
+                sorted(str(k) for k in above if str(k) != key.rsplit(".", 1)[-1])
+                if isinstance(above, DictConfig)
+                else []
+            )
+            raise ConfigError(
+                f"+{key}={o.get_value_element_as_str()} adds a key genbench does "
+                f"not read; the keys of {where or 'the config'} are: "
+                f"{', '.join(known) or 'none'}"
+            )

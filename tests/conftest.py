@@ -23,8 +23,9 @@ collect_ignore = ["fixtures"]
 CONF = importlib.resources.files("genbench.conf")
 MODELS = sorted(p.name[:-5] for p in (CONF / "model").iterdir() if p.name.endswith(".yaml"))
 DATASETS = sorted(p.name[:-5] for p in (CONF / "dataset").iterdir() if p.name.endswith(".yaml"))
-EXPERIMENTS = sorted(p.name[:-5] for p in (CONF / "experiment").iterdir()
-                     if p.name.endswith(".yaml"))
+EXPERIMENTS = sorted(
+    p.name[:-5] for p in (CONF / "experiment").iterdir() if p.name.endswith(".yaml")
+)
 
 
 def compose_cfg(config: str, overrides: list[str], outputs: Path | None = None):
@@ -56,8 +57,14 @@ def train_cfg(tmp_path):
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``genbench <args>`` in a subprocess; returns the completed process (text output)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "genbench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "genbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

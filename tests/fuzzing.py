@@ -30,8 +30,14 @@ FAST, SLOW = 20, 300
 
 def fuzz_settings(examples: int) -> settings:
     """Deterministic (derandomized, no example database) settings for ``examples`` cases."""
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    print_blob=True, suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 @dataclass
@@ -63,8 +69,12 @@ def invoke(argv: list[str], cwd: Path, stop: type[BaseException] | None = None) 
     from ``cwd``: the exit code and everything printed. ``stop``, an exception a test raises
     from inside the command, is reported as the code ``"stopped"``."""
     buf = io.StringIO()
-    with contextlib.chdir(cwd), _env(COLUMNS="1000"), contextlib.redirect_stdout(buf), \
-            contextlib.redirect_stderr(buf):
+    with (
+        contextlib.chdir(cwd),
+        _env(COLUMNS="1000"),
+        contextlib.redirect_stdout(buf),
+        contextlib.redirect_stderr(buf),
+    ):
         try:
             code: int | str | None = cli.main(argv)
         except SystemExit as exit_:
@@ -98,8 +108,9 @@ def assert_clean(out: Outcome, names: list[str], *, context: str) -> None:
     assert out.code in (0, None, 1, 2, "stopped"), f"{context}: exit code {out.code!r}\n{tail}"
     if not out.failed or out.code == "stopped":
         return
-    assert any(n in out.text for n in names), \
+    assert any(n in out.text for n in names), (
         f"{context}: the message names none of {names}\n{tail}"
+    )
     if out.code == 2:
         errors = [line for line in out.text.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, f"{context}: expected one error line\n{tail}"

@@ -22,8 +22,16 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_complete_run_folder(trained):
     out, run_dir, proc = trained
-    for name in ("config.yaml", "status.json", "metrics.json", "samples.png", "stats.jsonl",
-                 "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "status.json",
+        "metrics.json",
+        "samples.png",
+        "stats.jsonl",
+        "train.log",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = {m["name"]: m for m in json.loads((run_dir / "metrics.json").read_text())["metrics"]}
     assert metrics["bpd"]["kind"] == "bound" and metrics["bpd"]["unit"] == "bits/dim"
@@ -64,9 +72,17 @@ def test_sample_and_eval_from_a_run(trained):
     proc = run_cli("sample", f"run={run_dir}", "n=8", "device=cpu", cwd=out.parent)
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "samples_8.png").is_file() and (run_dir / "samples_8.npz").is_file()
-    proc = run_cli("eval", f"run={run_dir}", "eval=fast", "eval.n_samples=16", "device=cpu",
-                   "eval.nll_examples=16", "eval.sample_metrics=false", f"paths.outputs={out}",
-                   cwd=out.parent)
+    proc = run_cli(
+        "eval",
+        f"run={run_dir}",
+        "eval=fast",
+        "eval.n_samples=16",
+        "device=cpu",
+        "eval.nll_examples=16",
+        "eval.sample_metrics=false",
+        f"paths.outputs={out}",
+        cwd=out.parent,
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {m["name"]: m["n"] for m in metrics}["bpd"] == 16
@@ -82,24 +98,27 @@ def test_help_lists_commands(tmp_path):
     assert "train" in bad.stderr
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["model=nope"], "Could not find 'model/nope'"),
-    (["dataset=nope"], "Could not find 'dataset/nope'"),
-    (["optimizer=nope"], "Could not find 'optimizer/nope'"),
-    (["trainer.max_steps=abc"], "trainer.max_steps='abc' is invalid"),
-    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid"),
-    (["optimizer.lr=-1"], "optimizer.lr=-1"),
-    (["device=cuda"], "no CUDA device"),
-    (["dataset=mnist", "paths.data=/nonexistent"], "dataset.download=true"),
-    (["scheduler=nope"], "Could not find 'scheduler/nope'"),
-    (["scheduler.warmup_steps=-3"], "scheduler.warmup_steps=-3 is invalid"),
-    (["scheduler=linear_warmup"], "scheduler.warmup_steps has no value"),
-    (["dataset.augment=[vflip]"], "dataset.augment=['vflip'] is invalid"),
-    # renamed keys: read as the new key, with a deprecation warning naming it
-    (["trainer.warmup_steps=-2"], "use scheduler.warmup_steps"),
-    (["trainer.warmup_steps=-2"], "scheduler.warmup_steps=-2 is invalid"),
-    (["model=wgan_gp", "model.n_critic=0"], "use model.d_steps"),
-])
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["model=nope"], "Could not find 'model/nope'"),
+        (["dataset=nope"], "Could not find 'dataset/nope'"),
+        (["optimizer=nope"], "Could not find 'optimizer/nope'"),
+        (["trainer.max_steps=abc"], "trainer.max_steps='abc' is invalid"),
+        (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["device=cuda"], "no CUDA device"),
+        (["dataset=mnist", "paths.data=/nonexistent"], "dataset.download=true"),
+        (["scheduler=nope"], "Could not find 'scheduler/nope'"),
+        (["scheduler.warmup_steps=-3"], "scheduler.warmup_steps=-3 is invalid"),
+        (["scheduler=linear_warmup"], "scheduler.warmup_steps has no value"),
+        (["dataset.augment=[vflip]"], "dataset.augment=['vflip'] is invalid"),
+        # renamed keys: read as the new key, with a deprecation warning naming it
+        (["trainer.warmup_steps=-2"], "use scheduler.warmup_steps"),
+        (["trainer.warmup_steps=-2"], "scheduler.warmup_steps=-2 is invalid"),
+        (["model=wgan_gp", "model.n_critic=0"], "use model.d_steps"),
+    ],
+)
 def test_bad_train_input_is_one_clear_error(args, expect, tmp_path, capsys):
     from genbench.cli import main
 

@@ -92,9 +92,14 @@ def test_old_spellings_of_d_steps_still_build_with_a_warning(model, old, tmp_pat
 def test_renamed_command_line_keys_are_rewritten(capsys):
     from genbench.cli import rename_overrides
 
-    assert rename_overrides(["trainer.warmup_steps=50", "+model.n_dis=5", "model.n_critic=1,5",
-                             "trainer.max_steps=3"]) == [
-        "scheduler.warmup_steps=50", "model.d_steps=5", "model.d_steps=1,5", "trainer.max_steps=3"]
+    assert rename_overrides(
+        ["trainer.warmup_steps=50", "+model.n_dis=5", "model.n_critic=1,5", "trainer.max_steps=3"]
+    ) == [
+        "scheduler.warmup_steps=50",
+        "model.d_steps=5",
+        "model.d_steps=1,5",
+        "trainer.max_steps=3",
+    ]
     err = capsys.readouterr().err
     assert "trainer.warmup_steps is deprecated" in err and "use model.d_steps" in err
 

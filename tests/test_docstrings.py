@@ -28,13 +28,16 @@ Def = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 @functools.cache
 def _sources() -> tuple[tuple[str, str, ast.Module], ...]:
     """(path relative to the repository, text, syntax tree) of every module in ``genbench/``."""
-    return tuple((path.relative_to(ROOT).as_posix(), text, ast.parse(text, filename=str(path)))
-                 for path in sorted(PACKAGE.rglob("*.py"))
-                 for text in [path.read_text(encoding="utf-8")])
+    return tuple(
+        (path.relative_to(ROOT).as_posix(), text, ast.parse(text, filename=str(path)))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for text in [path.read_text(encoding="utf-8")]
+    )
 
 
-def _defs(node: ast.AST, prefix: str = "", cls: ast.ClassDef | None = None
-          ) -> Iterator[tuple[str, Def, ast.ClassDef | None]]:
+def _defs(
+    node: ast.AST, prefix: str = "", cls: ast.ClassDef | None = None
+) -> Iterator[tuple[str, Def, ast.ClassDef | None]]:
     """Every function and class under ``node`` with its qualified name and the class that
     directly holds it (``None`` for functions outside a class body)."""
     for child in ast.iter_child_nodes(node):
@@ -93,12 +96,13 @@ def test_public_tensor_functions_state_shapes():
     assert not new, (
         f"{len(new)} public function(s) take or return tensors but their docstring states no "
         "shape (write e.g. ``[N, C, H, W]``, ``[N]`` nats, int64 levels in ``[0, K)``):\n"
-        + "\n".join(f"  {file}: {name}" for file, name in new))
+        + "\n".join(f"  {file}: {name}" for file, name in new)
+    )
 
 
 def test_batch_is_written_n():
     new = sorted(_batch_b())
     assert not new, (
         f"{len(new)} docstring(s) or comment(s) write the batch as ``[B``; genbench writes it "
-        "``[N]`` / ``[N, ...]``:\n" + "\n".join(f"  {file}: {name}" for file, name in new))
-
+        "``[N]`` / ``[N, ...]``:\n" + "\n".join(f"  {file}: {name}" for file, name in new)
+    )

@@ -17,7 +17,8 @@ def installed(tmp_path, monkeypatch):
     ``sys.path``, the way pip leaves one."""
     pkg = tmp_path / "fakelab"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from genbench.models.base import GenerativeModel
 
         class Good(GenerativeModel):
@@ -35,11 +36,13 @@ def installed(tmp_path, monkeypatch):
 
         class NotAModel:
             pass
-    """))
+    """)
+    )
     info = tmp_path / "fakelab-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakelab\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent("""
         [genbench.models]
         good = fakelab:Good
         bad = fakelab:NotAModel
@@ -48,7 +51,8 @@ def installed(tmp_path, monkeypatch):
         [genbench.configs]
         fakelab = fakelab.conf
         evil = ../../etc
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins.plugin_models.cache_clear()
     trust.allowed_targets.cache_clear()

@@ -34,9 +34,18 @@ SHRINK: dict[str, list[str]] = {
     "sngan": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
     "wgan_gp": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
 }
-COMMON = ["dataset=digits", "device=cpu", "device.threads=1", "device.precision=fp32",
-          "trainer.max_steps=1", "trainer.batch_size=8", "trainer.val_examples=8",
-          "trainer.eval_every=1", "trainer.ckpt_every=100", "trainer.log_every=1"]
+COMMON = [
+    "dataset=digits",
+    "device=cpu",
+    "device.threads=1",
+    "device.precision=fp32",
+    "trainer.max_steps=1",
+    "trainer.batch_size=8",
+    "trainer.val_examples=8",
+    "trainer.eval_every=1",
+    "trainer.ckpt_every=100",
+    "trainer.log_every=1",
+]
 #: presets for tests and for the quickstart sweep: no published numbers
 NOT_PAPER = {"smoke", "quickstart"}
 
@@ -46,8 +55,9 @@ def _compose(experiment: str, tmp_path):
     model = base.run.model
     if model not in SHRINK:
         pytest.fail(f"add a SHRINK entry for model {model!r} (used by experiment={experiment})")
-    return compose_cfg("train", [f"experiment={experiment}", *COMMON, *SHRINK[model]],
-                       tmp_path / "out")
+    return compose_cfg(
+        "train", [f"experiment={experiment}", *COMMON, *SHRINK[model]], tmp_path / "out"
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -59,15 +69,28 @@ def test_preset_trains_one_step_shrunk(experiment, tmp_path):
     data, model = build(cfg, setup)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    trainer = Trainer(model, data.train, data.val, cfg.trainer, cfg.optimizer, setup, run_dir,
-                      int(cfg.seed), scheduler=cfg.scheduler, augment=data.augment)
+    trainer = Trainer(
+        model,
+        data.train,
+        data.val,
+        cfg.trainer,
+        cfg.optimizer,
+        setup,
+        run_dir,
+        int(cfg.seed),
+        scheduler=cfg.scheduler,
+        augment=data.augment,
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = trainer.fit()
     assert state.status == "finished" and state.step == 1
     assert state.images_seen == 8 * sum(p.repeat for p in model.phases)
     assert (run_dir / "checkpoints" / "last.pt").is_file()
-    changed = [k for k, v in model.state_dict().items()
-               if v.is_floating_point() and not torch.equal(v, before[k])]
+    changed = [
+        k
+        for k, v in model.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
     assert changed, "one optimizer step left every weight unchanged"
     assert all(torch.isfinite(p).all() for p in model.parameters())
     for opt in trainer.optimizers.values():  # the preset's optimizer is the one built

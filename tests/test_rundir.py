@@ -67,8 +67,7 @@ def test_eval_weights_best_then_ema_then_last(tmp_path):
     w = {"w": torch.zeros(1)}
     run.save_checkpoint("last", {"model": w, "ema": None, "state": {}})
     assert run.eval_weights(True)[1] == "the last step"
-    run.save_checkpoint("last", {"model": w, "ema": {"module": {"w": torch.ones(1)}},
-                                 "state": {}})
+    run.save_checkpoint("last", {"model": w, "ema": {"module": {"w": torch.ones(1)}}, "state": {}})
     weights, which = run.eval_weights(True)
     assert which == "EMA of the last step" and weights["w"].item() == 1.0
     run.save_checkpoint("best", {"model": {"w": torch.full((1,), 2.0)}, "step": 5})
@@ -117,8 +116,9 @@ _HOLD = textwrap.dedent("""
 
 def test_lock_is_exclusive_across_processes_and_names_the_holder(tmp_path):
     run = RunDir(tmp_path / "r")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run.path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run.path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert json.loads(run.lock_file.read_text())["pid"] == holder.pid
@@ -137,8 +137,9 @@ def test_two_commands_resuming_one_run_do_not_both_train_it(train_cfg, tmp_path)
 
     cfg = train_cfg("trainer.resume=auto", f"hydra.run.dir={tmp_path / 'first'}")
     run = RunDir(cfg.paths.run_dir)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run.path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run.path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):

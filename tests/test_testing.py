@@ -43,19 +43,23 @@ def test_unknown_check_names_are_refused():
         check_model(Histogram, only=["nope"])
 
 
-@pytest.mark.parametrize("shape,levels,expect", [
-    ((1, 4, 4), 4, ((1, 2, 2), 4)),      # 4^4 = 256 inputs
-    ((1, 8, 8), 17, ((1, 2, 2), 4)),     # the level count shrinks to fit
-    ((2, 1, 1), 64, ((2, 1, 1), 16)),    # 2-D toys: 16^2
-    ((3, 8, 8), 256, ((3, 1, 1), 6)),    # colour: 2^12 > 256, so one pixel
-    ((2, 1, 1), 3, ((2, 1, 1), 3)),      # small enough as it is
-])
+@pytest.mark.parametrize(
+    "shape,levels,expect",
+    [
+        ((1, 4, 4), 4, ((1, 2, 2), 4)),  # 4^4 = 256 inputs
+        ((1, 8, 8), 17, ((1, 2, 2), 4)),  # the level count shrinks to fit
+        ((2, 1, 1), 64, ((2, 1, 1), 16)),  # 2-D toys: 16^2
+        ((3, 8, 8), 256, ((3, 1, 1), 6)),  # colour: 2^12 > 256, so one pixel
+        ((2, 1, 1), 3, ((2, 1, 1), 3)),  # small enough as it is
+    ],
+)
 def test_enumeration_size_fits_the_budget(shape, levels, expect):
     got = enumeration_size(shape, levels)
     assert got == expect and expect[1] ** math.prod(expect[0]) <= 256
 
 
 # -- broken variants: each breaks one rule ---------------------------------------------------
+
 
 class PerDimension(Histogram):
     def nll(self, x):
@@ -211,25 +215,31 @@ class NotAModel:
         pass
 
 
-@pytest.mark.parametrize("cls,check,message", [
-    (PerDimension, "nll", "below the uniform distribution's D log K"),
-    (PerDimension, "enumeration", "sum to"),
-    (InBits, "enumeration", "not 1"),
-    (MeanLoss, "losses", "term 'loss' has shape ()"),
-    (GlobalNoise, "sample", "the same generators gave different samples"),
-    (BareTensor, "sample", "returned a Tensor"),
-    (RemembersCost, "sample", "left state behind in attributes: last_nfe"),
-    (AcceptsAnything, "sample", "sample(not_an_option=1) was accepted"),
-    (OptimisticBound, "enumeration", "> 1"),
-    (NoneThatScores, "nll", "did not raise NotImplementedError"),
-    (CountsCalls, "resume", "differs from 2 uninterrupted steps in model: logits"),
-    (OwnGenerator, "resume", "in model: logits"),
-    (PicklesState, "state_dict", "torch.load(weights_only=True)"),
-    (DecaysInTheWrongPhase, "phases",
-     "a step of phase 'g' changed parameters outside parameters_for('g'): d"),
-    (LeakyEstimator, "estimators", "example 2 scores"),
-    (NotAModel, "declares", "not a GenerativeModel"),
-])
+@pytest.mark.parametrize(
+    "cls,check,message",
+    [
+        (PerDimension, "nll", "below the uniform distribution's D log K"),
+        (PerDimension, "enumeration", "sum to"),
+        (InBits, "enumeration", "not 1"),
+        (MeanLoss, "losses", "term 'loss' has shape ()"),
+        (GlobalNoise, "sample", "the same generators gave different samples"),
+        (BareTensor, "sample", "returned a Tensor"),
+        (RemembersCost, "sample", "left state behind in attributes: last_nfe"),
+        (AcceptsAnything, "sample", "sample(not_an_option=1) was accepted"),
+        (OptimisticBound, "enumeration", "> 1"),
+        (NoneThatScores, "nll", "did not raise NotImplementedError"),
+        (CountsCalls, "resume", "differs from 2 uninterrupted steps in model: logits"),
+        (OwnGenerator, "resume", "in model: logits"),
+        (PicklesState, "state_dict", "torch.load(weights_only=True)"),
+        (
+            DecaysInTheWrongPhase,
+            "phases",
+            "a step of phase 'g' changed parameters outside parameters_for('g'): d",
+        ),
+        (LeakyEstimator, "estimators", "example 2 scores"),
+        (NotAModel, "declares", "not a GenerativeModel"),
+    ],
+)
 def test_each_broken_variant_fails_its_check(cls, check, message):
     with pytest.raises(ConformanceError) as err:
         check_model(cls, only=[check], init_scale=0.5)

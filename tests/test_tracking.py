@@ -46,8 +46,7 @@ def test_loggers_are_chosen_by_target_and_bad_targets_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="logger._target_='genbench.validation.validate'"):
         make_tracker({"_target_": "genbench.validation.validate"}, {}, tmp_path, None)
     with pytest.raises(ConfigError, match="logger options"):
-        make_tracker({"_target_": "genbench.tracking.Tracker", "project": "x"}, {}, tmp_path,
-                     None)
+        make_tracker({"_target_": "genbench.tracking.Tracker", "project": "x"}, {}, tmp_path, None)
 
 
 def test_wandb_tracker_gets_its_options_and_the_plain_run_config(tmp_path, monkeypatch):
@@ -70,8 +69,21 @@ def test_wandb_tracker_gets_its_options_and_the_plain_run_config(tmp_path, monke
 
     monkeypatch.setattr(wandb, "init", init)
     config = {"model": {"_target_": "genbench.models.vae.VAE"}}
-    tracker = make_tracker({"_target_": "genbench.tracking.WandbTracker", "project": "p",
-                            "mode": "disabled", "tags": ["a"]}, config, tmp_path, "id0")
+    tracker = make_tracker(
+        {
+            "_target_": "genbench.tracking.WandbTracker",
+            "project": "p",
+            "mode": "disabled",
+            "tags": ["a"],
+        },
+        config,
+        tmp_path,
+        "id0",
+    )
     assert tracker.run_id == "abc" and seen["config"] == config
-    assert (seen["project"], seen["mode"], seen["tags"], seen["id"]) == ("p", "disabled", ["a"],
-                                                                          "id0")
+    assert (seen["project"], seen["mode"], seen["tags"], seen["id"]) == (
+        "p",
+        "disabled",
+        ["a"],
+        "id0",
+    )

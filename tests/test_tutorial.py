@@ -54,8 +54,9 @@ def install_editable(package: Path, site: Path) -> None:
     meta = tomllib.loads((package / "pyproject.toml").read_text())["project"]
     info = site / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\n"
-                                   f"Version: {meta['version']}\n")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n"
+    )
     lines = []
     for group, entries in meta["entry-points"].items():
         lines += [f"[{group}]", *(f"{k} = {v}" for k, v in entries.items()), ""]
@@ -94,9 +95,12 @@ def test_the_tutorial_shows_the_files_of_the_example():
     example package, and the `run:` blocks are the ones the tests below run."""
     text = DOC.read_text()
     shown = re.findall(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", text, re.S)
-    assert {path for path, _ in shown} == {"tinylab/histogram.py", "tinylab/conf/model/"
-                                           "histogram.yaml", "pyproject.toml",
-                                           "tests/test_histogram.py"}
+    assert {path for path, _ in shown} == {
+        "tinylab/histogram.py",
+        "tinylab/conf/model/histogram.yaml",
+        "pyproject.toml",
+        "tests/test_histogram.py",
+    }
     for path, block in shown:
         assert block in (PACKAGE / path).read_text(), f"the tutorial's {path} is out of date"
     assert tuple(tutorial_blocks()) == BLOCKS
@@ -120,15 +124,21 @@ def test_tutorial_smoke_path(tinylab, tmp_path, monkeypatch, capsys):
         code, out = invoke_cli(argv[1:], capsys)
         assert code == 0, f"{line}\n{out[-3000:]}"
         printed[" ".join(argv[1:3])] = out
-    assert re.search(r"histogram +│ autoregressive +│ exact +│ tinylab\.histogram\.Histogram +│ "
-                     r"genbench-tinylab 0\.1\.0", printed["families"]), printed["families"]
+    assert re.search(
+        r"histogram +│ autoregressive +│ exact +│ tinylab\.histogram\.Histogram +│ "
+        r"genbench-tinylab 0\.1\.0",
+        printed["families"],
+    ), printed["families"]
 
     outputs = tmp_path / "outputs"
     runs = {r["model"]: r for r in Store(outputs / "leaderboard.sqlite").runs()}
     assert set(runs) == {"histogram", "pixelcnn"}
     mine = runs["histogram"]
-    assert (mine["family"], mine["likelihood"], mine["status"]) == ("autoregressive", "exact",
-                                                                   "finished")
+    assert (mine["family"], mine["likelihood"], mine["status"]) == (
+        "autoregressive",
+        "exact",
+        "finished",
+    )
     assert mine["run_dir"] == str(outputs / "runs" / "histogram-smoke")
     assert mine["versions"]["genbench-tinylab"] == "0.1.0"
     bpd = {m["name"]: m for m in mine["metrics"]}["bpd"]
@@ -141,13 +151,15 @@ def test_tutorial_smoke_path(tinylab, tmp_path, monkeypatch, capsys):
 
     # a run folder naming a class that no installed package registers is refused before import
     (tmp_path / "mylab_unregistered.py").write_text(
-        "from tinylab.histogram import Histogram\n\n\nclass Copy(Histogram):\n    pass\n")
+        "from tinylab.histogram import Histogram\n\n\nclass Copy(Histogram):\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     forged = tmp_path / "forged"
     shutil.copytree(outputs / "runs" / "histogram-smoke", forged)
     config = forged / "config.yaml"
-    config.write_text(config.read_text().replace("tinylab.histogram.Histogram",
-                                                 "mylab_unregistered.Copy"))
+    config.write_text(
+        config.read_text().replace("tinylab.histogram.Histogram", "mylab_unregistered.Copy")
+    )
     code, out = invoke_cli(["eval", f"run={forged}"], capsys)
     assert code == 2 and "_target_='mylab_unregistered.Copy' is not allowed" in out, out
     assert "Traceback" not in out and "mylab_unregistered" not in sys.modules
@@ -166,27 +178,43 @@ def test_tutorial_verbatim_after_pip_install(tmp_path):
     into a ``--target`` folder on PYTHONPATH), then the kit, smoke and compare blocks through
     bash."""
     work = tmp_path / "genbench-tinylab"
-    shutil.copytree(PACKAGE, work, ignore=shutil.ignore_patterns("__pycache__", "outputs",
-                                                                 ".pytest_cache"))
+    shutil.copytree(
+        PACKAGE, work, ignore=shutil.ignore_patterns("__pycache__", "outputs", ".pytest_cache")
+    )
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target",
-                          str(site), str(work)],
-                         capture_output=True, text=True, timeout=600)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "200",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     script = "\n".join(["set -euo pipefail", *(tutorial_blocks()[b] for b in BLOCKS[1:])])
-    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=3000)
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=3000
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"\d+ passed", proc.stdout), proc.stdout[-3000:]
     runs = Store(work / "outputs" / "leaderboard.sqlite").runs()
     assert sorted((r["model"], r["steps"]) for r in runs) == [
-        ("histogram", 4), ("histogram", 300), ("pixelcnn", 4), ("pixelcnn", 300)]
-    bpd = {(r["model"], r["steps"]): {m["name"]: m["value"] for m in r["metrics"]}["bpd"]
-           for r in runs}
+        ("histogram", 4),
+        ("histogram", 300),
+        ("pixelcnn", 4),
+        ("pixelcnn", 300),
+    ]
+    bpd = {
+        (r["model"], r["steps"]): {m["name"]: m["value"] for m in r["metrics"]}["bpd"] for r in runs
+    }
     assert bpd[("pixelcnn", 300)] < bpd[("histogram", 300)] < 4.09  # beaten; beats uniform
-    fid = [m for r in runs if r["steps"] == 300 for m in r["metrics"]
-           if m["name"].startswith("fid@")]
+    fid = [
+        m for r in runs if r["steps"] == 300 for m in r["metrics"] if m["name"].startswith("fid@")
+    ]
     assert len(fid) == 2
     print(proc.stdout[-6000:])

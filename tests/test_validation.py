@@ -17,8 +17,9 @@ SAMPLERS = ["default", "ancestral", "ddim", "ode"]
 
 
 def _hparams(cfg) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-            if k != "_target_"}
+    return {
+        k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"
+    }
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -33,16 +34,20 @@ def test_every_dataset_config_passes_validation(dataset, tmp_path):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_config_passes_validation_for_ddpm(sampler, tmp_path):
-    validate(compose_cfg("train", ["model=ddpm", f"sampler={sampler}",
-                                   "eval.sampler_sweep=[10,50]"], tmp_path))
+    validate(
+        compose_cfg(
+            "train", ["model=ddpm", f"sampler={sampler}", "eval.sampler_sweep=[10,50]"], tmp_path
+        )
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_model_validates_its_sampler_options_without_weights(model, tmp_path):
     cfg = compose_cfg("train", [f"model={model}"], tmp_path)
     cls = get_class(cfg.model._target_)
-    assert cls.validate_sampler.__func__ is not GenerativeModel.validate_sampler.__func__, \
+    assert cls.validate_sampler.__func__ is not GenerativeModel.validate_sampler.__func__, (
         f"{cls.__name__} does not declare its sampler options (validate_sampler)"
+    )
     cls.validate_sampler({}, _hparams(cfg))
     with pytest.raises(OptionError, match=r"sampler\.not_an_option=1") as err:
         cls.validate_sampler({"not_an_option": 1}, _hparams(cfg))
@@ -52,11 +57,18 @@ def test_model_validates_its_sampler_options_without_weights(model, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_sample_refuses_what_validate_sampler_refuses(model, tmp_path):
     """The classmethod and the built model apply one rule (a non-finite option here)."""
-    cfg = compose_cfg("train", [f"model={model}", "model.sampler=null"] if model == "ddpm"
-                      else [f"model={model}"], tmp_path)
+    cfg = compose_cfg(
+        "train",
+        [f"model={model}", "model.sampler=null"] if model == "ddpm" else [f"model={model}"],
+        tmp_path,
+    )
     cls = get_class(cfg.model._target_)
-    key = {"DDPM": ("eta", "name"), "DCGAN": ("truncation",), "SNGAN": ("truncation",),
-           "WGANGP": ("truncation",)}.get(cls.__name__, ("temperature",))
+    key = {
+        "DDPM": ("eta", "name"),
+        "DCGAN": ("truncation",),
+        "SNGAN": ("truncation",),
+        "WGANGP": ("truncation",),
+    }.get(cls.__name__, ("temperature",))
     bad = {key[0]: float("nan"), **({"name": "ddim"} if len(key) > 1 else {})}
     with pytest.raises(OptionError, match=f"sampler.{key[0]}=nan"):
         cls.validate_sampler(bad, _hparams(cfg))
@@ -76,10 +88,12 @@ def test_option_error_is_a_value_error_and_a_config_error():
 def test_ddpm_ode_options_follow_the_solver(tmp_path):
     cls = get_class("genbench.models.diffusion.ddpm.DDPM")
     hp = {"timesteps": 50}
-    cls.validate_estimator("ode", {"solver": "rk45", "steps": 100, "probes": 0}, hp,
-                           key="eval.estimator_options.ode")  # rk45 does not use steps
+    cls.validate_estimator(
+        "ode", {"solver": "rk45", "steps": 100, "probes": 0}, hp, key="eval.estimator_options.ode"
+    )  # rk45 does not use steps
     with pytest.raises(OptionError, match=r"eval.estimator_options.ode.steps=100 .* \[1, 50\]"):
-        cls.validate_estimator("ode", {"solver": "heun", "steps": 100}, hp,
-                               key="eval.estimator_options.ode")
+        cls.validate_estimator(
+            "ode", {"solver": "heun", "steps": 100}, hp, key="eval.estimator_options.ode"
+        )
     with pytest.raises(OptionError, match="eval.estimator_options.ode.probes=-1"):
         cls.validate_estimator("ode", {"probes": -1}, hp, key="eval.estimator_options.ode")

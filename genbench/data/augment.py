@@ -72,8 +72,10 @@ def check_augment(names: Any) -> tuple[str, ...]:
     if bad:
         from genbench.data.base import DatasetError
 
-        raise DatasetError(f"dataset.augment={list(map(str, items))!r} is invalid: "
-                           f"expected a list of {sorted(TRANSFORMS)}")
+        raise DatasetError(
+            f"dataset.augment={list(map(str, items))!r} is invalid: "
+            f"expected a list of {sorted(TRANSFORMS)}"
+        )
     return tuple(str(n) for n in items)
 
 
@@ -105,8 +107,9 @@ class Augment:
 
     def uniforms(self, epoch: int, index: Tensor) -> Tensor:
         """``[N, k]`` uniforms of the examples ``index`` ``[N]`` (dataset rows) in ``epoch``."""
-        gens = [torch.Generator().manual_seed(_mix(self.seed, epoch, int(i)))
-                for i in index.tolist()]
+        gens = [
+            torch.Generator().manual_seed(_mix(self.seed, epoch, int(i))) for i in index.tolist()
+        ]
         return rnd.rand((len(gens), self.draws), generator=gens, dtype=torch.float64)
 
     def __call__(self, x: Tensor, epoch: int, index: Tensor) -> Tensor:
@@ -118,6 +121,6 @@ class Augment:
         col = 0
         for name in self.names:
             k, fn = TRANSFORMS[name]
-            x = fn(x, u[:, col:col + k])
+            x = fn(x, u[:, col : col + k])
             col += k
         return x

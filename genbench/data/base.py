@@ -50,8 +50,9 @@ class Data:
         for split in ("train", "val", "test"):
             t = getattr(self, split)
             if t.ndim != 4:
-                raise DatasetError(f"{self.name}: {split} must be [N, C, H, W], "
-                                   f"got {tuple(t.shape)}")
+                raise DatasetError(
+                    f"{self.name}: {split} must be [N, C, H, W], got {tuple(t.shape)}"
+                )
             if t.shape[1:] != self.train.shape[1:]:
                 raise DatasetError(f"{self.name}: {split} shape differs from train")
         lo, hi = int(self.train.min()), int(self.train.max())
@@ -117,8 +118,9 @@ def check_fraction(key: str, value: Any) -> float:
     return out
 
 
-def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction: float,
-                         val_fraction: float, seed: int) -> dict[str, Tensor | None]:
+def split_train_val_test(
+    images: Tensor, labels: Tensor | None, *, test_fraction: float, val_fraction: float, seed: int
+) -> dict[str, Tensor | None]:
     """A fixed, seeded permutation of ``images`` ``[N, C, H, W]`` (and ``labels`` ``[N]``) split
     into train / val / test (val is held out of train); values are ``[N_split, ...]``."""
     test_fraction = check_fraction("test_fraction", test_fraction)
@@ -127,16 +129,24 @@ def split_train_val_test(images: Tensor, labels: Tensor | None, *, test_fraction
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = int(round(n * test_fraction))
     n_val = int(round((n - n_test) * val_fraction))
-    idx_test, idx_val, idx_train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
-    out: dict[str, Tensor | None] = {"train": images[idx_train], "val": images[idx_val],
-                                     "test": images[idx_test]}
+    idx_test, idx_val, idx_train = (
+        perm[:n_test],
+        perm[n_test : n_test + n_val],
+        perm[n_test + n_val :],
+    )
+    out: dict[str, Tensor | None] = {
+        "train": images[idx_train],
+        "val": images[idx_val],
+        "test": images[idx_test],
+    }
     out["train_labels"] = labels[idx_train] if labels is not None else None
     out["test_labels"] = labels[idx_test] if labels is not None else None
     return out
 
 
-def hold_out_val(train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
-                 ) -> tuple[Tensor, Tensor | None, Tensor]:
+def hold_out_val(
+    train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Split a fixed training split ``[N, C, H, W]`` (labels ``[N]``) into (train, train_labels,
     val) with a seeded permutation."""
     val_fraction = check_fraction("val_fraction", val_fraction)
@@ -163,16 +173,28 @@ class Batches:
     example's draw is seeded from (seed, epoch, row), so augmented batches resume exactly too.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int, *, rank: int = 0,
-                 world: int = 1, augment: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        data: Tensor,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        augment: Sequence[str] = (),
+    ) -> None:
         if batch_size < 1:
             raise DatasetError(f"trainer.batch_size must be >= 1, got {batch_size}")
         if batch_size % world or not 0 <= rank < world:
-            raise DatasetError(f"the global batch ({batch_size}) must split evenly across "
-                               f"{world} processes (rank {rank})")
+            raise DatasetError(
+                f"the global batch ({batch_size}) must split evenly across "
+                f"{world} processes (rank {rank})"
+            )
         if batch_size > data.shape[0]:
-            raise ConfigError(f"trainer.batch_size={batch_size} is invalid: expected an integer "
-                               f"<= {data.shape[0]:,}, the size of the training split")
+            raise ConfigError(
+                f"trainer.batch_size={batch_size} is invalid: expected an integer "
+                f"<= {data.shape[0]:,}, the size of the training split"
+            )
         self.data, self.seed = data, seed
         self.batch_size = batch_size  # global
         self.rank, self.local_batch_size = rank, self.batch_size // world
@@ -192,7 +214,7 @@ class Batches:
         if self.index + self.batch_size > self.data.shape[0]:
             self.epoch, self.index, self._perm = self.epoch + 1, 0, None
         lo = self.index + self.rank * self.local_batch_size
-        idx = self._permutation()[lo:lo + self.local_batch_size]
+        idx = self._permutation()[lo : lo + self.local_batch_size]
         self.index += self.batch_size
         if self.augment:
             return self.augment(self.data[idx], self.epoch, idx).long()

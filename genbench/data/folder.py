@@ -38,9 +38,16 @@ def _read(path: Path, size: int, channels: int, levels: int) -> np.ndarray | Non
         return None
 
 
-def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256,
-                 test_fraction: float = 0.1, val_fraction: float = 0.05, seed: int = 0,
-                 augment: Sequence[str] = ()) -> Data:
+def image_folder(
+    root: str,
+    size: int = 32,
+    channels: int = 3,
+    levels: int = 256,
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    augment: Sequence[str] = (),
+) -> Data:
     """Images under ``root`` as ``[N, channels, size, size]`` levels in ``[0, levels)``."""
     if channels not in (1, 3):
         raise DatasetError(f"dataset.channels must be 1 or 3, got {channels}")
@@ -52,9 +59,12 @@ def image_folder(root: str, size: int = 32, channels: int = 3, levels: int = 256
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
     arrays = [a for a in (_read(f, size, channels, levels) for f in files) if a is not None]
     if len(arrays) < 3:
-        raise DatasetError(f"dataset.root={str(path)!r} holds {len(arrays)} readable images "
-                           f"({', '.join(EXTENSIONS)}); at least 3 are needed")
+        raise DatasetError(
+            f"dataset.root={str(path)!r} holds {len(arrays)} readable images "
+            f"({', '.join(EXTENSIONS)}); at least 3 are needed"
+        )
     x = torch.from_numpy(np.stack(arrays))  # uint8 levels (levels <= 256)
-    parts = split_train_val_test(x, None, test_fraction=test_fraction,
-                                 val_fraction=val_fraction, seed=seed)
+    parts = split_train_val_test(
+        x, None, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+    )
     return Data(name=f"folder:{path.name}", levels=levels, augment=augment, **parts)

@@ -38,8 +38,13 @@ FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: Pillow modes of 8 bits per channel, converted by Pillow to grey or RGB
 EIGHT_BIT = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
 
 class SkippedImage(Exception):
@@ -76,16 +81,19 @@ def open_image(path: str | os.PathLike) -> PILImage.Image:
             img = Image.open(f, formats=FORMATS)
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise SkippedImage(f"a possible decompression bomb (more than "
-                               f"{Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+            raise SkippedImage(
+                f"a possible decompression bomb (more than {Image.MAX_IMAGE_PIXELS:,} pixels)"
+            ) from None
         except Exception as err:  # noqa: BLE001  (any decoder failure on untrusted bytes)
-            raise SkippedImage(f"not a readable image ({'/'.join(FORMATS)}; "
-                               f"{type(err).__name__}: {err})") from None
+            raise SkippedImage(
+                f"not a readable image ({'/'.join(FORMATS)}; {type(err).__name__}: {err})"
+            ) from None
     return img
 
 
-def image_to_levels(img: PILImage.Image, size: int | None, channels: int, levels: int
-                    ) -> np.ndarray:
+def image_to_levels(
+    img: PILImage.Image, size: int | None, channels: int, levels: int
+) -> np.ndarray:
     """uint8 ``[channels, H, W]`` levels in ``[0, levels)`` of a decoded image (``levels`` at most
     256): converted to grey (luma) or RGB (grey replicated; alpha dropped, not composited), and
     resized bilinearly to ``size x size`` (aspect ratio not kept) unless ``size`` is None."""

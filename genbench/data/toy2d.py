@@ -29,7 +29,7 @@ def _gauss_mix(u: Tensor, centers: Tensor, std: float) -> Tensor:
 
 
 def _arc_mix(u: Tensor, points: Tensor, std: float, chunk: int = 65536) -> Tensor:
-    return torch.cat([_gauss_mix(u[i:i + chunk], points, std) for i in range(0, len(u), chunk)])
+    return torch.cat([_gauss_mix(u[i : i + chunk], points, std) for i in range(0, len(u), chunk)])
 
 
 def density_8gaussians(u: Tensor) -> Tensor:
@@ -80,10 +80,23 @@ DENSITIES = {
 }
 
 MODES = {
-    "8gaussians": (lambda: 2.0 * torch.stack([torch.arange(8.0).mul(math.pi / 4).cos(),
-                                              torch.arange(8.0).mul(math.pi / 4).sin()], -1), 0.15),
-    "25gaussians": (lambda: torch.cartesian_prod(torch.linspace(-2, 2, 5),
-                                                 torch.linspace(-2, 2, 5)), 0.1),
+    "8gaussians": (
+        lambda: (
+            2.0
+            * torch.stack(
+                [
+                    torch.arange(8.0).mul(math.pi / 4).cos(),
+                    torch.arange(8.0).mul(math.pi / 4).sin(),
+                ],
+                -1,
+            )
+        ),
+        0.15,
+    ),
+    "25gaussians": (
+        lambda: torch.cartesian_prod(torch.linspace(-2, 2, 5), torch.linspace(-2, 2, 5)),
+        0.1,
+    ),
 }
 
 
@@ -150,13 +163,21 @@ def toy_density(name: str, levels: int) -> ToyDensity:
     return ToyDensity(name, probs, radius, modes, std)
 
 
-def toy(density: str, levels: int = 64, n_train: int = 20000, n_val: int = 2000,
-        n_test: int = 5000, seed: int = 0) -> Data:
+def toy(
+    density: str,
+    levels: int = 64,
+    n_train: int = 20000,
+    n_val: int = 2000,
+    n_test: int = 5000,
+    seed: int = 0,
+) -> Data:
     """A toy dataset of ``[N, 2, 1, 1]`` levels drawn from the exact discretized ``density``."""
     if levels < 2 or levels > 256:
         raise DatasetError(f"dataset.levels must be in [2, 256], got {levels}")
     d = toy_density(density, levels)
     g = torch.Generator().manual_seed(seed)
-    parts = {s: to_levels(d.sample(n, g), levels)
-             for s, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+    parts = {
+        s: to_levels(d.sample(n, g), levels)
+        for s, n in (("train", n_train), ("val", n_val), ("test", n_test))
+    }
     return Data(name=f"toy_{density}", levels=levels, density=d, **parts)

@@ -15,12 +15,22 @@ import torch
 
 from genbench.data.base import Data, DatasetError, hold_out_val, to_levels
 
-_LAYOUT = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw",
-           "cifar10": "cifar-10-batches-py"}
+_LAYOUT = {
+    "mnist": "MNIST/raw",
+    "fashion_mnist": "FashionMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+}
 
 
-def _load(name: str, cls_name: str, root: str, download: bool, val_fraction: float,
-          seed: int, augment: Sequence[str]) -> Data:
+def _load(
+    name: str,
+    cls_name: str,
+    root: str,
+    download: bool,
+    val_fraction: float,
+    seed: int,
+    augment: Sequence[str],
+) -> Data:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -44,26 +54,50 @@ def _load(name: str, cls_name: str, root: str, download: bool, val_fraction: flo
         """int64 ``[N]`` class indices in ``[0, 10)``."""
         return torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
-    train, train_y, val = hold_out_val(images(splits[True]), labels(splits[True]), val_fraction,
-                                       seed)
-    return Data(name=name, levels=256, train=to_levels(train, 256), val=to_levels(val, 256),
-                test=to_levels(images(splits[False]), 256), train_labels=train_y,
-                test_labels=labels(splits[False]), num_classes=10, augment=augment)
+    train, train_y, val = hold_out_val(
+        images(splits[True]), labels(splits[True]), val_fraction, seed
+    )
+    return Data(
+        name=name,
+        levels=256,
+        train=to_levels(train, 256),
+        val=to_levels(val, 256),
+        test=to_levels(images(splits[False]), 256),
+        train_labels=train_y,
+        test_labels=labels(splits[False]),
+        num_classes=10,
+        augment=augment,
+    )
 
 
-def mnist(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-          seed: int = 0, augment: Sequence[str] = ()) -> Data:
+def mnist(
+    root: str = "data",
+    download: bool = False,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    augment: Sequence[str] = (),
+) -> Data:
     """MNIST ``[N, 1, 28, 28]``, 256 levels; 60,000 train (minus val) / 10,000 test."""
     return _load("mnist", "MNIST", root, download, val_fraction, seed, augment)
 
 
-def fashion_mnist(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-                  seed: int = 0, augment: Sequence[str] = ()) -> Data:
+def fashion_mnist(
+    root: str = "data",
+    download: bool = False,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    augment: Sequence[str] = (),
+) -> Data:
     """Fashion-MNIST ``[N, 1, 28, 28]``, 256 levels; 60,000 / 10,000."""
     return _load("fashion_mnist", "FashionMNIST", root, download, val_fraction, seed, augment)
 
 
-def cifar10(root: str = "data", download: bool = False, val_fraction: float = 0.05,
-            seed: int = 0, augment: Sequence[str] = ()) -> Data:
+def cifar10(
+    root: str = "data",
+    download: bool = False,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    augment: Sequence[str] = (),
+) -> Data:
     """CIFAR-10 ``[N, 3, 32, 32]``, 256 levels; 50,000 / 10,000."""
     return _load("cifar10", "CIFAR10", root, download, val_fraction, seed, augment)

@@ -36,8 +36,8 @@ class Samples:
 class EvalContext:
     model: GenerativeModel
     data: Data
-    cfg: Any                       # the eval config (conf/eval)
-    sampler: dict[str, Any]        # sampler options (conf/sampler merged over model defaults)
+    cfg: Any  # the eval config (conf/eval)
+    sampler: dict[str, Any]  # sampler options (conf/sampler merged over model defaults)
     device: torch.device
     cache_dir: Path
     rows: list[Metric] = field(default_factory=list)  # results of the stages run so far
@@ -45,8 +45,7 @@ class EvalContext:
 
     def sweep(self) -> list[dict[str, Any]]:
         """The run's sampler, then one per ``eval.sampler_sweep`` step count."""
-        return [self.sampler] + [{**self.sampler, "steps": int(s)}
-                                 for s in self.cfg.sampler_sweep]
+        return [self.sampler] + [{**self.sampler, "steps": int(s)} for s in self.cfg.sampler_sweep]
 
     @property
     def seed(self) -> int:
@@ -72,9 +71,11 @@ class EvalContext:
                     gens = per_sample_generators(self.seed, i, j - i, self.device)
                     s = self.model.sample(j - i, generator=gens, **sampler)
                     if not isinstance(s, Sampled):
-                        raise RuntimeError(f"{type(self.model).__name__}.sample returned "
-                                           f"{type(s).__name__}; the contract is Sampled(x, nfe)"
-                                           " (genbench.models.base)")
+                        raise RuntimeError(
+                            f"{type(self.model).__name__}.sample returned "
+                            f"{type(s).__name__}; the contract is Sampled(x, nfe)"
+                            " (genbench.models.base)"
+                        )
                     out.append(s.x.cpu())
                     nfe.append(s.nfe)
             if self.device.type == "cuda":
@@ -85,20 +86,29 @@ class EvalContext:
                 self._check(mine)
             x = ddp.gather_rows(mine)
             nfe_all = ddp.gather_rows(
-                torch.cat(nfe) if nfe else torch.zeros(0, dtype=torch.float64))
+                torch.cat(nfe) if nfe else torch.zeros(0, dtype=torch.float64)
+            )
             busy = float(ddp.reduce_sum(torch.tensor(seconds, dtype=torch.float64)))
-            self._samples[key] = Samples(x, 1000 * busy / max(n, 1),
-                                         float(nfe_all.mean()) if n else float("nan"),
-                                         self.model.resolve_sampler(**sampler))
-            log.info("sampled %d images in %.1f s (%.2f ms/image)", n, seconds,
-                     1000 * busy / max(n, 1))
+            self._samples[key] = Samples(
+                x,
+                1000 * busy / max(n, 1),
+                float(nfe_all.mean()) if n else float("nan"),
+                self.model.resolve_sampler(**sampler),
+            )
+            log.info(
+                "sampled %d images in %.1f s (%.2f ms/image)", n, seconds, 1000 * busy / max(n, 1)
+            )
         return self._samples[key]
 
     def _check(self, x: Tensor) -> None:
         shape = (self.data.shape, tuple(x.shape[1:]))
         if shape[0] != shape[1] or x.dtype != torch.int64:
-            raise RuntimeError(f"{type(self.model).__name__}.sample returned {x.dtype} "
-                               f"{tuple(x.shape)}; the contract is int64 [n, *{shape[0]}]")
+            raise RuntimeError(
+                f"{type(self.model).__name__}.sample returned {x.dtype} "
+                f"{tuple(x.shape)}; the contract is int64 [n, *{shape[0]}]"
+            )
         if int(x.min()) < 0 or int(x.max()) >= self.data.levels:
-            raise RuntimeError(f"{type(self.model).__name__}.sample returned levels outside "
-                               f"[0, {self.data.levels})")
+            raise RuntimeError(
+                f"{type(self.model).__name__}.sample returned levels outside "
+                f"[0, {self.data.levels})"
+            )

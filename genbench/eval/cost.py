@@ -7,17 +7,34 @@ from genbench.eval.context import EvalContext
 from genbench.eval.metric import Column, Metric, MetricSpec
 from genbench.eval.registry import register_metric, register_spec
 
-MS_PER_IMAGE = register_spec(MetricSpec(
-    name="ms_per_image", unit="ms", lower_is_better=True, label="ms/img",
-    column=Column(order=90)))
-NFE = register_spec(MetricSpec(
-    name="nfe", unit="count", lower_is_better=True, label="NFE", integer=True,
-    column=Column(order=91)))
+MS_PER_IMAGE = register_spec(
+    MetricSpec(
+        name="ms_per_image",
+        unit="ms",
+        lower_is_better=True,
+        label="ms/img",
+        column=Column(order=90),
+    )
+)
+NFE = register_spec(
+    MetricSpec(
+        name="nfe",
+        unit="count",
+        lower_is_better=True,
+        label="NFE",
+        integer=True,
+        column=Column(order=91),
+    )
+)
 
 
 def sampler_protocol(ctx: EvalContext, sampler: dict) -> dict:
-    return {"sampler": dict(sampler), "seed": ctx.seed, "batch_size": int(ctx.cfg.batch_size),
-            "device": ctx.device.type}
+    return {
+        "sampler": dict(sampler),
+        "seed": ctx.seed,
+        "batch_size": int(ctx.cfg.batch_size),
+        "device": ctx.device.type,
+    }
 
 
 @register_metric("sampling", order=10)

@@ -25,13 +25,20 @@ from genbench.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
 
-EVAL_SECONDS = register_spec(MetricSpec(name="eval_seconds", unit="s", lower_is_better=True,
-                                        label="eval s"))
+EVAL_SECONDS = register_spec(
+    MetricSpec(name="eval_seconds", unit="s", lower_is_better=True, label="eval s")
+)
 
 
-def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, Any],
-             device: torch.device, cache_dir: Path, grid_png: Path | None = None
-             ) -> list[Metric]:
+def evaluate(
+    model: GenerativeModel,
+    data: Data,
+    cfg: Any,
+    sampler: dict[str, Any],
+    device: torch.device,
+    cache_dir: Path,
+    grid_png: Path | None = None,
+) -> list[Metric]:
     """Evaluate ``model`` on ``data``; write a grid of ``eval.grid`` samples to ``grid_png``."""
     ctx = EvalContext(model, data, cfg, dict(sampler), device, Path(cache_dir))
     rows: list[Metric] = []
@@ -49,8 +56,15 @@ def evaluate(model: GenerativeModel, data: Data, cfg: Any, sampler: dict[str, An
     return rows
 
 
-def sample_to_files(model: GenerativeModel, data: Data, n: int, cfg: Any,
-                    sampler: dict[str, Any], device: torch.device, out_dir: Path) -> Path:
+def sample_to_files(
+    model: GenerativeModel,
+    data: Data,
+    n: int,
+    cfg: Any,
+    sampler: dict[str, Any],
+    device: torch.device,
+    out_dir: Path,
+) -> Path:
     """Draw ``n`` seeded samples; write ``samples_<n>.png`` and ``samples_<n>.npz``."""
     ctx = EvalContext(model, data, cfg, dict(sampler), device, out_dir)
     s = ctx.samples(n)

@@ -85,8 +85,13 @@ class Extractor:
 
     def protocol(self) -> dict[str, Any]:
         """The entries that make two scores comparable."""
-        return {"extractor": self.name, "extractor_weights_sha256": self.weights_hash[:16],
-                "extractor_input": self.input_size, "extractor_resize": self.resize, **self.info}
+        return {
+            "extractor": self.name,
+            "extractor_weights_sha256": self.weights_hash[:16],
+            "extractor_input": self.input_size,
+            "extractor_resize": self.resize,
+            **self.info,
+        }
 
     def build(self, features: list[str], cuda: bool) -> torch_fidelity.FeatureExtractorBase:
         """The torch-fidelity feature extractor returning ``features`` (layer names). Weights
@@ -98,8 +103,13 @@ class Extractor:
             weights = io.BytesIO()
             torch.save(self.state_dict, weights)
             weights.seek(0)
-        return create_feature_extractor(self.registered, features, cuda=cuda, verbose=False,
-                                        feature_extractor_weights_path=weights)
+        return create_feature_extractor(
+            self.registered,
+            features,
+            cuda=cuda,
+            verbose=False,
+            feature_extractor_weights_path=weights,
+        )
 
 
 def file_sha256(path: Path) -> str:
@@ -130,8 +140,9 @@ def load_plain_weights(path: Path) -> tuple[dict[str, Tensor], str]:
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise ExtractorError(f"cannot read the Inception-v3 weights {str(path)!r} "
-                             f"({err.strerror or err})") from None
+        raise ExtractorError(
+            f"cannot read the Inception-v3 weights {str(path)!r} ({err.strerror or err})"
+        ) from None
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any failure: refuse the file, never fall back)
@@ -140,20 +151,32 @@ def load_plain_weights(path: Path) -> tuple[dict[str, Tensor], str]:
         raise ExtractorError(
             f"refusing the Inception-v3 weights {str(path)!r}: they do not load as plain tensors "
             f"with torch.load(weights_only=True) ({reason or type(err).__name__}); use "
-            f"torch-fidelity's {URL_INCEPTION_V3.rsplit('/', 1)[-1]}") from None
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise ExtractorError(f"refusing the Inception-v3 weights {str(path)!r}: the file is not "
-                             "a state dict of named tensors")
+            f"torch-fidelity's {URL_INCEPTION_V3.rsplit('/', 1)[-1]}"
+        ) from None
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
+    ):
+        raise ExtractorError(
+            f"refusing the Inception-v3 weights {str(path)!r}: the file is not "
+            "a state dict of named tensors"
+        )
     return state, hashlib.sha256(raw).hexdigest()
 
 
 def inception_extractor(weights: Path) -> Extractor:
     state, digest = load_plain_weights(weights)
-    return Extractor(INCEPTION, INCEPTION_REGISTERED, weights, digest, rgb=True,
-                     input_size="3x299x299",
-                     resize="grey replicated to RGB; bilinear (TF1-compatible) to 299x299",
-                     state_dict=state)
+    return Extractor(
+        INCEPTION,
+        INCEPTION_REGISTERED,
+        weights,
+        digest,
+        rgb=True,
+        input_size="3x299x299",
+        resize="grey replicated to RGB; bilinear (TF1-compatible) to 299x299",
+        state_dict=state,
+    )
 
 
 # ---------------------------------------------------------------- domain CNN
@@ -161,13 +184,13 @@ def inception_extractor(weights: Path) -> Extractor:
 class CNNRecipe:
     """Architecture and training recipe of the domain CNN (part of its cache key)."""
 
-    width: int = 16        # channels of the first conv (then 2x, 4x)
-    hidden: int = 128      # penultimate feature dimension
-    steps: int = 600       # Adam steps
+    width: int = 16  # channels of the first conv (then 2x, 4x)
+    hidden: int = 128  # penultimate feature dimension
+    steps: int = 600  # Adam steps
     batch_size: int = 64
-    lr: float = 2e-3       # one-cycle peak learning rate
+    lr: float = 2e-3  # one-cycle peak learning rate
     seed: int = 0
-    version: int = 2       # bump when the code below changes what is trained
+    version: int = 2  # bump when the code below changes what is trained
 
 
 class DomainCNN(nn.Module):
@@ -179,14 +202,15 @@ class DomainCNN(nn.Module):
     then works in its intended range instead of being dominated by the cubic term.
     """
 
-    def __init__(self, channels: int, num_classes: int, width: int = 16, hidden: int = 128
-                 ) -> None:
+    def __init__(self, channels: int, num_classes: int, width: int = 16, hidden: int = 128) -> None:
         super().__init__()
-        self.convs = nn.ModuleList([
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            ]
+        )
         self.fc = nn.Linear(16 * width, hidden)
         self.head = nn.Linear(hidden, num_classes)
         self.register_buffer("feature_scale", torch.ones(()))
@@ -219,13 +243,19 @@ class DomainFeatureExtractor(torch_fidelity.FeatureExtractorBase):
     Features: ``features`` (penultimate, for FID/KID/PRC) and ``logits`` (for IS).
     """
 
-    def __init__(self, name: str, features_list: list[str],
-                 feature_extractor_weights_path: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        features_list: list[str],
+        feature_extractor_weights_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, features_list)
-        vassert(feature_extractor_weights_path is not None,
-                f"{name} needs feature_extractor_weights_path (a genbench domain-CNN file)")
-        payload = torch.load(feature_extractor_weights_path, map_location="cpu",
-                             weights_only=True)
+        vassert(
+            feature_extractor_weights_path is not None,
+            f"{name} needs feature_extractor_weights_path (a genbench domain-CNN file)",
+        )
+        payload = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
         self.channels = int(payload["arch"]["channels"])
         self.net = DomainCNN(**payload["arch"])
         self.net.load_state_dict(payload["state_dict"])
@@ -293,8 +323,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def train_domain_cnn(data: Data, recipe: CNNRecipe, device: torch.device
-                     ) -> tuple[DomainCNN, float]:
+def train_domain_cnn(
+    data: Data, recipe: CNNRecipe, device: torch.device
+) -> tuple[DomainCNN, float]:
     """Train on ``data.train`` (seeded Adam, one-cycle LR) and return (net, test accuracy)."""
     # uint8 images, scaled batch by batch: a float copy of the split would grow with it
     x = levels_to_uint8(data.train, data.levels).to(device)
@@ -317,16 +348,16 @@ def train_domain_cnn(data: Data, recipe: CNNRecipe, device: torch.device
     xt = levels_to_uint8(data.test, data.levels).to(device)
     c = data.shape[0]
     with torch.no_grad():
-        f2 = torch.cat([net(uint8_to_unit(b, c))[0].square().mean(1)
-                        for b in x.split(1024)]).mean()
+        f2 = torch.cat([net(uint8_to_unit(b, c))[0].square().mean(1) for b in x.split(1024)]).mean()
         net.feature_scale.fill_(float(f2.clamp_min(1e-12).rsqrt()))
         pred = torch.cat([net(uint8_to_unit(b, c))[1].argmax(1) for b in xt.split(1024)])
     acc = float((pred.cpu() == data.test_labels.cpu()).float().mean())
     return net, acc
 
 
-def domain_extractor(data: Data, cache_dir: Path, device: torch.device,
-                     recipe: CNNRecipe | None = None) -> Extractor:
+def domain_extractor(
+    data: Data, cache_dir: Path, device: torch.device, recipe: CNNRecipe | None = None
+) -> Extractor:
     """The ``<dataset>-cnn`` extractor of a labelled dataset: loaded from
     ``<cache_dir>/extractors/<dataset>-cnn-<key>.pt`` or trained and stored there, where ``key``
     hashes the data, the recipe (architecture, steps, seed) and the code version."""
@@ -334,25 +365,41 @@ def domain_extractor(data: Data, cache_dir: Path, device: torch.device,
         raise ExtractorError(f"dataset {data.name!r} has no labels to train a domain extractor")
     recipe = recipe or CNNRecipe()
     name = f"{_safe(data.name)}-cnn"
-    key = hashlib.sha256((data_digest(data) + json.dumps(asdict(recipe), sort_keys=True))
-                         .encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        (data_digest(data) + json.dumps(asdict(recipe), sort_keys=True)).encode()
+    ).hexdigest()[:16]
     path = Path(cache_dir) / "extractors" / f"{name}-{key}.pt"
     payload = _read_domain_cache(path)
     if payload is None:
         start = time.perf_counter()
         net, acc = train_domain_cnn(data, recipe, device)
         seconds = time.perf_counter() - start
-        arch = {"channels": data.shape[0], "num_classes": data.num_classes,
-                "width": recipe.width, "hidden": recipe.hidden}
-        payload = {"arch": arch, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-                   "test_acc": acc, "recipe": asdict(recipe)}
+        arch = {
+            "channels": data.shape[0],
+            "num_classes": data.num_classes,
+            "width": recipe.width,
+            "hidden": recipe.hidden,
+        }
+        payload = {
+            "arch": arch,
+            "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+            "test_acc": acc,
+            "recipe": asdict(recipe),
+        }
         _save_domain_cnn(payload, path)
         log.info("trained %s in %.1f s: test accuracy %.4f -> %s", name, seconds, acc, path)
     register_domain(name)
     c, h, w = data.shape
-    return Extractor(name, name, path, file_sha256(path), rgb=False, input_size=f"{c}x{h}x{w}",
-                     resize="none (native size)",
-                     info={"extractor_test_acc": round(float(payload["test_acc"]), 4)})
+    return Extractor(
+        name,
+        name,
+        path,
+        file_sha256(path),
+        rgb=False,
+        input_size=f"{c}x{h}x{w}",
+        resize="none (native size)",
+        info={"extractor_test_acc": round(float(payload["test_acc"]), 4)},
+    )
 
 
 def _save_domain_cnn(payload: dict[str, Any], path: Path) -> None:
@@ -367,8 +414,10 @@ def _save_domain_cnn(payload: dict[str, Any], path: Path) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise FileError(f"cannot write the domain extractor {str(path)!r} "
-                        f"({err.strerror or err}); nothing was written") from None
+        raise FileError(
+            f"cannot write the domain extractor {str(path)!r} "
+            f"({err.strerror or err}); nothing was written"
+        ) from None
 
 
 def _read_domain_cache(path: Path) -> dict[str, Any] | None:
@@ -382,13 +431,23 @@ def _read_domain_cache(path: Path) -> dict[str, Any] | None:
         float(payload["test_acc"])
         return payload
     except Exception as err:  # noqa: BLE001  (a cache: anything unreadable is rebuilt)
-        log.warning("ignoring the domain-extractor cache file %s (%s: %s); retraining it", path,
-                    type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+        log.warning(
+            "ignoring the domain-extractor cache file %s (%s: %s); retraining it",
+            path,
+            type(err).__name__,
+            str(err).splitlines()[0][:200] if str(err) else "",
+        )
         return None
 
 
-def resolve_extractor(choice: str, data: Data | None, *, inception_weights: str | None,
-                      cache_dir: Path, device: torch.device) -> Extractor | None:
+def resolve_extractor(
+    choice: str,
+    data: Data | None,
+    *,
+    inception_weights: str | None,
+    cache_dir: Path,
+    device: torch.device,
+) -> Extractor | None:
     """``auto``: Inception-v3 when its weights are present, else the domain CNN of ``data`` (None
     when ``data`` is unlabelled or absent). ``inception-v3`` / ``domain``: that one, or an error."""
     if choice not in EXTRACTOR_CHOICES:
@@ -401,9 +460,14 @@ def resolve_extractor(choice: str, data: Data | None, *, inception_weights: str 
             raise ExtractorError(
                 "Inception-v3 weights not found: set inception_weights=PATH to torch-fidelity's "
                 f"{URL_INCEPTION_V3.rsplit('/', 1)[-1]} (or place it in "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints'}), or use extractor=domain.")
-    labelled = (data is not None and data.train_labels is not None
-                and data.test_labels is not None and data.num_classes >= 2)
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}), or use extractor=domain."
+            )
+    labelled = (
+        data is not None
+        and data.train_labels is not None
+        and data.test_labels is not None
+        and data.num_classes >= 2
+    )
     if not labelled:
         if choice == "domain":
             name = "no dataset" if data is None else f"dataset {data.name!r} has no labels"

@@ -116,28 +116,46 @@ class Settings:
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise bad_value("metrics", list(metrics), f"a subset of {list(METRICS)}")
-        return cls(metrics, int(cfg.get("batch_size", 256)), int(cfg.get("seed", 0)),
-                   int(cfg.get("kid_subset_size", 1000)), int(cfg.get("isc_splits", 10)))
+        return cls(
+            metrics,
+            int(cfg.get("batch_size", 256)),
+            int(cfg.get("seed", 0)),
+            int(cfg.get("kid_subset_size", 1000)),
+            int(cfg.get("isc_splits", 10)),
+        )
 
     def kwargs(self, n1: int, n2: int) -> dict[str, Any]:
         """torch-fidelity keyword arguments for ``n1`` generated and ``n2`` reference images;
         the KID subset size and IS split count are clipped to the set sizes."""
         need = 2 if "prc" not in self.metrics else PRC_NEIGHBORHOOD + 1
         if min(n1, n2) < need:
-            raise UserError(f"sample-quality metrics {list(self.metrics)} need at least {need} "
-                            f"images per set, got {n1} generated and {n2} reference")
-        return {"fid": "fid" in self.metrics, "isc": "isc" in self.metrics,
-                "kid": "kid" in self.metrics, "prc": "prc" in self.metrics,
-                "batch_size": self.batch_size, "rng_seed": self.seed,
-                "kid_subsets": KID_SUBSETS, "kid_subset_size": min(self.kid_subset_size, n1, n2),
-                "isc_splits": min(self.isc_splits, n1), "prc_neighborhood": PRC_NEIGHBORHOOD,
-                "prc_batch_size": PRC_BATCH}
+            raise UserError(
+                f"sample-quality metrics {list(self.metrics)} need at least {need} "
+                f"images per set, got {n1} generated and {n2} reference"
+            )
+        return {
+            "fid": "fid" in self.metrics,
+            "isc": "isc" in self.metrics,
+            "kid": "kid" in self.metrics,
+            "prc": "prc" in self.metrics,
+            "batch_size": self.batch_size,
+            "rng_seed": self.seed,
+            "kid_subsets": KID_SUBSETS,
+            "kid_subset_size": min(self.kid_subset_size, n1, n2),
+            "isc_splits": min(self.isc_splits, n1),
+            "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "prc_batch_size": PRC_BATCH,
+        }
 
     def protocol(self, n1: int, n2: int) -> dict[str, Any]:
         kw = self.kwargs(n1, n2)
-        return {"fidelity_rng_seed": self.seed, "isc_splits": kw["isc_splits"],
-                "kid_subsets": KID_SUBSETS, "kid_subset_size": kw["kid_subset_size"],
-                "prc_neighborhood": PRC_NEIGHBORHOOD}
+        return {
+            "fidelity_rng_seed": self.seed,
+            "isc_splits": kw["isc_splits"],
+            "kid_subsets": KID_SUBSETS,
+            "kid_subset_size": kw["kid_subset_size"],
+            "prc_neighborhood": PRC_NEIGHBORHOOD,
+        }
 
 
 def reference_cache_name(label: str, digest: str, extractor: Extractor) -> str:
@@ -148,8 +166,11 @@ def reference_cache_name(label: str, digest: str, extractor: Extractor) -> str:
 
 def reference_cache_path(cache_dir: Path, name: str, layer: str) -> Path:
     """``<cache_dir>/fidelity/<name>-features-<layer>.npz``."""
-    return Path(cache_dir) / "fidelity" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
-                                                  f"{name}-features-{layer}.npz")
+    return (
+        Path(cache_dir)
+        / "fidelity"
+        / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-features-{layer}.npz")
+    )
 
 
 def read_features(path: Path, n: int) -> Tensor | None:
@@ -166,8 +187,11 @@ def read_features(path: Path, n: int) -> Tensor | None:
             raise ValueError(f"{x.dtype} {x.shape}, expected float [{n}, D]")
         return torch.from_numpy(x)
     except Exception as err:  # noqa: BLE001  (a cache: anything unreadable is recomputed)
-        log.warning("ignoring the feature cache file %s (%s); recomputing it", path,
-                    str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        log.warning(
+            "ignoring the feature cache file %s (%s); recomputing it",
+            path,
+            str(err).splitlines()[0][:200] if str(err) else type(err).__name__,
+        )
         return None
 
 
@@ -180,9 +204,18 @@ def write_features(path: Path, features: Tensor) -> None:
         log.warning("feature cache not written: %s", err)
 
 
-def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
-                 settings: Settings, *, device: torch.device, cache_dir: Path,
-                 reference_label: str) -> dict[str, float]:
+def score_images(
+    x1: Tensor,
+    k1: int,
+    x2: Tensor,
+    k2: int,
+    extractor: Extractor,
+    settings: Settings,
+    *,
+    device: torch.device,
+    cache_dir: Path,
+    reference_label: str,
+) -> dict[str, float]:
     """Score generated levels ``x1`` ``[N1, C, H, W]`` (K = ``k1``) against reference levels ``x2``
     ``[N2, C, H, W]`` (K = ``k2``).
 
@@ -191,18 +224,27 @@ def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
     The reference features are cached under ``cache_dir/fidelity`` (see the module docstring).
     """
     cuda = device.type == "cuda"
-    kw = {**settings.kwargs(len(x1), len(x2)), "cuda": cuda, "save_cpu_ram": True,
-          "samples_shuffle": True, "verbose": False}
-    layers = {m: resolve_feature_layer_for_metric(m, feature_extractor=extractor.registered)
-              for m in ("isc", "fid", "kid", "prc") if kw[m]}
+    kw = {
+        **settings.kwargs(len(x1), len(x2)),
+        "cuda": cuda,
+        "save_cpu_ram": True,
+        "samples_shuffle": True,
+        "verbose": False,
+    }
+    layers = {
+        m: resolve_feature_layer_for_metric(m, feature_extractor=extractor.registered)
+        for m in ("isc", "fid", "kid", "prc")
+        if kw[m]
+    }
     start = time.perf_counter()
     net = extractor.build(sorted(set(layers.values())), cuda)
 
     def features(x: Tensor, k: int) -> dict[str, Tensor]:
         """Extractor outputs (``features`` ``[N, F]``, ``logits`` ...) of levels ``x``
         ``[N, C, H, W]`` in ``[0, k)``."""
-        return get_featuresdict_from_dataset(ImageTensors(x, k, extractor.rgb), net,
-                                             settings.batch_size, cuda, True, False)
+        return get_featuresdict_from_dataset(
+            ImageTensors(x, k, extractor.rgb), net, settings.batch_size, cuda, True, False
+        )
 
     f1 = features(x1, k1)
     result: dict[str, float] = {}
@@ -224,14 +266,30 @@ def score_images(x1: Tensor, k1: int, x2: Tensor, k2: int, extractor: Extractor,
             result.update(kid_featuresdict_to_metric(f1, f2, layers["kid"], **kw))
         if "prc" in layers:
             result.update(prc_featuresdict_to_metric(f1, f2, layers["prc"], **kw))
-    log.info("%s on %d vs %d images with %s: %.1f s", "/".join(settings.metrics), len(x1),
-             len(x2), extractor.name, time.perf_counter() - start)
-    return {f"{base}@{extractor.name}": float(result[key]) for key, (base, _) in RESULTS.items()
-            if key in result}
+    log.info(
+        "%s on %d vs %d images with %s: %.1f s",
+        "/".join(settings.metrics),
+        len(x1),
+        len(x2),
+        extractor.name,
+        time.perf_counter() - start,
+    )
+    return {
+        f"{base}@{extractor.name}": float(result[key])
+        for key, (base, _) in RESULTS.items()
+        if key in result
+    }
 
 
-def fidelity_metrics(samples: Tensor, data: Data, cfg: Mapping, *, device: torch.device,
-                     cache_dir: Path, protocol: dict) -> list[Metric]:
+def fidelity_metrics(
+    samples: Tensor,
+    data: Data,
+    cfg: Mapping,
+    *,
+    device: torch.device,
+    cache_dir: Path,
+    protocol: dict,
+) -> list[Metric]:
     """FID / IS / KID / precision-recall of ``samples`` against ``data``'s reference split.
 
     Args:
@@ -254,31 +312,54 @@ def fidelity_metrics(samples: Tensor, data: Data, cfg: Mapping, *, device: torch
         return []  # 2-D toys have exact metrics instead
     if tuple(samples.shape[1:]) != data.shape:
         raise ValueError(f"samples are {tuple(samples.shape)}, data is [N, *{data.shape}]")
-    extractor = resolve_extractor(str(cfg.get("extractor", "auto")), data,
-                                  inception_weights=cfg.get("inception_weights"),
-                                  cache_dir=cache_dir, device=device)
+    extractor = resolve_extractor(
+        str(cfg.get("extractor", "auto")),
+        data,
+        inception_weights=cfg.get("inception_weights"),
+        cache_dir=cache_dir,
+        device=device,
+    )
     if extractor is None:
-        log.warning("no sample-quality metrics for %s: it has no labels for a domain extractor "
-                    "and no Inception-v3 weights were found (set eval.inception_weights)",
-                    data.name)
+        log.warning(
+            "no sample-quality metrics for %s: it has no labels for a domain extractor "
+            "and no Inception-v3 weights were found (set eval.inception_weights)",
+            data.name,
+        )
         return []
     split = str(cfg.get("reference_split", "test"))
     n_ref = cfg.get("n_reference")
-    reference = data.split(split) if n_ref is None else data.split(split)[:int(n_ref)]
-    scores = score_images(samples, data.levels, reference, data.levels, extractor, settings,
-                          device=device, cache_dir=cache_dir,
-                          reference_label=f"{data.name}-{split}")
+    reference = data.split(split) if n_ref is None else data.split(split)[: int(n_ref)]
+    scores = score_images(
+        samples,
+        data.levels,
+        reference,
+        data.levels,
+        extractor,
+        settings,
+        device=device,
+        cache_dir=cache_dir,
+        reference_label=f"{data.name}-{split}",
+    )
     n, n_ref = int(samples.shape[0]), int(reference.shape[0])
-    common = {**protocol, **extractor.protocol(),
-              "images_to_uint8": "round(level * 255 / (K - 1))", "n_generated": n,
-              "torch_fidelity": torch_fidelity.__version__}
-    params = {**settings.protocol(n, n_ref), "n_reference": n_ref, "reference_split": split,
-              "reference_sha256": levels_digest(reference, data.levels)[:16]}
+    common = {
+        **protocol,
+        **extractor.protocol(),
+        "images_to_uint8": "round(level * 255 / (K - 1))",
+        "n_generated": n,
+        "torch_fidelity": torch_fidelity.__version__,
+    }
+    params = {
+        **settings.protocol(n, n_ref),
+        "n_reference": n_ref,
+        "reference_split": split,
+        "reference_sha256": levels_digest(reference, data.levels)[:16],
+    }
     rows = []
     for base, depends in RESULTS.values():
         name = f"{base}@{extractor.name}"
         if name in scores:
             proto = {**common, **{d: params[d] for d in depends}}
-            rows.append(Metric(name, scores[name], kind="measured", split=split, n=n,
-                               protocol=proto))
+            rows.append(
+                Metric(name, scores[name], kind="measured", split=split, n=n, protocol=proto)
+            )
     return rows

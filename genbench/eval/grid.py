@@ -20,14 +20,19 @@ def save_grid(x: Tensor, levels: int, path: Path, nrow: int = 8) -> None:
     Written atomically (:func:`genbench.files.atomic_write`): a full disk leaves no partial file.
     """
     if is_toy(x.shape[1:]) and x.shape[1] == 2:  # points with two coordinates
-        atomic_write(path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f),
-                     what="sample plot")
+        atomic_write(
+            path, lambda f: _scatter(x.reshape(-1, 2).cpu().numpy(), levels, f), what="sample plot"
+        )
         return
     from torchvision.utils import save_image
 
-    atomic_write(path, lambda f: save_image(x.float().cpu() / (levels - 1), f, format="png",
-                                            nrow=nrow, padding=1, pad_value=0.5),
-                 what="sample grid")
+    atomic_write(
+        path,
+        lambda f: save_image(
+            x.float().cpu() / (levels - 1), f, format="png", nrow=nrow, padding=1, pad_value=0.5
+        ),
+        what="sample grid",
+    )
 
 
 def _scatter(xy: np.ndarray, levels: int, f: IO[bytes]) -> None:
@@ -50,5 +55,8 @@ def save_npz(x: Tensor, levels: int, path: Path) -> None:
     """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) and ``num_levels``
     (K), the format ``genbench score`` reads (written atomically)."""
     arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
-    atomic_write(path, lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)),
-                 what="samples file")
+    atomic_write(
+        path,
+        lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)),
+        what="samples file",
+    )

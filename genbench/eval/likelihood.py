@@ -38,16 +38,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: nats per example; ``nll_<estimator>`` and ``<term>`` rows of bound terms are nats as well
-NLL = register_spec(MetricSpec(name="nll", unit="nats", lower_is_better=True, label="NLL",
-                               likelihood=True))
-BPD = register_spec(MetricSpec(name="bpd", unit="bits/dim", lower_is_better=True,
-                               label="bits/dim", likelihood=True, column=Column(order=10)))
-NEG_ELBO = register_spec(MetricSpec(name="neg_elbo", unit="nats", lower_is_better=True,
-                                    label="-ELBO", likelihood=True))
-NEG_ELBO_BPD = register_spec(MetricSpec(name="neg_elbo_bpd", unit="bits/dim",
-                                        lower_is_better=True, label="-ELBO bpd",
-                                        likelihood=True,
-                                        column=Column(order=11, optional=True)))
+NLL = register_spec(
+    MetricSpec(name="nll", unit="nats", lower_is_better=True, label="NLL", likelihood=True)
+)
+BPD = register_spec(
+    MetricSpec(
+        name="bpd",
+        unit="bits/dim",
+        lower_is_better=True,
+        label="bits/dim",
+        likelihood=True,
+        column=Column(order=10),
+    )
+)
+NEG_ELBO = register_spec(
+    MetricSpec(name="neg_elbo", unit="nats", lower_is_better=True, label="-ELBO", likelihood=True)
+)
+NEG_ELBO_BPD = register_spec(
+    MetricSpec(
+        name="neg_elbo_bpd",
+        unit="bits/dim",
+        lower_is_better=True,
+        label="-ELBO bpd",
+        likelihood=True,
+        column=Column(order=11, optional=True),
+    )
+)
 
 
 def bits_per_dim(nll_nats: float, dims: int) -> float:
@@ -97,8 +113,9 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
         rows.append(Metric(name, nats, k, "test", count, "nats", proto))
         bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
-        rows.append(Metric(bpd_name, bits_per_dim(nats, ctx.data.dims), k, "test", count,
-                           "bits/dim", proto))
+        rows.append(
+            Metric(bpd_name, bits_per_dim(nats, ctx.data.dims), k, "test", count, "bits/dim", proto)
+        )
     return rows
 
 
@@ -106,15 +123,22 @@ def estimator_names(e: Mapping) -> list[str]:
     """``eval.estimators`` (a list of names) with ``eval.estimator_examples`` and
     ``eval.estimator_options`` checked; ``ConfigError`` naming the bad key."""
     names = e.get("estimators") or []
-    if not isinstance(names, Sequence) or isinstance(names, str) or not all(
-            isinstance(n, str) and n.isidentifier() for n in names):
+    if (
+        not isinstance(names, Sequence)
+        or isinstance(names, str)
+        or not all(isinstance(n, str) and n.isidentifier() for n in names)
+    ):
         raise bad_value("eval.estimators", names, "a list of estimator names, e.g. [ode]")
     positive_int("eval.estimator_examples", e.get("estimator_examples", 16))
     options = e.get("estimator_options") or {}
     if not isinstance(options, Mapping) or not all(
-            isinstance(v, Mapping) or v is None for v in options.values()):
-        raise bad_value("eval.estimator_options", options,
-                        "a mapping of estimator name to its options, e.g. {ode: {solver: heun}}")
+        isinstance(v, Mapping) or v is None for v in options.values()
+    ):
+        raise bad_value(
+            "eval.estimator_options",
+            options,
+            "a mapping of estimator name to its options, e.g. {ode: {solver: heun}}",
+        )
     return list(dict.fromkeys(str(n) for n in names))
 
 
@@ -129,22 +153,28 @@ def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> 
     ctx.model.eval()
     for i, j in ddp.my_batches(n, int(ctx.cfg.batch_size)):
         x = ctx.data.test[i:j].to(ctx.device).long()
-        out = est.fn(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device),
-                     **options)
+        out = est.fn(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device), **options)
         nfe = torch.zeros((), dtype=torch.float64) if out.nfe is None else out.nfe.double().sum()
-        sums += torch.stack([out.nll.double().sum().cpu(), nfe.cpu(),
-                             torch.tensor(float(out.nfe is None), dtype=torch.float64)])
+        sums += torch.stack(
+            [
+                out.nll.double().sum().cpu(),
+                nfe.cpu(),
+                torch.tensor(float(out.nfe is None), dtype=torch.float64),
+            ]
+        )
         settings = dict(out.settings)
     total, nfe, uncounted = ddp.reduce_sum(sums).tolist()
     settings = ddp.main_value(settings)
     proto = {"likelihood": name, **est.protocol, "seed": ctx.seed, **settings}
     nats = total / max(n, 1)
-    rows = [NLL.metric(nats, est.kind, "test", n, proto, name=f"nll_{name}"),
-            BPD.metric(bits_per_dim(nats, ctx.data.dims), est.kind, "test", n, proto,
-                       name=f"bpd_{name}")]
+    rows = [
+        NLL.metric(nats, est.kind, "test", n, proto, name=f"nll_{name}"),
+        BPD.metric(
+            bits_per_dim(nats, ctx.data.dims), est.kind, "test", n, proto, name=f"bpd_{name}"
+        ),
+    ]
     if not uncounted:
-        rows.append(NFE.metric(nfe / max(n, 1), "measured", "test", n, proto,
-                               name=f"nfe_{name}"))
+        rows.append(NFE.metric(nfe / max(n, 1), "measured", "test", n, proto, name=f"nfe_{name}"))
     return rows
 
 
@@ -157,8 +187,12 @@ def likelihood_estimator_metrics(ctx: EvalContext) -> list[Metric]:
     rows: list[Metric] = []
     for name in names:
         if name not in declared:
-            log.warning("eval.estimators: %s has no likelihood estimator %r (it offers %s)",
-                        type(ctx.model).__name__, name, sorted(declared) or "none")
+            log.warning(
+                "eval.estimators: %s has no likelihood estimator %r (it offers %s)",
+                type(ctx.model).__name__,
+                name,
+                sorted(declared) or "none",
+            )
             continue
         rows += estimator_metrics(ctx, name, declared[name])
     return rows

@@ -54,16 +54,19 @@ class Metric:
         n = d.get("n", 0)
         if isinstance(n, bool) or not isinstance(n, int):
             raise ValueError(f"metric {name!r} has n={n!r}, not an integer")
-        text = {k: d.get(k, default) for k, default in
-                (("kind", "measured"), ("split", "test"), ("unit", ""))}
+        text = {
+            k: d.get(k, default)
+            for k, default in (("kind", "measured"), ("split", "test"), ("unit", ""))
+        }
         for k, v in text.items():
             if not isinstance(v, str):
                 raise ValueError(f"metric {name!r} has {k}={v!r}, not a string")
         protocol = d.get("protocol", {})
         if not isinstance(protocol, dict):
             raise ValueError(f"metric {name!r} has a protocol that is not a JSON object")
-        return cls(name, float("nan") if value is None else float(value), n=n,
-                   protocol=protocol, **text)
+        return cls(
+            name, float("nan") if value is None else float(value), n=n, protocol=protocol, **text
+        )
 
     @property
     def protocol_key(self) -> str:
@@ -120,17 +123,27 @@ class MetricSpec:
         if not self.label:
             object.__setattr__(self, "label", self.name)
         if self.column is not None and self.lower_is_better is None:
-            raise ValueError(f"metric {self.name!r} has a leaderboard column, so it needs a "
-                             "direction (lower_is_better true or false)")
+            raise ValueError(
+                f"metric {self.name!r} has a leaderboard column, so it needs a "
+                "direction (lower_is_better true or false)"
+            )
 
     @property
     def key(self) -> str:
         """The leaderboard's key of the metric: ``fid@`` matches every ``fid@<extractor>``."""
         return self.name + "@" if self.per_extractor else self.name
 
-    def metric(self, value: float, kind: Kind = "measured", split: str = "test", n: int = 0,
-               protocol: dict[str, Any] | None = None, *, name: str | None = None,
-               extractor: str | None = None) -> Metric:
+    def metric(
+        self,
+        value: float,
+        kind: Kind = "measured",
+        split: str = "test",
+        n: int = 0,
+        protocol: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        extractor: str | None = None,
+    ) -> Metric:
         """A :class:`Metric` row of this spec (its unit), named ``name`` (default the spec's;
         ``<name>@<extractor>`` with ``extractor``)."""
         name = name or self.name

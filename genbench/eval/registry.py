@@ -21,8 +21,12 @@ if TYPE_CHECKING:
 
 MetricFn = Callable[["EvalContext"], list["Metric"]]
 #: modules whose import registers evaluation stages and metric specs
-STAGE_MODULES: tuple[str, ...] = ("genbench.eval.cost", "genbench.eval.likelihood",
-                                  "genbench.eval.stages", "genbench.eval.evaluate")
+STAGE_MODULES: tuple[str, ...] = (
+    "genbench.eval.cost",
+    "genbench.eval.likelihood",
+    "genbench.eval.stages",
+    "genbench.eval.evaluate",
+)
 _STAGES: dict[str, tuple[int, MetricFn]] = {}
 _SPECS: dict[str, MetricSpec] = {}
 
@@ -32,8 +36,9 @@ def _check_name(name: object, what: str) -> None:
         raise ValueError(f"{what} name must be an identifier, got {name!r}")
 
 
-def register_metric(name: str, fn: MetricFn | None = None, *, order: int
-                    ) -> MetricFn | Callable[[MetricFn], MetricFn]:
+def register_metric(
+    name: str, fn: MetricFn | None = None, *, order: int
+) -> MetricFn | Callable[[MetricFn], MetricFn]:
     """Register ``fn`` as evaluation stage ``name``, run at position ``order`` (smallest first;
     usable as a decorator). A stage that reads another's rows (``ctx.rows``) takes a larger
     ``order``.
@@ -80,10 +85,14 @@ def register_spec(spec: MetricSpec) -> MetricSpec:
     _check_name(spec.name, "metric")
     if spec.name in _SPECS:
         raise ValueError(f"metric {spec.name!r} is already declared")
-    if spec.column is not None and (taken := [s.name for s in _SPECS.values() if s.column
-                                              and s.column.order == spec.column.order]):
-        raise ValueError(f"metric {spec.name!r}: column order {spec.column.order} is already "
-                         f"{taken[0]!r}'s")
+    if spec.column is not None and (
+        taken := [
+            s.name for s in _SPECS.values() if s.column and s.column.order == spec.column.order
+        ]
+    ):
+        raise ValueError(
+            f"metric {spec.name!r}: column order {spec.column.order} is already {taken[0]!r}'s"
+        )
     _SPECS[spec.name] = spec
     return spec
 

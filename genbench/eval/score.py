@@ -72,8 +72,9 @@ def load_dataset(name: str, paths: Mapping | None = None) -> Data:
     path = Path(genbench.conf.__file__).parent / "dataset" / f"{name}.yaml"
     if not path.is_file():
         raise bad_value("dataset", name, f"one of {dataset_names()}")
-    root = OmegaConf.create({"paths": dict(paths or {"data": "data"}),
-                             "dataset": OmegaConf.load(path)})
+    root = OmegaConf.create(
+        {"paths": dict(paths or {"data": "data"}), "dataset": OmegaConf.load(path)}
+    )
     return hydra.utils.instantiate(root.dataset)
 
 
@@ -88,12 +89,13 @@ def read_folder(path: Path, channels: int | None, key: str = "input") -> Tensor:
         except SkippedImage as why:
             log.warning("skipping %s: %s", f, why)
     if not images:
-        raise UserError(f"{key}={str(path)!r} holds no usable {'/'.join(IMAGE_EXTENSIONS)} "
-                        "images")
+        raise UserError(f"{key}={str(path)!r} holds no usable {'/'.join(IMAGE_EXTENSIONS)} images")
     sizes = sorted({img.size[::-1] for img in images})
     if len(sizes) > 1:
-        raise UserError(f"{key}: images in {str(path)!r} differ in size (height, width): "
-                        f"{sizes}; all must have one size")
+        raise UserError(
+            f"{key}: images in {str(path)!r} differ in size (height, width): "
+            f"{sizes}; all must have one size"
+        )
     if channels is None:
         channels = 1 if all(img.mode in GREY_MODES for img in images) else 3
     x = np.stack([image_to_levels(img, None, channels, 256) for img in images])
@@ -109,18 +111,24 @@ def _check_member(npz: Any, name: str, where: str) -> tuple[tuple[int, ...], np.
     with npz.zip.open(info) as f:
         try:
             version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read(f)
         except ValueError as err:
-            raise UserError(f"{where}: member {name!r} is not a valid .npy array ({err})"
-                            ) from None
+            raise UserError(f"{where}: member {name!r} is not a valid .npy array ({err})") from None
     if dtype.hasobject:
-        raise UserError(f"{where}: array {name!r} holds Python objects ({dtype}); expected "
-                        "integer levels (object arrays are never unpickled)")
+        raise UserError(
+            f"{where}: array {name!r} holds Python objects ({dtype}); expected "
+            "integer levels (object arrays are never unpickled)"
+        )
     if math.prod(shape) * dtype.itemsize > info.file_size:
-        raise UserError(f"{where}: array {name!r} claims shape {shape} of {dtype}, more than "
-                        "the archive holds (truncated or corrupt)")
+        raise UserError(
+            f"{where}: array {name!r} claims shape {shape} of {dtype}, more than "
+            "the archive holds (truncated or corrupt)"
+        )
     return shape, dtype
 
 
@@ -130,12 +138,21 @@ def _num_levels(npz: Any, where: str) -> int:
     raw = npz["num_levels"]
     value = raw.item() if raw.ndim == 0 else None
     if raw.ndim != 0:
-        raise UserError(f"{where}: num_levels must be one integer >= 2 (a scalar), got an array "
-                        f"of shape {shape}")
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value != int(value) or int(value) < 2):
-        raise UserError(f"{where}: num_levels={value!r} is invalid: expected an integer >= 2 "
-                        "(the number of levels K)")
+        raise UserError(
+            f"{where}: num_levels must be one integer >= 2 (a scalar), got an array "
+            f"of shape {shape}"
+        )
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+        or int(value) < 2
+    ):
+        raise UserError(
+            f"{where}: num_levels={value!r} is invalid: expected an integer >= 2 "
+            "(the number of levels K)"
+        )
     return int(value)
 
 
@@ -146,16 +163,18 @@ def read_npz(path: Path, num_levels: int | None, key: str = "input") -> tuple[Te
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
-        raise UserError(f"{where} is a .npy array, not an .npz archive: save it with "
-                        "np.savez(path, levels=x, num_levels=K)")
+        raise UserError(
+            f"{where} is a .npy array, not an .npz archive: save it with "
+            "np.savez(path, levels=x, num_levels=K)"
+        )
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{where} is not an .npz archive (np.savez of 'levels' and "
-                        "'num_levels')")
+        raise UserError(f"{where} is not an .npz archive (np.savez of 'levels' and 'num_levels')")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not npz.files:
-                raise UserError(f"{where} holds no arrays; expected 'levels' [N, C, H, W] and "
-                                "'num_levels'")
+                raise UserError(
+                    f"{where} holds no arrays; expected 'levels' [N, C, H, W] and 'num_levels'"
+                )
             name = "levels" if "levels" in npz.files else npz.files[0]
             _check_member(npz, name, where)
             x = npz[name]
@@ -165,51 +184,64 @@ def read_npz(path: Path, num_levels: int | None, key: str = "input") -> tuple[Te
     return _check_levels(x, stored, num_levels, where)
 
 
-def _check_levels(x: np.ndarray, stored: int | None, fallback: int | None, where: str
-                  ) -> tuple[Tensor, int]:
+def _check_levels(
+    x: np.ndarray, stored: int | None, fallback: int | None, where: str
+) -> tuple[Tensor, int]:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or not np.issubdtype(x.dtype, np.integer):
-        raise UserError(f"{where}: expected integer levels [N, C, H, W] or [N, H, W], got "
-                        f"{x.dtype} of shape {x.shape}")
+        raise UserError(
+            f"{where}: expected integer levels [N, C, H, W] or [N, H, W], got "
+            f"{x.dtype} of shape {x.shape}"
+        )
     if x.shape[0] == 0 or min(x.shape[2:]) == 0:
         raise UserError(f"{where} holds no images (shape {x.shape})")
     if x.shape[1] not in (1, 3):
-        raise UserError(f"{where}: images have {x.shape[1]} channels (shape {x.shape}); "
-                        "expected 1 (grey) or 3 (RGB)")
+        raise UserError(
+            f"{where}: images have {x.shape[1]} channels (shape {x.shape}); "
+            "expected 1 (grey) or 3 (RGB)"
+        )
     k, source = stored, "num_levels"
     if k is None and fallback is not None:
         k, source = fallback, "the dataset's level count"
     if k is None:
         if x.dtype != np.uint8:
-            raise UserError(f"{where} has no 'num_levels' and its {x.dtype} levels do not say "
-                            "K: store it (np.savez(path, levels=x, num_levels=K)) or set "
-                            "dataset=NAME")
+            raise UserError(
+                f"{where} has no 'num_levels' and its {x.dtype} levels do not say "
+                "K: store it (np.savez(path, levels=x, num_levels=K)) or set "
+                "dataset=NAME"
+            )
         k, source = 256, "uint8 without num_levels"
     lo, hi = int(x.min()), int(x.max())
     if lo < 0 or hi >= k:
-        raise UserError(f"{where}: levels in [{lo}, {hi}] lie outside [0, {k}) (K = {k} from "
-                        f"{source}); store the right level count as 'num_levels'")
+        raise UserError(
+            f"{where}: levels in [{lo}, {hi}] lie outside [0, {k}) (K = {k} from "
+            f"{source}); store the right level count as 'num_levels'"
+        )
     dtype = np.uint8 if k <= 256 else np.int32 if k <= 2**31 else np.int64
     return torch.from_numpy(np.ascontiguousarray(x.astype(dtype, copy=False))), k
 
 
-def load_images(spec: str, *, data: Data | None, paths: Mapping | None = None,
-                key: str = "input") -> ImageSet:
+def load_images(
+    spec: str, *, data: Data | None, paths: Mapping | None = None, key: str = "input"
+) -> ImageSet:
     """An input (directory, ``.npz`` or ``dataset[:split]``) as an :class:`ImageSet`; ``key``
     (``input1``/``input2``) names it in errors."""
     path = Path(str(spec)).expanduser()
     if path.is_dir():
-        return ImageSet(read_folder(path, data.shape[0] if data else None, key), 256,
-                        f"dir-{path.name}")
+        return ImageSet(
+            read_folder(path, data.shape[0] if data else None, key), 256, f"dir-{path.name}"
+        )
     if path.suffix == ".npz" and path.is_file():
         x, k = read_npz(path, data.levels if data else None, key)
         return ImageSet(x, k, f"npz-{path.stem}")
     name, _, split = str(spec).partition(":")
     if name not in dataset_names():
-        raise UserError(f"{key}={spec!r} is not a directory of images, an .npz file or a "
-                        f"dataset (one of {dataset_names()}, optionally with "
-                        ":train/:val/:test)")
+        raise UserError(
+            f"{key}={spec!r} is not a directory of images, an .npz file or a "
+            f"dataset (one of {dataset_names()}, optionally with "
+            ":train/:val/:test)"
+        )
     ds = data if data is not None and data.name == name else load_dataset(name, paths)
     split = split or "train"
     if split not in ("train", "val", "test"):
@@ -252,21 +284,37 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
     data = data or set1.data
     device = _device(cfg.get("device", "auto"))
     cache_dir = Path(str(paths.get("cache", Path(paths.get("outputs", "outputs")) / "cache")))
-    extractor = resolve_extractor(str(cfg.get("extractor", "auto")), data,
-                                  inception_weights=cfg.get("inception_weights"),
-                                  cache_dir=cache_dir, device=device)
+    extractor = resolve_extractor(
+        str(cfg.get("extractor", "auto")),
+        data,
+        inception_weights=cfg.get("inception_weights"),
+        cache_dir=cache_dir,
+        device=device,
+    )
     if extractor is None:
-        raise ExtractorError("no feature extractor: give Inception-v3 weights "
-                             "(inception_weights=PATH) or dataset=NAME of a labelled dataset "
-                             "to train its domain CNN")
+        raise ExtractorError(
+            "no feature extractor: give Inception-v3 weights "
+            "(inception_weights=PATH) or dataset=NAME of a labelled dataset "
+            "to train its domain CNN"
+        )
     if not extractor.rgb:
         for key, s in (("input1", set1), ("input2", set2)):
             if tuple(s.levels.shape[2:]) != data.shape[1:]:
-                raise UserError(f"{key} images are {tuple(s.levels.shape[2:])}, but the "
-                                f"{extractor.name} extractor takes {data.shape[1:]}")
-    return score_images(set1.levels, set1.num_levels, set2.levels, set2.num_levels, extractor,
-                        Settings.from_cfg(cfg), device=device, cache_dir=cache_dir,
-                        reference_label=set2.label)
+                raise UserError(
+                    f"{key} images are {tuple(s.levels.shape[2:])}, but the "
+                    f"{extractor.name} extractor takes {data.shape[1:]}"
+                )
+    return score_images(
+        set1.levels,
+        set1.num_levels,
+        set2.levels,
+        set2.num_levels,
+        extractor,
+        Settings.from_cfg(cfg),
+        device=device,
+        cache_dir=cache_dir,
+        reference_label=set2.label,
+    )
 
 
 def format_scores(scores: Mapping[str, float], fmt: str = "table") -> str:

@@ -41,8 +41,9 @@ def _points(samples: Tensor, density: ToyDensity) -> Tensor:
     return x.double()
 
 
-def mode_metrics(samples: Tensor, density: ToyDensity, *, n_stds: float = HQ_STDS,
-                 min_count: int = 1) -> dict[str, float]:
+def mode_metrics(
+    samples: Tensor, density: ToyDensity, *, n_stds: float = HQ_STDS, min_count: int = 1
+) -> dict[str, float]:
     """Mode coverage and sample quality of generated toy samples.
 
     Args:
@@ -82,8 +83,9 @@ def mode_metrics(samples: Tensor, density: ToyDensity, *, n_stds: float = HQ_STD
     }
 
 
-def sample_log_likelihood(samples: Tensor, density: ToyDensity, *,
-                          floor: float = 1e-3) -> dict[str, float]:
+def sample_log_likelihood(
+    samples: Tensor, density: ToyDensity, *, floor: float = 1e-3
+) -> dict[str, float]:
     """Mean true log-probability of generated samples under the exact discrete density.
 
     Args:

@@ -52,9 +52,13 @@ def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
 def view_from(cfg: DictConfig) -> View:
     """The :class:`View` of ``sort`` / ``best`` / ``agg`` / ``refs`` (validated)."""
     sort = cfg.get("sort")
-    view = View(sort=None if sort is None else str(sort), best=_flag(cfg, "best", False),
-                agg=_flag(cfg, "agg", False), refs=_flag(cfg, "refs", True))
-    sort_keys(view, toy=False)   # raises ConfigError for an unknown metric
+    view = View(
+        sort=None if sort is None else str(sort),
+        best=_flag(cfg, "best", False),
+        agg=_flag(cfg, "agg", False),
+        refs=_flag(cfg, "refs", True),
+    )
+    sort_keys(view, toy=False)  # raises ConfigError for an unknown metric
     return view
 
 
@@ -83,8 +87,9 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     names = _plot_names(plot) if plot is not None else []
     runs = _filtered(cfg, store.runs())
     if not runs:
-        log.warning("no recorded runs match dataset=%s family=%s", dataset_name(cfg),
-                    cfg.get("family"))
+        log.warning(
+            "no recorded runs match dataset=%s family=%s", dataset_name(cfg), cfg.get("family")
+        )
     if names:
         from genbench.leaderboard.plots import write_plots
 
@@ -112,8 +117,7 @@ def leaderboard_command(cfg: DictConfig) -> str | None:
     return text
 
 
-def _references(cfg: DictConfig, view: View, runs: list[dict[str, Any]]
-                ) -> list[dict[str, Any]]:
+def _references(cfg: DictConfig, view: View, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Published results for the datasets of ``runs`` (none with ``refs=false``)."""
     if not view.refs:
         return []
@@ -137,8 +141,9 @@ def rebuild(store: Store, outputs: Path) -> int:
             continue  # still training, or killed before its first record
         run_id = run_id_of(run, outputs)
         try:
-            rec = RunRecord.from_dict(run.read_record(), run_id=run_id,
-                                      run_dir=str(run.path.resolve()))
+            rec = RunRecord.from_dict(
+                run.read_record(), run_id=run_id, run_dir=str(run.path.resolve())
+            )
             rows = [Metric.from_dict(m) for m in run.read_metrics()]
         except (FileError, ValueError) as err:
             log.warning("skipping %s: %s", run.path, err)
@@ -146,8 +151,11 @@ def rebuild(store: Store, outputs: Path) -> int:
         store.record(rec, rows)
         kept.add(run_id)
     for run_id, run_dir in store.forget(kept):
-        log.warning("dropped %s from the leaderboard: its run folder %s is gone or unreadable",
-                    run_id, run_dir)
+        log.warning(
+            "dropped %s from the leaderboard: its run folder %s is gone or unreadable",
+            run_id,
+            run_dir,
+        )
     log.info("re-indexed %d runs into %s", len(kept), store.path)
     return len(kept)
 

@@ -33,12 +33,18 @@ from genbench.leaderboard.sections import (
 #: family -> (taxonomy class, likelihood it offers, sampling cost class)
 TAXONOMY: dict[str, tuple[str, str, str]] = {
     "autoregressive": ("explicit, tractable density", "exact NLL", "D sequential network calls"),
-    "flow": ("explicit, tractable density", "exact density of dequantized data (≤ discrete NLL)",
-             "1 network call"),
+    "flow": (
+        "explicit, tractable density",
+        "exact density of dequantized data (≤ discrete NLL)",
+        "1 network call",
+    ),
     "vae": ("explicit, approximate density", "ELBO / IWAE bound (≤)", "1 network call"),
     "gan": ("implicit density", "none", "1 network call"),
-    "diffusion": ("explicit, approximate density", "variational bound (≤); ODE estimate (≈)",
-                  "T (or fewer with DDIM / ODE) network calls"),
+    "diffusion": (
+        "explicit, approximate density",
+        "variational bound (≤); ODE estimate (≈)",
+        "T (or fewer with DDIM / ODE) network calls",
+    ),
 }
 
 
@@ -80,9 +86,13 @@ def models_table(models: dict[str, type]) -> Table:
     t = Table(title=Text("registered models", style="bold"), title_justify="left")
     for col in ("model", "family", "likelihood", "class", "from"):
         t.add_column(col)
-    for name, cls in sorted(models.items(), key=lambda kv: (list(TAXONOMY).index(kv[1].family)
-                                                            if kv[1].family in TAXONOMY else 99,
-                                                            kv[0])):
+    for name, cls in sorted(
+        models.items(),
+        key=lambda kv: (
+            list(TAXONOMY).index(kv[1].family) if kv[1].family in TAXONOMY else 99,
+            kv[0],
+        ),
+    ):
         kind = cls.likelihood + marks.get(likelihood_kind(cls.likelihood), "")
         source = "genbench" if (own / f"{name}.yaml").is_file() else plugin_source(name) or "?"
         t.add_row(name, cls.family, kind, target_name(cls), source)
@@ -119,11 +129,17 @@ def tradeoff_rows(sections: Sequence[Section]) -> list[dict[str, str]]:
             rows = [r for r in sec.rows if r.run["family"] == fam]
             if not rows:
                 continue
-            out.append({"section": sec.title, "family": fam, "runs": str(len(rows)),
-                        "best bits/dim": _best(rows, "bpd"),
-                        "best quality": f"{title}: {_best(rows, quality)}",
-                        "median ms/img": _median(rows, "ms_per_image"),
-                        "median NFE": _median(rows, "nfe")})
+            out.append(
+                {
+                    "section": sec.title,
+                    "family": fam,
+                    "runs": str(len(rows)),
+                    "best bits/dim": _best(rows, "bpd"),
+                    "best quality": f"{title}: {_best(rows, quality)}",
+                    "median ms/img": _median(rows, "ms_per_image"),
+                    "median NFE": _median(rows, "nfe"),
+                }
+            )
     return out
 
 
@@ -132,16 +148,40 @@ def tradeoff_table(runs: Sequence[dict[str, Any]]) -> Table | None:
     rows = tradeoff_rows(build_sections(runs, View(refs=False)))
     if not rows:
         return None
-    t = Table(title=Text("measured in the leaderboard", style="bold"), title_justify="left",
-              caption=Text("best bits/dim (≤ bound) and best sample quality per family, with "
-                           "the run that reached it; sections never mix sample protocols"),
-              caption_justify="left")
-    for col in ("dataset", "family", "runs", "best bits/dim", "best sample quality",
-                "median ms/img", "median NFE"):
+    t = Table(
+        title=Text("measured in the leaderboard", style="bold"),
+        title_justify="left",
+        caption=Text(
+            "best bits/dim (≤ bound) and best sample quality per family, with "
+            "the run that reached it; sections never mix sample protocols"
+        ),
+        caption_justify="left",
+    )
+    for col in (
+        "dataset",
+        "family",
+        "runs",
+        "best bits/dim",
+        "best sample quality",
+        "median ms/img",
+        "median NFE",
+    ):
         t.add_column(col, justify="left" if col in ("dataset", "family") else "right")
     for r in rows:
-        t.add_row(*(Text(r[k]) for k in ("section", "family", "runs", "best bits/dim",
-                                         "best quality", "median ms/img", "median NFE")))
+        t.add_row(
+            *(
+                Text(r[k])
+                for k in (
+                    "section",
+                    "family",
+                    "runs",
+                    "best bits/dim",
+                    "best quality",
+                    "median ms/img",
+                    "median NFE",
+                )
+            )
+        )
     return t
 
 

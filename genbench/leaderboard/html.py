@@ -29,7 +29,7 @@ from genbench.leaderboard.sections import (
 from genbench.rundir import RunDir
 
 Run = dict[str, Any]
-MAX_SAMPLE_BYTES = 4_000_000   # larger samples.png files are linked to, not inlined
+MAX_SAMPLE_BYTES = 4_000_000  # larger samples.png files are linked to, not inlined
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 32px;
        color: #1d1d1f; background: #fff; }
@@ -84,15 +84,21 @@ def section_html(sec: Section) -> str:
         tds = []
         for _, key in sec.columns:
             c = row.cells[key]
-            top = (not row.published and key in best and not c.missing
-                   and math.isclose(c.value, best[key]))
+            top = (
+                not row.published
+                and key in best
+                and not c.missing
+                and math.isclose(c.value, best[key])
+            )
             attr = ' class="best"' if top else ""
             tds.append(f"<td{attr}>{escape(c.text())}</td>")
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     notes = "".join(f"<li>{escape(n)}</li>" for n in sec.notes)
-    return (f'<h2 id="{escape(_anchor(sec))}">{escape(sec.title)}</h2>\n<div class="scroll">'
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f'</div>\n<ul class="notes">{notes}</ul>')
+    return (
+        f'<h2 id="{escape(_anchor(sec))}">{escape(sec.title)}</h2>\n<div class="scroll">'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'</div>\n<ul class="notes">{notes}</ul>'
+    )
 
 
 def _header(title: str) -> str:
@@ -118,8 +124,10 @@ def plots_html(runs: Sequence[Run], sections: Sequence[Section]) -> str:
         if fig is None:
             parts.append(f'<h3>{escape(title)}</h3><p class="empty">{escape(reason)}.</p>')
             continue
-        parts.append(f'<h3>{escape(title)}</h3><figure><img alt="{escape(name)} plot" '
-                     f'src="{data_uri(plots.png_bytes(fig))}"></figure>')
+        parts.append(
+            f'<h3>{escape(title)}</h3><figure><img alt="{escape(name)} plot" '
+            f'src="{data_uri(plots.png_bytes(fig))}"></figure>'
+        )
     return "\n".join(parts)
 
 
@@ -129,19 +137,22 @@ def samples_html(runs: Sequence[Run]) -> str:
     found = False
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         items = []
-        for run in sorted((r for r in runs if r["dataset"] == dataset),
-                          key=lambda r: r["model"]):
+        for run in sorted((r for r in runs if r["dataset"] == dataset), key=lambda r: r["model"]):
             path = RunDir(run.get("run_dir") or "").samples_png
             if not run.get("run_dir") or not path.is_file():
                 continue
             label = escape(plots.run_label(run))
             if path.stat().st_size > MAX_SAMPLE_BYTES:
-                items.append(f'<figure><figcaption>{label}: <a href="{escape(path.as_uri())}">'
-                             "samples.png</a> (too large to inline)</figcaption></figure>")
+                items.append(
+                    f'<figure><figcaption>{label}: <a href="{escape(path.as_uri())}">'
+                    "samples.png</a> (too large to inline)</figcaption></figure>"
+                )
                 continue
-            items.append(f'<figure><img alt="samples of {label}" '
-                         f'src="{data_uri(path.read_bytes())}"><figcaption>{label}'
-                         f"</figcaption></figure>")
+            items.append(
+                f'<figure><img alt="samples of {label}" '
+                f'src="{data_uri(path.read_bytes())}"><figcaption>{label}'
+                f"</figcaption></figure>"
+            )
         if items:
             found = True
             parts.append(f'<h3>{escape(dataset)}</h3><div class="gallery">{"".join(items)}</div>')
@@ -150,8 +161,12 @@ def samples_html(runs: Sequence[Run]) -> str:
     return "\n".join(parts)
 
 
-def html_report(runs: Sequence[Run], view: View | None = None, references: Sequence[Run] = (),
-                title: str = "genbench leaderboard") -> str:
+def html_report(
+    runs: Sequence[Run],
+    view: View | None = None,
+    references: Sequence[Run] = (),
+    title: str = "genbench leaderboard",
+) -> str:
     """The whole page as a string (``view`` default: :class:`View` ())."""
     view = view or View()
     sections = build_sections(runs, view, references)
@@ -177,8 +192,9 @@ def html_report(runs: Sequence[Run], view: View | None = None, references: Seque
 """
 
 
-def write_report(runs: Sequence[Run], path: Path | str, view: View | None = None,
-                 references: Sequence[Run] = ()) -> Path:
+def write_report(
+    runs: Sequence[Run], path: Path | str, view: View | None = None, references: Sequence[Run] = ()
+) -> Path:
     """Write the self-contained HTML report to ``path``."""
     atomic_write(Path(path), html_report(runs, view, references), what="report")
     return Path(path)

@@ -34,8 +34,13 @@ from genbench.rundir import RunDir
 
 log = logging.getLogger(__name__)
 Run = dict[str, Any]
-FAMILY_COLORS = {"autoregressive": "#1f77b4", "flow": "#ff7f0e", "vae": "#2ca02c",
-                 "gan": "#d62728", "diffusion": "#9467bd"}
+FAMILY_COLORS = {
+    "autoregressive": "#1f77b4",
+    "flow": "#ff7f0e",
+    "vae": "#2ca02c",
+    "gan": "#d62728",
+    "diffusion": "#9467bd",
+}
 KIND_MARKERS = {"exact": "o", "bound": "v", "estimate": "D"}
 MAX_PANELS = 36
 
@@ -44,8 +49,9 @@ def _color(family: str) -> str:
     return FAMILY_COLORS.get(family, "#7f7f7f")
 
 
-def _panels(n: int, cols: int = 3, size: tuple[float, float] = (5.0, 3.8)
-            ) -> tuple[Figure, list[Axes]]:
+def _panels(
+    n: int, cols: int = 3, size: tuple[float, float] = (5.0, 3.8)
+) -> tuple[Figure, list[Axes]]:
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), dpi=100, layout="constrained")
@@ -54,8 +60,9 @@ def _panels(n: int, cols: int = 3, size: tuple[float, float] = (5.0, 3.8)
 
 
 def _family_legend(ax: Axes, families: Sequence[str]) -> None:
-    handles = [Line2D([], [], marker="o", ls="", color=_color(f), label=f)
-               for f in dict.fromkeys(families)]
+    handles = [
+        Line2D([], [], marker="o", ls="", color=_color(f), label=f) for f in dict.fromkeys(families)
+    ]
     ax.legend(handles=handles, fontsize=8, loc="best")
 
 
@@ -76,9 +83,12 @@ def _log_x(ax: Axes) -> None:
 
 
 def _xy(rows: Sequence[Row], xkey: str, ykey: str) -> list[tuple[float, float, Row]]:
-    return [(r.cells[xkey].value, r.cells[ykey].value, r) for r in rows
-            if not (r.published or r.cells[xkey].missing or r.cells[ykey].missing)
-            and r.cells[xkey].value > 0]
+    return [
+        (r.cells[xkey].value, r.cells[ykey].value, r)
+        for r in rows
+        if not (r.published or r.cells[xkey].missing or r.cells[ykey].missing)
+        and r.cells[xkey].value > 0
+    ]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -94,23 +104,37 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def figure_pareto(sections: Sequence[Section]) -> Figure | None:
     """FID vs ms/image per image section, Pareto front highlighted."""
-    panels = [(s, pts) for s in sections if not s.toy
-              if len(pts := _xy(s.rows, "ms_per_image", "fid@")) > 0]
+    panels = [
+        (s, pts)
+        for s in sections
+        if not s.toy
+        if len(pts := _xy(s.rows, "ms_per_image", "fid@")) > 0
+    ]
     if not panels:
         return None
     fig, axes = _panels(len(panels))
     for ax, (sec, pts) in zip(axes, panels):
         front = pareto_front([(x, y) for x, y, _ in pts])
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
-        ax.step(fx, fy, where="post", color="black", lw=1.2, alpha=0.6, zorder=1,
-                label="Pareto front")
+        ax.step(
+            fx, fy, where="post", color="black", lw=1.2, alpha=0.6, zorder=1, label="Pareto front"
+        )
         for i, (x, y, r) in enumerate(pts):
-            ax.scatter(x, y, s=70 if i in front else 35, color=_color(r.run["family"]),
-                       edgecolors="black" if i in front else "none", zorder=2)
+            ax.scatter(
+                x,
+                y,
+                s=70 if i in front else 35,
+                color=_color(r.run["family"]),
+                edgecolors="black" if i in front else "none",
+                zorder=2,
+            )
         _labels(ax, [(x, y, short_label(r.run)) for x, y, r in pts])
         _log_x(ax)
-        ax.set(xlabel="sampling cost (ms / image)", ylabel=_fid_title(sec),
-               title=f"{sec.title}: quality vs cost")
+        ax.set(
+            xlabel="sampling cost (ms / image)",
+            ylabel=_fid_title(sec),
+            title=f"{sec.title}: quality vs cost",
+        )
         ax.grid(alpha=0.3)
         _family_legend(ax, [r.run["family"] for _, _, r in pts])
     return fig
@@ -131,18 +155,37 @@ def figure_bpd_params(sections: Sequence[Section]) -> Figure | None:
     fig, axes = _panels(len(panels))
     for ax, (dataset, pts) in zip(axes, panels):
         for x, y, r in pts:
-            ax.scatter(x, y, s=45, color=_color(r.run["family"]),
-                       marker=KIND_MARKERS.get(r.cells["bpd"].kind, "o"))
+            ax.scatter(
+                x,
+                y,
+                s=45,
+                color=_color(r.run["family"]),
+                marker=KIND_MARKERS.get(r.cells["bpd"].kind, "o"),
+            )
         _labels(ax, [(x, y, str(r.run["model"])) for x, y, r in pts])
         _log_x(ax)
-        ax.set(xlabel="parameters", ylabel="test bits/dim (lower is better)",
-               title=f"{dataset}: bits/dim vs size")
+        ax.set(
+            xlabel="parameters",
+            ylabel="test bits/dim (lower is better)",
+            title=f"{dataset}: bits/dim vs size",
+        )
         ax.grid(alpha=0.3)
         kinds = dict.fromkeys(r.cells["bpd"].kind for _, _, r in pts)
-        handles = [Line2D([], [], marker=KIND_MARKERS.get(k, "o"), ls="", color="gray",
-                          label={"bound": "≤ bound"}.get(k, k)) for k in kinds]
-        handles += [Line2D([], [], marker="o", ls="", color=_color(f), label=f)
-                    for f in dict.fromkeys(r.run["family"] for _, _, r in pts)]
+        handles = [
+            Line2D(
+                [],
+                [],
+                marker=KIND_MARKERS.get(k, "o"),
+                ls="",
+                color="gray",
+                label={"bound": "≤ bound"}.get(k, k),
+            )
+            for k in kinds
+        ]
+        handles += [
+            Line2D([], [], marker="o", ls="", color=_color(f), label=f)
+            for f in dict.fromkeys(r.run["family"] for _, _, r in pts)
+        ]
         ax.legend(handles=handles, fontsize=8, loc="best")
     return fig
 
@@ -163,8 +206,9 @@ def figure_fid_nfe(sections: Sequence[Section]) -> Figure | None:
     """FID vs NFE: a line per run with a sampler sweep, single-sampler runs as points."""
     panels = []
     for sec in sections:
-        curves = [(r, pts) for r in sec.rows if not r.published
-                  for pts in [sweep_points(r.run)] if pts]
+        curves = [
+            (r, pts) for r in sec.rows if not r.published for pts in [sweep_points(r.run)] if pts
+        ]
         if not sec.toy and any(len(pts) > 1 for _, pts in curves):
             panels.append((sec, curves))
     if not panels:
@@ -177,8 +221,11 @@ def figure_fid_nfe(sections: Sequence[Section]) -> Figure | None:
             ax.plot(xs, ys, marker="o", ms=4, color=color, lw=1.5 if len(pts) > 1 else 0)
         _labels(ax, [(x, y, short_label(r.run)) for r, pts in curves for x, y in pts[-1:]])
         _log_x(ax)
-        ax.set(xlabel="network evaluations per sample (NFE)", ylabel=_fid_title(sec),
-               title=f"{sec.title}: sampler sweeps")
+        ax.set(
+            xlabel="network evaluations per sample (NFE)",
+            ylabel=_fid_title(sec),
+            title=f"{sec.title}: sampler sweeps",
+        )
         ax.grid(alpha=0.3)
         _family_legend(ax, [r.run["family"] for r, _ in curves])
     return fig
@@ -237,11 +284,13 @@ def figure_grid(runs: Sequence[Run]) -> Figure | None:
     if not panels:
         return None
     cols, width = 4, 3.4
-    heights = [math.ceil(len(p) / cols) * (0.5 + width * max(im.shape[0] / im.shape[1]
-                                                                for _, im in p))
-               for p in panels.values()]
-    fig = Figure(figsize=(width * cols, sum(heights) + 0.4 * len(heights)), dpi=100,
-                 layout="constrained")
+    heights = [
+        math.ceil(len(p) / cols) * (0.5 + width * max(im.shape[0] / im.shape[1] for _, im in p))
+        for p in panels.values()
+    ]
+    fig = Figure(
+        figsize=(width * cols, sum(heights) + 0.4 * len(heights)), dpi=100, layout="constrained"
+    )
     subfigs = fig.subfigures(len(panels), 1, height_ratios=heights, squeeze=False)[:, 0]
     for sub, (dataset, items) in zip(subfigs, panels.items()):
         sub.suptitle(f"samples: {dataset}", fontsize=11, x=0.01, ha="left")
@@ -271,15 +320,19 @@ def run_label(run: Run) -> str:
 PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
     "pareto": (figure_pareto, True, "no run has both FID and ms/image"),
     "bpd_params": (figure_bpd_params, True, "no run has both bits/dim and a parameter count"),
-    "fid_nfe": (figure_fid_nfe, True, "no run has a sampler sweep (set eval.sampler_sweep, "
-                                      "e.g. [10,20,50])"),
+    "fid_nfe": (
+        figure_fid_nfe,
+        True,
+        "no run has a sampler sweep (set eval.sampler_sweep, e.g. [10,20,50])",
+    ),
     "loss": (figure_loss, False, "no run folder has a stats.jsonl training log"),
     "grid": (figure_grid, False, "no run folder has a samples.png"),
 }
 
 
-def figure(name: str, runs: Sequence[Run], sections: Sequence[Section] | None = None
-           ) -> Figure | None:
+def figure(
+    name: str, runs: Sequence[Run], sections: Sequence[Section] | None = None
+) -> Figure | None:
     """Build plot ``name`` from ``runs`` (None when there is no data for it)."""
     build, uses_sections, _ = PLOTS[name]
     if uses_sections:
@@ -294,8 +347,7 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def write_plots(runs: Sequence[Run], names: Sequence[str], out_dir: Path | str
-                ) -> dict[str, Path]:
+def write_plots(runs: Sequence[Run], names: Sequence[str], out_dir: Path | str) -> dict[str, Path]:
     """Write ``<out_dir>/<name>.png`` for each plot with data; log why the others are skipped."""
     out_dir = Path(out_dir)
     sections = build_sections(runs, View(refs=False))

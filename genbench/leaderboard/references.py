@@ -33,6 +33,8 @@ def _spec(key: str) -> MetricSpec:
     if spec is None:
         raise RuntimeError(f"published metric {key!r} has no MetricSpec")
     return spec
+
+
 #: extractor named in the metric of every published FID / IS (``fid@inception-v3``)
 EXTRACTOR = "inception-v3"
 _KEYS = {"model", "family", "likelihood", "dataset", "metrics", "source", "notes", "protocol"}
@@ -55,7 +57,7 @@ class Reference:
     paper: str
     table: str
     notes: str = ""
-    protocol: str | None = None   # text of the sample-metric protocol (FID / IS)
+    protocol: str | None = None  # text of the sample-metric protocol (FID / IS)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,16 +75,39 @@ class Reference:
             if spec.per_extractor:
                 name = f"{name}@{EXTRACTOR}"
                 proto.update(extractor=EXTRACTOR, protocol=self.protocol)
-            rows.append({"name": name, "value": value, "kind": kind, "split": "test",
-                         "n": None, "unit": unit, "protocol": proto})
+            rows.append(
+                {
+                    "name": name,
+                    "value": value,
+                    "kind": kind,
+                    "split": "test",
+                    "n": None,
+                    "unit": unit,
+                    "protocol": proto,
+                }
+            )
         return {
-            "run_id": f"published/{self.dataset}/{self.model}", "created": "",
-            "model": f"{self.model} (paper)", "family": self.family,
-            "likelihood": self.likelihood, "dataset": self.dataset, "params": None,
-            "steps": None, "images_seen": None, "train_seconds": None, "device": None,
-            "status": "published", "run_dir": None, "config_hash": None, "config": {},
-            "versions": {}, "metrics": rows, "published": True, "source": self.source,
-            "notes": self.notes, "protocol_text": self.protocol,
+            "run_id": f"published/{self.dataset}/{self.model}",
+            "created": "",
+            "model": f"{self.model} (paper)",
+            "family": self.family,
+            "likelihood": self.likelihood,
+            "dataset": self.dataset,
+            "params": None,
+            "steps": None,
+            "images_seen": None,
+            "train_seconds": None,
+            "device": None,
+            "status": "published",
+            "run_dir": None,
+            "config_hash": None,
+            "config": {},
+            "versions": {},
+            "metrics": rows,
+            "published": True,
+            "source": self.source,
+            "notes": self.notes,
+            "protocol_text": self.protocol,
         }
 
 
@@ -105,8 +130,11 @@ def _check_entry(i: int, e: Any, protocols: dict[str, str]) -> Reference:
     for key, value in metrics.items():
         if key not in METRICS:
             raise ReferencesError(f"{where}: unknown metric {key!r} (known: {sorted(METRICS)})")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                math.isfinite(value) and value > 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value > 0)
+        ):
             raise ReferencesError(f"{where}: {key} = {value!r} is not a positive number")
     if "bpd" in metrics and e["likelihood"] == "none":
         raise ReferencesError(f"{where}: a model without likelihood cannot report bits/dim")
@@ -116,10 +144,17 @@ def _check_entry(i: int, e: Any, protocols: dict[str, str]) -> Reference:
     src = e["source"]
     if not isinstance(src, dict) or not src.get("paper") or not src.get("table"):
         raise ReferencesError(f"{where}: source needs a paper and a table")
-    return Reference(str(e["model"]), e["family"], e["likelihood"], str(e["dataset"]),
-                     {k: float(v) for k, v in metrics.items()}, str(src["paper"]),
-                     str(src["table"]), str(e.get("notes", "")),
-                     protocols.get(protocol) if protocol else None)
+    return Reference(
+        str(e["model"]),
+        e["family"],
+        e["likelihood"],
+        str(e["dataset"]),
+        {k: float(v) for k, v in metrics.items()},
+        str(src["paper"]),
+        str(src["table"]),
+        str(e.get("notes", "")),
+        protocols.get(protocol) if protocol else None,
+    )
 
 
 def load_references(path: Path | str | None = None) -> list[Reference]:
@@ -149,16 +184,23 @@ def reference_notes(refs: Sequence[dict[str, Any]]) -> list[str]:
     if not refs:
         return []
     protos = sorted({str(r["protocol_text"]) for r in refs if r.get("protocol_text")})
-    notes = ["(paper) rows are published results, listed apart and never ranked with the runs "
-             "above; † their sample metrics use the paper's protocol: " + "; ".join(protos)]
-    return notes + [f"{r['model']}: {r['source']}" + (f" — {r['notes']}" if r.get("notes")
-                                                       else "") for r in refs]
+    notes = [
+        "(paper) rows are published results, listed apart and never ranked with the runs "
+        "above; † their sample metrics use the paper's protocol: " + "; ".join(protos)
+    ]
+    return notes + [
+        f"{r['model']}: {r['source']}" + (f" — {r['notes']}" if r.get("notes") else "")
+        for r in refs
+    ]
 
 
-def reference_runs(datasets: set[str] | None = None, family: str | None = None,
-                   path: Path | str | None = None) -> list[dict[str, Any]]:
+def reference_runs(
+    datasets: set[str] | None = None, family: str | None = None, path: Path | str | None = None
+) -> list[dict[str, Any]]:
     """Run-like dicts of the published results on ``datasets`` (all when None), optionally of
     one ``family``."""
-    return [r.as_run() for r in load_references(path)
-            if (datasets is None or r.dataset in datasets)
-            and (family is None or r.family == family)]
+    return [
+        r.as_run()
+        for r in load_references(path)
+        if (datasets is None or r.dataset in datasets) and (family is None or r.family == family)
+    ]

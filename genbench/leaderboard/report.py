@@ -39,8 +39,12 @@ def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
     for sec in sections:
         for row in sec.rows + sec.refs:
             run = row.run
-            d: dict[str, Any] = {"dataset": sec.dataset, "section": sec.protocol,
-                                 "run_id": run["run_id"], "published": row.published}
+            d: dict[str, Any] = {
+                "dataset": sec.dataset,
+                "section": sec.protocol,
+                "run_id": run["run_id"],
+                "published": row.published,
+            }
             for title, key, spec in cols:
                 c = row.cells[key]
                 d[title] = run.get(key) if key in TEXT_FIELDS else _raw(c)
@@ -67,8 +71,9 @@ def _raw(c: Cell) -> float | int | None:
     return None if c.missing else int(c.value) if integral else c.value
 
 
-def render(runs: Sequence[Run], fmt: str = "table", view: View = View(),
-           references: Sequence[Run] = ()) -> str | None:
+def render(
+    runs: Sequence[Run], fmt: str = "table", view: View = View(), references: Sequence[Run] = ()
+) -> str | None:
     """Render ``runs`` as ``table`` (printed, returns None), ``md``, ``csv`` or ``json``."""
     sections = build_sections(runs, view, references)
     if fmt == "json":
@@ -77,22 +82,36 @@ def render(runs: Sequence[Run], fmt: str = "table", view: View = View(),
         rows, buf = table_rows(sections), io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
-        writer.writerows({k: "" if v is None else json.dumps(v) if isinstance(v, dict | list)
-                          else v for k, v in r.items()} for r in rows)
+        writer.writerows(
+            {
+                k: "" if v is None else json.dumps(v) if isinstance(v, dict | list) else v
+                for k, v in r.items()
+            }
+            for r in rows
+        )
         return buf.getvalue()
     if fmt == "md":
         return markdown(sections)
     console = _console()
     for sec in sections:
-        t = Table(title=Text(sec.title, style="bold"), title_justify="left",
-                  caption=Text("\n".join(sec.notes)), caption_justify="left")
+        t = Table(
+            title=Text(sec.title, style="bold"),
+            title_justify="left",
+            caption=Text("\n".join(sec.notes)),
+            caption_justify="left",
+        )
         for title, _ in sec.columns:
-            t.add_column(title, justify="left" if title in ("model", "family") else "right",
-                         no_wrap=title == "model")
-        for i, row in enumerate(sec.rows + sec.refs):   # published rows: a block of their own
-            t.add_row(*(Text(row.cells[k].text()) for _, k in sec.columns),
-                      style="italic" if row.published else None,
-                      end_section=i == len(sec.rows) - 1 and bool(sec.refs))
+            t.add_column(
+                title,
+                justify="left" if title in ("model", "family") else "right",
+                no_wrap=title == "model",
+            )
+        for i, row in enumerate(sec.rows + sec.refs):  # published rows: a block of their own
+            t.add_row(
+                *(Text(row.cells[k].text()) for _, k in sec.columns),
+                style="italic" if row.published else None,
+                end_section=i == len(sec.rows) - 1 and bool(sec.refs),
+            )
         console.print(t)
     return None
 
@@ -102,18 +121,27 @@ def markdown(sections: Sequence[Section]) -> str:
     lines = []
     for sec in sections:
         titles = [t for t, _ in sec.columns]
-        lines += [f"### {sec.title}", "", "| " + " | ".join(titles) + " |",
-                  "|" + "---|" * len(titles)]
-        lines += ["| " + " | ".join(r.cells[k].text() for _, k in sec.columns) + " |"
-                  for r in sec.rows + sec.refs]
+        lines += [
+            f"### {sec.title}",
+            "",
+            "| " + " | ".join(titles) + " |",
+            "|" + "---|" * len(titles),
+        ]
+        lines += [
+            "| " + " | ".join(r.cells[k].text() for _, k in sec.columns) + " |"
+            for r in sec.rows + sec.refs
+        ]
         lines += [""] + [f"- {n}" for n in sec.notes] + [""]
     return "\n".join(lines)
 
 
 def print_metrics(run: Any, rows: Sequence[Metric]) -> None:
     """Print one run's metrics as a rich table."""
-    t = Table(title=f"[bold]{run.model} on {run.dataset}[/] ({run.status}, {run.steps} steps, "
-                    f"{run.train_seconds:.0f} s)", title_justify="left")
+    t = Table(
+        title=f"[bold]{run.model} on {run.dataset}[/] ({run.status}, {run.steps} steps, "
+        f"{run.train_seconds:.0f} s)",
+        title_justify="left",
+    )
     for col in ("metric", "value", "unit", "split", "n"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for m in rows:

@@ -29,15 +29,26 @@ from genbench.leaderboard.references import reference_notes
 Run = dict[str, Any]
 #: (column title, run field) before and after the metric columns
 RUN_HEAD = (("model", "model"), ("family", "family"), ("likelihood", "likelihood"))
-RUN_TAIL = (("params", "params"), ("steps", "steps"), ("train s", "train_seconds"),
-            ("device", "device"), ("status", "status"))
+RUN_TAIL = (
+    ("params", "params"),
+    ("steps", "steps"),
+    ("train s", "train_seconds"),
+    ("device", "device"),
+    ("status", "status"),
+)
 TEXT_FIELDS = ("model", "family", "likelihood", "device", "status")
-RUN_NUMBERS = ("params", "steps", "train_seconds")   # run fields; rank smaller first
+RUN_NUMBERS = ("params", "steps", "train_seconds")  # run fields; rank smaller first
 RUN_INTEGERS = frozenset({"params", "steps"})
 #: protocol fields that must agree for two sample-quality numbers to be ranked together (the
 #: sampler, seed, batch size and device may differ: they belong to the run, not the metric)
-PROTOCOL_FIELDS = ("extractor", "extractor_weights_sha256", "n_generated", "reference_split",
-                   "n_reference", "reference_sha256")
+PROTOCOL_FIELDS = (
+    "extractor",
+    "extractor_weights_sha256",
+    "n_generated",
+    "reference_split",
+    "n_reference",
+    "reference_sha256",
+)
 TOY_ANCHORS = ("high_quality_share", "modes_covered", "sample_ll")
 LEGEND = "≤ upper bound · ≈ estimate · n/a no likelihood in this family · – not measured"
 _PREFIX = {"bound": "≤ ", "estimate": "≈ ", "exact": "", "measured": ""}
@@ -46,8 +57,14 @@ _PREFIX = {"bound": "≤ ", "estimate": "≈ ", "exact": "", "measured": ""}
 def metric_columns(section: str | None = None) -> list[MetricSpec]:
     """Specs of the metric columns, left to right: every one, or those a ``toy`` / ``image``
     section shows."""
-    return sorted((s for s in metric_specs() if s.column is not None and (
-        section is None or s.column.sections in ("all", section))), key=lambda s: s.column.order)
+    return sorted(
+        (
+            s
+            for s in metric_specs()
+            if s.column is not None and (section is None or s.column.sections in ("all", section))
+        ),
+        key=lambda s: s.column.order,
+    )
 
 
 def columns() -> list[tuple[str, str]]:
@@ -71,10 +88,10 @@ def lower_first(key: str) -> bool:
 class View:
     """Options of a leaderboard view (``conf/leaderboard.yaml``)."""
 
-    sort: str | None = None   # metric name or column title; None: bits/dim, then FID
-    best: bool = False        # keep the best run per model
-    agg: bool = False         # mean ± std over runs whose configs differ only in seed
-    refs: bool = True         # list published results under the runs of their dataset
+    sort: str | None = None  # metric name or column title; None: bits/dim, then FID
+    best: bool = False  # keep the best run per model
+    agg: bool = False  # mean ± std over runs whose configs differ only in seed
+    refs: bool = True  # list published results under the runs of their dataset
 
 
 @dataclass
@@ -84,8 +101,8 @@ class Cell:
     value: float | None = None
     kind: str = "measured"
     std: float | None = None
-    label: str | None = None   # text cells and ``n/a``
-    suffix: str = ""           # ``/8`` after modes, ``†`` after published sample metrics
+    label: str | None = None  # text cells and ``n/a``
+    suffix: str = ""  # ``/8`` after modes, ``†`` after published sample metrics
     integer: bool = False
 
     @property
@@ -123,9 +140,9 @@ class Section:
     """Rows of one dataset whose sample metrics share one protocol, with their published peers."""
 
     dataset: str
-    title: str                 # the dataset, with the protocol when it has several sections
+    title: str  # the dataset, with the protocol when it has several sections
     toy: bool
-    protocol: str | None       # description of the sample-metric protocol
+    protocol: str | None  # description of the sample-metric protocol
     columns: list[tuple[str, str]]
     rows: list[Row]
     refs: list[Row] = field(default_factory=list)
@@ -150,8 +167,11 @@ def fmt_number(value: float | None, kind: str = "measured", integer: bool = Fals
 def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The run's metric ``key`` (``fid@`` matches ``fid@<extractor>``) measured with ``sampler``
     (default: the run's own sampler; sweep rows carry other samplers in their protocol)."""
-    ms = [m for m in run["metrics"]
-          if (m["name"].startswith(key) if key.endswith("@") else m["name"] == key)]
+    ms = [
+        m
+        for m in run["metrics"]
+        if (m["name"].startswith(key) if key.endswith("@") else m["name"] == key)
+    ]
     sampler = ((run.get("config") or {}).get("sampler") or {}) if sampler is None else sampler
     same = [m for m in ms if m["protocol"].get("sampler", sampler) == sampler]
     return (same or ms or [None])[0]
@@ -189,12 +209,21 @@ def sample_protocol(run: Run, toy: bool) -> tuple[tuple[Any, ...], str] | None:
             continue
         p = m["protocol"]
         sig = (m["name"].partition("@")[2], m["n"], *(p.get(f) for f in PROTOCOL_FIELDS))
-        sha = f" ({str(p['extractor_weights_sha256'])[:8]})" if p.get(
-            "extractor_weights_sha256") else ""
-        ref = f" vs {p['n_reference']} {p.get('reference_split', '')} images" if p.get(
-            "n_reference") else ""
-        return sig, (f"{m['n']} samples" if toy else f"{p.get('extractor', sig[0])}{sha}, "
-                     f"{p.get('n_generated', m['n'])} samples{ref}")
+        sha = (
+            f" ({str(p['extractor_weights_sha256'])[:8]})"
+            if p.get("extractor_weights_sha256")
+            else ""
+        )
+        ref = (
+            f" vs {p['n_reference']} {p.get('reference_split', '')} images"
+            if p.get("n_reference")
+            else ""
+        )
+        return sig, (
+            f"{m['n']} samples"
+            if toy
+            else f"{p.get('extractor', sig[0])}{sha}, {p.get('n_generated', m['n'])} samples{ref}"
+        )
     return None
 
 
@@ -204,8 +233,9 @@ def sort_keys(view: View, toy: bool) -> tuple[str, ...]:
         return ("nll_gap", "bpd", "high_quality_share") if toy else ("bpd", "fid@")
     want = str(view.sort).lower()
     for title, key in columns():
-        if key not in TEXT_FIELDS and (want in (title.lower(), key, key.rstrip("@"))
-                                       or want.split("@")[0] + "@" == key):
+        if key not in TEXT_FIELDS and (
+            want in (title.lower(), key, key.rstrip("@")) or want.split("@")[0] + "@" == key
+        ):
             return (key,)
     valid = sorted(k.rstrip("@") for _, k in columns() if k not in TEXT_FIELDS)
     raise ConfigError(f"sort={view.sort!r} is invalid: expected one of {valid}")
@@ -224,11 +254,12 @@ def _config_key(run: Run) -> str:
     """The run's config without seed and bookkeeping: runs that share it differ only in seed."""
     cfg = dict(run.get("config") or {})
     if not cfg:
-        return str(run["run_id"])   # unknown config: never merged
+        return str(run["run_id"])  # unknown config: never merged
     for k in ("seed", "paths", "logger"):
         cfg.pop(k, None)
-    cfg["trainer"] = {k: v for k, v in (cfg.get("trainer") or {}).items()
-                      if k not in ("resume", "rerun")}
+    cfg["trainer"] = {
+        k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("resume", "rerun")
+    }
     return json.dumps([run["model"], run["status"], cfg], sort_keys=True, default=str)
 
 
@@ -243,12 +274,18 @@ def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
         for key in keys:
             cs = [r.cells[key] for r in group]
             vals = [c.value for c in cs if not c.missing]
-            cells[key] = cs[0]   # all missing (or n/a)
+            cells[key] = cs[0]  # all missing (or n/a)
             if key in TEXT_FIELDS:
                 cells[key] = Cell(label=", ".join(dict.fromkeys(c.text() for c in cs)))
             elif vals:
-                cells[key] = Cell(statistics.fmean(vals), cs[0].kind, statistics.stdev(vals)
-                                  if len(vals) > 1 else None, None, cs[0].suffix, cs[0].integer)
+                cells[key] = Cell(
+                    statistics.fmean(vals),
+                    cs[0].kind,
+                    statistics.stdev(vals) if len(vals) > 1 else None,
+                    None,
+                    cs[0].suffix,
+                    cs[0].integer,
+                )
         out.append(Row([r.run for r in group], cells))
     return out
 
@@ -263,8 +300,11 @@ def _best_per_model(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
 
 
 def _columns(toy: bool, rows: Sequence[Row], agg: bool) -> list[tuple[str, str]]:
-    specs = [s for s in metric_columns("toy" if toy else "image")
-             if not s.column.optional or any(not r.cells[s.key].missing for r in rows)]
+    specs = [
+        s
+        for s in metric_columns("toy" if toy else "image")
+        if not s.column.optional or any(not r.cells[s.key].missing for r in rows)
+    ]
     cols = [*RUN_HEAD, *((s.label, s.key) for s in specs), *RUN_TAIL]
     if not toy:
         per_extractor = [s.key for s in specs if s.per_extractor]
@@ -285,8 +325,9 @@ def _notes(sec: Section, view: View) -> list[str]:
     return notes + reference_notes([r.run for r in sec.refs]) + [LEGEND]
 
 
-def build_sections(runs: Sequence[Run], view: View = View(),
-                   references: Sequence[Run] = ()) -> list[Section]:
+def build_sections(
+    runs: Sequence[Run], view: View = View(), references: Sequence[Run] = ()
+) -> list[Section]:
     """Group ``runs`` into sections (dataset × sample protocol), apply ``view`` and attach the
     ``references`` of each dataset to its first section."""
     sections = []
@@ -298,7 +339,7 @@ def build_sections(runs: Sequence[Run], view: View = View(),
         protos = {r["run_id"]: sample_protocol(r, toy) for r in group}
         distinct = list(dict.fromkeys(p for p in protos.values() if p is not None))
         buckets = [distinct[0] if distinct else None] if len(distinct) < 2 else distinct + [None]
-        for i, proto in enumerate(buckets):   # runs without sample metrics join the only one
+        for i, proto in enumerate(buckets):  # runs without sample metrics join the only one
             members = [r for r in group if len(buckets) == 1 or protos[r["run_id"]] == proto]
             if not members:
                 continue
@@ -308,14 +349,22 @@ def build_sections(runs: Sequence[Run], view: View = View(),
             if view.best:
                 rows = _best_per_model(rows, keys)
             rows.sort(key=lambda r: _rank(r, keys))
-            refs = [Row([r], {k: cell(r, k) for k in all_keys}) for r in references
-                    if r["dataset"] == dataset and view.refs and i == 0]
+            refs = [
+                Row([r], {k: cell(r, k) for k in all_keys})
+                for r in references
+                if r["dataset"] == dataset and view.refs and i == 0
+            ]
             refs.sort(key=lambda r: _rank(r, keys))
             desc = proto[1] if proto else "no sample metrics" if len(buckets) > 1 else None
-            sec = Section(dataset, f"{dataset} [{desc}]" if len(buckets) > 1 else dataset, toy,
-                          desc, _columns(toy, rows + refs, view.agg), rows, refs)
+            sec = Section(
+                dataset,
+                f"{dataset} [{desc}]" if len(buckets) > 1 else dataset,
+                toy,
+                desc,
+                _columns(toy, rows + refs, view.agg),
+                rows,
+                refs,
+            )
             sec.notes = _notes(sec, view)
             sections.append(sec)
     return sections
-
-

@@ -49,26 +49,34 @@ _NO_LINK = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EN
 
 def _version_message(path: Path, version: int) -> str:
     if version > SCHEMA_VERSION:
-        return (f"{str(path)!r} was written by a newer genbench (leaderboard schema version "
-                f"{version}; this genbench reads version {SCHEMA_VERSION}): upgrade genbench to "
-                "use it; it was left untouched")
-    return (f"{str(path)!r} has an unknown leaderboard schema version {version} (this genbench "
-            f"reads version {SCHEMA_VERSION}); it was left untouched")
+        return (
+            f"{str(path)!r} was written by a newer genbench (leaderboard schema version "
+            f"{version}; this genbench reads version {SCHEMA_VERSION}): upgrade genbench to "
+            "use it; it was left untouched"
+        )
+    return (
+        f"{str(path)!r} has an unknown leaderboard schema version {version} (this genbench "
+        f"reads version {SCHEMA_VERSION}); it was left untouched"
+    )
 
 
 def _failure(path: Path, err: sqlite3.Error, write: bool) -> StoreError:
     """One sentence for an SQLite error: full disk, read-only, or an unreadable file."""
     text = str(err)
     if "full" in text or (write and "I/O error" in text):
-        return StoreError(f"cannot write the leaderboard {str(path)!r}: the disk is full or "
-                          f"failing ({text}); its previous content is kept")
+        return StoreError(
+            f"cannot write the leaderboard {str(path)!r}: the disk is full or "
+            f"failing ({text}); its previous content is kept"
+        )
     if "readonly" in text or "read-only" in text:
-        return StoreError(f"cannot write the leaderboard {str(path)!r}: it is read-only "
-                          "(viewing it still works)")
+        return StoreError(
+            f"cannot write the leaderboard {str(path)!r}: it is read-only (viewing it still works)"
+        )
     if write and "unable to open" in text:
         return StoreError(f"cannot write the leaderboard {str(path)!r} ({text})")
-    return StoreError(f"{str(path)!r} is not a readable genbench leaderboard ({text}); it was "
-                      "left untouched")
+    return StoreError(
+        f"{str(path)!r} is not a readable genbench leaderboard ({text}); it was left untouched"
+    )
 
 
 @dataclass
@@ -110,14 +118,20 @@ class RunRecord:
         return cls(**out)
 
 
-_FIELD_TYPES = {"str": str, "int": int, "float": float, "dict[str, Any]": dict,
-                "dict[str, str]": dict}
+_FIELD_TYPES = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "dict[str, Any]": dict,
+    "dict[str, str]": dict,
+}
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:
     """``value`` as ``kind`` (JSON numbers as int/float; no bools, no silent str coercion)."""
-    ok = (isinstance(value, kind) and not isinstance(value, bool)) or \
-        (kind is float and isinstance(value, int) and not isinstance(value, bool))
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool)
+    )
     if not ok:
         raise ValueError(f"the run record's {name!r} is {value!r}, not a {kind.__name__}")
     return float(value) if kind is float else value
@@ -137,18 +151,22 @@ class Store:
 
     def writable(self) -> bool:
         """Whether this process may write the leaderboard file and its folder."""
-        folder = next((p for p in (self.path.parent, *self.path.parent.parents) if p.exists()),
-                      Path("/"))
+        folder = next(
+            (p for p in (self.path.parent, *self.path.parent.parents) if p.exists()), Path("/")
+        )
         return os.access(folder, os.W_OK | os.X_OK) and (
-            not self.path.exists() or os.access(self.path, os.W_OK))
+            not self.path.exists() or os.access(self.path, os.W_OK)
+        )
 
     @contextmanager
     def _connect(self, write: bool) -> Iterator[sqlite3.Connection]:
         if not write and not self.path.exists():
             raise StoreError(f"no leaderboard at {str(self.path)!r} yet: train a model first")
         if write and not self.writable():
-            raise StoreError(f"cannot write the leaderboard {str(self.path)!r}: its folder or "
-                             "file is read-only (viewing it still works)")
+            raise StoreError(
+                f"cannot write the leaderboard {str(self.path)!r}: its folder or "
+                "file is read-only (viewing it still works)"
+            )
         if write:
             self._create()
         con = None
@@ -195,32 +213,40 @@ class Store:
         to ``path`` (atomic; a process that links second keeps the first one's file)."""
         if self.path.exists():
             return
-        tmp = str(self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-                                      ".tmp"))
+        tmp = str(
+            self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(tmp, isolation_level=None)
             try:  # rollback-journal commit (complete in the file itself), then switch to WAL
-                con.executescript(f"BEGIN; PRAGMA application_id={APP_ID}; "
-                                  f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")
+                con.executescript(
+                    f"BEGIN; PRAGMA application_id={APP_ID}; "
+                    f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;"
+                )
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             finally:
                 con.close()
             if mode != "wal":
-                raise StoreError(f"cannot create the leaderboard {str(self.path)!r}: SQLite could "
-                                 "not switch it to WAL mode (is the disk full?); nothing was "
-                                 "written")
+                raise StoreError(
+                    f"cannot create the leaderboard {str(self.path)!r}: SQLite could "
+                    "not switch it to WAL mode (is the disk full?); nothing was "
+                    "written"
+                )
             os.link(tmp, self.path)
         except FileExistsError:
             pass  # another process created it first
         except OSError as err:
             if err.errno not in _NO_LINK or not Path(tmp).exists():
-                raise StoreError(f"cannot create the leaderboard {str(self.path)!r}: "
-                                 f"{err.strerror or err}; nothing was written") from None
+                raise StoreError(
+                    f"cannot create the leaderboard {str(self.path)!r}: "
+                    f"{err.strerror or err}; nothing was written"
+                ) from None
             # no hard links on this file system: the schema is created in place on first open
         except sqlite3.Error as err:
-            raise StoreError(f"cannot create the leaderboard {str(self.path)!r} ({err}); "
-                             "nothing was written") from None
+            raise StoreError(
+                f"cannot create the leaderboard {str(self.path)!r} ({err}); nothing was written"
+            ) from None
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(tmp + suffix).unlink(missing_ok=True)
@@ -230,8 +256,9 @@ class Store:
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
             version = con.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in con.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         finally:
             if con.in_transaction:
                 con.execute("COMMIT")
@@ -243,11 +270,15 @@ class Store:
             # one IMMEDIATE transaction with IF NOT EXISTS statements, so creators queue behind
             # each other and never see a half-built schema.
             con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(f"BEGIN IMMEDIATE; PRAGMA application_id={APP_ID}; "
-                              f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;")
+            con.executescript(
+                f"BEGIN IMMEDIATE; PRAGMA application_id={APP_ID}; "
+                f"PRAGMA user_version={SCHEMA_VERSION}; {_SCHEMA} COMMIT;"
+            )
         elif app_id != APP_ID:
-            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a genbench "
-                             "leaderboard; it was left untouched (choose another paths.outputs)")
+            raise StoreError(
+                f"{str(self.path)!r} is an SQLite file but not a genbench "
+                "leaderboard; it was left untouched (choose another paths.outputs)"
+            )
         elif version != SCHEMA_VERSION:
             raise StoreError(_version_message(self.path, version))
         if not readonly:
@@ -270,8 +301,10 @@ class Store:
         row = asdict(run)
         row["config"] = json.dumps(run.config, sort_keys=True, default=str)
         row["versions"] = json.dumps(run.versions, sort_keys=True)
-        rows = [(run.run_id, m.name, m.value, m.kind, m.split, m.n, m.unit, m.protocol_key)
-                for m in metrics]
+        rows = [
+            (run.run_id, m.name, m.value, m.kind, m.split, m.n, m.unit, m.protocol_key)
+            for m in metrics
+        ]
 
         def write(con: sqlite3.Connection) -> None:
             con.execute("BEGIN IMMEDIATE")
@@ -279,10 +312,12 @@ class Store:
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (run.run_id,))
                 cols = ", ".join(row)
                 marks = ", ".join("?" for _ in row)
-                con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
-                            tuple(row.values()))
-                con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                rows)
+                con.execute(
+                    f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values())
+                )
+                con.executemany(
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:  # SQLite already rolled back after e.g. a full disk
@@ -300,8 +335,11 @@ class Store:
         def prune(con: sqlite3.Connection) -> list[tuple[str, str]]:
             con.execute("BEGIN IMMEDIATE")
             try:
-                gone = [(r, d) for r, d in con.execute("SELECT run_id, run_dir FROM runs")
-                        if r not in keep]
+                gone = [
+                    (r, d)
+                    for r, d in con.execute("SELECT run_id, run_dir FROM runs")
+                    if r not in keep
+                ]
                 con.executemany("DELETE FROM metrics WHERE run_id = ?", [(r,) for r, _ in gone])
                 con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r, _ in gone])
                 con.execute("COMMIT")
@@ -318,8 +356,11 @@ class Store:
         if not self.path.exists():
             return None
         with self._connect(write=False) as con:
-            r = con.execute("SELECT run_dir FROM runs WHERE config_hash = ? AND status = "
-                            "'finished' ORDER BY created DESC LIMIT 1", (config_hash,)).fetchone()
+            r = con.execute(
+                "SELECT run_dir FROM runs WHERE config_hash = ? AND status = "
+                "'finished' ORDER BY created DESC LIMIT 1",
+                (config_hash,),
+            ).fetchone()
         return r[0] if r else None
 
     def runs(self) -> list[dict[str, Any]]:

@@ -69,8 +69,10 @@ class Sampled:
     def __post_init__(self) -> None:
         nfe = torch.as_tensor(self.nfe).to("cpu", torch.float64)
         if tuple(nfe.shape) != (self.x.shape[0],):
-            raise ValueError(f"nfe must be [N] = [{self.x.shape[0]}] (one count per sample), "
-                             f"got {tuple(nfe.shape)}")
+            raise ValueError(
+                f"nfe must be [N] = [{self.x.shape[0]}] (one count per sample), "
+                f"got {tuple(nfe.shape)}"
+            )
         object.__setattr__(self, "nfe", nfe)
 
     @classmethod
@@ -249,8 +251,9 @@ class GenerativeModel(nn.Module, abc.ABC):
         """
 
     @classmethod
-    def validate_estimator(cls, name: str, options: Mapping[str, Any],
-                           hparams: Mapping[str, Any], *, key: str) -> None:
+    def validate_estimator(
+        cls, name: str, options: Mapping[str, Any], hparams: Mapping[str, Any], *, key: str
+    ) -> None:
         """Check the options of the likelihood estimator ``name`` (e.g. ``ode``) like
         :meth:`validate_sampler`; ``key`` is the config key the options come from. Default:
         accepts anything."""
@@ -269,8 +272,9 @@ class GenerativeModel(nn.Module, abc.ABC):
         return {}
 
 
-def check_sampler_options(sampler: Mapping[str, Any], allowed: Iterable[str], model: str, *,
-                          prefix: str = "sampler") -> None:
+def check_sampler_options(
+    sampler: Mapping[str, Any], allowed: Iterable[str], model: str, *, prefix: str = "sampler"
+) -> None:
     """Raise an :class:`~genbench.models.options.OptionError` (a ``ValueError``) naming the first
     sampler option ``model`` does not understand (config key ``<prefix>.<option>``)."""
     unknown_options(sampler, allowed, model, prefix=prefix)

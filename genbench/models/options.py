@@ -45,19 +45,27 @@ def _range(low: float | None, high: float | None, low_open: bool) -> str:
     return f"<= {high:g}" if high is not None else ""
 
 
-def option_number(key: str, value: Any, *, low: float | None = None,  # noqa: ANN401
-                  high: float | None = None, low_open: bool = False,
-                  integer: bool = False) -> float:
+def option_number(
+    key: str,
+    value: Any,
+    *,
+    low: float | None = None,  # noqa: ANN401
+    high: float | None = None,
+    low_open: bool = False,
+    integer: bool = False,
+) -> float:
     """``value`` as a finite number (an integral one when ``integer``) in the given range, or an
     :class:`OptionError` naming ``key``."""
-    what = ("an integer" if integer else "a finite number") + \
-        (f" {_range(low, high, low_open)}" if low is not None or high is not None else "")
+    what = ("an integer" if integer else "a finite number") + (
+        f" {_range(low, high, low_open)}" if low is not None or high is not None else ""
+    )
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_option(key, value, what)
     if not math.isfinite(value) or (integer and value != int(value)):
         raise bad_option(key, value, what)
-    if (low is not None and (value < low or (low_open and value == low))) or \
-            (high is not None and value > high):
+    if (low is not None and (value < low or (low_open and value == low))) or (
+        high is not None and value > high
+    ):
         raise bad_option(key, value, what)
     return int(value) if integer else float(value)
 
@@ -76,13 +84,18 @@ def option_bool(key: str, value: Any) -> bool:  # noqa: ANN401
     return value
 
 
-def unknown_options(options: Mapping[str, Any], allowed: Iterable[str], owner: str, *,
-                    prefix: str = "sampler") -> None:
+def unknown_options(
+    options: Mapping[str, Any], allowed: Iterable[str], owner: str, *, prefix: str = "sampler"
+) -> None:
     """Raise an :class:`OptionError` for the first option ``owner`` does not understand."""
     allowed = sorted(set(allowed))
     unknown = sorted((str(k), k) for k in options if k not in allowed)
     if unknown:
         name, value = unknown[0][0], options[unknown[0][1]]
         key = f"{prefix}.{name}"
-        raise OptionError(key, value, f"{key}={value!r}: option {name!r} is not understood by "
-                                      f"{owner}; valid: {', '.join(allowed) or 'none'}")
+        raise OptionError(
+            key,
+            value,
+            f"{key}={value!r}: option {name!r} is not understood by "
+            f"{owner}; valid: {', '.join(allowed) or 'none'}",
+        )

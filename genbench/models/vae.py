@@ -44,9 +44,16 @@ class VAE(GenerativeModel):
     family = "vae"
     likelihood = "elbo"
 
-    def __init__(self, shape: Sequence[int], levels: int, *, hidden: int = 64, latent: int = 16,
-                 decoder: Literal["categorical", "logistic"] = "categorical",
-                 iwae_samples: int = 64) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        hidden: int = 64,
+        latent: int = 16,
+        decoder: Literal["categorical", "logistic"] = "categorical",
+        iwae_samples: int = 64,
+    ) -> None:
         super().__init__(shape, levels)
         if decoder not in ("categorical", "logistic"):
             raise ValueError(f"model.decoder={decoder!r}: expected categorical or logistic")
@@ -57,21 +64,33 @@ class VAE(GenerativeModel):
         n = min(_stages(h), _stages(w))
         if h * w == 1 or n == 0:
             d = c * h * w
-            self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.SiLU(),
-                                         nn.Linear(hidden, hidden), nn.SiLU(),
-                                         nn.Linear(hidden, 2 * latent))
-            self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.SiLU(),
-                                         nn.Linear(hidden, hidden), nn.SiLU(),
-                                         nn.Linear(hidden, d * out_per_dim))
+            self.encoder = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(d, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, 2 * latent),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(latent, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, d * out_per_dim),
+            )
         else:
-            ch = [hidden * 2 ** i for i in range(n + 1)]
-            hh, ww = h // 2 ** n, w // 2 ** n
+            ch = [hidden * 2**i for i in range(n + 1)]
+            hh, ww = h // 2**n, w // 2**n
             enc: list[nn.Module] = [nn.Conv2d(c, ch[0], 3, padding=1), nn.SiLU()]
             for i in range(n):
                 enc += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.SiLU()]
             enc += [nn.Flatten(), nn.Linear(ch[n] * hh * ww, 2 * latent)]
-            dec: list[nn.Module] = [nn.Linear(latent, ch[n] * hh * ww), nn.SiLU(),
-                                    nn.Unflatten(1, (ch[n], hh, ww))]
+            dec: list[nn.Module] = [
+                nn.Linear(latent, ch[n] * hh * ww),
+                nn.SiLU(),
+                nn.Unflatten(1, (ch[n], hh, ww)),
+            ]
             for i in reversed(range(n)):
                 dec += [nn.ConvTranspose2d(ch[i + 1], ch[i], 4, stride=2, padding=1), nn.SiLU()]
             dec += [nn.Conv2d(ch[0], c * out_per_dim, 3, padding=1)]
@@ -173,8 +192,12 @@ class VAE(GenerativeModel):
         if generator is None or isinstance(generator, torch.Generator):
             x = self._draw_levels(z, generator)  # one stream: chunks would reorder its draws
         else:  # one generator per sample: decode and draw in chunks of a fixed size (same draws)
-            x = torch.cat([self._draw_levels(z[i:j], generator[i:j])
-                           for i, j in row_slices(n, self.dims * self.levels)])
+            x = torch.cat(
+                [
+                    self._draw_levels(z[i:j], generator[i:j])
+                    for i, j in row_slices(n, self.dims * self.levels)
+                ]
+            )
         return Sampled.constant(x, 1)
 
     def _draw_levels(self, z: Tensor, generator: Generator) -> Tensor:

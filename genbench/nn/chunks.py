@@ -43,8 +43,9 @@ def row_slices(n: int, per_row: int, budget: int | None = None) -> list[tuple[in
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def map_rows(fn: Callable[..., Tensor], *tensors: Tensor, per_row: int,
-             budget: int | None = None) -> Tensor:
+def map_rows(
+    fn: Callable[..., Tensor], *tensors: Tensor, per_row: int, budget: int | None = None
+) -> Tensor:
     """``fn(*tensors)`` computed over row chunks and concatenated along dim 0.
 
     Args:

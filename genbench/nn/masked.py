@@ -43,8 +43,13 @@ def feature_groups(features: int, channels: int) -> list[int]:
     return [f * channels // features for f in range(features)]
 
 
-def causal_mask(in_groups: Sequence[int], out_groups: Sequence[int], kernel_size: tuple[int, int],
-                mask_type: MaskType, anchor: tuple[int, int]) -> Tensor:
+def causal_mask(
+    in_groups: Sequence[int],
+    out_groups: Sequence[int],
+    kernel_size: tuple[int, int],
+    mask_type: MaskType,
+    anchor: tuple[int, int],
+) -> Tensor:
     """``[out, in, kh, kw]`` 0/1 mask: open before the anchor (raster order), channel-masked at
     the anchor, closed after it."""
     if mask_type not in ("A", "B"):
@@ -75,15 +80,23 @@ class MaskedConv2d(nn.Conv2d):
             zero-padded so that the output has the input's ``H x W``.
     """
 
-    def __init__(self, in_groups: Sequence[int], out_groups: Sequence[int],
-                 kernel_size: int | tuple[int, int], mask_type: MaskType,
-                 anchor: tuple[int, int] | None = None, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_groups: Sequence[int],
+        out_groups: Sequence[int],
+        kernel_size: int | tuple[int, int],
+        mask_type: MaskType,
+        anchor: tuple[int, int] | None = None,
+        bias: bool = True,
+    ) -> None:
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         super().__init__(len(in_groups), len(out_groups), (kh, kw), bias=bias)
         self.anchor = (kh // 2, kw // 2) if anchor is None else tuple(anchor)
         self.register_buffer(
-            "mask", causal_mask(in_groups, out_groups, (kh, kw), mask_type, self.anchor),
-            persistent=False)
+            "mask",
+            causal_mask(in_groups, out_groups, (kh, kw), mask_type, self.anchor),
+            persistent=False,
+        )
         ar, ac = self.anchor
         self._pad = (ac, kw - 1 - ac, ar, kh - 1 - ar)  # F.pad order: left, right, top, bottom
 
@@ -109,11 +122,11 @@ class MaskedConv2d(nn.Conv2d):
         kw = self.kernel_size[1]
         h, w = x.shape[-2:]
         r0, c0, c1 = i - ar, j - ac, j - ac + kw
-        window = x[:, :, max(r0, 0):i + 1, max(c0, 0):min(c1, w)]
+        window = x[:, :, max(r0, 0) : i + 1, max(c0, 0) : min(c1, w)]
         pad = (max(-c0, 0), max(c1 - w, 0), max(-r0, 0), 0)
         if any(pad):
             window = F.pad(window, pad)
-        weight = self.masked_weight()[:, :, :ar + 1].flatten(1)  # [out, in * (ar + 1) * kw]
+        weight = self.masked_weight()[:, :, : ar + 1].flatten(1)  # [out, in * (ar + 1) * kw]
         return F.linear(window.flatten(1), weight, self.bias)[:, :, None, None]
 
 

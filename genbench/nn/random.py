@@ -20,11 +20,14 @@ from torch import Tensor
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-def per_sample_generators(seed: int, start: int, n: int, device: str | torch.device = "cpu"
-                          ) -> list[torch.Generator]:
+def per_sample_generators(
+    seed: int, start: int, n: int, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """Generators for sample indices ``start .. start + n - 1`` seeded ``seed * 1_000_003 + i``."""
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-            for i in range(start, start + n)]
+    return [
+        torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+        for i in range(start, start + n)
+    ]
 
 
 def _device_of(generator: Generator, device: str | torch.device | None) -> torch.device:
@@ -37,8 +40,13 @@ def _device_of(generator: Generator, device: str | torch.device | None) -> torch
     return torch.device("cpu")
 
 
-def _draw(fn: Callable[..., Tensor], shape: Sequence[int], generator: Generator,
-          device: str | torch.device | None, dtype: torch.dtype) -> Tensor:
+def _draw(
+    fn: Callable[..., Tensor],
+    shape: Sequence[int],
+    generator: Generator,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+) -> Tensor:
     shape = tuple(shape)
     dev = _device_of(generator, device)
     if generator is None or isinstance(generator, torch.Generator):
@@ -50,22 +58,33 @@ def _draw(fn: Callable[..., Tensor], shape: Sequence[int], generator: Generator,
     return torch.stack(rows).to(dev)
 
 
-def randn(shape: Sequence[int], *, generator: Generator = None,
-          device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def randn(
+    shape: Sequence[int],
+    *,
+    generator: Generator = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Standard normal draws of ``shape``, e.g. ``[N, C, H, W]`` (the first dim is the batch: row
     i comes from generator i when ``generator`` is a sequence)."""
     return _draw(torch.randn, shape, generator, device, dtype)
 
 
-def rand(shape: Sequence[int], *, generator: Generator = None,
-         device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def rand(
+    shape: Sequence[int],
+    *,
+    generator: Generator = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Uniform draws in ``[0, 1)`` of ``shape``, e.g. ``[N, C, H, W]`` (the first dim is the batch:
     row i comes from generator i when ``generator`` is a sequence)."""
     return _draw(torch.rand, shape, generator, device, dtype)
 
 
-def categorical(logits: Tensor | None = None, *, probs: Tensor | None = None,
-                generator: Generator = None) -> Tensor:
+def categorical(
+    logits: Tensor | None = None, *, probs: Tensor | None = None, generator: Generator = None
+) -> Tensor:
     """Sample indices over the last dim of ``logits`` ``[N, ..., K]`` (softmax), or of ``probs``
     ``[N, ..., K]`` (non-negative weights, normalized here), by inverse CDF.
 

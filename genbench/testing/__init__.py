@@ -39,5 +39,12 @@ from genbench.testing.kit import (
     check_model,
 )
 
-__all__ = ["CHECKS", "EXACT_TOLERANCE", "MAX_ENUMERATION", "ConformanceError", "Subject",
-           "check_model", "from_config"]
+__all__ = [
+    "CHECKS",
+    "EXACT_TOLERANCE",
+    "MAX_ENUMERATION",
+    "ConformanceError",
+    "Subject",
+    "check_model",
+    "from_config",
+]

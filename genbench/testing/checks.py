@@ -38,32 +38,47 @@ def check_declares(s: Subject) -> None:
     m = s.build()
     expect(m.family in FAMILIES, f"family={m.family!r} is not one of {FAMILIES}")
     expect(m.likelihood in LIKELIHOODS, f"likelihood={m.likelihood!r} is not one of {LIKELIHOODS}")
-    expect(m.shape == tuple(s.shape) and m.levels == s.levels,
-           f"model.shape={m.shape}, model.levels={m.levels} after building it with shape="
-           f"{tuple(s.shape)}, levels={s.levels} (pass them to GenerativeModel.__init__)")
+    expect(
+        m.shape == tuple(s.shape) and m.levels == s.levels,
+        f"model.shape={m.shape}, model.levels={m.levels} after building it with shape="
+        f"{tuple(s.shape)}, levels={s.levels} (pass them to GenerativeModel.__init__)",
+    )
     phases = tuple(m.phases)
-    expect(phases and all(isinstance(p, Phase) for p in phases),
-           f"phases must be a non-empty tuple of Phase, got {phases!r}")
+    expect(
+        phases and all(isinstance(p, Phase) for p in phases),
+        f"phases must be a non-empty tuple of Phase, got {phases!r}",
+    )
     names = [p.name for p in phases]
     expect(len(set(names)) == len(names), f"phase names repeat: {names}")
     for p in phases:
-        expect(isinstance(p.repeat, int) and p.repeat >= 1,
-               f"phase {p.name!r}: repeat={p.repeat!r} must be a whole number >= 1")
-        expect(isinstance(p.optimizer, Mapping),
-               f"phase {p.name!r}: optimizer overrides must be a mapping, got {p.optimizer!r}")
+        expect(
+            isinstance(p.repeat, int) and p.repeat >= 1,
+            f"phase {p.name!r}: repeat={p.repeat!r} must be a whole number >= 1",
+        )
+        expect(
+            isinstance(p.optimizer, Mapping),
+            f"phase {p.name!r}: optimizer overrides must be a mapping, got {p.optimizer!r}",
+        )
     expect(isinstance(type(m).select_best, bool), "select_best must be True or False")
     estimators = m.likelihood_estimators()
-    expect(isinstance(estimators, Mapping),
-           f"likelihood_estimators() must return a dict, got {type(estimators).__name__}")
+    expect(
+        isinstance(estimators, Mapping),
+        f"likelihood_estimators() must return a dict, got {type(estimators).__name__}",
+    )
     for name, est in estimators.items():
-        expect(isinstance(name, str) and ESTIMATOR_NAME.match(name),
-               f"likelihood estimator name {name!r} is not a lowercase identifier")
-        expect(isinstance(est, LikelihoodEstimator),
-               f"likelihood estimator {name!r} is a {type(est).__name__}, not a "
-               "LikelihoodEstimator")
+        expect(
+            isinstance(name, str) and ESTIMATOR_NAME.match(name),
+            f"likelihood estimator name {name!r} is not a lowercase identifier",
+        )
+        expect(
+            isinstance(est, LikelihoodEstimator),
+            f"likelihood estimator {name!r} is a {type(est).__name__}, not a LikelihoodEstimator",
+        )
     resolved = m.resolve_sampler()
-    expect(isinstance(resolved, Mapping),
-           f"resolve_sampler() must return a dict, got {type(resolved).__name__}")
+    expect(
+        isinstance(resolved, Mapping),
+        f"resolve_sampler() must return a dict, got {type(resolved).__name__}",
+    )
 
 
 def check_losses(s: Subject) -> None:
@@ -75,24 +90,35 @@ def check_losses(s: Subject) -> None:
     for phase in m.phases:
         m.zero_grad(set_to_none=True)
         terms = m.training_losses(x, phase.name)
-        expect(isinstance(terms, Mapping) and "loss" in terms,
-               f"phase {phase.name!r}: training_losses must return a dict with 'loss', got "
-               f"{sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__}")
+        expect(
+            isinstance(terms, Mapping) and "loss" in terms,
+            f"phase {phase.name!r}: training_losses must return a dict with 'loss', got "
+            f"{sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__}",
+        )
         for k, v in terms.items():
-            expect(isinstance(v, torch.Tensor) and v.is_floating_point(),
-                   f"phase {phase.name!r}: term {k!r} must be a floating tensor, got "
-                   f"{getattr(v, 'dtype', type(v).__name__)}")
-            expect(tuple(v.shape) == (5,),
-                   f"phase {phase.name!r}: term {k!r} has shape {tuple(v.shape)}; terms are "
-                   "per example, [N] = [5] (the runner takes the mean)")
-            expect(bool(torch.isfinite(v).all()), f"phase {phase.name!r}: term {k!r} is not "
-                   f"finite: {v.detach().tolist()}")
+            expect(
+                isinstance(v, torch.Tensor) and v.is_floating_point(),
+                f"phase {phase.name!r}: term {k!r} must be a floating tensor, got "
+                f"{getattr(v, 'dtype', type(v).__name__)}",
+            )
+            expect(
+                tuple(v.shape) == (5,),
+                f"phase {phase.name!r}: term {k!r} has shape {tuple(v.shape)}; terms are "
+                "per example, [N] = [5] (the runner takes the mean)",
+            )
+            expect(
+                bool(torch.isfinite(v).all()),
+                f"phase {phase.name!r}: term {k!r} is not finite: {v.detach().tolist()}",
+            )
         terms["loss"].float().mean().backward()
         params = [p for p in m.parameters_for(phase.name) if p.requires_grad]
         expect(params, f"phase {phase.name!r} trains no parameters (parameters_for)")
         missing = [names.get(id(p), "?") for p in params if p.grad is None]
-        expect(not missing, f"phase {phase.name!r}: {len(missing)} of its parameters get no "
-               f"gradient from its loss: {short(missing)}")
+        expect(
+            not missing,
+            f"phase {phase.name!r}: {len(missing)} of its parameters get no "
+            f"gradient from its loss: {short(missing)}",
+        )
 
 
 def check_phases(s: Subject) -> None:
@@ -111,17 +137,26 @@ def check_phases(s: Subject) -> None:
         after = dict(m.named_parameters())
         moved = [n for n in before if not torch.equal(before[n], after[n].detach())]
         outside = [n for n in moved if id(after[n]) not in own]
-        expect(not outside, f"a step of phase {phase.name!r} changed parameters outside "
-               f"parameters_for({phase.name!r}): {short(outside)}")
-        expect(any(id(after[n]) in own for n in moved),
-               f"a step of phase {phase.name!r} changed none of its parameters "
-               f"({short([names.get(i, '?') for i in own])})")
+        expect(
+            not outside,
+            f"a step of phase {phase.name!r} changed parameters outside "
+            f"parameters_for({phase.name!r}): {short(outside)}",
+        )
+        expect(
+            any(id(after[n]) in own for n in moved),
+            f"a step of phase {phase.name!r} changed none of its parameters "
+            f"({short([names.get(i, '?') for i in own])})",
+        )
 
 
 def _attributes(m: torch.nn.Module) -> dict[tuple[str, str], Any]:
     """Every plain attribute of every submodule (not parameters, buffers or submodules)."""
-    return {(name, k): v for name, mod in m.named_modules() for k, v in vars(mod).items()
-            if not k.startswith("_")}
+    return {
+        (name, k): v
+        for name, mod in m.named_modules()
+        for k, v in vars(mod).items()
+        if not k.startswith("_")
+    }
 
 
 def _same(a: object, b: object) -> bool:
@@ -149,48 +184,77 @@ def check_sample(s: Subject) -> None:
     c, h, w = s.shape
     attrs, weights = _attributes(m), copy.deepcopy(m.state_dict())
     out = _draw(m, 3, 0)
-    expect(isinstance(out, Sampled), f"sample() returned a {type(out).__name__}; the contract is "
-           "Sampled(x, nfe) (genbench.models.base)")
+    expect(
+        isinstance(out, Sampled),
+        f"sample() returned a {type(out).__name__}; the contract is "
+        "Sampled(x, nfe) (genbench.models.base)",
+    )
     x = out.x
-    expect(tuple(x.shape) == (3, c, h, w), f"sample(3) has shape {tuple(x.shape)}, expected "
-           f"{(3, c, h, w)}")
+    expect(
+        tuple(x.shape) == (3, c, h, w),
+        f"sample(3) has shape {tuple(x.shape)}, expected {(3, c, h, w)}",
+    )
     expect(x.dtype == torch.int64, f"samples are {x.dtype}; they must be int64 levels")
-    expect(int(x.min()) >= 0 and int(x.max()) < s.levels,
-           f"samples range over [{int(x.min())}, {int(x.max())}], outside [0, {s.levels})")
+    expect(
+        int(x.min()) >= 0 and int(x.max()) < s.levels,
+        f"samples range over [{int(x.min())}, {int(x.max())}], outside [0, {s.levels})",
+    )
     nfe = out.nfe
-    expect(bool((nfe >= 1).all()) and torch.equal(nfe, nfe.round()),
-           f"nfe must be a whole count >= 1 per sample, got {nfe.tolist()}")
+    expect(
+        bool((nfe >= 1).all()) and torch.equal(nfe, nfe.round()),
+        f"nfe must be a whole count >= 1 per sample, got {nfe.tolist()}",
+    )
     again = _draw(m, 3, 0)
-    expect(torch.equal(again.x, x), "the same generators gave different samples (draw every "
-           "random number from the generator argument, through genbench.nn.random)")
+    expect(
+        torch.equal(again.x, x),
+        "the same generators gave different samples (draw every "
+        "random number from the generator argument, through genbench.nn.random)",
+    )
     last = _draw(m, 1, 2)
     agree = (last.x[0] == x[2]).float().mean().item()
-    expect(agree >= BATCH_AGREEMENT, f"sample 2 depends on its batch: {agree:.0%} of its "
-           "sub-pixels agree when drawn alone (draw with genbench.nn.random and the per-sample "
-           "generators)")
-    expect(float(last.nfe[0]) == float(nfe[2]),
-           f"sample 2 costs {float(nfe[2])} NFE in a batch of 3 and {float(last.nfe[0])} alone")
+    expect(
+        agree >= BATCH_AGREEMENT,
+        f"sample 2 depends on its batch: {agree:.0%} of its "
+        "sub-pixels agree when drawn alone (draw with genbench.nn.random and the per-sample "
+        "generators)",
+    )
+    expect(
+        float(last.nfe[0]) == float(nfe[2]),
+        f"sample 2 costs {float(nfe[2])} NFE in a batch of 3 and {float(last.nfe[0])} alone",
+    )
     with torch.inference_mode():
         one = m.sample(2, generator=torch.Generator().manual_seed(0))
         m.sample(2)  # the global RNG
-    expect(tuple(one.x.shape) == (2, c, h, w), "sample(2, generator=<one Generator>) has shape "
-           f"{tuple(one.x.shape)}")
-    changed = [f"{mod}.{k}" if mod else k for (mod, k), v in _attributes(m).items()
-               if (mod, k) not in attrs or not _same(v, attrs[(mod, k)])]
-    expect(not changed, f"sample() left state behind in attributes: {short(changed)} (return "
-           "what a call costs in Sampled instead)")
+    expect(
+        tuple(one.x.shape) == (2, c, h, w),
+        f"sample(2, generator=<one Generator>) has shape {tuple(one.x.shape)}",
+    )
+    changed = [
+        f"{mod}.{k}" if mod else k
+        for (mod, k), v in _attributes(m).items()
+        if (mod, k) not in attrs or not _same(v, attrs[(mod, k)])
+    ]
+    expect(
+        not changed,
+        f"sample() left state behind in attributes: {short(changed)} (return "
+        "what a call costs in Sampled instead)",
+    )
     for k, v in m.state_dict().items():
         expect(torch.equal(v, weights[k]), f"sample() changed {k}")
     try:
         with torch.inference_mode():
             m.sample(2, not_an_option=1)
     except ValueError as err:
-        expect("not_an_option" in str(err), f"the error for an unknown sampler option does not "
-               f"name it: {err}")
+        expect(
+            "not_an_option" in str(err),
+            f"the error for an unknown sampler option does not name it: {err}",
+        )
     else:
-        raise ConformanceError("sample(not_an_option=1) was accepted; refuse unknown sampler "
-                             "options with ValueError (genbench.models.base."
-                             "check_sampler_options)")
+        raise ConformanceError(
+            "sample(not_an_option=1) was accepted; refuse unknown sampler "
+            "options with ValueError (genbench.models.base."
+            "check_sampler_options)"
+        )
 
 
 def check_nll(s: Subject) -> None:
@@ -213,24 +277,33 @@ def check_nll(s: Subject) -> None:
         torch.manual_seed(0)
         nll = m.nll(x)
         terms = m.bound_terms(x)
-    expect(isinstance(nll, torch.Tensor) and nll.is_floating_point() and tuple(nll.shape) == (n,),
-           f"nll() must return [N] = [{n}] floats, got "
-           f"{tuple(nll.shape) if isinstance(nll, torch.Tensor) else type(nll).__name__}")
+    expect(
+        isinstance(nll, torch.Tensor) and nll.is_floating_point() and tuple(nll.shape) == (n,),
+        f"nll() must return [N] = [{n}] floats, got "
+        f"{tuple(nll.shape) if isinstance(nll, torch.Tensor) else type(nll).__name__}",
+    )
     expect(bool(torch.isfinite(nll).all()), f"nll() is not finite: {nll.tolist()}")
-    expect(bool((nll >= 0).all()), f"nll() is negative: {nll.tolist()} (nats of discrete data "
-           "are >= 0)")
+    expect(
+        bool((nll >= 0).all()),
+        f"nll() is negative: {nll.tolist()} (nats of discrete data are >= 0)",
+    )
     expect(isinstance(terms, Mapping), "bound_terms() must return a dict")
     for k, v in terms.items():
-        expect(isinstance(v, torch.Tensor) and tuple(v.shape) == (n,)
-               and bool(torch.isfinite(v).all()),
-               f"bound_terms()[{k!r}] must be [N] = [{n}] finite nats")
+        expect(
+            isinstance(v, torch.Tensor)
+            and tuple(v.shape) == (n,)
+            and bool(torch.isfinite(v).all()),
+            f"bound_terms()[{k!r}] must be [N] = [{n}] finite nats",
+        )
     d, nats = math.prod(s.shape), nll.double()
     floor = d * math.log(s.levels)
     mean, se = float(nats.mean()), float(nats.std() / math.sqrt(n))
-    expect(mean + UNIFORM_Z * se + 1e-3 * d >= floor,
-           f"mean nll of uniform random levels is {mean:.4g} nats (± {se:.2g}), below the "
-           f"uniform distribution's D log K = {floor:.4g}: nll must be the total nats of each "
-           "example (not per dimension, not a mean over the batch, not a log-likelihood)")
+    expect(
+        mean + UNIFORM_Z * se + 1e-3 * d >= floor,
+        f"mean nll of uniform random levels is {mean:.4g} nats (± {se:.2g}), below the "
+        f"uniform distribution's D log K = {floor:.4g}: nll must be the total nats of each "
+        "example (not per dimension, not a mean over the batch, not a log-likelihood)",
+    )
 
 
 def check_state_dict(s: Subject) -> None:
@@ -250,8 +323,10 @@ def check_state_dict(s: Subject) -> None:
     try:
         state = torch.load(buf, weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise ConformanceError("its state dict does not load with torch.load(weights_only=True), "
-                             f"so genbench cannot read its checkpoints: {err}") from None
+        raise ConformanceError(
+            "its state dict does not load with torch.load(weights_only=True), "
+            f"so genbench cannot read its checkpoints: {err}"
+        ) from None
     b = s.build(seed=s.seed + 1)
     try:
         b.load_state_dict(state)
@@ -261,15 +336,21 @@ def check_state_dict(s: Subject) -> None:
     x = s.data(1, seed=6)
     ref = _draw(a, 2, 0)
     ref_nll = None if a.likelihood == "none" else _seeded_nll(a, x)
-    for what, other in (("a freshly built model loaded with its state dict", b),
-                        ("a deep copy", copy.deepcopy(a))):
+    for what, other in (
+        ("a freshly built model loaded with its state dict", b),
+        ("a deep copy", copy.deepcopy(a)),
+    ):
         got = _draw(other, 2, 0)
-        expect(torch.equal(got.x, ref.x) and torch.equal(got.nfe, ref.nfe),
-               f"{what} draws other samples from the same generators")
+        expect(
+            torch.equal(got.x, ref.x) and torch.equal(got.nfe, ref.nfe),
+            f"{what} draws other samples from the same generators",
+        )
         if ref_nll is not None:
             nll = _seeded_nll(other, x)
-            expect(torch.allclose(nll, ref_nll, rtol=1e-5, atol=1e-6),
-                   f"{what} gives another nll: {nll.tolist()} vs {ref_nll.tolist()}")
+            expect(
+                torch.allclose(nll, ref_nll, rtol=1e-5, atol=1e-6),
+                f"{what} gives another nll: {nll.tolist()} vs {ref_nll.tolist()}",
+            )
 
 
 def _seeded_nll(m: GenerativeModel, x: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ def from_config(name: str, overrides: Sequence[str] = ()) -> Callable[..., Gener
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_module("genbench.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*([search] if search else []), f"model={name}",
-                                           *overrides])
+        cfg = compose(
+            "train", overrides=[*([search] if search else []), f"model={name}", *overrides]
+        )
     node = cfg.model
 
     def build(shape: Sequence[int], levels: int, **kwargs: Any) -> GenerativeModel:

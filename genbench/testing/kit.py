@@ -36,16 +36,29 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
     "resume": check_resume,
 }
 
-__all__ = ["CHECKS", "EXACT_TOLERANCE", "MAX_ENUMERATION", "ConformanceError", "Subject",
-           "check_model"]
+__all__ = [
+    "CHECKS",
+    "EXACT_TOLERANCE",
+    "MAX_ENUMERATION",
+    "ConformanceError",
+    "Subject",
+    "check_model",
+]
 
 
-def check_model(model: Callable[..., GenerativeModel], shape: Sequence[int] = (1, 4, 4),
-                levels: int = 4, *, only: Iterable[str] | None = None, skip: Iterable[str] = (),
-                seed: int = 0, exact_shape: Sequence[int] | None = None,
-                exact_levels: int | None = None,
-                estimator_options: Mapping[str, Mapping[str, Any]] | None = None,
-                **kwargs: Any) -> dict[str, str]:
+def check_model(
+    model: Callable[..., GenerativeModel],
+    shape: Sequence[int] = (1, 4, 4),
+    levels: int = 4,
+    *,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    seed: int = 0,
+    exact_shape: Sequence[int] | None = None,
+    exact_levels: int | None = None,
+    estimator_options: Mapping[str, Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> dict[str, str]:
     """Run the contract checks (:data:`CHECKS`) on CPU; raise at the first failure.
 
     Args:
@@ -75,9 +88,16 @@ def check_model(model: Callable[..., GenerativeModel], shape: Sequence[int] = (1
         raise ValueError(f"unknown check(s) {unknown}; valid: {list(CHECKS)}")
     if len(tuple(shape)) != 3:
         raise ValueError(f"shape must be (C, H, W), got {tuple(shape)}")
-    subject = Subject(model, tuple(int(v) for v in shape), int(levels), dict(kwargs), int(seed),
-                      tuple(exact_shape) if exact_shape is not None else None, exact_levels,
-                      dict(estimator_options or {}))
+    subject = Subject(
+        model,
+        tuple(int(v) for v in shape),
+        int(levels),
+        dict(kwargs),
+        int(seed),
+        tuple(exact_shape) if exact_shape is not None else None,
+        exact_levels,
+        dict(estimator_options or {}),
+    )
     report: dict[str, str] = {}
     for name, check in CHECKS.items():
         if name not in names or name in set(skip):
@@ -88,10 +108,13 @@ def check_model(model: Callable[..., GenerativeModel], shape: Sequence[int] = (1
             report[name] = f"skipped: {why}"
             continue
         except ConformanceError as err:
-            raise ConformanceError(f"{subject.name} fails the genbench contract check "
-                                   f"{name!r}: {err}") from err.__cause__
+            raise ConformanceError(
+                f"{subject.name} fails the genbench contract check {name!r}: {err}"
+            ) from err.__cause__
         except Exception as err:  # noqa: BLE001  (the model's own error, with its traceback)
-            raise ConformanceError(f"{subject.name} fails the genbench contract check "
-                                   f"{name!r}: {type(err).__name__}: {err}") from err
+            raise ConformanceError(
+                f"{subject.name} fails the genbench contract check "
+                f"{name!r}: {type(err).__name__}: {err}"
+            ) from err
         report[name] = "passed"
     return report

@@ -24,9 +24,18 @@ STEPS, TOTAL = 1, 2
 
 
 def _trainer_config(max_steps: int) -> DictConfig:
-    return OmegaConf.create({"max_steps": max_steps, "batch_size": 4, "eval_every": STEPS,
-                             "ckpt_every": STEPS, "log_every": STEPS, "grad_clip": 0.0,
-                             "ema_decay": 0.5, "val_examples": 4})
+    return OmegaConf.create(
+        {
+            "max_steps": max_steps,
+            "batch_size": 4,
+            "eval_every": STEPS,
+            "ckpt_every": STEPS,
+            "log_every": STEPS,
+            "grad_clip": 0.0,
+            "ema_decay": 0.5,
+            "val_examples": 4,
+        }
+    )
 
 
 def _trainer(s: Subject, run: Path, max_steps: int, seed: int) -> Trainer:
@@ -35,17 +44,29 @@ def _trainer(s: Subject, run: Path, max_steps: int, seed: int) -> Trainer:
     run.mkdir(parents=True)
     seed_everything(seed)  # Python, NumPy and torch, as the runner seeds them
     model = s.build(seed=seed)
-    optimizer = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True,
-                                  "lr": 1e-3})
-    return Trainer(model, s.data(16, seed=8), s.data(4, seed=9), _trainer_config(max_steps),
-                   optimizer, setup, run, s.seed)
+    optimizer = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    return Trainer(
+        model,
+        s.data(16, seed=8),
+        s.data(4, seed=9),
+        _trainer_config(max_steps),
+        optimizer,
+        setup,
+        run,
+        s.seed,
+    )
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
     """The first key at which nested states ``a`` and ``b`` differ, or None."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b)))
+        same = (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(torch.equal(a, b))
+        )
         return None if same else where or "."
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
@@ -76,8 +97,10 @@ def check_resume(s: Subject) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        with tempfile.TemporaryDirectory(prefix="genbench-kit-") as tmp, \
-                contextlib.redirect_stdout(io.StringIO()):
+        with (
+            tempfile.TemporaryDirectory(prefix="genbench-kit-") as tmp,
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             root = Path(tmp)
             whole = _trainer(s, root / "whole", TOTAL, s.seed)
             whole.fit()
@@ -89,8 +112,9 @@ def check_resume(s: Subject) -> None:
             try:
                 resumed.load_state_dict(ckpt)
             except (RuntimeError, KeyError, ValueError) as err:
-                raise ConformanceError(f"a fresh trainer does not load the checkpoint: {err}"
-                                       ) from None
+                raise ConformanceError(
+                    f"a fresh trainer does not load the checkpoint: {err}"
+                ) from None
             resumed.fit()
             a, b = whole.state_dict(), resumed.state_dict()
     finally:
@@ -98,8 +122,11 @@ def check_resume(s: Subject) -> None:
         checkpoint.set_rng_state(saved)
     for key in ("model", "ema", "optimizers", "scalers"):
         where = _first_difference(a[key], b[key])
-        expect(where is None, f"training {STEPS} step(s), checkpointing and resuming for "
-               f"{TOTAL - STEPS} more differs from {TOTAL} uninterrupted steps in {key}: {where} "
-               "(keep every "
-               "state in the state dict and draw noise from torch's global generator or the "
-               "generators passed in)")
+        expect(
+            where is None,
+            f"training {STEPS} step(s), checkpointing and resuming for "
+            f"{TOTAL - STEPS} more differs from {TOTAL} uninterrupted steps in {key}: {where} "
+            "(keep every "
+            "state in the state dict and draw noise from torch's global generator or the "
+            "generators passed in)",
+        )

@@ -43,8 +43,10 @@ def enumeration_size(shape: tuple[int, int, int], levels: int) -> tuple[tuple[in
             top += 1
         if top >= 2:
             return cand, top
-    raise ConformanceError(f"no shape with C={c} has at most {MAX_ENUMERATION} inputs of 2 levels"
-                           "; pass exact_shape= and exact_levels= (or skip 'enumeration')")
+    raise ConformanceError(
+        f"no shape with C={c} has at most {MAX_ENUMERATION} inputs of 2 levels"
+        "; pass exact_shape= and exact_levels= (or skip 'enumeration')"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,34 +87,49 @@ class Subject:
         shape, levels = enumeration_size(self.shape, self.levels)
         return shape, int(self.exact_levels or levels)
 
-    def build(self, shape: tuple[int, int, int] | None = None, levels: int | None = None,
-              seed: int | None = None) -> GenerativeModel:
+    def build(
+        self,
+        shape: tuple[int, int, int] | None = None,
+        levels: int | None = None,
+        seed: int | None = None,
+    ) -> GenerativeModel:
         """A fresh model (weights initialized from ``seed``, default :attr:`seed`)."""
         shape, levels = tuple(shape or self.shape), int(levels or self.levels)
         torch.manual_seed(self.seed if seed is None else seed)
         try:
             model = self.factory(shape=shape, levels=levels, **self.kwargs)
         except Exception as err:  # noqa: BLE001  (reported as the first failure)
-            raise ConformanceError(f"could not build it with shape={shape}, levels={levels}: "
-                                   f"{type(err).__name__}: {err}") from err
-        expect(isinstance(model, GenerativeModel),
-               f"the factory returned a {type(model).__name__}, not a GenerativeModel")
+            raise ConformanceError(
+                f"could not build it with shape={shape}, levels={levels}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        expect(
+            isinstance(model, GenerativeModel),
+            f"the factory returned a {type(model).__name__}, not a GenerativeModel",
+        )
         return model
 
-    def data(self, n: int, seed: int = 1, shape: tuple[int, int, int] | None = None,
-             levels: int | None = None) -> Tensor:
+    def data(
+        self,
+        n: int,
+        seed: int = 1,
+        shape: tuple[int, int, int] | None = None,
+        levels: int | None = None,
+    ) -> Tensor:
         """``[n, C, H, W]`` int64 levels drawn uniformly (seeded)."""
         shape, levels = tuple(shape or self.shape), int(levels or self.levels)
         g = torch.Generator().manual_seed(self.seed * 7919 + seed)
         return torch.randint(0, levels, (n, *shape), generator=g)
 
-    def prepared(self, shape: tuple[int, int, int] | None = None, levels: int | None = None
-                 ) -> GenerativeModel:
+    def prepared(
+        self, shape: tuple[int, int, int] | None = None, levels: int | None = None
+    ) -> GenerativeModel:
         """A fresh model after one ``training_losses`` call in training mode (the runner's
         first step, where data-dependent initialization happens), in eval mode."""
         model = self.build(shape, levels).train()
-        model.training_losses(self.data(8, seed=2, shape=shape, levels=levels),
-                              model.phases[-1].name)
+        model.training_losses(
+            self.data(8, seed=2, shape=shape, levels=levels), model.phases[-1].name
+        )
         return model.eval()
 
 

@@ -87,8 +87,10 @@ def setup_device(cfg: object) -> DeviceSetup:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device.name={name!r} was requested but no CUDA device is available "
-                          "here; use device=cpu or device=auto")
+        raise ConfigError(
+            f"device.name={name!r} was requested but no CUDA device is available "
+            "here; use device=cpu or device=auto"
+        )
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
         raise bad_value("device.precision", precision, f"one of {sorted(PRECISIONS)}")
@@ -102,8 +104,14 @@ def setup_device(cfg: object) -> DeviceSetup:
     channels_last = cfg.get("channels_last", "auto")
     if channels_last not in ("auto", True, False):
         raise bad_value("device.channels_last", channels_last, "auto, true or false")
-    return DeviceSetup(torch.device(name), precision, bool(cfg.get("compile", False)), threads,
-                       adaptive, None if channels_last == "auto" else channels_last)
+    return DeviceSetup(
+        torch.device(name),
+        precision,
+        bool(cfg.get("compile", False)),
+        threads,
+        adaptive,
+        None if channels_last == "auto" else channels_last,
+    )
 
 
 class ThreadGovernor:
@@ -158,8 +166,13 @@ class ThreadGovernor:
         want = min(self.limit, max(1, round(len(self.cpus) - self.others)))
         if want == torch.get_num_threads():
             return None
-        log.info("CPU threads %d -> %d (other processes are using %.1f of %d cores)",
-                 torch.get_num_threads(), want, self.others, len(self.cpus))
+        log.info(
+            "CPU threads %d -> %d (other processes are using %.1f of %d cores)",
+            torch.get_num_threads(),
+            want,
+            self.others,
+            len(self.cpus),
+        )
         torch.set_num_threads(want)
         return want
 

@@ -61,9 +61,11 @@ def check_batch_size(batch_size: int) -> None:
     """``trainer.batch_size`` is the global batch: it must split evenly across the ranks."""
     world = world_size()
     if batch_size % world:
-        raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must be "
-                          f"divisible by the number of processes ({world}); each rank takes "
-                          "batch_size / processes examples")
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} is the global batch and must be "
+            f"divisible by the number of processes ({world}); each rank takes "
+            "batch_size / processes examples"
+        )
 
 
 def seed_rank(seed: int, step: int = 0) -> None:
@@ -108,8 +110,9 @@ class PhaseLosses(nn.Module):
         return self.model.training_losses(x, phase)
 
 
-def loss_functions(model: nn.Module, params: Mapping[str, Sequence[nn.Parameter]],
-                   compile: bool = False) -> dict[str, LossFn]:
+def loss_functions(
+    model: nn.Module, params: Mapping[str, Sequence[nn.Parameter]], compile: bool = False
+) -> dict[str, LossFn]:
     """Per phase (the keys of ``params``), the callable ``(x, phase) -> loss terms`` the runner
     trains through. One process: ``model.training_losses`` itself (compiled when ``compile``).
     Several: a ``DistributedDataParallel`` per phase around :class:`PhaseLosses` (see the module
@@ -118,14 +121,18 @@ def loss_functions(model: nn.Module, params: Mapping[str, Sequence[nn.Parameter]
     Construction is collective (DDP checks the shapes and broadcasts rank 0's parameters), so
     every rank calls this at the same point with the same phases."""
     if world_size() == 1:
-        return {name: (torch.compile(model.training_losses) if compile
-                       else model.training_losses) for name in params}
+        return {
+            name: (torch.compile(model.training_losses) if compile else model.training_losses)
+            for name in params
+        }
     out: dict[str, LossFn] = {}
     for name, ps in params.items():
         device = ps[0].device if ps else torch.device("cpu")
         wrapper = DistributedDataParallel(
-            PhaseLosses(model, ps), device_ids=[device] if device.type == "cuda" else None,
-            forward_sync_buffers=False)  # PhaseLosses has no buffers: see sync_replicas
+            PhaseLosses(model, ps),
+            device_ids=[device] if device.type == "cuda" else None,
+            forward_sync_buffers=False,
+        )  # PhaseLosses has no buffers: see sync_replicas
         out[name] = torch.compile(wrapper) if compile else wrapper
     return out
 
@@ -154,5 +161,7 @@ def check_replicas(module: nn.Module, what: str = "model") -> None:
     prints: list[Any] = [None] * world_size()
     dist.all_gather_object(prints, fingerprint(module))
     if len(set(prints)) != 1:
-        raise RuntimeError(f"the ranks' {what} weights differ after training "
-                           f"(fingerprints {[p[:12] for p in prints]})")
+        raise RuntimeError(
+            f"the ranks' {what} weights differ after training "
+            f"(fingerprints {[p[:12] for p in prints]})"
+        )

@@ -37,12 +37,16 @@ class EMA:
     def _bind(self, model: nn.Module) -> None:
         self._bound = model
         self._params = list(model.parameters())
-        self._buffer_slots = [(model.get_submodule(name.rpartition(".")[0]),
-                               name.rpartition(".")[2]) for name, _ in model.named_buffers()]
-        if (len(self._params) != len(self._ema_params)
-                or len(self._buffer_slots) != len(self._ema_buffers)):
-            raise ValueError("EMA.update: the model does not have the EMA copy's parameters and "
-                             "buffers")
+        self._buffer_slots = [
+            (model.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+            for name, _ in model.named_buffers()
+        ]
+        if len(self._params) != len(self._ema_params) or len(self._buffer_slots) != len(
+            self._ema_buffers
+        ):
+            raise ValueError(
+                "EMA.update: the model does not have the EMA copy's parameters and buffers"
+            )
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

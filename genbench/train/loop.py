@@ -85,8 +85,9 @@ def _defer_signals() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
-def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
-                     ) -> torch.optim.Optimizer:
+def build_optimizer(
+    optimizer: DictConfig, phase: Phase, params: list[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
     """``conf/optimizer`` with the phase's overrides, over ``params``; bad values (a negative
     weight decay, betas outside [0, 1)) raise a :class:`ConfigError`, not a traceback.
 
@@ -94,21 +95,27 @@ def build_optimizer(optimizer: DictConfig, phase: Phase, params: list[torch.nn.P
     implementation when it has one (Adam, AdamW, SGD) and ``foreach``/``differentiable`` are not
     asked for: one kernel per step instead of a loop over tensors, 3-7x faster Adam steps on CPU
     for genbench's models (``scripts/bench``). ``true``/``false`` are passed as given."""
-    spec = (OmegaConf.to_container(optimizer, resolve=True)  # resolved in its full config
-            if isinstance(optimizer, DictConfig) else dict(optimizer))
+    spec = (
+        OmegaConf.to_container(optimizer, resolve=True)  # resolved in its full config
+        if isinstance(optimizer, DictConfig)
+        else dict(optimizer)
+    )
     kwargs = dict(phase.optimizer)
     fused = kwargs.pop("fused", spec.pop("fused", None))
     if fused is not None:
         kwargs["fused"] = fused
-    elif _fusable(spec, params) and not any(kwargs.get(k, spec.get(k))
-                                            for k in ("foreach", "differentiable")):
+    elif _fusable(spec, params) and not any(
+        kwargs.get(k, spec.get(k)) for k in ("foreach", "differentiable")
+    ):
         kwargs["fused"] = True
     try:
         return instantiate(spec, **kwargs)(params=params)
     except (InstantiationException, TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"could not build the optimizer of phase {phase.name!r} from "
-                          f"optimizer._target_={spec.get('_target_')!r}: "
-                          f"{err.__cause__ or err}") from None
+        raise ConfigError(
+            f"could not build the optimizer of phase {phase.name!r} from "
+            f"optimizer._target_={spec.get('_target_')!r}: "
+            f"{err.__cause__ or err}"
+        ) from None
 
 
 def _fusable(optimizer: dict[str, Any], params: list[torch.nn.Parameter]) -> bool:
@@ -119,8 +126,7 @@ def _fusable(optimizer: dict[str, Any], params: list[torch.nn.Parameter]) -> boo
         takes = "fused" in inspect.signature(cls).parameters
     except (ImportError, ValueError, TypeError, AttributeError):
         return False  # reported by instantiate in build_optimizer
-    return takes and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                         for p in params)
+    return takes and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 class Trainer:
@@ -130,25 +136,49 @@ class Trainer:
     training step; ``None``: constant lr) and ``augment`` the ``dataset.augment`` transforms
     applied to training batches (:mod:`genbench.data.augment`)."""
 
-    def __init__(self, model: GenerativeModel, train: torch.Tensor, val: torch.Tensor,
-                 cfg: DictConfig, optimizer: DictConfig, setup: DeviceSetup, run: RunDir | Path,
-                 seed: int, extra_state: dict[str, Any] | None = None,
-                 tracker: Tracker | None = None, *, scheduler: DictConfig | None = None,
-                 augment: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        cfg: DictConfig,
+        optimizer: DictConfig,
+        setup: DeviceSetup,
+        run: RunDir | Path,
+        seed: int,
+        extra_state: dict[str, Any] | None = None,
+        tracker: Tracker | None = None,
+        *,
+        scheduler: DictConfig | None = None,
+        augment: Sequence[str] = (),
+    ) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.seed = seed
-        self.batches = Batches(train, int(cfg.batch_size), seed, rank=ddp.rank(),
-                               world=ddp.world_size(), augment=augment)
-        params = {p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
-                  for p in model.phases}
-        self.optimizers = {p.name: build_optimizer(optimizer, p, params[p.name])
-                           for p in model.phases}
-        self.schedulers = {name: s for name, opt in self.optimizers.items() if (
-            s := build_scheduler(scheduler, opt, int(cfg.max_steps), name)) is not None}
+        self.batches = Batches(
+            train,
+            int(cfg.batch_size),
+            seed,
+            rank=ddp.rank(),
+            world=ddp.world_size(),
+            augment=augment,
+        )
+        params = {
+            p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
+            for p in model.phases
+        }
+        self.optimizers = {
+            p.name: build_optimizer(optimizer, p, params[p.name]) for p in model.phases
+        }
+        self.schedulers = {
+            name: s
+            for name, opt in self.optimizers.items()
+            if (s := build_scheduler(scheduler, opt, int(cfg.max_steps), name)) is not None
+        }
         fp16 = setup.precision == "fp16"
-        self.scalers = {p.name: torch.amp.GradScaler(setup.device.type, enabled=fp16)
-                        for p in model.phases}
+        self.scalers = {
+            p.name: torch.amp.GradScaler(setup.device.type, enabled=fp16) for p in model.phases
+        }
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
         self.governor = ThreadGovernor(setup.threads) if setup.adaptive_threads else None
         self._grad_clip, self._log_every = float(cfg.grad_clip), int(cfg.log_every)
@@ -189,7 +219,8 @@ class Trainer:
                 if state is None:
                     raise checkpoint.CheckpointError(
                         f"the checkpoint holds no lr-schedule state for phase {k!r}: it was "
-                        "written with another scheduler config")
+                        "written with another scheduler config"
+                    )
                 self.schedulers[k].load_state_dict(state)
         self.batches.load_state_dict(ckpt["batches"])
         self.state = TrainState(**ckpt["state"])
@@ -202,8 +233,9 @@ class Trainer:
         if not ddp.is_main():  # one writer; every rank holds the same state
             return
         self.run.save_checkpoint("last", self.state_dict())
-        self.run.write_status(self.state.status, self.state.step,
-                              self.extra_state.get("config_hash"))
+        self.run.write_status(
+            self.state.status, self.state.step, self.extra_state.get("config_hash")
+        )
 
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,12 +261,19 @@ class Trainer:
         if val < self.state.best_val:
             self.state.best_val, self.state.best_step = val, self.state.step
             if ddp.is_main():
-                self.run.save_checkpoint("best", {"model": self.eval_model.state_dict(),
-                                                  "step": self.state.step, "val_loss": val})
+                self.run.save_checkpoint(
+                    "best",
+                    {
+                        "model": self.eval_model.state_dict(),
+                        "step": self.state.step,
+                        "val_loss": val,
+                    },
+                )
 
     # -- training ----------------------------------------------------------------------------
-    def _phase_step(self, name: str, terms_acc: dict[str, torch.Tensor], repeat: int = 1
-                    ) -> torch.Tensor:
+    def _phase_step(
+        self, name: str, terms_acc: dict[str, torch.Tensor], repeat: int = 1
+    ) -> torch.Tensor:
         opt, scaler = self.optimizers[name], self.scalers[name]
         x = self.batches.next()
         self.model.zero_grad(set_to_none=True)
@@ -269,18 +308,29 @@ class Trainer:
         n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds
         stats = self._open_stats()
         # 2 redraws/s: rich's default 10/s costs ~2% of a core, 5-10% of a 1-thread CPU step
-        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
-                            disable=not ddp.is_main(), refresh_per_second=2)
+        progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            transient=False,
+            disable=not ddp.is_main(),
+            refresh_per_second=2,
+        )
         try:
             with progress, _defer_signals() as stop:
-                task = progress.add_task("train", total=max_steps, completed=self.state.step,
-                                         info="")
+                task = progress.add_task(
+                    "train", total=max_steps, completed=self.state.step, info=""
+                )
                 while self.state.step < max_steps:
                     if self._should_stop(stop):
                         raise Interrupted(stop[0] if stop else signal.SIGINT)
-                    losses = [self._phase_step(p.name, acc, p.repeat)
-                              for p in self.model.phases for _ in range(p.repeat)]
+                    losses = [
+                        self._phase_step(p.name, acc, p.repeat)
+                        for p in self.model.phases
+                        for _ in range(p.repeat)
+                    ]
                     for schedule in self.schedulers.values():
                         schedule.step()
                     self.state.step += 1
@@ -289,8 +339,12 @@ class Trainer:
                     ddp_train.sync_replicas(self.model, first_step=self.state.step == 1)
                     check = self.setup.device.type == "cpu" or self.state.step % every == 0
                     if check and not self._all_finite(losses):
-                        log.error("loss became %s at step %d: the run diverged; keeping the last "
-                                  "good checkpoint", [float(v) for v in losses], self.state.step)
+                        log.error(
+                            "loss became %s at step %d: the run diverged; keeping the last "
+                            "good checkpoint",
+                            [float(v) for v in losses],
+                            self.state.step,
+                        )
                         self.state.status = "diverged"
                         return self.state
                     if self.ema is not None:
@@ -303,8 +357,7 @@ class Trainer:
                         acc.clear()
                         n_acc = 0
                     progress.update(task, completed=self.state.step)
-                    if (self.state.step % eval_every == 0
-                            or self.state.step == max_steps):
+                    if self.state.step % eval_every == 0 or self.state.step == max_steps:
                         self._maybe_select()
                     if self.state.step % ckpt_every == 0:
                         self.save()
@@ -312,8 +365,12 @@ class Trainer:
                     raise Interrupted(stop[0] if stop else signal.SIGINT)
         except KeyboardInterrupt as err:
             name = signal.Signals(getattr(err, "signum", signal.SIGINT)).name
-            log.warning("interrupted at step %d (%s): writing a checkpoint; resume with the same "
-                        "command (trainer.resume=auto)", self.state.step, name)
+            log.warning(
+                "interrupted at step %d (%s): writing a checkpoint; resume with the same "
+                "command (trainer.resume=auto)",
+                self.state.step,
+                name,
+            )
             self.save("interrupted")
             raise
         finally:
@@ -330,8 +387,11 @@ class Trainer:
         keys = sorted(acc)
         means = ddp.reduce_mean(torch.stack([acc[k] for k in keys])) if keys else []
         row: dict[str, float] = {k: float(v) / n_acc for k, v in zip(keys, means)}
-        row.update(step=self.state.step, images=self.state.images_seen,
-                   seconds=round(self.state.train_seconds, 3))
+        row.update(
+            step=self.state.step,
+            images=self.state.images_seen,
+            seconds=round(self.state.train_seconds, 3),
+        )
         stats.write(json.dumps(row) + "\n")
         self.tracker.log({f"train/{k}": v for k, v in row.items()}, self.state.step)
         stats.flush()

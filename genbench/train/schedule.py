@@ -42,8 +42,12 @@ LENGTH_KEYS = ("T_max", "total_iters")
 
 # A grad scaler skips the optimizer step of a step with inf/nan gradients (fp16); the schedule
 # still advances with the training step, by design, so torch's warning about the order is noise.
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
-                        r"`optimizer\.step\(\)`", category=UserWarning)
+warnings.filterwarnings(
+    "ignore",
+    message=r"Detected call of `lr_scheduler\.step\(\)` before "
+    r"`optimizer\.step\(\)`",
+    category=UserWarning,
+)
 
 
 def _plain(spec: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -63,17 +67,25 @@ def check_scheduler(spec: Mapping[str, Any] | DictConfig | None) -> None:
     if spec is None:
         return
     if isinstance(spec, DictConfig) and OmegaConf.is_missing(spec, "warmup_steps"):
-        raise ConfigError("scheduler.warmup_steps has no value: set it on the command line, "
-                          "e.g. scheduler.warmup_steps=1000")
+        raise ConfigError(
+            "scheduler.warmup_steps has no value: set it on the command line, "
+            "e.g. scheduler.warmup_steps=1000"
+        )
     warmup_steps(spec)
     target = str(spec.get("_target_", ""))
     if not target.startswith(("torch.optim.lr_scheduler.", "genbench.")):
-        raise ConfigError(f"scheduler._target_={target!r} is invalid: expected a class of "
-                          "torch.optim.lr_scheduler (see conf/scheduler)")
+        raise ConfigError(
+            f"scheduler._target_={target!r} is invalid: expected a class of "
+            "torch.optim.lr_scheduler (see conf/scheduler)"
+        )
 
 
-def build_scheduler(spec: Mapping[str, Any] | DictConfig | None, optimizer: torch.optim.Optimizer,
-                    max_steps: int, phase: str = "main") -> LRScheduler | None:
+def build_scheduler(
+    spec: Mapping[str, Any] | DictConfig | None,
+    optimizer: torch.optim.Optimizer,
+    max_steps: int,
+    phase: str = "main",
+) -> LRScheduler | None:
     """The schedule of one phase's ``optimizer`` from a ``conf/scheduler`` entry (``None``: no
     schedule, a constant lr). ``max_steps`` is ``trainer.max_steps``; the schedule is stepped
     once per training step."""
@@ -90,10 +102,13 @@ def build_scheduler(spec: Mapping[str, Any] | DictConfig | None, optimizer: torc
         main = instantiate(kwargs)(optimizer=optimizer)
         if warmup == 0:
             return main
-        ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
-                        total_iters=warmup - 1)
+        ramp = LinearLR(
+            optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1
+        )
         return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
     except (InstantiationException, TypeError, ValueError, ZeroDivisionError) as err:
-        raise ConfigError(f"could not build the lr schedule of phase {phase!r} from "
-                          f"scheduler._target_={kwargs.get('_target_')!r}: "
-                          f"{err.__cause__ or err}") from None
+        raise ConfigError(
+            f"could not build the lr schedule of phase {phase!r} from "
+            f"scheduler._target_={kwargs.get('_target_')!r}: "
+            f"{err.__cause__ or err}"
+        ) from None

@@ -19,9 +19,17 @@ import torch
 from bench_lib import common, ddp, evaluation, gpu, memory, runner, sampling, sweeps, threads
 from bench_lib.common import ROOT, Result, log, machine, table, verdict
 
-SECTIONS = {"runner": runner.run, "eval": evaluation.run, "sampling": sampling.run,
-            "sweeps": sweeps.run_sweeps, "quickstart": sweeps.run_quickstart,
-            "threads": threads.run, "gpu": gpu.run, "ddp": ddp.run, "memory": memory.run}
+SECTIONS = {
+    "runner": runner.run,
+    "eval": evaluation.run,
+    "sampling": sampling.run,
+    "sweeps": sweeps.run_sweeps,
+    "quickstart": sweeps.run_quickstart,
+    "threads": threads.run,
+    "gpu": gpu.run,
+    "ddp": ddp.run,
+    "memory": memory.run,
+}
 
 
 def _jsonable(x: object) -> object:
@@ -31,12 +39,21 @@ def _jsonable(x: object) -> object:
 
 
 def report(mode: str, info: dict, results: list[Result], seconds: float) -> str:
-    head = [f"## Benchmarks ({mode} mode)", "",
-            *table(["machine", "value"], [[k, v] for k, v in info.items()]), "",
-            f"Total benchmark time: {seconds:.0f} s.", "", "### Headline ratios", "",
-            *table(["ratio", "measured (median [min-max] n)", "target", "verdict"],
-                   [[c.name, c.value, c.target or "-", verdict(c.ok)]
-                    for r in results for c in r.checks]), ""]
+    head = [
+        f"## Benchmarks ({mode} mode)",
+        "",
+        *table(["machine", "value"], [[k, v] for k, v in info.items()]),
+        "",
+        f"Total benchmark time: {seconds:.0f} s.",
+        "",
+        "### Headline ratios",
+        "",
+        *table(
+            ["ratio", "measured (median [min-max] n)", "target", "verdict"],
+            [[c.name, c.value, c.target or "-", verdict(c.ok)] for r in results for c in r.checks],
+        ),
+        "",
+    ]
     return "\n".join(head) + "\n" + "\n".join(r.markdown() for r in results)
 
 
@@ -44,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="under 5 minutes on 2 CPU cores")
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections")
-    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench",
-                    help="where bench-<mode>.md/.json are written")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "outputs" / "bench",
+        help="where bench-<mode>.md/.json are written",
+    )
     ap.add_argument("--models", nargs="+", help="per-model sections: only these conf/model names")
     args = ap.parse_args(argv)
     common.SELECTED_MODELS = args.models
@@ -63,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     md = report(mode, info, results, seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"bench-{mode}.md").write_text(md)
-    raw = {"mode": mode, "machine": info, "seconds": seconds,
-           "sections": {r.title: {"checks": r.checks, "raw": r.raw} for r in results}}
+    raw = {
+        "mode": mode,
+        "machine": info,
+        "seconds": seconds,
+        "sections": {r.title: {"checks": r.checks, "raw": r.raw} for r in results},
+    }
     (args.out / f"bench-{mode}.json").write_text(json.dumps(raw, indent=1, default=_jsonable))
     print(md)
     print(f"wrote {args.out / f'bench-{mode}.md'} and .json", file=sys.stderr)

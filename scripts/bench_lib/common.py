@@ -125,8 +125,11 @@ def loadavg() -> str:
 
 def log(msg: str) -> None:
     """Progress line on stderr (the summary goes to stdout)."""
-    print(f"[bench {time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}",
-          file=__import__("sys").stderr, flush=True)
+    print(
+        f"[bench {time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}",
+        file=__import__("sys").stderr,
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------- configs and models
@@ -157,8 +160,7 @@ def dataset(name: str = "digits", device: str = "cpu") -> Any:
     return _data(name).to(device)
 
 
-def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0
-                ) -> torch.nn.Module:
+def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """``cfg.model`` for ``data``'s shape and levels, initialized from ``seed``, placed as
     genbench places it (``device.channels_last=auto``)."""
     torch.manual_seed(seed)
@@ -168,9 +170,12 @@ def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0
 
 def make_optimizers(model: Any, optimizer: DictConfig) -> dict[str, torch.optim.Optimizer]:
     """One optimizer per phase, exactly as genbench's Trainer builds them."""
-    return {p.name: build_optimizer(optimizer, p, [q for q in model.parameters_for(p.name)
-                                                    if q.requires_grad])
-            for p in model.phases}
+    return {
+        p.name: build_optimizer(
+            optimizer, p, [q for q in model.parameters_for(p.name) if q.requires_grad]
+        )
+        for p in model.phases
+    }
 
 
 # ---------------------------------------------------------------- machine
@@ -191,9 +196,18 @@ def machine() -> dict[str, str]:
 
     v = versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(),
-            "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
-            "genbench": genbench.__version__, "git_commit": v.get("git_commit", "?")[:12],
-            "python": platform.python_version(), "load_average": loadavg(),
-            "OpenMP wait": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", *SPIN)
-                                    if k in os.environ) or "default"}
+    return {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "genbench": genbench.__version__,
+        "git_commit": v.get("git_commit", "?")[:12],
+        "python": platform.python_version(),
+        "load_average": loadavg(),
+        "OpenMP wait": " ".join(
+            f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", *SPIN) if k in os.environ
+        )
+        or "default",
+    }

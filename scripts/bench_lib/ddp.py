@@ -36,8 +36,11 @@ from bench_lib.common import Check, Result, Spread, loadavg, log, table
 
 MODELS = ("vae", "ddpm", "dcgan")
 VARIANTS = ("none", "hand", "ddp")
-LABELS = {"none": "no gradient sync", "hand": "averaged by hand after backward (before)",
-          "ddp": "DistributedDataParallel (after)"}
+LABELS = {
+    "none": "no gradient sync",
+    "hand": "averaged by hand after backward (before)",
+    "ddp": "DistributedDataParallel (after)",
+}
 BATCH = 128
 WARMUP = 3  # steps of each variant before timing
 SCRIPTS = Path(__file__).resolve().parents[1]
@@ -65,7 +68,7 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
         flat.div_(world)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     results: dict = {"world": world, "models": {}}
@@ -76,12 +79,22 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
         runs = {}
         for kind in VARIANTS:
             model = copy.deepcopy(base)
-            params = {p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
-                      for p in model.phases}
-            fns = (ddp_train.loss_functions(model, params) if kind == "ddp" else
-                   {p: model.training_losses for p in params})
-            runs[kind] = (model, params, fns, make_optimizers(model, cfg.optimizer),
-                          Batches(data.train, BATCH, 0, rank=rank, world=world))
+            params = {
+                p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
+                for p in model.phases
+            }
+            fns = (
+                ddp_train.loss_functions(model, params)
+                if kind == "ddp"
+                else {p: model.training_losses for p in params}
+            )
+            runs[kind] = (
+                model,
+                params,
+                fns,
+                make_optimizers(model, cfg.optimizer),
+                Batches(data.train, BATCH, 0, rank=rank, world=world),
+            )
 
         def step(kind: str, runs: dict = runs) -> None:
             model, params, fns, opts, batches = runs[kind]
@@ -101,7 +114,7 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
                 step(kind)
         ms: dict[str, list[float]] = {k: [] for k in VARIANTS}
         for r in range(repeats):
-            for kind in VARIANTS[r % 3:] + VARIANTS[:r % 3]:
+            for kind in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
                 dist.barrier()
                 t = time.perf_counter()
                 for _ in range(steps):
@@ -110,10 +123,20 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
                 ms[kind].append(1e3 * (time.perf_counter() - t) / steps)
         n_params = sum(p.numel() for p in base.parameters() if p.requires_grad)
         # DDP's buckets after its first iterations (a private but stable logging record)
-        buckets = {p: [int(b) for b in str(w._get_ddp_logging_data().get("bucket_sizes", ""))
-                       .split(",") if b] for p, w in runs["ddp"][2].items()}
-        results["models"][name] = {"ms": ms, "params": n_params, "buckets": buckets,
-                                   "phases": [[p.name, p.repeat] for p in base.phases]}
+        buckets = {
+            p: [
+                int(b)
+                for b in str(w._get_ddp_logging_data().get("bucket_sizes", "")).split(",")
+                if b
+            ]
+            for p, w in runs["ddp"][2].items()
+        }
+        results["models"][name] = {
+            "ms": ms,
+            "params": n_params,
+            "buckets": buckets,
+            "phases": [[p.name, p.repeat] for p in base.phases],
+        }
     if rank == 0:
         out.write_text(json.dumps(results))
     with ddp.process_group():
@@ -121,25 +144,51 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
 
 
 def _spawn(models: list[str], steps: int, repeats: int) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(SCRIPTS), env.get("PYTHONPATH", "")]))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(SCRIPTS), env.get("PYTHONPATH", "")])
+    )
     with tempfile.TemporaryDirectory(prefix="genbench-bench-ddp") as tmp:
         out = Path(tmp) / "ddp.json"
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", "-m", "bench_lib.ddp", "--child",
-                        "--models", ",".join(models), "--steps", str(steps),
-                        "--repeats", str(repeats), "--out", str(out)],
-                       env=env, cwd=tmp, capture_output=True, text=True, timeout=1800,
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "bench_lib.ddp",
+                "--child",
+                "--models",
+                ",".join(models),
+                "--steps",
+                str(steps),
+                "--repeats",
+                str(repeats),
+                "--out",
+                str(out),
+            ],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
         return json.loads(out.read_text())
 
 
 def run(quick: bool) -> Result:
     steps, repeats = (5, 6) if quick else (5, 20)  # short blocks, many: load changes hit all
-    res = Result(f"8. Data-parallel training: 2 gloo ranks on CPU (torchrun, 1 thread each), "
-                 f"digits, global batch {BATCH}, {steps} steps x {repeats} repeats per variant")
+    res = Result(
+        f"8. Data-parallel training: 2 gloo ranks on CPU (torchrun, 1 thread each), "
+        f"digits, global batch {BATCH}, {steps} steps x {repeats} repeats per variant"
+    )
     before = loadavg()
     log(f"ddp: {', '.join(MODELS)} with 2 ranks, load {before}")
     raw = _spawn(list(MODELS), steps, repeats)
@@ -149,27 +198,51 @@ def run(quick: bool) -> Result:
         s = {k: Spread.of(v) for k, v in m["ms"].items()}
         ratio = Spread.of([d / h for d, h in zip(m["ms"]["ddp"], m["ms"]["hand"])])
         none = s["none"].median
-        buckets = "; ".join(f"{p}: " + " + ".join(f"{b / 2**20:.2f}" for b in sizes)
-                            for p, sizes in m["buckets"].items())
-        rows.append([name, f"{m['params']:,}", " ".join(f"{p}x{k}" for p, k in m["phases"]),
-                     buckets,
-                     s["none"].fmt(1), s["hand"].fmt(1), s["ddp"].fmt(1), ratio.fmt(3),
-                     f"{s['hand'].median - none:.1f}", f"{s['ddp'].median - none:.1f}"])
-        res.checks.append(Check(f"ddp {name}, 2 gloo ranks on CPU: DDP / hand-averaged step "
-                                "time", ratio.fmt(3)))
-    res.table = table(["model", "parameters", "phases", "DDP buckets, MiB",
-                       *(f"{LABELS[k]} ms/step" for k in VARIANTS),
-                       "DDP / hand (per repeat)", "sync cost before, ms", "sync cost after, ms"],
-                      rows)
-    res.notes = [f"load average (1/5/15 min) before: {before}; after: {after}.",
-                 "sync cost = the variant's ms/step minus the no-sync variant's (gradient "
-                 "all-reduce and the buffer broadcast, plus waiting for the slower rank).",
-                 "DDP buckets: gradient MiB per all-reduce, per phase, as DDP rebuilt them after "
-                 "its first step (the first bucket capped at 1 MiB, the others at 25 MiB); a "
-                 "single bucket cannot overlap the backward pass: it is all-reduced when the last "
-                 "gradient is ready.",
-                 f"each rank has one of the machine's {os.cpu_count()} cores when they are free; "
-                 "gloo's communication threads share them."]
+        buckets = "; ".join(
+            f"{p}: " + " + ".join(f"{b / 2**20:.2f}" for b in sizes)
+            for p, sizes in m["buckets"].items()
+        )
+        rows.append(
+            [
+                name,
+                f"{m['params']:,}",
+                " ".join(f"{p}x{k}" for p, k in m["phases"]),
+                buckets,
+                s["none"].fmt(1),
+                s["hand"].fmt(1),
+                s["ddp"].fmt(1),
+                ratio.fmt(3),
+                f"{s['hand'].median - none:.1f}",
+                f"{s['ddp'].median - none:.1f}",
+            ]
+        )
+        res.checks.append(
+            Check(f"ddp {name}, 2 gloo ranks on CPU: DDP / hand-averaged step time", ratio.fmt(3))
+        )
+    res.table = table(
+        [
+            "model",
+            "parameters",
+            "phases",
+            "DDP buckets, MiB",
+            *(f"{LABELS[k]} ms/step" for k in VARIANTS),
+            "DDP / hand (per repeat)",
+            "sync cost before, ms",
+            "sync cost after, ms",
+        ],
+        rows,
+    )
+    res.notes = [
+        f"load average (1/5/15 min) before: {before}; after: {after}.",
+        "sync cost = the variant's ms/step minus the no-sync variant's (gradient "
+        "all-reduce and the buffer broadcast, plus waiting for the slower rank).",
+        "DDP buckets: gradient MiB per all-reduce, per phase, as DDP rebuilt them after "
+        "its first step (the first bucket capped at 1 MiB, the others at 25 MiB); a "
+        "single bucket cannot overlap the backward pass: it is all-reduced when the last "
+        "gradient is ready.",
+        f"each rank has one of the machine's {os.cpu_count()} cores when they are free; "
+        "gloo's communication threads share them.",
+    ]
     res.raw = raw
     return res
 

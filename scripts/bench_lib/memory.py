@@ -40,8 +40,11 @@ TARGET_MB = 4096
 GUARD_MB = 8192
 FOLDER_IMAGES = 3000
 #: counts cut per model in full mode (see the module docstring)
-CUTS = {"ddpm": ("eval.nll_examples=16", "eval.n_samples=256"),
-        "pixelcnn": ("eval.n_samples=256",), "pixelrnn": ("eval.n_samples=256",)}
+CUTS = {
+    "ddpm": ("eval.nll_examples=16", "eval.n_samples=256"),
+    "pixelcnn": ("eval.n_samples=256",),
+    "pixelrnn": ("eval.n_samples=256",),
+}
 QUICK_CUTS = ("eval.nll_examples=64", "eval.n_samples=1000")
 
 
@@ -60,8 +63,9 @@ def peak_rss(args: list[str], cwd: Path, timeout: float) -> tuple[float, float, 
     raises when the command fails otherwise."""
     cmd = [sys.executable, "-m", "genbench", *args]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     killed, reaped, lock = threading.Event(), threading.Event(), threading.Lock()
 
     def watch() -> None:  # never waits on the child itself: wait4 below reaps it
@@ -100,13 +104,25 @@ def make_folder(root: Path, n: int = FOLDER_IMAGES, size: int = 32, seed: int = 
     return root
 
 
-def _measure(model: str, dataset: list[str], label: str, tmp: Path, quick: bool
-             ) -> list[str]:
+def _measure(model: str, dataset: list[str], label: str, tmp: Path, quick: bool) -> list[str]:
     run = tmp / "runs" / f"{model}_{label}"
     common = [f"paths.outputs={tmp / 'outputs'}", "device.threads=1"]
-    train_mb, _, _ = peak_rss(["train", f"model={model}", *dataset, "trainer.max_steps=1",
-                               "eval.nll=false", "eval.n_samples=0", "eval.sample_metrics=false",
-                               "eval.grid=1", f"hydra.run.dir={run}", *common], tmp, 1800)
+    train_mb, _, _ = peak_rss(
+        [
+            "train",
+            f"model={model}",
+            *dataset,
+            "trainer.max_steps=1",
+            "eval.nll=false",
+            "eval.n_samples=0",
+            "eval.sample_metrics=false",
+            "eval.grid=1",
+            f"hydra.run.dir={run}",
+            *common,
+        ],
+        tmp,
+        1800,
+    )
     cuts = list(CUTS.get(model, ()))
     if quick:
         cuts = [c for c in cuts if c.split("=")[0] not in {q.split("=")[0] for q in QUICK_CUTS}]
@@ -115,8 +131,15 @@ def _measure(model: str, dataset: list[str], label: str, tmp: Path, quick: bool
     eval_mb, seconds, killed = peak_rss(["eval", f"run={run}", *cuts, *common], tmp, 7200)
     shown = f"> {GUARD_MB} (killed)" if killed else f"{eval_mb:.0f}"
     ok = not killed and eval_mb < TARGET_MB
-    return [model, label, f"{train_mb:.0f}", shown, f"{seconds:.0f}",
-            ", ".join(cuts) or "none", verdict(ok)]
+    return [
+        model,
+        label,
+        f"{train_mb:.0f}",
+        shown,
+        f"{seconds:.0f}",
+        ", ".join(cuts) or "none",
+        verdict(ok),
+    ]
 
 
 def run(quick: bool) -> Result:
@@ -125,25 +148,44 @@ def run(quick: bool) -> Result:
     with tempfile.TemporaryDirectory(prefix="gb_bench_mem_") as name:
         tmp = Path(name)
         folder = make_folder(tmp / "folder32")
-        datasets = [("mnist5k", ["dataset=mnist5k"]),
-                    ("folder 32x32x3", ["dataset=folder", f"dataset.root={folder}"])]
+        datasets = [
+            ("mnist5k", ["dataset=mnist5k"]),
+            ("folder 32x32x3", ["dataset=folder", f"dataset.root={folder}"]),
+        ]
         models = ["vae"] if quick and common.SELECTED_MODELS is None else model_names()
         for label, overrides in datasets:
             for model in models:
                 rows.append(_measure(model, overrides, label, tmp, quick))
                 log(f"memory: {rows[-1]}")
         shutil.rmtree(tmp / "runs", ignore_errors=True)
-    res.table = table(["model", "dataset", "train peak MB (1 step)", "eval peak MB",
-                       "eval seconds", "counts cut", f"eval < {TARGET_MB} MB"], rows)
+    res.table = table(
+        [
+            "model",
+            "dataset",
+            "train peak MB (1 step)",
+            "eval peak MB",
+            "eval seconds",
+            "counts cut",
+            f"eval < {TARGET_MB} MB",
+        ],
+        rows,
+    )
     worst = max(rows, key=lambda r: float(r[3].split()[-2] if "killed" in r[3] else r[3]))
-    res.checks.append(Check("memory: largest peak RSS of genbench eval (defaults, CPU)",
-                            f"{worst[3]} MB ({worst[0]}, {worst[1]})", f"< {TARGET_MB} MB",
-                            all(r[-1] == "met" for r in rows)))
-    res.notes = [f"peak resident set (ru_maxrss) of the whole process, including ~1 GB of "
-                 "libraries (torch, torch-fidelity, torchmetrics, scikit-learn); folder: "
-                 f"{FOLDER_IMAGES} PNGs, test split "
-                 "10% (300 images), no labels, so no sample-quality metrics there",
-                 "train column: `genbench train` with `trainer.max_steps=1` and evaluation off "
-                 "(default trainer.batch_size=128)"]
+    res.checks.append(
+        Check(
+            "memory: largest peak RSS of genbench eval (defaults, CPU)",
+            f"{worst[3]} MB ({worst[0]}, {worst[1]})",
+            f"< {TARGET_MB} MB",
+            all(r[-1] == "met" for r in rows),
+        )
+    )
+    res.notes = [
+        f"peak resident set (ru_maxrss) of the whole process, including ~1 GB of "
+        "libraries (torch, torch-fidelity, torchmetrics, scikit-learn); folder: "
+        f"{FOLDER_IMAGES} PNGs, test split "
+        "10% (300 images), no labels, so no sample-quality metrics there",
+        "train column: `genbench train` with `trainer.max_steps=1` and evaluation off "
+        "(default trainer.batch_size=128)",
+    ]
     res.raw = {"rows": rows}
     return res

@@ -111,32 +111,50 @@ class Recorder:
 
         setattr(obj, attr, wrapper)
 
-    def result(self, total: tuple[float, float], background: float, trainer: DictConfig,
-               steps: int) -> dict[str, Any]:
+    def result(
+        self, total: tuple[float, float], background: float, trainer: DictConfig, steps: int
+    ) -> dict[str, Any]:
         """Seconds per step for each side and kind (wall, cpu); see the module docstring.
         ``background``: CPU seconds of the other threads during fit() (rich's progress bar),
         added to the Trainer's CPU per step."""
         out: dict[str, Any] = {"ema": sum(s[1] for s in self.spans["ema"]) / steps}
         g = self.genbench[WARMUP:]
         for k, kind in enumerate(("wall", "cpu")):
-            inside = sum(s[k + 1] for name in ("val", "ckpt") for s in self.spans[name]
-                         if any(a <= s[0] < a + w for a, w, _ in g))
+            inside = sum(
+                s[k + 1]
+                for name in ("val", "ckpt")
+                for s in self.spans[name]
+                if any(a <= s[0] < a + w for a, w, _ in g)
+            )
             loop = (sum(x[k + 1] for x in g) - inside) / len(g) + k * background / steps
             bare = sum(x[k] for x in self.bare_steps[WARMUP:]) / len(self.bare_steps[WARMUP:])
             per = {name: [s[k + 1] for s in self.spans[name]] for name in ("val", "ckpt")}
             per_call = {name: sum(v) / len(v) if v else 0.0 for name, v in per.items()}
-            extra = (total[k] - sum(x[k] for x in self.bare_steps) - steps * loop
-                     - sum(sum(v) for v in per.values()))
-            defaults = (loop + per_call["val"] / int(trainer.eval_every)
-                        + per_call["ckpt"] / int(trainer.ckpt_every)
-                        + extra / int(trainer.max_steps))
-            out[kind] = {"bare": bare, "loop": loop, "defaults": defaults, "extra": extra,
-                         **per_call}
+            extra = (
+                total[k]
+                - sum(x[k] for x in self.bare_steps)
+                - steps * loop
+                - sum(sum(v) for v in per.values())
+            )
+            defaults = (
+                loop
+                + per_call["val"] / int(trainer.eval_every)
+                + per_call["ckpt"] / int(trainer.ckpt_every)
+                + extra / int(trainer.max_steps)
+            )
+            out[kind] = {
+                "bare": bare,
+                "loop": loop,
+                "defaults": defaults,
+                "extra": extra,
+                **per_call,
+            }
         return out
 
 
-def interleaved_run(cfg: DictConfig, data: Any, device: torch.device, steps: int,
-                    run_dir: Path) -> dict[str, Any]:
+def interleaved_run(
+    cfg: DictConfig, data: Any, device: torch.device, steps: int, run_dir: Path
+) -> dict[str, Any]:
     """One Trainer.fit() of ``steps`` steps with a bare step run before each of its steps."""
     bare = BareLoop(build_model(cfg, data, device, SEED), data, cfg)
     model = build_model(cfg, data, device, SEED)
@@ -166,8 +184,9 @@ def interleaved_run(cfg: DictConfig, data: Any, device: torch.device, steps: int
     return rec.result((end[0] - begin[0], thread), process - thread, cfg.trainer, steps)
 
 
-def measure_model(name: str, device: torch.device, steps: int, runs: int, tmp: Path
-                  ) -> dict[str, Any]:
+def measure_model(
+    name: str, device: torch.device, steps: int, runs: int, tmp: Path
+) -> dict[str, Any]:
     """``runs`` interleaved runs of one model: medians and ranges of the per-run figures."""
     cfg = compose_train(f"model={name}", "dataset=digits")
     data = dataset("digits", str(device))
@@ -176,13 +195,15 @@ def measure_model(name: str, device: torch.device, steps: int, runs: int, tmp: P
     def s(fn: Any) -> Spread:
         return Spread.of([fn(r) for r in rows])
 
-    out = {"bare_ms": s(lambda r: 1e3 * r["wall"]["bare"]),
-           "loop_ms": s(lambda r: 1e3 * r["wall"]["loop"]),
-           "ema_share": s(lambda r: r["ema"] / r["wall"]["bare"]),
-           "val_ms": s(lambda r: 1e3 * r["wall"]["val"]),
-           "ckpt_ms": s(lambda r: 1e3 * r["wall"]["ckpt"]),
-           "extra_ms": s(lambda r: 1e3 * r["wall"]["extra"]),
-           "runs": rows}
+    out = {
+        "bare_ms": s(lambda r: 1e3 * r["wall"]["bare"]),
+        "loop_ms": s(lambda r: 1e3 * r["wall"]["loop"]),
+        "ema_share": s(lambda r: r["ema"] / r["wall"]["bare"]),
+        "val_ms": s(lambda r: 1e3 * r["wall"]["val"]),
+        "ckpt_ms": s(lambda r: 1e3 * r["wall"]["ckpt"]),
+        "extra_ms": s(lambda r: 1e3 * r["wall"]["extra"]),
+        "runs": rows,
+    }
     for kind in ("wall", "cpu"):
         out[f"loop_{kind}"] = s(lambda r, k=kind: r[k]["loop"] / r[k]["bare"])
         out[f"defaults_{kind}"] = s(lambda r, k=kind: r[k]["defaults"] / r[k]["bare"])
@@ -191,8 +212,10 @@ def measure_model(name: str, device: torch.device, steps: int, runs: int, tmp: P
 
 def run(quick: bool) -> Result:
     steps, runs = (14, 2) if quick else (60, 5)
-    res = Result("1. Runner overhead: genbench Trainer vs bare PyTorch loop "
-                 f"(digits, batch 128, 1 CPU thread, {runs} runs of {steps} interleaved steps)")
+    res = Result(
+        "1. Runner overhead: genbench Trainer vs bare PyTorch loop "
+        f"(digits, batch 128, 1 CPU thread, {runs} runs of {steps} interleaved steps)"
+    )
     devnull = open(os.devnull, "w")  # noqa: SIM115 (kept open while the bars render)
     rich.reconfigure(file=devnull, force_terminal=True, width=120)
     rows, threads = [], torch.get_num_threads()
@@ -205,16 +228,32 @@ def run(quick: bool) -> Result:
                     m = measure_model(name, torch.device(device), steps, runs, Path(tmp))
                 res.raw[f"{name}@{device}"] = m
                 ok = m["defaults_wall"].median <= TARGET
-                res.checks.append(Check(f"runner {name}@{device} genbench/bare step time, "
-                                        "defaults (wall; CPU time)",
-                                        f"{m['defaults_wall'].fmt(3)}; "
-                                        f"{m['defaults_cpu'].median:.3f}", f"<= {TARGET}", ok))
-                rows.append([name, device, f"{m['bare_ms'].median:.1f}",
-                             f"{m['loop_ms'].median:.1f}", f"{100 * m['ema_share'].median:.1f}%",
-                             f"{m['val_ms'].median:.0f}", f"{m['ckpt_ms'].median:.0f}",
-                             f"{m['extra_ms'].median:.0f}", m["loop_wall"].fmt(3),
-                             f"{m['loop_cpu'].median:.3f}", m["defaults_wall"].fmt(3),
-                             f"{m['defaults_cpu'].median:.3f}", verdict(ok)])
+                res.checks.append(
+                    Check(
+                        f"runner {name}@{device} genbench/bare step time, "
+                        "defaults (wall; CPU time)",
+                        f"{m['defaults_wall'].fmt(3)}; {m['defaults_cpu'].median:.3f}",
+                        f"<= {TARGET}",
+                        ok,
+                    )
+                )
+                rows.append(
+                    [
+                        name,
+                        device,
+                        f"{m['bare_ms'].median:.1f}",
+                        f"{m['loop_ms'].median:.1f}",
+                        f"{100 * m['ema_share'].median:.1f}%",
+                        f"{m['val_ms'].median:.0f}",
+                        f"{m['ckpt_ms'].median:.0f}",
+                        f"{m['extra_ms'].median:.0f}",
+                        m["loop_wall"].fmt(3),
+                        f"{m['loop_cpu'].median:.3f}",
+                        m["defaults_wall"].fmt(3),
+                        f"{m['defaults_cpu'].median:.3f}",
+                        verdict(ok),
+                    ]
+                )
     finally:
         torch.set_num_threads(threads)
         rich.reconfigure()
@@ -222,10 +261,24 @@ def run(quick: bool) -> Result:
     if not torch.cuda.is_available():
         rows.append(["all models", "cuda", NOT_MEASURED + " (no GPU)", *["-"] * 10])
         res.checks.append(Check("runner overhead on GPU", NOT_MEASURED + " (no GPU)"))
-    res.table = table(["model", "device", "bare ms/step", "genbench ms/step", "EMA / bare step",
-                       "val ms/pass", "ckpt ms/save", "extra ms/run", "loop ratio",
-                       "loop ratio (CPU)", "defaults ratio", "defaults ratio (CPU)",
-                       f"<= {TARGET}"], rows)
+    res.table = table(
+        [
+            "model",
+            "device",
+            "bare ms/step",
+            "genbench ms/step",
+            "EMA / bare step",
+            "val ms/pass",
+            "ckpt ms/save",
+            "extra ms/run",
+            "loop ratio",
+            "loop ratio (CPU)",
+            "defaults ratio",
+            "defaults ratio (CPU)",
+            f"<= {TARGET}",
+        ],
+        rows,
+    )
     res.notes = [
         "ratio = genbench / bare seconds per step, one per run (a bare step runs before every "
         "Trainer step), median [min-max] over runs. 'loop': steady-state steps (progress bar, "

@@ -37,7 +37,7 @@ def _prepare(name: str) -> tuple[Any, Any, Any]:
     data = dataset("digits")
     model = build_model(cfg, data, torch.device("cpu"))
     opts = make_optimizers(model, cfg.optimizer)
-    x = data.train[:int(cfg.trainer.batch_size)].long()
+    x = data.train[: int(cfg.trainer.batch_size)].long()
     for p in model.phases:
         model.zero_grad(set_to_none=True)
         model.training_losses(x, p.name)["loss"].mean().backward()
@@ -45,8 +45,9 @@ def _prepare(name: str) -> tuple[Any, Any, Any]:
     return model, data, cfg.eval
 
 
-def ms_per_image(model: Any, data: Any, eval_cfg: Any, n: int, sampler: dict[str, Any]
-                 ) -> tuple[float, float]:
+def ms_per_image(
+    model: Any, data: Any, eval_cfg: Any, n: int, sampler: dict[str, Any]
+) -> tuple[float, float]:
     """(ms/image, NFE/image) of ``n`` samples through genbench's EvalContext."""
     ctx = EvalContext(model, data, eval_cfg, sampler, torch.device("cpu"), cache_dir=None)
     s = ctx.samples(n)
@@ -65,8 +66,16 @@ def per_model(repeats: int) -> tuple[list[list[Any]], dict[str, Any]]:
     rows = []
     for name, (model, _, eval_cfg) in prepared.items():
         s = Spread.of(times[name])
-        rows.append([name, model.family, int(eval_cfg.batch_size),
-                     str(model.resolve_sampler() or "-"), f"{nfe[name]:g}", s.fmt(3)])
+        rows.append(
+            [
+                name,
+                model.family,
+                int(eval_cfg.batch_size),
+                str(model.resolve_sampler() or "-"),
+                f"{nfe[name]:g}",
+                s.fmt(3),
+            ]
+        )
     return rows, {k: Spread.of(v) for k, v in times.items()}
 
 
@@ -86,11 +95,19 @@ def ddpm_samplers(n: int, repeats: int) -> tuple[list[list[Any]], list[Check], d
     for label in samplers:
         s = Spread.of(times[label])
         ratio = anc / s.median
-        rows.append([label, f"{nfe[label]:g}", s.fmt(2), f"{s.median / nfe[label]:.3f}",
-                     f"{ratio:.1f}x" if label.startswith("DDIM") else "1"])
+        rows.append(
+            [
+                label,
+                f"{nfe[label]:g}",
+                s.fmt(2),
+                f"{s.median / nfe[label]:.3f}",
+                f"{ratio:.1f}x" if label.startswith("DDIM") else "1",
+            ]
+        )
         if label.startswith("DDIM"):
-            checks.append(Check(f"sampling DDPM ancestral-1000 / {label} ms/image (n={n})",
-                                f"{ratio:.1f}"))
+            checks.append(
+                Check(f"sampling DDPM ancestral-1000 / {label} ms/image (n={n})", f"{ratio:.1f}")
+            )
     return rows, checks, {k: Spread.of(v) for k, v in times.items()}
 
 
@@ -103,14 +120,17 @@ def ar_caching(n: int, repeats: int) -> tuple[list[list[Any]], list[Check], dict
         for r in range(repeats):
             for kind in ("cached", "full") if r % 2 == 0 else ("full", "cached"):
                 log(f"sampling: {name} {kind} on {n} images, repeat {r + 1}/{repeats}")
-                ms, nfe = ms_per_image(model, data, eval_cfg, n,
-                                       {"incremental": kind == "cached"})
+                ms, nfe = ms_per_image(model, data, eval_cfg, n, {"incremental": kind == "cached"})
                 times[kind].append(ms)
         speedup = Spread.of([f / c for c, f in zip(times["cached"], times["full"])])
         cached, full = Spread.of(times["cached"]), Spread.of(times["full"])
         rows.append([name, f"{nfe:g}", full.fmt(2), cached.fmt(3), speedup.fmt(1)])
-        checks.append(Check(f"sampling {name} whole network per sub-pixel / cached ms/image "
-                            f"(n={n})", speedup.fmt(1)))
+        checks.append(
+            Check(
+                f"sampling {name} whole network per sub-pixel / cached ms/image (n={n})",
+                speedup.fmt(1),
+            )
+        )
         raw[name] = times
     return rows, checks, raw
 
@@ -124,18 +144,42 @@ def run(quick: bool) -> Result:
     dd_rows, checks, dd_raw = ddpm_samplers(n_ddpm, ddpm_repeats)
     res.raw["ddpm_ms"] = dd_raw
     ar_rows, ar_checks, res.raw["ar_caching_ms"] = ar_caching(n_ar, ddpm_repeats)
-    res.checks = [Check(f"sampling {name} ms/image (batch 256)", s.fmt(3))
-                  for name, s in raw.items()] + checks + ar_checks
-    res.table = table(["model", "family", "eval batch", "sampler", "NFE/image",
-                       f"ms/image (median [min-max], n={repeats})"], rows)
-    res.table += ["", f"DDPM samplers, {n_ddpm} images per call"
-                  f"{' (quick mode: fewer than the eval batch of 256)' if quick else ''}:", "",
-                  *table(["sampler", "NFE/image", "ms/image", "ms per NFE per image",
-                          "ancestral / this"], dd_rows),
-                  "", f"Autoregressive sampling, {n_ar} images per call: cached incremental "
-                  "evaluation vs the whole network per sub-pixel (identical draws):", "",
-                  *table(["model", "NFE/image", "whole network ms/image", "cached ms/image",
-                          "speed-up"], ar_rows)]
-    res.notes = ["GPU sampling: not measured (no GPU)." if not torch.cuda.is_available()
-                 else "GPU sampling: not measured (the harness samples on CPU)."]
+    res.checks = (
+        [Check(f"sampling {name} ms/image (batch 256)", s.fmt(3)) for name, s in raw.items()]
+        + checks
+        + ar_checks
+    )
+    res.table = table(
+        [
+            "model",
+            "family",
+            "eval batch",
+            "sampler",
+            "NFE/image",
+            f"ms/image (median [min-max], n={repeats})",
+        ],
+        rows,
+    )
+    res.table += [
+        "",
+        f"DDPM samplers, {n_ddpm} images per call"
+        f"{' (quick mode: fewer than the eval batch of 256)' if quick else ''}:",
+        "",
+        *table(
+            ["sampler", "NFE/image", "ms/image", "ms per NFE per image", "ancestral / this"],
+            dd_rows,
+        ),
+        "",
+        f"Autoregressive sampling, {n_ar} images per call: cached incremental "
+        "evaluation vs the whole network per sub-pixel (identical draws):",
+        "",
+        *table(
+            ["model", "NFE/image", "whole network ms/image", "cached ms/image", "speed-up"], ar_rows
+        ),
+    ]
+    res.notes = [
+        "GPU sampling: not measured (no GPU)."
+        if not torch.cuda.is_available()
+        else "GPU sampling: not measured (the harness samples on CPU)."
+    ]
     return res

@@ -30,8 +30,9 @@ def timed_command(args: list[str], outputs: Path, timeout: float) -> float:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     cmd = [str(GENBENCH), *args, f"paths.outputs={outputs}"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=outputs.parent, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        cmd, cwd=outputs.parent, env=env, capture_output=True, text=True, timeout=timeout
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
@@ -49,17 +50,18 @@ def sweep_pairs(steps: int, pairs: int, tmp: Path) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in SIDES}
     names = list(SIDES)
     for r in range(pairs):
-        for side in names[r % 3:] + names[:r % 3]:
+        for side in names[r % 3 :] + names[: r % 3]:
             log(f"sweep of 4 x {steps} steps, {side}, repeat {r + 1}/{pairs}")
-            times[side].append(timed_command(base + SIDES[side], tmp / f"{side}{steps}_{r}",
-                                             1800))
+            times[side].append(timed_command(base + SIDES[side], tmp / f"{side}{steps}_{r}", 1800))
     return times
 
 
 def run_sweeps(quick: bool) -> Result:
     plan = [(100, 1)] if quick else [(200, 3), (800, 3)]
-    res = Result(f"4. Sweeps: 4 jobs (`genbench train -m {' '.join(JOB)} seed=0,1,2,3 "
-                 "trainer.max_steps=N`), joblib launcher with 2 workers vs the basic launcher")
+    res = Result(
+        f"4. Sweeps: 4 jobs (`genbench train -m {' '.join(JOB)} seed=0,1,2,3 "
+        "trainer.max_steps=N`), joblib launcher with 2 workers vs the basic launcher"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="gb_bench_sweep_") as tmp:
         for steps, pairs in plan:
@@ -68,36 +70,71 @@ def run_sweeps(quick: bool) -> Result:
             ratio1 = Spread.of([j / b for b, j in zip(times["basic1"], times["joblib"])])
             ratio = Spread.of([j / b for b, j in zip(times["basic"], times["joblib"])])
             ok = ratio1.median <= TARGET
-            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, 1-thread "
-                                    f"jobs, 4 x {steps} steps", ratio1.fmt(), f"<= {TARGET}",
-                                    ok))
-            res.checks.append(Check(f"sweep joblib(2 workers) / basic wall time, genbench's "
-                                    f"default threads, 4 x {steps} steps", ratio.fmt()))
+            res.checks.append(
+                Check(
+                    f"sweep joblib(2 workers) / basic wall time, 1-thread jobs, 4 x {steps} steps",
+                    ratio1.fmt(),
+                    f"<= {TARGET}",
+                    ok,
+                )
+            )
+            res.checks.append(
+                Check(
+                    f"sweep joblib(2 workers) / basic wall time, genbench's "
+                    f"default threads, 4 x {steps} steps",
+                    ratio.fmt(),
+                )
+            )
             s = {k: Spread.of(v) for k, v in times.items()}
-            rows.append([steps, s["basic1"].fmt(1), s["basic"].fmt(1), s["joblib"].fmt(1),
-                         ratio1.fmt(), f"<= {TARGET}", verdict(ok), ratio.fmt(), before])
+            rows.append(
+                [
+                    steps,
+                    s["basic1"].fmt(1),
+                    s["basic"].fmt(1),
+                    s["joblib"].fmt(1),
+                    ratio1.fmt(),
+                    f"<= {TARGET}",
+                    verdict(ok),
+                    ratio.fmt(),
+                    before,
+                ]
+            )
             res.raw[f"steps={steps}"] = times
-    res.table = table(["steps per job", "basic s, 1 thread per job", "basic s, threads auto "
-                       "(all cores)", "joblib n_jobs=2 s (threads auto = 1 per job)",
-                       "joblib / basic 1-thread", "target", "verdict", "joblib / basic auto",
-                       "load average before"], rows)
-    res.notes = ["each command in its own paths.outputs, order rotating; the basic launcher "
-                 "runs the 4 jobs in one process (imports paid once), joblib starts 2 worker "
-                 "processes that each import torch, torch-fidelity and genbench.",
-                 "the target applies to single-threaded jobs (the issue's setting); with "
-                 "genbench's defaults the basic launcher's jobs use both cores, so the joblib "
-                 "gain is the gain of process parallelism over intra-op threads."]
+    res.table = table(
+        [
+            "steps per job",
+            "basic s, 1 thread per job",
+            "basic s, threads auto (all cores)",
+            "joblib n_jobs=2 s (threads auto = 1 per job)",
+            "joblib / basic 1-thread",
+            "target",
+            "verdict",
+            "joblib / basic auto",
+            "load average before",
+        ],
+        rows,
+    )
+    res.notes = [
+        "each command in its own paths.outputs, order rotating; the basic launcher "
+        "runs the 4 jobs in one process (imports paid once), joblib starts 2 worker "
+        "processes that each import torch, torch-fidelity and genbench.",
+        "the target applies to single-threaded jobs (the issue's setting); with "
+        "genbench's defaults the basic launcher's jobs use both cores, so the joblib "
+        "gain is the gain of process parallelism over intra-op threads.",
+    ]
     return res
 
 
 def run_quickstart(quick: bool) -> Result:
-    res = Result("5. Quickstart: `genbench train experiment=quickstart` (every model, joblib, "
-                 "2 jobs)")
+    res = Result(
+        "5. Quickstart: `genbench train experiment=quickstart` (every model, joblib, 2 jobs)"
+    )
     if quick:
         res.checks = [Check("quickstart wall time", NOT_MEASURED + " (full mode only)")]
-        res.table = table(["command", "wall time"],
-                          [["genbench train experiment=quickstart",
-                            NOT_MEASURED + " (full mode only)"]])
+        res.table = table(
+            ["command", "wall time"],
+            [["genbench train experiment=quickstart", NOT_MEASURED + " (full mode only)"]],
+        )
         return res
     before = loadavg()
     log(f"quickstart (load {before}); about 10 minutes on an idle 2-core machine")
@@ -107,10 +144,21 @@ def run_quickstart(quick: bool) -> Result:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     after = loadavg()
-    res.checks = [Check("quickstart wall time", f"{seconds / 60:.1f} min",
-                        "~10 min on an idle 2-core machine")]
-    res.table = table(["command", "wall time", "load average before", "load average after"],
-                      [["genbench train experiment=quickstart", f"{seconds:.0f} s "
-                        f"({seconds / 60:.1f} min)", before, after]])
+    res.checks = [
+        Check(
+            "quickstart wall time", f"{seconds / 60:.1f} min", "~10 min on an idle 2-core machine"
+        )
+    ]
+    res.table = table(
+        ["command", "wall time", "load average before", "load average after"],
+        [
+            [
+                "genbench train experiment=quickstart",
+                f"{seconds:.0f} s ({seconds / 60:.1f} min)",
+                before,
+                after,
+            ]
+        ],
+    )
     res.raw = {"seconds": seconds, "load_before": before, "load_after": after}
     return res

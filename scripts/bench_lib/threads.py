@@ -90,20 +90,27 @@ def _spawn_child(policy: str, steps: int) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(SPIN if policy == "genbench" else {"OMP_WAIT_POLICY": policy})
     env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-m", "bench_lib.threads", "--child",
-                          "--steps", str(steps)],
-                         env=env, capture_output=True, text=True, timeout=900, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench_lib.threads", "--child", "--steps", str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(quick: bool) -> Result:
     steps, repeats = (10, 1) if quick else (40, 3)
-    res = Result(f"6. CPU threading: VAE step (digits, batch 128), {steps} timed steps per "
-                 f"configuration, {repeats} repeats (policies alternate)")
+    res = Result(
+        f"6. CPU threading: VAE step (digits, batch 128), {steps} timed steps per "
+        f"configuration, {repeats} repeats (policies alternate)"
+    )
     ms: dict[tuple[str, str, str], list[float]] = {}
     loads, auto_threads = [], {load: [] for load in LOADS}
     for r in range(repeats):
-        for policy in POLICIES[r % 3:] + POLICIES[:r % 3]:
+        for policy in POLICIES[r % 3 :] + POLICIES[: r % 3]:
             log(f"threads: {policy} wait policy, repeat {r + 1}/{repeats}")
             loads.append(loadavg())
             for key, value in _spawn_child(policy, steps).items():
@@ -119,28 +126,60 @@ def run(quick: bool) -> Result:
     rows = []
     for policy, t in configs:
         a, b = s[(policy, t, "alone")], s[(policy, t, "busy")]
-        note = {("genbench", "auto"): "genbench's default for a single job (threads ended at "
-                f"{auto_threads['alone']} alone, {auto_threads['busy']} busy)",
-                ("genbench", "1"): "genbench's default in a parallel sweep (1 per job)"}
-        rows.append([policy, t, a.fmt(1), b.fmt(1), f"{b.median / a.median:.2f}",
-                     note.get((policy, t), "-")])
+        note = {
+            ("genbench", "auto"): "genbench's default for a single job (threads ended at "
+            f"{auto_threads['alone']} alone, {auto_threads['busy']} busy)",
+            ("genbench", "1"): "genbench's default in a parallel sweep (1 per job)",
+        }
+        rows.append(
+            [
+                policy,
+                t,
+                a.fmt(1),
+                b.fmt(1),
+                f"{b.median / a.median:.2f}",
+                note.get((policy, t), "-"),
+            ]
+        )
     for load in LOADS:
         best = min((s[(p, t, load)].median, p, t) for p, t in configs if t != "auto")
         auto = s[("genbench", "auto", load)].median
-        res.checks.append(Check(f"threads genbench default (auto on {cores} cores) / best fixed "
-                                f"config ({best[1]}, {best[2]} threads), {load}",
-                                f"{auto / best[0]:.2f}", "<= 1.1", auto / best[0] <= 1.1))
+        res.checks.append(
+            Check(
+                f"threads genbench default (auto on {cores} cores) / best fixed "
+                f"config ({best[1]}, {best[2]} threads), {load}",
+                f"{auto / best[0]:.2f}",
+                "<= 1.1",
+                auto / best[0] <= 1.1,
+            )
+        )
         old = s[("PASSIVE", "2", load)].median
-        res.checks.append(Check(f"threads genbench default / PASSIVE with 2 threads (the "
-                                f"previous default), {load}", f"{auto / old:.2f}"))
-    res.table = table(["wait policy", "threads", "alone ms/step", "beside a busy process "
-                       "ms/step", "busy / alone", "note"], rows)
-    res.notes = [f"load average (1/5/15 min) at the start of each child: {', '.join(loads)}.",
-                 "'busy' adds one spinning Python process (one core's worth of load). 'auto': "
-                 "starts at all cores and runs 1.5 s of governed steps (governor interval 0.5 s "
-                 "here, 2 s in genbench) before the timed steps.",
-                 "genbench wait policy: " + ", ".join(f"{k}={v}" for k, v in SPIN.items())
-                 + " (bounded spin), unless the user sets OMP_WAIT_POLICY."]
+        res.checks.append(
+            Check(
+                f"threads genbench default / PASSIVE with 2 threads (the previous default), {load}",
+                f"{auto / old:.2f}",
+            )
+        )
+    res.table = table(
+        [
+            "wait policy",
+            "threads",
+            "alone ms/step",
+            "beside a busy process ms/step",
+            "busy / alone",
+            "note",
+        ],
+        rows,
+    )
+    res.notes = [
+        f"load average (1/5/15 min) at the start of each child: {', '.join(loads)}.",
+        "'busy' adds one spinning Python process (one core's worth of load). 'auto': "
+        "starts at all cores and runs 1.5 s of governed steps (governor interval 0.5 s "
+        "here, 2 s in genbench) before the timed steps.",
+        "genbench wait policy: "
+        + ", ".join(f"{k}={v}" for k, v in SPIN.items())
+        + " (bounded spin), unless the user sets OMP_WAIT_POLICY.",
+    ]
     res.raw = {f"{p}/{t}/{load}": v for (p, t, load), v in ms.items()}
     res.raw["auto_threads"] = auto_threads
     return res

@@ -38,7 +38,7 @@ def test_draws_depend_only_on_seed_epoch_and_row():
     whole = aug(x, 2, torch.arange(64))
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
     assert torch.equal(aug(x[perm], 2, perm), whole[perm])  # any batch composition
-    one = torch.cat([aug(x[i:i + 1], 2, torch.tensor([i])) for i in range(64)])
+    one = torch.cat([aug(x[i : i + 1], 2, torch.tensor([i])) for i in range(64)])
     assert torch.equal(one, whole)
 
 

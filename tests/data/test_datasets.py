@@ -46,8 +46,9 @@ def test_folder_skips_unreadable_files(tmp_path, caplog):
         pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / f"{i}.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    data = image_folder(str(tmp_path), size=8, channels=3, levels=16, test_fraction=0.34,
-                        val_fraction=0.0)
+    data = image_folder(
+        str(tmp_path), size=8, channels=3, levels=16, test_fraction=0.34, val_fraction=0.0
+    )
     assert data.shape == (3, 8, 8) and int(data.train.max()) < 16
     assert len(data.train) + len(data.val) + len(data.test) == 6
     assert "broken.png" in caplog.text

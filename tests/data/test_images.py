@@ -39,12 +39,17 @@ def write_png16(path: Path, values: np.ndarray) -> None:
     raw = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def all_images(data) -> torch.Tensor:
@@ -59,7 +64,7 @@ def skipped(caplog) -> dict[str, str]:
     out = {}
     for record in caplog.records:
         if record.levelno == logging.WARNING and record.getMessage().startswith("skipping "):
-            path, _, why = record.getMessage()[len("skipping "):].partition(": ")
+            path, _, why = record.getMessage()[len("skipping ") :].partition(": ")
             out[Path(path).name] = why
     return out
 
@@ -70,13 +75,17 @@ def test_16bit_grey_png_keeps_its_depth(tmp_path, levels):
     ramp = (np.arange(64, dtype=np.int64).reshape(8, 8) * 1040).astype(np.uint16)  # 0..65520
     for i in range(3):
         Image.fromarray(np.roll(ramp, i, axis=1)).save(tmp_path / f"{i}.png")  # mode I;16
-    data = image_folder(str(tmp_path), size=8, channels=1, levels=levels, test_fraction=0.0,
-                        val_fraction=0.0)
-    expected = [(np.roll(ramp, i, axis=1).astype(np.int64) * (levels - 1) + 32767) // 65535
-                for i in range(3)]
+    data = image_folder(
+        str(tmp_path), size=8, channels=1, levels=levels, test_fraction=0.0, val_fraction=0.0
+    )
+    expected = [
+        (np.roll(ramp, i, axis=1).astype(np.int64) * (levels - 1) + 32767) // 65535
+        for i in range(3)
+    ]
     expected = torch.from_numpy(np.stack(expected)[:, None]).to(torch.uint8)
-    assert torch.equal(all_images(data), expected[sorted(range(3), key=lambda i: expected[i]
-                                                         .flatten().tolist())])
+    assert torch.equal(
+        all_images(data), expected[sorted(range(3), key=lambda i: expected[i].flatten().tolist())]
+    )
     assert len(torch.unique(data.train)) == min(levels, 64)  # not collapsed onto one level
 
 
@@ -90,10 +99,12 @@ def test_16bit_grey_equals_its_8bit_twin(tmp_path):
         Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / f"b{i}.png")
     for channels, size, levels in ((1, 12, 256), (3, 12, 17), (1, 6, 5)):
         for i in range(3):
-            eight = image_to_levels(open_image(tmp_path / f"a{i}.png"), None if size == 12
-                                    else size, channels, levels)
-            sixteen = image_to_levels(open_image(tmp_path / f"b{i}.png"), None if size == 12
-                                      else size, channels, levels)
+            eight = image_to_levels(
+                open_image(tmp_path / f"a{i}.png"), None if size == 12 else size, channels, levels
+            )
+            sixteen = image_to_levels(
+                open_image(tmp_path / f"b{i}.png"), None if size == 12 else size, channels, levels
+            )
             assert sixteen.shape == (channels, *(eight.shape[1:]))
             if size == 12:  # unresized: exactly equal
                 assert np.array_equal(eight, sixteen)
@@ -106,12 +117,12 @@ def test_16bit_colour_png_reads_its_top_byte(tmp_path):
     values = rng.integers(0, 65536, (8, 8, 3)).astype(np.uint16)
     for i in range(3):
         write_png16(tmp_path / f"{i}.png", values)
-    data = image_folder(str(tmp_path), size=8, channels=3, levels=256, test_fraction=0.0,
-                        val_fraction=0.0)
+    data = image_folder(
+        str(tmp_path), size=8, channels=3, levels=256, test_fraction=0.0, val_fraction=0.0
+    )
     expected = torch.from_numpy((values >> 8).astype(np.uint8).transpose(2, 0, 1))
     assert all(torch.equal(x, expected) for x in data.train)
-    exact = torch.from_numpy(((values.astype(np.int64) * 255 + 32767) // 65535)
-                             .transpose(2, 0, 1))
+    exact = torch.from_numpy(((values.astype(np.int64) * 255 + 32767) // 65535).transpose(2, 0, 1))
     assert int((data.train[0].long() - exact).abs().max()) <= 1  # within one level of exact
 
 
@@ -237,8 +248,9 @@ def test_mixed_sizes_and_modes_load_as_documented(tmp_path):
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     Image.fromarray((rng.integers(0, 65536, (9, 9))).astype(np.uint16)).save(tmp_path / "g16.png")
     for channels in (1, 3):
-        data = image_folder(str(tmp_path), size=8, channels=channels, levels=32,
-                            test_fraction=0.0, val_fraction=0.0)
+        data = image_folder(
+            str(tmp_path), size=8, channels=channels, levels=32, test_fraction=0.0, val_fraction=0.0
+        )
         assert data.train.shape == (6, channels, 8, 8) and data.train.dtype == torch.uint8
         assert int(data.train.max()) < 32
     rgba = image_to_levels(open_image(tmp_path / "rgba.png"), None, 3, 256)

@@ -60,8 +60,10 @@ class Toy(GenerativeModel):
         return torch.full((x.shape[0],), self.dims * math.log(self.levels), dtype=torch.float64)
 
     def likelihood_estimators(self):
-        return {"kbound": LikelihoodEstimator("bound", self.k_bound, {"bound": "k-sample"}),
-                "guess": LikelihoodEstimator("estimate", self.guess)}
+        return {
+            "kbound": LikelihoodEstimator("bound", self.k_bound, {"bound": "k-sample"}),
+            "guess": LikelihoodEstimator("estimate", self.guess),
+        }
 
     def k_bound(self, x: Tensor, *, generator=None, k: int = 4) -> NllEstimate:
         noise = rand((x.shape[0],), generator=generator, dtype=torch.float64)
@@ -92,13 +94,17 @@ def test_stages_run_in_their_declared_order():
     assert list(registry.registered()) == STAGES
 
 
-@pytest.mark.parametrize("first", ["genbench.eval.stages", "genbench.eval.likelihood",
-                                   "genbench.eval.registry"])
+@pytest.mark.parametrize(
+    "first", ["genbench.eval.stages", "genbench.eval.likelihood", "genbench.eval.registry"]
+)
 def test_stage_order_does_not_depend_on_import_order(first):
-    code = (f"import {first}; from genbench.eval.registry import registered; "
-            "print(','.join(registered()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        f"import {first}; from genbench.eval.registry import registered; "
+        "print(','.join(registered()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().split(",") == STAGES
 
 
@@ -117,35 +123,59 @@ def test_a_new_stage_runs_where_its_order_puts_it(monkeypatch):
 def test_evaluate_writes_rows_stage_by_stage_with_declared_estimators(tmp_path, caplog):
     """``eval.estimators`` runs what the model declares, with its kind, options, NFE and
     protocol; one it lacks is skipped with a warning. Rows come out in stage order."""
-    cfg = eval_cfg(tmp_path, estimators=["kbound", "ode", "guess"], estimator_examples=5,
-                   estimator_options={"kbound": {"k": 8}})
+    cfg = eval_cfg(
+        tmp_path,
+        estimators=["kbound", "ode", "guess"],
+        estimator_examples=5,
+        estimator_options={"kbound": {"k": 8}},
+    )
     data = toy_data()
     with caplog.at_level(logging.WARNING):
         rows = evaluate(Toy(), data, cfg, {}, torch.device("cpu"), tmp_path)
     assert [m.name for m in rows] == [
-        "ms_per_image", "nfe", "nll", "bpd", "nll_kbound", "bpd_kbound", "nfe_kbound",
-        "nll_guess", "bpd_guess", "eval_seconds"]
+        "ms_per_image",
+        "nfe",
+        "nll",
+        "bpd",
+        "nll_kbound",
+        "bpd_kbound",
+        "nfe_kbound",
+        "nll_guess",
+        "bpd_guess",
+        "eval_seconds",
+    ]
     assert "has no likelihood estimator 'ode' (it offers ['guess', 'kbound'])" in caplog.text
     r = rows_by_name(rows)
     exact = 4 * math.log(K)
-    noise = torch.cat([rand((1,), generator=g, dtype=torch.float64)
-                       for g in per_sample_generators(0, 0, 5)])
+    noise = torch.cat(
+        [rand((1,), generator=g, dtype=torch.float64) for g in per_sample_generators(0, 0, 5)]
+    )
     assert r["nll_kbound"].kind == r["bpd_kbound"].kind == "bound"
     assert r["nll_kbound"].value == pytest.approx(exact + float(noise.mean()), rel=1e-12)
     assert r["bpd_kbound"].value == pytest.approx(r["nll_kbound"].value / (4 * math.log(2)))
     assert (r["nll_kbound"].unit, r["bpd_kbound"].unit) == ("nats", "bits/dim")
     assert r["nfe_kbound"].value == 8.0 and r["nll_kbound"].n == 5
-    assert r["nll_kbound"].protocol == {"likelihood": "kbound", "bound": "k-sample", "seed": 0,
-                                        "k": 8}
+    assert r["nll_kbound"].protocol == {
+        "likelihood": "kbound",
+        "bound": "k-sample",
+        "seed": 0,
+        "k": 8,
+    }
     assert r["nll_guess"].kind == "estimate" and r["nll_guess"].value == exact - 1
-    assert "nfe_guess" not in r   # the estimator does not count evaluations
+    assert "nfe_guess" not in r  # the estimator does not count evaluations
 
 
 def test_estimator_results_do_not_depend_on_the_batch_size(tmp_path):
     data, out = toy_data(), []
     for bs in (2, 5):
-        ctx = EvalContext(Toy(), data, eval_cfg(tmp_path, batch_size=bs, estimators=["kbound"]),
-                          {}, torch.device("cpu"), tmp_path)
+        ctx = EvalContext(
+            Toy(),
+            data,
+            eval_cfg(tmp_path, batch_size=bs, estimators=["kbound"]),
+            {},
+            torch.device("cpu"),
+            tmp_path,
+        )
         out.append(rows_by_name(registry.registered()["likelihood_estimators"](ctx)))
     assert out[0]["nll_kbound"].value == pytest.approx(out[1]["nll_kbound"].value, rel=1e-12)
 
@@ -166,19 +196,24 @@ def test_sampling_nfe_is_the_mean_of_every_samples_own_count(tmp_path):
     """Three batches of 2: the mean over all 6 samples, not the last batch's."""
     model, data = Toy(), toy_data()
     costs = model.sample(6, generator=per_sample_generators(0, 0, 6)).nfe
-    assert len(set(costs.tolist())) > 1   # the per-sample costs differ (else the test is void)
+    assert len(set(costs.tolist())) > 1  # the per-sample costs differ (else the test is void)
     for bs in (2, 6):
-        ctx = EvalContext(model, data, eval_cfg(tmp_path, batch_size=bs), {},
-                          torch.device("cpu"), tmp_path)
+        ctx = EvalContext(
+            model, data, eval_cfg(tmp_path, batch_size=bs), {}, torch.device("cpu"), tmp_path
+        )
         r = rows_by_name(registry.registered()["sampling"](ctx))
         assert r["nfe"].value == float(costs.mean()) and r["nfe"].unit == "count"
 
 
 def test_a_sample_without_its_cost_is_refused(tmp_path):
-    ctx = EvalContext(Toy(bare=True), toy_data(), eval_cfg(tmp_path), {}, torch.device("cpu"),
-                      tmp_path)
-    with pytest.raises(RuntimeError, match=r"Toy.sample returned Tensor; the contract is "
-                                           r"Sampled\(x, nfe\)"):
+    ctx = EvalContext(
+        Toy(bare=True), toy_data(), eval_cfg(tmp_path), {}, torch.device("cpu"), tmp_path
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"Toy.sample returned Tensor; the contract is "
+        r"Sampled\(x, nfe\)",
+    ):
         ctx.samples()
 
 
@@ -191,9 +226,15 @@ def test_sampled_checks_one_count_per_sample():
         LikelihoodEstimator("upper", Toy().guess)
 
 
-@pytest.mark.parametrize("key,value", [("estimators", "ode"), ("estimators", [3]),
-                                       ("estimator_examples", 0),
-                                       ("estimator_options", {"ode": 3})])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("estimators", "ode"),
+        ("estimators", [3]),
+        ("estimator_examples", 0),
+        ("estimator_options", {"ode": 3}),
+    ],
+)
 def test_bad_estimator_settings_name_the_key(tmp_path, key, value):
     cfg = eval_cfg(tmp_path, **{key: value})
     with pytest.raises(ConfigError, match=f"eval.{key}="):

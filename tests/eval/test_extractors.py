@@ -36,8 +36,13 @@ def no_hub_weights(tmp_path, monkeypatch):
 
 def unlabelled(shape=(1, 8, 8)):
     x = torch.randint(0, 256, (12, *shape), generator=torch.Generator().manual_seed(0))
-    return Data("folder:x", 256, train=x.to(torch.uint8), val=x[:2].to(torch.uint8),
-                test=x[:4].to(torch.uint8))
+    return Data(
+        "folder:x",
+        256,
+        train=x.to(torch.uint8),
+        val=x[:2].to(torch.uint8),
+        test=x[:4].to(torch.uint8),
+    )
 
 
 def test_domain_cnn_is_accurate_cached_and_registered(trained):
@@ -67,16 +72,24 @@ def test_cache_key_follows_recipe_and_data(trained, data):
     cache, e = trained
     other = ex.domain_extractor(data, cache, CPU, ex.CNNRecipe(steps=3))
     assert other.weights != e.weights and other.weights_hash != e.weights_hash
-    flipped = Data("digits", 17, train=16 - data.train, val=data.val, test=data.test,
-                   train_labels=data.train_labels, test_labels=data.test_labels,
-                   num_classes=10)
+    flipped = Data(
+        "digits",
+        17,
+        train=16 - data.train,
+        val=data.val,
+        test=data.test,
+        train_labels=data.train_labels,
+        test_labels=data.test_labels,
+        num_classes=10,
+    )
     assert ex.data_digest(flipped) != ex.data_digest(data)
 
 
 def test_feature_extractor_outputs(trained, data):
     _, e = trained
-    fe = ex.DomainFeatureExtractor("digits-cnn", ["features", "logits"],
-                                   feature_extractor_weights_path=str(e.weights))
+    fe = ex.DomainFeatureExtractor(
+        "digits-cnn", ["features", "logits"], feature_extractor_weights_path=str(e.weights)
+    )
     x = ex.levels_to_uint8(data.test[:64], data.levels)
     features, logits = fe(x)
     assert features.shape == (64, 128) and logits.shape == (64, 10)
@@ -86,20 +99,23 @@ def test_feature_extractor_outputs(trained, data):
     f_rgb, l_rgb = fe(x.expand(-1, 3, -1, -1))  # grey replicated to RGB gives the same features
     assert torch.equal(f_rgb, features) and torch.equal(l_rgb, logits)
     (train_features,) = ex.DomainFeatureExtractor(
-        "digits-cnn", ["features"], feature_extractor_weights_path=str(e.weights))(
-        ex.levels_to_uint8(data.train, data.levels))
+        "digits-cnn", ["features"], feature_extractor_weights_path=str(e.weights)
+    )(ex.levels_to_uint8(data.train, data.levels))
     assert float(train_features.square().mean()) == pytest.approx(1.0, rel=1e-4)  # scaled for KID
     (only_logits,) = ex.DomainFeatureExtractor(
-        "digits-cnn", ["logits"], feature_extractor_weights_path=str(e.weights))(x)
+        "digits-cnn", ["logits"], feature_extractor_weights_path=str(e.weights)
+    )(x)
     assert torch.equal(only_logits, logits)
 
 
 def test_rgb_to_grey_is_pil_luma():
-    rgb = torch.randint(0, 256, (5, 3, 7, 9), generator=torch.Generator().manual_seed(1),
-                        dtype=torch.uint8)
+    rgb = torch.randint(
+        0, 256, (5, 3, 7, 9), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
     ours = ((ex.uint8_to_unit(rgb, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0]
-    pil = np.stack([np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L"))
-                    for img in rgb])
+    pil = np.stack(
+        [np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L")) for img in rgb]
+    )
     assert np.array_equal(ours.numpy(), pil)
 
 

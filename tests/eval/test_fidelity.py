@@ -36,17 +36,33 @@ def cache(trained_cache, tmp_path):
 
 
 def score(samples, data, cache, protocol=None, **overrides):
-    cfg = {"extractor": "domain", "inception_weights": None, "n_reference": None,
-           "reference_split": "train", "metrics": ["fid", "isc", "kid", "prc"],
-           "kid_subset_size": 1000, "isc_splits": 10, "batch_size": 256, "seed": 0, **overrides}
-    rows = fidelity_metrics(samples, data, cfg, device=CPU, cache_dir=cache,
-                            protocol=dict(protocol or {}))
+    cfg = {
+        "extractor": "domain",
+        "inception_weights": None,
+        "n_reference": None,
+        "reference_split": "train",
+        "metrics": ["fid", "isc", "kid", "prc"],
+        "kid_subset_size": 1000,
+        "isc_splits": 10,
+        "batch_size": 256,
+        "seed": 0,
+        **overrides,
+    }
+    rows = fidelity_metrics(
+        samples, data, cfg, device=CPU, cache_dir=cache, protocol=dict(protocol or {})
+    )
     return {r.name.split("@")[0]: r for r in rows}
 
 
 def test_rows_and_protocol(data, cache):
-    rows = score(data.test.long(), data, cache, {"sampler": "ddim", "seed": 3},
-                 n_reference=500, reference_split="train")
+    rows = score(
+        data.test.long(),
+        data,
+        cache,
+        {"sampler": "ddim", "seed": 3},
+        n_reference=500,
+        reference_split="train",
+    )
     assert set(rows) == NAMES
     e = ex.domain_extractor(data, cache, CPU)
     for name, r in rows.items():
@@ -143,8 +159,10 @@ def test_reference_cache_is_reused_and_invalidated(data, cache, monkeypatch):
     third = score(data.test, data, cache, metrics=["fid"])
     assert sum(seen) == 300 + n_ref
     assert third["fid"].value != pytest.approx(first["fid"].value, rel=1e-3)
-    assert (third["fid"].protocol["extractor_weights_sha256"]
-            != first["fid"].protocol["extractor_weights_sha256"])
+    assert (
+        third["fid"].protocol["extractor_weights_sha256"]
+        != first["fid"].protocol["extractor_weights_sha256"]
+    )
 
 
 def test_toys_and_unlabelled_data_give_no_rows(data, tmp_path, monkeypatch, caplog):
@@ -152,17 +170,23 @@ def test_toys_and_unlabelled_data_give_no_rows(data, tmp_path, monkeypatch, capl
     g = torch.Generator().manual_seed(0)
     toy_x = torch.randint(0, 64, (20, 2, 1, 1), generator=g).to(torch.uint8)
     toy = Data("toy_moons", 64, train=toy_x, val=toy_x, test=toy_x)
-    assert fidelity_metrics(toy_x.long(), toy, {"extractor": "auto"}, device=CPU,
-                            cache_dir=tmp_path, protocol={}) == []
+    assert (
+        fidelity_metrics(
+            toy_x.long(), toy, {"extractor": "auto"}, device=CPU, cache_dir=tmp_path, protocol={}
+        )
+        == []
+    )
     x = torch.randint(0, 256, (20, 1, 8, 8), generator=g).to(torch.uint8)
     folder = Data("folder:imgs", 256, train=x, val=x, test=x)
     with caplog.at_level(logging.WARNING, logger="genbench.eval.fidelity"):
-        rows = fidelity_metrics(x.long(), folder, {"extractor": "auto"}, device=CPU,
-                                cache_dir=tmp_path, protocol={})
+        rows = fidelity_metrics(
+            x.long(), folder, {"extractor": "auto"}, device=CPU, cache_dir=tmp_path, protocol={}
+        )
     assert rows == [] and "no sample-quality metrics for folder:imgs" in caplog.text
     with pytest.raises(ex.ExtractorError, match="labelled"):
-        fidelity_metrics(x.long(), folder, {"extractor": "domain"}, device=CPU,
-                         cache_dir=tmp_path, protocol={})
+        fidelity_metrics(
+            x.long(), folder, {"extractor": "domain"}, device=CPU, cache_dir=tmp_path, protocol={}
+        )
 
 
 def test_image_tensors_scale_and_replicate():

@@ -20,11 +20,15 @@ from genbench.eval import extractors as ex
 from genbench.eval.score import format_scores, run_score
 
 CPU = torch.device("cpu")
-TF_KEYS = {"fid": torch_fidelity.KEY_METRIC_FID, "is": torch_fidelity.KEY_METRIC_ISC_MEAN,
-           "is_std": torch_fidelity.KEY_METRIC_ISC_STD, "kid": torch_fidelity.KEY_METRIC_KID_MEAN,
-           "kid_std": torch_fidelity.KEY_METRIC_KID_STD,
-           "precision": torch_fidelity.KEY_METRIC_PRECISION,
-           "recall": torch_fidelity.KEY_METRIC_RECALL}
+TF_KEYS = {
+    "fid": torch_fidelity.KEY_METRIC_FID,
+    "is": torch_fidelity.KEY_METRIC_ISC_MEAN,
+    "is_std": torch_fidelity.KEY_METRIC_ISC_STD,
+    "kid": torch_fidelity.KEY_METRIC_KID_MEAN,
+    "kid_std": torch_fidelity.KEY_METRIC_KID_STD,
+    "precision": torch_fidelity.KEY_METRIC_PRECISION,
+    "recall": torch_fidelity.KEY_METRIC_RECALL,
+}
 
 
 def score_cfg(**overrides):
@@ -73,9 +77,20 @@ def no_hub_weights(tmp_path, monkeypatch):
 
 
 def tf_settings(n):
-    return {"fid": True, "isc": True, "kid": True, "prc": True, "cuda": False, "batch_size": 256,
-            "rng_seed": 0, "kid_subset_size": n, "isc_splits": 10, "save_cpu_ram": True,
-            "cache": False, "verbose": False}
+    return {
+        "fid": True,
+        "isc": True,
+        "kid": True,
+        "prc": True,
+        "cuda": False,
+        "batch_size": 256,
+        "rng_seed": 0,
+        "kid_subset_size": n,
+        "isc_splits": 10,
+        "save_cpu_ram": True,
+        "cache": False,
+        "verbose": False,
+    }
 
 
 def assert_agree(ours, reference, extractor):
@@ -86,12 +101,17 @@ def assert_agree(ours, reference, extractor):
 
 def test_domain_scores_equal_torch_fidelity_on_folders(data, folders, outputs, no_hub_weights):
     gen, ref = folders
-    ours = run_score(score_cfg(input1=gen, input2=ref, dataset="digits",
-                               **{"paths.outputs": outputs}))
+    ours = run_score(
+        score_cfg(input1=gen, input2=ref, dataset="digits", **{"paths.outputs": outputs})
+    )
     weights = ex.domain_extractor(data, outputs / "cache", CPU).weights
     reference = torch_fidelity.calculate_metrics(
-        input1=str(gen), input2=str(ref), feature_extractor="digits-cnn",
-        feature_extractor_weights_path=str(weights), **tf_settings(60))
+        input1=str(gen),
+        input2=str(ref),
+        feature_extractor="digits-cnn",
+        feature_extractor_weights_path=str(weights),
+        **tf_settings(60),
+    )
     assert_agree(ours, reference, "digits-cnn")
     assert ours["fid@digits-cnn"] > 0.1  # test digits vs train digits: close, not identical
 
@@ -105,8 +125,10 @@ def inception_weights(tmp_path_factory):
     def grab(self, state_dict, *args, **kwargs):
         captured["module"] = self
 
-    with mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", grab):
+    with (
+        mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", grab),
+    ):
         tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     net, g = captured["module"], torch.Generator().manual_seed(0)
     for module in net.modules():
@@ -117,19 +139,30 @@ def inception_weights(tmp_path_factory):
     return path
 
 
-def test_inception_scores_equal_torch_fidelity_on_folders(data, inception_weights, tmp_path,
-                                                         no_hub_weights):
+def test_inception_scores_equal_torch_fidelity_on_folders(
+    data, inception_weights, tmp_path, no_hub_weights
+):
     # Inception-v3 on CPU costs ~0.4 s per image (two images per side), and FID's 2048x2048
     # eigendecomposition ~5 s: KID checks the same 2048-d features, IS the logits
     gen = write_pngs(tmp_path / "gen", ex.levels_to_uint8(data.test[:2], data.levels))
     ref = write_pngs(tmp_path / "ref", ex.levels_to_uint8(data.train[:2], data.levels), rgb=True)
-    ours = run_score(score_cfg(input1=gen, input2=ref, inception_weights=inception_weights,
-                               metrics="[isc,kid]", isc_splits=1,
-                               **{"paths.outputs": tmp_path / "out"}))
+    ours = run_score(
+        score_cfg(
+            input1=gen,
+            input2=ref,
+            inception_weights=inception_weights,
+            metrics="[isc,kid]",
+            isc_splits=1,
+            **{"paths.outputs": tmp_path / "out"},
+        )
+    )
     reference = torch_fidelity.calculate_metrics(
-        input1=str(gen), input2=str(ref), feature_extractor="inception-v3-compat",
+        input1=str(gen),
+        input2=str(ref),
+        feature_extractor="inception-v3-compat",
         feature_extractor_weights_path=str(inception_weights),
-        **{**tf_settings(2), "fid": False, "prc": False, "isc_splits": 1})
+        **{**tf_settings(2), "fid": False, "prc": False, "isc_splits": 1},
+    )
     assert set(ours) == {f"{k}@inception-v3" for k in ("is", "is_std", "kid", "kid_std")}
     for name in ("is", "kid", "kid_std"):
         assert ours[f"{name}@inception-v3"] == pytest.approx(reference[TF_KEYS[name]], rel=1e-5)
@@ -143,13 +176,20 @@ def test_inputs_folder_npz_and_dataset_agree(data, outputs, tmp_path, no_hub_wei
     np.savez(with_k, levels=levels.numpy(), num_levels=np.int64(17))
     without_k = tmp_path / "without_k.npz"
     np.savez(without_k, levels.numpy().astype(np.int32))
-    common = {"input2": "digits:train", "metrics": "[fid,isc,prc]", "paths.outputs": outputs,
-              "device": "cpu"}  # the conf/device group (a plain key before: a Hydra error)
-    results = [run_score(score_cfg(input1=folder, **common)),
-               run_score(score_cfg(input1=with_k, **common)),
-               run_score(score_cfg(input1=without_k, dataset="digits", **common))]
-    assert set(results[0]) == {f"{k}@digits-cnn" for k in ("fid", "is", "is_std", "precision",
-                                                            "recall")}
+    common = {
+        "input2": "digits:train",
+        "metrics": "[fid,isc,prc]",
+        "paths.outputs": outputs,
+        "device": "cpu",
+    }  # the conf/device group (a plain key before: a Hydra error)
+    results = [
+        run_score(score_cfg(input1=folder, **common)),
+        run_score(score_cfg(input1=with_k, **common)),
+        run_score(score_cfg(input1=without_k, dataset="digits", **common)),
+    ]
+    assert set(results[0]) == {
+        f"{k}@digits-cnn" for k in ("fid", "is", "is_std", "precision", "recall")
+    }
     assert results[1] == results[0] and results[2] == results[0]
     whole = run_score(score_cfg(input1="digits:test", **common))
     assert whole != results[0]  # all 300 test digits, not the first 50
@@ -165,15 +205,20 @@ def test_score_errors(data, folders, outputs, tmp_path, no_hub_weights):
     with pytest.raises(UserError, match="extractor takes"):
         run_score(score_cfg(input1=big, input2="digits", **{"paths.outputs": outputs}))
     with pytest.raises(UserError, match="metrics"):
-        run_score(score_cfg(input1=gen, input2="digits", metrics="[fid,ppl]",
-                            **{"paths.outputs": outputs}))
+        run_score(
+            score_cfg(
+                input1=gen, input2="digits", metrics="[fid,ppl]", **{"paths.outputs": outputs}
+            )
+        )
 
 
 def test_format_scores():
     scores = {"fid@digits-cnn": 1.25, "is@digits-cnn": 8.5}
     assert json.loads(format_scores(scores, "json")) == scores
-    assert format_scores(scores, "table").splitlines() == ["fid@digits-cnn  1.25",
-                                                           "is@digits-cnn   8.5"]
+    assert format_scores(scores, "table").splitlines() == [
+        "fid@digits-cnn  1.25",
+        "is@digits-cnn   8.5",
+    ]
     with pytest.raises(UserError, match="format"):
         format_scores(scores, "yaml")
 
@@ -181,7 +226,11 @@ def test_format_scores():
 def test_config_defaults():
     cfg = score_cfg(input1="a", input2="b")
     assert (cfg.extractor, cfg.format, cfg.get("dataset"), cfg.inception_weights) == (
-        "auto", "table", None, None)
+        "auto",
+        "table",
+        None,
+        None,
+    )
     assert list(cfg.metrics) == ["fid", "isc", "kid", "prc"]
     assert cfg.paths.cache == "outputs/cache"
     assert score_cfg(input1="a", input2="b", dataset="digits").dataset._target_.endswith("digits")
@@ -191,12 +240,14 @@ def test_config_defaults():
 def _npz(**arrays):
     def write(path):
         np.savez(path, **arrays)
+
     return write
 
 
 def _raw(data: bytes):
     def write(path):
         path.write_bytes(data)
+
     return write
 
 
@@ -210,8 +261,12 @@ def _object_levels(path):
 
 
 def _object_num_levels(path):
-    np.savez(path, levels=np.zeros((4, 1, 8, 8), np.uint8),
-             num_levels=np.array({"k": 17}, dtype=object), allow_pickle=True)
+    np.savez(
+        path,
+        levels=np.zeros((4, 1, 8, 8), np.uint8),
+        num_levels=np.array({"k": 17}, dtype=object),
+        allow_pickle=True,
+    )
 
 
 def _huge_claim(path):
@@ -220,16 +275,18 @@ def _huge_claim(path):
     import zipfile
 
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
-                                               "shape": (10**9, 1, 8, 8)})
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 1, 8, 8)}
+    )
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("levels.npy", buf.getvalue() + bytes(256))
 
 
 def _corrupt_member(path):
     """A compressed archive whose levels data is damaged (the zip directory is intact)."""
-    np.savez_compressed(path, levels=np.arange(4096, dtype=np.int32).reshape(4, 1, 32, 32),
-                        num_levels=5000)
+    np.savez_compressed(
+        path, levels=np.arange(4096, dtype=np.int32).reshape(4, 1, 32, 32), num_levels=5000
+    )
     raw = bytearray(path.read_bytes())
     raw[100:140] = bytes(40)
     path.write_bytes(bytes(raw))
@@ -238,36 +295,56 @@ def _corrupt_member(path):
 LEVELS = np.zeros((4, 1, 8, 8), np.int32)
 BAD_INPUTS = [
     ("empty-archive", _npz(), ["holds no arrays"]),
-    ("no-images", _npz(levels=np.zeros((0, 1, 8, 8), np.uint8), num_levels=17),
-     ["holds no images"]),
+    (
+        "no-images",
+        _npz(levels=np.zeros((0, 1, 8, 8), np.uint8), num_levels=17),
+        ["holds no images"],
+    ),
     ("rank-2", _npz(levels=np.zeros((4, 64), np.uint8)), ["expected integer levels [N, C, H, W]"]),
     ("rank-5", _npz(levels=np.zeros((4, 1, 1, 8, 8), np.uint8)), ["[N, C, H, W]"]),
-    ("two-channels", _npz(levels=np.zeros((4, 2, 8, 8), np.uint8)),
-     ["2 channels", "expected 1 (grey) or 3 (RGB)"]),
-    ("float-levels", _npz(levels=np.zeros((4, 1, 8, 8), np.float32)),
-     ["expected integer levels", "float32"]),
+    (
+        "two-channels",
+        _npz(levels=np.zeros((4, 2, 8, 8), np.uint8)),
+        ["2 channels", "expected 1 (grey) or 3 (RGB)"],
+    ),
+    (
+        "float-levels",
+        _npz(levels=np.zeros((4, 1, 8, 8), np.float32)),
+        ["expected integer levels", "float32"],
+    ),
     ("object-levels", _object_levels, ["holds Python objects"]),
     ("npy-as-npz", _npy_as_npz, ["is a .npy array, not an .npz archive"]),
     ("not-an-archive", _raw(b"\x89PNG\r\n\x1a\n not levels"), ["is not an .npz archive"]),
-    ("truncated-archive", lambda p: (_npz(levels=LEVELS, num_levels=17)(p),
-                                     p.write_bytes(p.read_bytes()[:200])),
-     ["is not an .npz archive"]),
+    (
+        "truncated-archive",
+        lambda p: (_npz(levels=LEVELS, num_levels=17)(p), p.write_bytes(p.read_bytes()[:200])),
+        ["is not an .npz archive"],
+    ),
     ("corrupt-member", _corrupt_member, ["cannot be read as an .npz archive"]),
     ("huge-claimed-shape", _huge_claim, ["more than the archive holds"]),
     ("num-levels-missing", _npz(levels=LEVELS), ["has no 'num_levels'", "dataset=NAME"]),
     ("num-levels-zero", _npz(levels=LEVELS, num_levels=0), ["num_levels=0 is invalid"]),
     ("num-levels-one", _npz(levels=LEVELS, num_levels=1), ["num_levels=1 is invalid"]),
-    ("num-levels-vector", _npz(levels=LEVELS, num_levels=np.array([17, 17])),
-     ["num_levels must be one integer >= 2 (a scalar)"]),
+    (
+        "num-levels-vector",
+        _npz(levels=LEVELS, num_levels=np.array([17, 17])),
+        ["num_levels must be one integer >= 2 (a scalar)"],
+    ),
     ("num-levels-fraction", _npz(levels=LEVELS, num_levels=16.5), ["num_levels=16.5 is invalid"]),
     ("num-levels-nan", _npz(levels=LEVELS, num_levels=np.nan), ["num_levels=nan is invalid"]),
     ("num-levels-bool", _npz(levels=LEVELS, num_levels=True), ["num_levels=True is invalid"]),
     ("num-levels-object", _object_num_levels, ["'num_levels' holds Python objects"]),
-    ("levels-beyond-num-levels", _npz(levels=LEVELS + 20, num_levels=17),
-     ["levels in [20, 20] lie outside [0, 17)", "num_levels"]),
+    (
+        "levels-beyond-num-levels",
+        _npz(levels=LEVELS + 20, num_levels=17),
+        ["levels in [20, 20] lie outside [0, 17)", "num_levels"],
+    ),
     ("negative-levels", _npz(levels=LEVELS - 1, num_levels=17), ["outside [0, 17)"]),
-    ("uint8-beyond-num-levels", _npz(levels=np.full((4, 1, 8, 8), 200, np.uint8), num_levels=17),
-     ["outside [0, 17)"]),
+    (
+        "uint8-beyond-num-levels",
+        _npz(levels=np.full((4, 1, 8, 8), 200, np.uint8), num_levels=17),
+        ["outside [0, 17)"],
+    ),
 ]
 
 
@@ -290,8 +367,9 @@ def score_cli(tmp_path, monkeypatch, capsys):
     return invoke
 
 
-@pytest.mark.parametrize("write,expect", [c[1:] for c in BAD_INPUTS],
-                         ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "write,expect", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 @pytest.mark.parametrize("side", ["input1", "input2"])
 def test_bad_npz_input_is_one_clear_error(write, expect, side, score_cli, tmp_path):
     bad, good = tmp_path / "bad.npz", tmp_path / "good.npz"
@@ -331,8 +409,10 @@ def test_score_folder_skips_unusable_files(data, tmp_path, caplog):
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(folder / "z16.png")
     result = {}
     with caplog.at_level(logging.WARNING):
-        reader = threading.Thread(target=lambda: result.update(
-            found=load_images(str(folder), data=None, key="input1")), daemon=True)
+        reader = threading.Thread(
+            target=lambda: result.update(found=load_images(str(folder), data=None, key="input1")),
+            daemon=True,
+        )
         reader.start()
         reader.join(20)
     if reader.is_alive():  # blocked on the FIFO: give it a writer so the thread ends, and fail
@@ -341,6 +421,7 @@ def test_score_folder_skips_unusable_files(data, tmp_path, caplog):
         pytest.fail("reading the folder blocked on a FIFO")
     found = result["found"]
     assert found.levels.shape == (5, 1, 8, 8) and found.num_levels == 256
-    assert torch.equal(found.levels[4, 0].flatten().long(),
-                       (torch.arange(64) * 1000 * 255 + 32767) // 65535)  # 16 bits, not 255s
+    assert torch.equal(
+        found.levels[4, 0].flatten().long(), (torch.arange(64) * 1000 * 255 + 32767) // 65535
+    )  # 16 bits, not 255s
     assert "pipe.png" in caplog.text and "FIFO" in caplog.text and "empty.png" in caplog.text

@@ -24,8 +24,22 @@ from genbench.leaderboard.store import RunRecord, Store
 PROTO = {"extractor": "digits-cnn", "n_generated": 100, "reference_split": "test"}
 
 
-def fake_run(store, tmp_path, run_id, model, family, likelihood, *, bpd=None, fid=None,
-             ms=None, nfe=1.0, sweep=(), folder=True, n_generated=100):
+def fake_run(
+    store,
+    tmp_path,
+    run_id,
+    model,
+    family,
+    likelihood,
+    *,
+    bpd=None,
+    fid=None,
+    ms=None,
+    nfe=1.0,
+    sweep=(),
+    folder=True,
+    n_generated=100,
+):
     """Record a run; with ``folder`` give it stats.jsonl and samples.png. ``sweep``: extra
     (steps, nfe, fid) evaluated with ``sampler={"steps": steps}``."""
     run_dir = tmp_path / "runs" / run_id
@@ -42,25 +56,71 @@ def fake_run(store, tmp_path, run_id, model, family, likelihood, *, bpd=None, fi
     for steps, n, f in [(None, nfe, fid), *sweep]:
         sampler = {} if steps is None else {"steps": steps}
         if f is not None:
-            rows.append(Metric("fid@digits-cnn", f, "measured", "test", n_generated, "",
-                               {**proto, "sampler": sampler}))
+            rows.append(
+                Metric(
+                    "fid@digits-cnn",
+                    f,
+                    "measured",
+                    "test",
+                    n_generated,
+                    "",
+                    {**proto, "sampler": sampler},
+                )
+            )
         rows.append(Metric("nfe", n, "measured", "samples", 8, "count", {"sampler": sampler}))
     if ms is not None:
         rows.append(Metric("ms_per_image", ms, "measured", "samples", 8, "ms", {"sampler": {}}))
-    store.record(RunRecord(run_id, f"t-{run_id}", model, family, likelihood, "digits",
-                           10_000 * (1 + len(run_id)), 5, 80, 1.0, "cpu", "finished",
-                           str(run_dir), run_id, {"sampler": {}, "seed": 0}), rows)
+    store.record(
+        RunRecord(
+            run_id,
+            f"t-{run_id}",
+            model,
+            family,
+            likelihood,
+            "digits",
+            10_000 * (1 + len(run_id)),
+            5,
+            80,
+            1.0,
+            "cpu",
+            "finished",
+            str(run_dir),
+            run_id,
+            {"sampler": {}, "seed": 0},
+        ),
+        rows,
+    )
 
 
 @pytest.fixture
 def runs(tmp_path):
     store = Store(tmp_path / "lb.sqlite")
     fake_run(store, tmp_path, "vae", "vae", "vae", "elbo", bpd=2.9, fid=30.0, ms=0.2)
-    fake_run(store, tmp_path, "pixelcnn", "pixelcnn", "autoregressive", "exact", bpd=2.5,
-             fid=25.0, ms=5.0)
+    fake_run(
+        store,
+        tmp_path,
+        "pixelcnn",
+        "pixelcnn",
+        "autoregressive",
+        "exact",
+        bpd=2.5,
+        fid=25.0,
+        ms=5.0,
+    )
     fake_run(store, tmp_path, "gan", "dcgan", "gan", "none", fid=40.0, ms=0.1)
-    fake_run(store, tmp_path, "ddpm", "ddpm", "diffusion", "vlb", bpd=3.5, fid=12.0, ms=30.0,
-             nfe=50.0, sweep=[(5, 5.0, 60.0), (10, 10.0, 20.0)])
+    fake_run(
+        store,
+        tmp_path,
+        "ddpm",
+        "ddpm",
+        "diffusion",
+        "vlb",
+        bpd=3.5,
+        fid=12.0,
+        ms=30.0,
+        nfe=50.0,
+        sweep=[(5, 5.0, 60.0), (10, 10.0, 20.0)],
+    )
     return store.runs()
 
 
@@ -72,12 +132,12 @@ def test_every_plot_writes_a_nonempty_png(runs, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
         img = imread(path)
         assert img.shape[0] > 100 and img.shape[1] > 300, name
-        assert img[..., :3].std() > 0.01, name                   # not a blank canvas
+        assert img[..., :3].std() > 0.01, name  # not a blank canvas
 
 
 def test_pareto_front_by_hand():
     pts = [(1.0, 10.0), (2.0, 5.0), (3.0, 7.0), (0.5, 20.0), (4.0, 1.0), (2.0, 6.0)]
-    assert pareto_front(pts) == [3, 0, 1, 4]     # (3, 7) and (2, 6) are beaten by (2, 5)
+    assert pareto_front(pts) == [3, 0, 1, 4]  # (3, 7) and (2, 6) are beaten by (2, 5)
     assert pareto_front([]) == []
 
 
@@ -90,14 +150,15 @@ def test_sweep_points_pair_fid_and_nfe_by_sampler(runs):
 def test_panels_follow_sections_and_plots_degrade_without_data(runs, tmp_path, caplog):
     store = Store(tmp_path / "other.sqlite")
     fake_run(store, tmp_path, "a1", "vae", "vae", "elbo", fid=5.0, ms=1.0, folder=False)
-    fake_run(store, tmp_path, "a2", "vae", "vae", "elbo", fid=6.0, ms=2.0, folder=False,
-             n_generated=5000)
+    fake_run(
+        store, tmp_path, "a2", "vae", "vae", "elbo", fid=6.0, ms=2.0, folder=False, n_generated=5000
+    )
     other = store.runs()
     fig = figure("pareto", other)
-    assert len(fig.axes) == 2                      # two sample protocols: two panels
-    assert figure("fid_nfe", other) is None        # no sampler sweep
+    assert len(fig.axes) == 2  # two sample protocols: two panels
+    assert figure("fid_nfe", other) is None  # no sampler sweep
     assert figure("loss", other) is None and figure("grid", other) is None  # no run folders
-    assert figure("bpd_params", other) is None     # no bits/dim
+    assert figure("bpd_params", other) is None  # no bits/dim
     with caplog.at_level(logging.WARNING):
         assert write_plots([], list(PLOTS), tmp_path / "empty") == {}
     assert not (tmp_path / "empty").exists()

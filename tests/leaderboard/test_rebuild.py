@@ -21,8 +21,9 @@ def trained(tmp_path_factory):
     """Two finished smoke runs (VAE, and VAE with another seed) under one outputs folder."""
     out = tmp_path_factory.mktemp("rebuild") / "out"
     for i, seed in enumerate((0, 1)):
-        cfg = compose_cfg("train", ["experiment=smoke", f"seed={seed}",
-                                    "eval.sample_metrics=false"], out)
+        cfg = compose_cfg(
+            "train", ["experiment=smoke", f"seed={seed}", "eval.sample_metrics=false"], out
+        )
         cfg.paths.run_dir = str(out / "runs" / f"run{i}")
         train_command(cfg)
     return out
@@ -60,11 +61,19 @@ def test_gone_and_unreadable_runs_drop_out_with_a_warning(outputs, caplog):
     assert "run0" in text and "gone or unreadable" in text and "JSON NoneType" in text
 
 
-@pytest.mark.parametrize("name,content", [
-    ("record.json", "null"), ("record.json", "{"), ("record.json", '{"run_id": 3}'),
-    ("metrics.json", "null"), ("metrics.json", '{"metrics": [{"name": "bpd", "value": "x"}]}'),
-    ("metrics.json", '{"metrics": 5}'), ("status.json", "null"), ("record.json", None),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("record.json", "null"),
+        ("record.json", "{"),
+        ("record.json", '{"run_id": 3}'),
+        ("metrics.json", "null"),
+        ("metrics.json", '{"metrics": [{"name": "bpd", "value": "x"}]}'),
+        ("metrics.json", '{"metrics": 5}'),
+        ("status.json", "null"),
+        ("record.json", None),
+    ],
+)
 def test_one_damaged_file_never_aborts_the_rebuild(outputs, name, content):
     target = outputs / "runs" / "run0" / name
     if content is None:

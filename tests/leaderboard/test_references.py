@@ -42,16 +42,19 @@ def test_packaged_file_holds_the_published_values():
 
 def test_rows_keep_the_likelihood_kind_and_name_the_extractor():
     runs = {r["model"]: r for r in reference_runs({"cifar10"})}
-    assert len(runs) == 9 and all(r["status"] == "published" and r["published"]
-                                  for r in runs.values())
+    assert len(runs) == 9 and all(
+        r["status"] == "published" and r["published"] for r in runs.values()
+    )
     kinds = {name: {m["name"]: m["kind"] for m in r["metrics"]} for name, r in runs.items()}
     assert kinds["PixelCNN++ (paper)"] == {"bpd": "exact"}
-    assert kinds["RealNVP (paper)"] == {"bpd": "bound"}          # dequantized density: ≤
+    assert kinds["RealNVP (paper)"] == {"bpd": "bound"}  # dequantized density: ≤
     assert kinds["DDPM (paper)"]["bpd"] == "bound"
     assert kinds["DDPM (paper)"]["fid@inception-v3"] == "measured"
     assert runs["SNGAN (paper)"]["likelihood"] == "none"
     assert [r["model"] for r in reference_runs({"mnist"}, family="flow")] == [
-        "RealNVP (paper)", "Glow (paper)"]
+        "RealNVP (paper)",
+        "Glow (paper)",
+    ]
     assert reference_runs({"digits"}) == [] and reference_runs({"cifar10"}, family="vae") == []
     notes = reference_notes(list(runs.values()))
     assert "never ranked" in notes[0] and len(notes) == 10
@@ -70,16 +73,19 @@ references:
 """
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("family: diffusion", "family: transformer", "family 'transformer'"),
-    ("likelihood: vlb", "likelihood: none", "cannot report bits/dim"),
-    ("    protocol: p\n", "", "need a protocol"),
-    ("bpd: 3.0", "bpd: -3.0", "not a positive number"),
-    ("bpd: 3.0", "bpd: 3.0, ppl: 1.0", "unknown metric 'ppl'"),
-    ("table: \"Table 1\"", "table: \"\"", "source needs a paper and a table"),
-    ("    dataset: cifar10\n", "", "lacks ['dataset']"),
-    ("    dataset: cifar10\n", "    dataset: cifar10\n    url: x\n", "unknown keys"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("family: diffusion", "family: transformer", "family 'transformer'"),
+        ("likelihood: vlb", "likelihood: none", "cannot report bits/dim"),
+        ("    protocol: p\n", "", "need a protocol"),
+        ("bpd: 3.0", "bpd: -3.0", "not a positive number"),
+        ("bpd: 3.0", "bpd: 3.0, ppl: 1.0", "unknown metric 'ppl'"),
+        ('table: "Table 1"', 'table: ""', "source needs a paper and a table"),
+        ("    dataset: cifar10\n", "", "lacks ['dataset']"),
+        ("    dataset: cifar10\n", "    dataset: cifar10\n    url: x\n", "unknown keys"),
+    ],
+)
 def test_malformed_entries_are_refused(tmp_path, old, new, message):
     path = tmp_path / "refs.yaml"
     path.write_text(GOOD)

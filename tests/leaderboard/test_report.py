@@ -21,14 +21,37 @@ from genbench.leaderboard.report import print_metrics, render, table_rows
 from genbench.leaderboard.sections import View, build_sections, fmt_number
 from genbench.leaderboard.store import RunRecord, Store
 
-CNN = {"extractor": "digits-cnn", "extractor_weights_sha256": "aa11", "n_generated": 1000,
-       "reference_split": "test", "n_reference": 300, "reference_sha256": "bb22"}
-_CLOCK = itertools.count()   # creation order of the synthetic runs
+CNN = {
+    "extractor": "digits-cnn",
+    "extractor_weights_sha256": "aa11",
+    "n_generated": 1000,
+    "reference_split": "test",
+    "n_reference": 300,
+    "reference_sha256": "bb22",
+}
+_CLOCK = itertools.count()  # creation order of the synthetic runs
 
 
-def add(store, run_id, model="vae", family="vae", likelihood="elbo", dataset="digits", *,
-        bpd=None, fid=None, is_=None, ms=None, seed=0, lr=1e-3, sampler=None, proto=None,
-        extra=(), params=1000, status="finished"):
+def add(
+    store,
+    run_id,
+    model="vae",
+    family="vae",
+    likelihood="elbo",
+    dataset="digits",
+    *,
+    bpd=None,
+    fid=None,
+    is_=None,
+    ms=None,
+    seed=0,
+    lr=1e-3,
+    sampler=None,
+    proto=None,
+    extra=(),
+    params=1000,
+    status="finished",
+):
     """Record one synthetic run with the given metrics (None: not measured)."""
     sampler = sampler or {}
     sp = {**(proto or CNN), "sampler": sampler, "seed": 0}
@@ -37,19 +60,44 @@ def add(store, run_id, model="vae", family="vae", likelihood="elbo", dataset="di
         kind = {"exact": "exact", "ode": "estimate"}.get(likelihood, "bound")
         rows.append(Metric("bpd", bpd, kind, "test", 300, "bits/dim", {"likelihood": likelihood}))
     if fid is not None:
-        rows.append(Metric(f"fid@{sp['extractor']}", fid, "measured", "test",
-                           sp["n_generated"], "", sp))
+        rows.append(
+            Metric(f"fid@{sp['extractor']}", fid, "measured", "test", sp["n_generated"], "", sp)
+        )
     if is_ is not None:
-        rows.append(Metric(f"is@{sp['extractor']}", is_, "measured", "test",
-                           sp["n_generated"], "", sp))
+        rows.append(
+            Metric(f"is@{sp['extractor']}", is_, "measured", "test", sp["n_generated"], "", sp)
+        )
     if ms is not None:
-        rows.append(Metric("ms_per_image", ms, "measured", "samples", 32, "ms",
-                           {"sampler": sampler}))
-    config = {"seed": seed, "paths": {"run_dir": f"/r/{run_id}"}, "sampler": sampler,
-              "optimizer": {"lr": lr}, "trainer": {"max_steps": 100, "resume": "auto"}}
-    store.record(RunRecord(run_id, f"2026-01-01T{next(_CLOCK):06d}", model, family, likelihood,
-                           dataset, params, 100, 1600, 2.0, "cpu", status, f"/r/{run_id}",
-                           run_id, config), rows)
+        rows.append(
+            Metric("ms_per_image", ms, "measured", "samples", 32, "ms", {"sampler": sampler})
+        )
+    config = {
+        "seed": seed,
+        "paths": {"run_dir": f"/r/{run_id}"},
+        "sampler": sampler,
+        "optimizer": {"lr": lr},
+        "trainer": {"max_steps": 100, "resume": "auto"},
+    }
+    store.record(
+        RunRecord(
+            run_id,
+            f"2026-01-01T{next(_CLOCK):06d}",
+            model,
+            family,
+            likelihood,
+            dataset,
+            params,
+            100,
+            1600,
+            2.0,
+            "cpu",
+            status,
+            f"/r/{run_id}",
+            run_id,
+            config,
+        ),
+        rows,
+    )
 
 
 @pytest.fixture
@@ -67,11 +115,11 @@ def test_sort_direction_follows_the_metric(store):
     add(store, "c", "gan", "gan", "none", fid=20.0, is_=3.0, params=200)
     runs = store.runs()
     (sec,) = build_sections(runs, View(sort="fid"))
-    assert models(sec) == ["m2", "gan", "m1"]             # FID: lower first
+    assert models(sec) == ["m2", "gan", "m1"]  # FID: lower first
     (sec,) = build_sections(runs, View(sort="is"))
-    assert models(sec) == ["gan", "m1", "m2"]             # IS: higher first
+    assert models(sec) == ["gan", "m1", "m2"]  # IS: higher first
     (sec,) = build_sections(runs, View(sort="bpd"))
-    assert models(sec) == ["m2", "m1", "gan"]             # no likelihood: last, not first
+    assert models(sec) == ["m2", "m1", "gan"]  # no likelihood: last, not first
     (sec,) = build_sections(runs, View(sort="params"))
     assert models(sec) == ["m2", "gan", "m1"]
     (sec,) = build_sections(runs, View(sort="FID@digits-cnn"))  # column title with extractor
@@ -93,13 +141,13 @@ def test_best_keeps_one_run_per_model(store):
 def test_agg_merges_seeds_into_mean_and_sample_std(store):
     for seed, bpd in enumerate([2.0, 2.2, 2.4]):
         add(store, f"s{seed}", bpd=bpd, fid=10.0 + seed, seed=seed)
-    add(store, "other-lr", bpd=5.0, lr=1e-2)                      # another config: its own row
+    add(store, "other-lr", bpd=5.0, lr=1e-2)  # another config: its own row
     (sec,) = build_sections(store.runs(), View(agg=True))
     assert len(sec.rows) == 2
     merged = sec.rows[0]
     assert len(merged.runs) == 3
     assert math.isclose(merged.cells["bpd"].value, 2.2)
-    assert math.isclose(merged.cells["bpd"].std, 0.2)               # stdev of 2.0, 2.2, 2.4
+    assert math.isclose(merged.cells["bpd"].std, 0.2)  # stdev of 2.0, 2.2, 2.4
     assert merged.cells["bpd"].text() == "≤ 2.200 ± 0.200"
     assert merged.cells["fid@"].text() == "11.0 ± 1.000"
     (row, single) = table_rows([sec])
@@ -116,7 +164,7 @@ def test_references_are_listed_apart_and_can_be_hidden(store):
     refs = reference_runs({r["dataset"] for r in runs})
     secs = build_sections(runs, View(), refs)
     cifar = next(s for s in secs if s.dataset == "cifar10")
-    assert models(cifar) == ["pixelcnn"]                   # PixelCNN++ 2.92 is not ranked above
+    assert models(cifar) == ["pixelcnn"]  # PixelCNN++ 2.92 is not ranked above
     assert "PixelCNN++ (paper)" in [r.run["model"] for r in cifar.refs]
     assert all(not s.refs for s in secs if s.dataset == "digits")
     md = render(runs, "md", View(), refs)
@@ -132,8 +180,14 @@ def test_references_are_listed_apart_and_can_be_hidden(store):
 def test_sample_protocols_are_never_ranked_together(store):
     add(store, "small", "m1", fid=5.0, proto={**CNN, "n_generated": 1000})
     add(store, "big", "m2", fid=9.0, proto={**CNN, "n_generated": 5000})
-    add(store, "big2", "m3", fid=7.0, proto={**CNN, "n_generated": 5000},
-        sampler={"name": "ddim", "steps": 10})     # another sampler: same protocol
+    add(
+        store,
+        "big2",
+        "m3",
+        fid=7.0,
+        proto={**CNN, "n_generated": 5000},
+        sampler={"name": "ddim", "steps": 10},
+    )  # another sampler: same protocol
     add(store, "nofid", "m4", bpd=2.0)
     secs = build_sections(store.runs(), View(sort="fid"))
     assert [models(s) for s in secs] == [["m1"], ["m3", "m2"], ["m4"]]
@@ -159,11 +213,11 @@ def test_missing_values_never_read_zero(store):
     add(store, "ode", "ddpm", "diffusion", "ode", bpd=3.1)
     runs = store.runs()
     md = render(runs, "md")
-    assert "| ≈ 3.100 |" in md                            # an ODE estimate
+    assert "| ≈ 3.100 |" in md  # an ODE estimate
     gan = next(line for line in md.splitlines() if line.startswith("| dcgan"))
     vae = next(line for line in md.splitlines() if line.startswith("| vae"))
     assert "| n/a |" in gan and "| 0 |" not in gan and "0.000" not in gan
-    assert "| – |" in vae and "| 0 |" not in vae          # FID of the VAE: not measured
+    assert "| – |" in vae and "| 0 |" not in vae  # FID of the VAE: not measured
     rows = {r["model"]: r for r in json.loads(render(runs, "json"))}
     assert rows["vae"]["FID"] is None and rows["dcgan"]["bits/dim"] is None
     assert rows["vae"]["bits/dim"] == 2.5 and rows["vae"]["bits/dim kind"] == "bound"
@@ -173,10 +227,12 @@ def test_missing_values_never_read_zero(store):
 
 
 def test_toy_sections_show_toy_columns(store):
-    toy = [Metric("nll_gap", 0.5, "bound", "test", 100, "nats"),
-           Metric("modes_covered", 7.0, "measured", "samples", 64, "count", {"sampler": {}}),
-           Metric("modes_total", 8.0, "measured", "samples", 64, "count", {"sampler": {}}),
-           Metric("high_quality_share", 0.9, "measured", "samples", 64, "", {"sampler": {}})]
+    toy = [
+        Metric("nll_gap", 0.5, "bound", "test", 100, "nats"),
+        Metric("modes_covered", 7.0, "measured", "samples", 64, "count", {"sampler": {}}),
+        Metric("modes_total", 8.0, "measured", "samples", 64, "count", {"sampler": {}}),
+        Metric("high_quality_share", 0.9, "measured", "samples", 64, "", {"sampler": {}}),
+    ]
     add(store, "t", dataset="toy_8gaussians", bpd=5.0, extra=toy)
     add(store, "g", "dcgan", "gan", "none", dataset="toy_8gaussians", extra=toy[1:])
     (sec,) = build_sections(store.runs(), View())
@@ -184,22 +240,31 @@ def test_toy_sections_show_toy_columns(store):
     assert {"nll_gap", "modes", "HQ share"} <= set(titles) and not any("FID" in t for t in titles)
     md = render(store.runs(), "md")
     assert "| ≤ 0.500 | 7/8 | 0.900 |" in md
-    assert "| n/a | 7/8 | 0.900 |" in md           # a GAN has no NLL gap
+    assert "| n/a | 7/8 | 0.900 |" in md  # a GAN has no NLL gap
 
 
 def test_numbers_format_with_kind_and_nan_does_not_crash(capsys):
     assert fmt_number(2.5, "bound") == "≤ 2.500" and fmt_number(2.5, "estimate") == "≈ 2.500"
     assert fmt_number(None) == "–" and fmt_number(0.0) == "0.000"
     assert fmt_number(float("nan")) == "nan" and fmt_number(1234.5) == "1,234"
-    run = RunRecord("r", "t", "ddpm", "diffusion", "vlb", "toy", 1, 1, 1, 1.0, "cpu",
-                    "finished", "/r", "h")
+    run = RunRecord(
+        "r", "t", "ddpm", "diffusion", "vlb", "toy", 1, 1, 1, 1.0, "cpu", "finished", "/r", "h"
+    )
     print_metrics(run, [Metric("mode_kl", float("nan"))])
     assert "nan" in capsys.readouterr().out
 
 
 def test_rich_table_prints_brackets_and_published_block(store, capsys):
-    add(store, "d", "ddpm", "diffusion", "vlb", dataset="cifar10", bpd=3.9,
-        sampler={"name": "ddim", "steps": 10})
+    add(
+        store,
+        "d",
+        "ddpm",
+        "diffusion",
+        "vlb",
+        dataset="cifar10",
+        bpd=3.9,
+        sampler={"name": "ddim", "steps": 10},
+    )
     render(store.runs(), "table", View(), reference_runs({"cifar10"}))
     out = capsys.readouterr().out
     assert "ddpm [ddim steps=10]" in out and "PixelCNN++ (paper)" in out and "≤ 3.900" in out
@@ -210,14 +275,17 @@ def test_command_filters_sorts_and_writes_files(store, tmp_path, capsys):
     add(store, "b", "m2", fid=10.0)
     add(store, "c", "m3", dataset="mnist", bpd=1.2)
     out = tmp_path / "out"
-    cfg = compose_cfg("leaderboard", ["format=json", "dataset=digits", "sort=fid",
-                                      f"out={tmp_path / 'lb.json'}"], out)
+    cfg = compose_cfg(
+        "leaderboard",
+        ["format=json", "dataset=digits", "sort=fid", f"out={tmp_path / 'lb.json'}"],
+        out,
+    )
     leaderboard_command(cfg)
     rows = json.loads((tmp_path / "lb.json").read_text())
     assert [r["model"] for r in rows] == ["m2", "m1"]
     cfg = compose_cfg("leaderboard", ["format=md"], out)
     text = leaderboard_command(cfg)
-    assert "Glow (paper)" in text and "≤ 1.050" in text       # MNIST references
+    assert "Glow (paper)" in text and "≤ 1.050" in text  # MNIST references
     text = leaderboard_command(compose_cfg("leaderboard", ["format=md", "refs=false"], out))
     assert "(paper)" not in text
     with pytest.raises(ConfigError, match="best"):

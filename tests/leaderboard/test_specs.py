@@ -17,19 +17,50 @@ from genbench.leaderboard.sections import View, build_sections, columns
 
 #: the columns (title, key) leaderboards have always printed, left to right
 OLD_COLUMNS = [
-    ("model", "model"), ("family", "family"), ("likelihood", "likelihood"), ("bits/dim", "bpd"),
-    ("-ELBO bpd", "neg_elbo_bpd"), ("FID", "fid@"), ("IS", "is@"), ("KID", "kid@"),
-    ("precision", "precision@"), ("recall", "recall@"), ("nll_gap", "nll_gap"),
-    ("modes", "modes_covered"), ("HQ share", "high_quality_share"), ("ms/img", "ms_per_image"),
-    ("NFE", "nfe"), ("params", "params"), ("steps", "steps"), ("train s", "train_seconds"),
-    ("device", "device"), ("status", "status")]
+    ("model", "model"),
+    ("family", "family"),
+    ("likelihood", "likelihood"),
+    ("bits/dim", "bpd"),
+    ("-ELBO bpd", "neg_elbo_bpd"),
+    ("FID", "fid@"),
+    ("IS", "is@"),
+    ("KID", "kid@"),
+    ("precision", "precision@"),
+    ("recall", "recall@"),
+    ("nll_gap", "nll_gap"),
+    ("modes", "modes_covered"),
+    ("HQ share", "high_quality_share"),
+    ("ms/img", "ms_per_image"),
+    ("NFE", "nfe"),
+    ("params", "params"),
+    ("steps", "steps"),
+    ("train s", "train_seconds"),
+    ("device", "device"),
+    ("status", "status"),
+]
 #: stored names and the direction they have always been ranked in (True: lower is better)
 OLD_DIRECTIONS = {
-    "bpd": True, "nll": True, "neg_elbo": True, "neg_elbo_bpd": True, "fid@digits-cnn": True,
-    "kid@inception-v3": True, "kid_std@x": True, "is@x": False, "is_std@x": False,
-    "precision@x": False, "recall@x": False, "ms_per_image": True, "nfe": True, "nll_gap": True,
-    "bpd_ode": True, "nll_ode": True, "nfe_ode": True, "modes_covered": False,
-    "high_quality_share": False, "sample_ll": False}
+    "bpd": True,
+    "nll": True,
+    "neg_elbo": True,
+    "neg_elbo_bpd": True,
+    "fid@digits-cnn": True,
+    "kid@inception-v3": True,
+    "kid_std@x": True,
+    "is@x": False,
+    "is_std@x": False,
+    "precision@x": False,
+    "recall@x": False,
+    "ms_per_image": True,
+    "nfe": True,
+    "nll_gap": True,
+    "bpd_ode": True,
+    "nll_ode": True,
+    "nfe_ode": True,
+    "modes_covered": False,
+    "high_quality_share": False,
+    "sample_ll": False,
+}
 
 
 def test_stored_metrics_keep_their_columns_and_directions():
@@ -40,10 +71,10 @@ def test_stored_metrics_keep_their_columns_and_directions():
 def test_spec_lookup_reads_extractors_and_variants():
     assert metric_spec("fid@digits-cnn").name == "fid"
     assert metric_spec("bpd_ode").name == "bpd" and metric_spec("kid_std@x").name == "kid"
-    assert metric_spec("nll_gap").name == "nll_gap"   # its own spec, not nll's
+    assert metric_spec("nll_gap").name == "nll_gap"  # its own spec, not nll's
     assert metric_spec("prior_bpd") is None
     with pytest.raises(KeyError, match="'entropy' has no ranking direction"):
-        lower_is_better("entropy")   # declared, but describes the data: never ranked
+        lower_is_better("entropy")  # declared, but describes the data: never ranked
 
 
 def test_register_spec_refuses_clashes(monkeypatch):
@@ -60,24 +91,42 @@ def test_register_spec_refuses_clashes(monkeypatch):
 
 def run(run_id, model, value, fid):
     proto = {"extractor": "cnn", "n_generated": 100, "sampler": {}}
-    return {"run_id": run_id, "model": model, "family": "vae", "likelihood": "elbo",
-            "dataset": "digits", "params": 10, "steps": 1, "train_seconds": 1.0,
-            "device": "cpu", "status": "finished", "config": {},
-            "metrics": [Metric("fid@cnn", fid, "measured", "test", 100, "", proto).to_dict(),
-                        Metric("sharpness", value, "measured", "samples", 100, "",
-                               {"sampler": {}}).to_dict()]}
+    return {
+        "run_id": run_id,
+        "model": model,
+        "family": "vae",
+        "likelihood": "elbo",
+        "dataset": "digits",
+        "params": 10,
+        "steps": 1,
+        "train_seconds": 1.0,
+        "device": "cpu",
+        "status": "finished",
+        "config": {},
+        "metrics": [
+            Metric("fid@cnn", fid, "measured", "test", 100, "", proto).to_dict(),
+            Metric("sharpness", value, "measured", "samples", 100, "", {"sampler": {}}).to_dict(),
+        ],
+    }
 
 
 @pytest.mark.parametrize("lower", [True, False])
 def test_a_newly_declared_metric_is_shown_and_ranked_without_leaderboard_changes(
-        monkeypatch, lower):
+    monkeypatch, lower
+):
     monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
-    register_spec(MetricSpec(name="sharpness", lower_is_better=lower, label="sharp",
-                             column=Column(order=25, sections="image")))
+    register_spec(
+        MetricSpec(
+            name="sharpness",
+            lower_is_better=lower,
+            label="sharp",
+            column=Column(order=25, sections="image"),
+        )
+    )
     runs = [run("a", "m1", 0.5, 30.0), run("b", "m2", 0.9, 20.0), run("c", "m3", 0.1, 10.0)]
     (sec,) = build_sections(runs, View(sort="sharpness"))
     titles = [t for t, _ in sec.columns]
-    assert titles[titles.index("recall@cnn") + 1] == "sharp"   # order 25: after recall (24)
+    assert titles[titles.index("recall@cnn") + 1] == "sharp"  # order 25: after recall (24)
     order = ["m3", "m1", "m2"] if lower else ["m2", "m1", "m3"]
     assert [r.run["model"] for r in sec.rows] == order
     (by_title,) = build_sections(runs, View(sort="sharp"))
@@ -85,4 +134,5 @@ def test_a_newly_declared_metric_is_shown_and_ranked_without_leaderboard_changes
     best = "0.100" if lower else "0.900"
     assert f'<td class="best">{best}</td>' in section_html(sec)
     assert [r["sharp"] for r in json.loads(render(runs, "json", View(sort="sharp")))] == [
-        float(m) for m in ("0.1", "0.5", "0.9")][:: 1 if lower else -1]
+        float(m) for m in ("0.1", "0.5", "0.9")
+    ][:: 1 if lower else -1]

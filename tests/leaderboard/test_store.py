@@ -13,24 +13,42 @@ from genbench.leaderboard.report import render
 from genbench.leaderboard.store import RunRecord, Store, StoreError
 
 
-def record(run_id: str, model: str = "vae", likelihood: str = "elbo", bpd: float | None = 2.5
-           ) -> RunRecord:
-    return RunRecord(run_id=run_id, created="2026-01-01T00:00:00", model=model, family=model,
-                     likelihood=likelihood, dataset="digits", params=10, steps=5, images_seen=80,
-                     train_seconds=1.5, device="cpu", status="finished", run_dir=f"/r/{run_id}",
-                     config_hash="abc", config={"sampler": {}}, versions={"torch": "x"})
+def record(
+    run_id: str, model: str = "vae", likelihood: str = "elbo", bpd: float | None = 2.5
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        created="2026-01-01T00:00:00",
+        model=model,
+        family=model,
+        likelihood=likelihood,
+        dataset="digits",
+        params=10,
+        steps=5,
+        images_seen=80,
+        train_seconds=1.5,
+        device="cpu",
+        status="finished",
+        run_dir=f"/r/{run_id}",
+        config_hash="abc",
+        config={"sampler": {}},
+        versions={"torch": "x"},
+    )
 
 
 def test_round_trip_keeps_every_field(tmp_path):
     store = Store(tmp_path / "lb.sqlite")
-    rows = [Metric("bpd", 2.5, "bound", "test", 300, "bits/dim", {"seed": 0}),
-            Metric("fid@digits-cnn", 12.0, "measured", "test", 1000, "", {"extractor": "x"})]
+    rows = [
+        Metric("bpd", 2.5, "bound", "test", 300, "bits/dim", {"seed": 0}),
+        Metric("fid@digits-cnn", 12.0, "measured", "test", 1000, "", {"extractor": "x"}),
+    ]
     store.record(record("a"), rows)
     store.record(record("a"), rows[:1])  # re-recording a run replaces its rows
     (run,) = store.runs()
     assert run["run_id"] == "a" and run["params"] == 10 and run["config"] == {"sampler": {}}
     assert [(m["name"], m["value"], m["kind"], m["n"]) for m in run["metrics"]] == [
-        ("bpd", 2.5, "bound", 300)]
+        ("bpd", 2.5, "bound", 300)
+    ]
     assert store.finished_run("abc") == "/r/a" and store.finished_run("zzz") is None
 
 
@@ -92,8 +110,9 @@ def test_reader_meeting_a_store_mid_creation_reads_it_empty(tmp_path):
 
 def test_parallel_writers_lose_no_rows(tmp_path):
     path = str(tmp_path / "lb.sqlite")
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, path, str(w), "10"])
-             for w in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, path, str(w), "10"]) for w in range(4)
+    ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     runs = Store(path).runs()
     assert len(runs) == 40 and all(len(r["metrics"]) == 1 for r in runs)

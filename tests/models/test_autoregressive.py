@@ -41,16 +41,16 @@ def dependency(fn, u: torch.Tensor, groups: list[int], shape) -> torch.Tensor:
     u = u.clone().requires_grad_(True)
     out = fn(u)[0]
     g = torch.tensor(groups)
-    weights = torch.randn(out.shape[0], generator=torch.Generator().manual_seed(2),
-                          dtype=out.dtype)
+    weights = torch.randn(out.shape[0], generator=torch.Generator().manual_seed(2), dtype=out.dtype)
     pos = order(shape)
     dep = torch.zeros(c_ * h_ * w_, c_ * h_ * w_, dtype=out.dtype)
     for c in range(c_):
         for i in range(h_):
             for j in range(w_):
                 sel = g == c
-                (grad,) = torch.autograd.grad((weights[sel] * out[sel, i, j]).sum(), u,
-                                              retain_graph=True)
+                (grad,) = torch.autograd.grad(
+                    (weights[sel] * out[sel, i, j]).sum(), u, retain_graph=True
+                )
                 dep[pos[c, i, j], pos.flatten()] = grad[0, :c_].abs().flatten()
     return dep
 
@@ -63,10 +63,10 @@ def test_mask_a_and_b_at_the_anchor_and_around_it():
     a = causal_mask(in_groups, out_groups, (3, 3), "A", (1, 1))
     b = causal_mask(in_groups, out_groups, (3, 3), "B", (1, 1))
     # anchor tap, by hand: A reads strictly earlier channels (and the constant), B also its own
-    want_a = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1.]])
-    want_b = torch.tensor([[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1.]])
+    want_a = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1.0]])
+    want_b = torch.tensor([[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1], [1, 1, 1, 1.0]])
     assert torch.equal(a[:, :, 1, 1], want_a) and torch.equal(b[:, :, 1, 1], want_b)
-    spatial = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0.]])  # open before the anchor only
+    spatial = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0.0]])  # open before the anchor only
     for m in (a, b):
         off_anchor = m.clone()
         off_anchor[:, :, 1, 1] = 0
@@ -74,7 +74,7 @@ def test_mask_a_and_b_at_the_anchor_and_around_it():
     # a row kernel anchored at its last tap: the previous column open, the anchor masked
     row = causal_mask([0, 1], [0, 1], (1, 2), "B", (0, 1))
     assert torch.equal(row[:, :, 0, 0], torch.ones(2, 2))
-    assert torch.equal(row[:, :, 0, 1], torch.tensor([[1, 0], [1, 1.]]))
+    assert torch.equal(row[:, :, 0, 1], torch.tensor([[1, 0], [1, 1.0]]))
 
 
 def test_feature_groups_are_contiguous_and_cover_every_channel():
@@ -93,8 +93,9 @@ def test_masked_conv_at_equals_the_full_convolution(kernel, anchor):
     assert full.shape == (2, 4, 4, 5)
     for i in range(4):
         for j in range(5):
-            torch.testing.assert_close(conv.at(x, i, j), full[:, :, i:i + 1, j:j + 1],
-                                       rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                conv.at(x, i, j), full[:, :, i : i + 1, j : j + 1], rtol=0, atol=1e-12
+            )
 
 
 # ----------------------------------------------------------------------------- causality
@@ -134,7 +135,7 @@ def test_row_lstm_sees_its_triangle_of_context():
                 row = dep[pos[c, i, j]]
                 want = [pos[:c, i, j], pos[:, i, :j].flatten()]  # same pixel, left in the row
                 if i > 0:
-                    want.append(pos[:, i - 1, :j + 2].flatten())  # row above up to j + 1
+                    want.append(pos[:, i - 1, : j + 2].flatten())  # row above up to j + 1
                 want = torch.cat(want)
                 assert (row[want] > 0).all(), f"({c},{i},{j}) misses part of its context"
 
@@ -153,7 +154,7 @@ def test_nll_is_the_hand_summed_log_softmax(name):
         for c in range(2):
             for i in range(2):
                 for j in range(3):
-                    logits = raw[n, c * levels:(c + 1) * levels, i, j].tolist()
+                    logits = raw[n, c * levels : (c + 1) * levels, i, j].tolist()
                     lse = math.log(sum(math.exp(v) for v in logits))
                     want[n] += lse - logits[int(x[n, c, i, j])]
     nll = m.nll(x)
@@ -199,8 +200,9 @@ def test_incremental_features_equal_the_full_network(name, shape, levels):
             for j in range(shape[2]):
                 for _ in range(shape[0]):  # as in sampling: once per channel
                     step = m.pixel_features(u, state, i, j)
-                torch.testing.assert_close(step, full[:, :, i:i + 1, j:j + 1],
-                                           rtol=0, atol=1e-12)
+                torch.testing.assert_close(
+                    step, full[:, :, i : i + 1, j : j + 1], rtol=0, atol=1e-12
+                )
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -226,8 +228,7 @@ def test_cached_sampling_draws_what_the_full_network_draws(name):
     shape, levels = (2, 3, 4), 7
     m = tiny(name, shape, levels)
     fast = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8)
-    slow = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8,
-                    incremental=False)
+    slow = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8, incremental=False)
     assert torch.equal(fast.x, slow.x)
     assert fast.nfe.tolist() == slow.nfe.tolist() == [24.0] * 3  # D = 2 * 3 * 4
 
@@ -293,11 +294,12 @@ def test_configs_build_the_model_and_state_published_references(name):
     from hydra.utils import instantiate
 
     conf = files("genbench.conf")
-    model = instantiate(OmegaConf.load(conf / "model" / f"{name}.yaml"), shape=(2, 1, 1),
-                        levels=64)
+    model = instantiate(OmegaConf.load(conf / "model" / f"{name}.yaml"), shape=(2, 1, 1), levels=64)
     assert isinstance(model, MODELS[name])
     exp = OmegaConf.load(conf / "experiment" / f"{name}_mnist.yaml")
-    assert OmegaConf.to_container(exp.defaults) == [{"override /model": name},
-                                                    {"override /dataset": "mnist"}]
+    assert OmegaConf.to_container(exp.defaults) == [
+        {"override /model": name},
+        {"override /dataset": "mnist"},
+    ]
     assert {"dataset", "source"} <= set(exp.expected)
     assert {"max_steps", "batch_size"} <= set(exp.trainer) and "lr" in exp.optimizer

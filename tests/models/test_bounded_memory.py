@@ -116,8 +116,7 @@ def test_vae_training_terms_run_in_one_call(small_budget, monkeypatch):
 
 
 @pytest.mark.parametrize("decoder", ["categorical", "logistic"])
-def test_vae_samples_equal_unchunked_with_per_sample_generators(decoder, small_budget,
-                                                                monkeypatch):
+def test_vae_samples_equal_unchunked_with_per_sample_generators(decoder, small_budget, monkeypatch):
     torch.manual_seed(0)
     m = VAE((1, 8, 8), 17, hidden=8, latent=4, decoder=decoder).eval()
     with torch.inference_mode():
@@ -144,8 +143,9 @@ def test_autoregressive_nll_equals_one_shot(cls, small_budget, monkeypatch):
 
 def test_ddpm_bound_caps_rows_per_network_call(monkeypatch):
     torch.manual_seed(0)
-    m = DDPM((1, 4, 4), 9, ch=8, ch_mult=(1, 2), attn_resolutions=(), norm_groups=4,
-             timesteps=20).eval()
+    m = DDPM(
+        (1, 4, 4), 9, ch=8, ch_mult=(1, 2), attn_resolutions=(), norm_groups=4, timesteps=20
+    ).eval()
     x = torch.randint(0, 9, (12, 1, 4, 4))
     calls: list[int] = []
     net = m._net

@@ -20,8 +20,7 @@ UNET_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "
 def tiny(shape=(1, 8, 8), levels=17, **kw):
     """A small, non-trivial model: zero-initialized output layers re-drawn at random."""
     torch.manual_seed(0)
-    kw = {"timesteps": 20, "ch": 8, "ch_mult": (1, 2), "norm_groups": 4, "mlp_hidden": 32,
-          **kw}
+    kw = {"timesteps": 20, "ch": 8, "ch_mult": (1, 2), "norm_groups": 4, "mlp_hidden": 32, **kw}
     m = DDPM(shape, levels, **kw)
     with torch.no_grad():
         for p in m.parameters():
@@ -49,8 +48,10 @@ def test_cifar10_experiment_settings():
     assert dict(exp.expected) == {"fid": 3.17, "is": 9.46, "nll_bpd": 3.70, "fid_ddim_100": 4.16}
 
 
-@pytest.mark.parametrize("shape,levels,kind", [((1, 8, 8), 17, UNet), ((2, 1, 1), 64, MLPDenoiser),
-                                               ((1, 28, 28), 256, UNet)])
+@pytest.mark.parametrize(
+    "shape,levels,kind",
+    [((1, 8, 8), 17, UNet), ((2, 1, 1), 64, MLPDenoiser), ((1, 28, 28), 256, UNet)],
+)
 def test_default_yaml_instantiates_and_trains(shape, levels, kind):
     cfg = OmegaConf.load(CONF / "model" / "ddpm.yaml")
     m = instantiate(cfg, shape=shape, levels=levels)
@@ -69,9 +70,15 @@ def test_digits_default_size():
     assert m.sampler_defaults == {"name": "ddim", "steps": 50, "eta": 0.0}
 
 
-@pytest.mark.parametrize("opts", [{"name": "ancestral"}, {"name": "ddim", "steps": 5, "eta": 0.5},
-                                  {"name": "ode", "solver": "heun", "steps": 4},
-                                  {"name": "ode", "solver": "rk45", "rtol": 1e-3, "atol": 1e-3}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"name": "ancestral"},
+        {"name": "ddim", "steps": 5, "eta": 0.5},
+        {"name": "ode", "solver": "heun", "steps": 4},
+        {"name": "ode", "solver": "rk45", "rtol": 1e-3, "atol": 1e-3},
+    ],
+)
 def test_sample_is_per_sample_deterministic(opts):
     """Sample i is the same at batch sizes 1 and 3, and the same twice."""
     m = tiny()
@@ -95,13 +102,17 @@ def network_calls(m, **opts):
     return float(out.nfe[0]), len(calls)
 
 
-@pytest.mark.parametrize("opts,expected", [
-    ({}, 50),  # the constructor default: ancestral over all T
-    ({"name": "ddim", "steps": 10}, 10), ({"name": "ancestral", "steps": 25}, 25),
-    ({"name": "ode", "solver": "heun", "steps": 10}, 19),
-    ({"name": "ode", "solver": "euler", "steps": 10}, 10),
-    ({"name": "ode", "rtol": 1e-3, "atol": 1e-3}, None),  # rk45: whatever steps it took
-])
+@pytest.mark.parametrize(
+    "opts,expected",
+    [
+        ({}, 50),  # the constructor default: ancestral over all T
+        ({"name": "ddim", "steps": 10}, 10),
+        ({"name": "ancestral", "steps": 25}, 25),
+        ({"name": "ode", "solver": "heun", "steps": 10}, 19),
+        ({"name": "ode", "solver": "euler", "steps": 10}, 10),
+        ({"name": "ode", "rtol": 1e-3, "atol": 1e-3}, None),  # rk45: whatever steps it took
+    ],
+)
 def test_nfe_per_sampler_counts_the_network_calls(opts, expected):
     nfe, calls = network_calls(tiny(timesteps=50), **opts)
     assert nfe == calls and (expected is None and calls > 7 or nfe == expected), (nfe, calls)
@@ -159,7 +170,7 @@ def test_nll_is_a_deterministic_finite_bound():
 
 def test_declares_the_ode_likelihood_estimator():
     m = tiny(timesteps=50)
-    (name, est), = m.likelihood_estimators().items()
+    ((name, est),) = m.likelihood_estimators().items()
     assert name == "ode" and est.kind == "estimate" and est.fn == m.ode_likelihood
     x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -172,8 +183,7 @@ def test_ode_nll_on_the_model():
     x = torch.randint(0, 17, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         nll = m.ode_nll(x, generator=per_sample_generators(0, 0, 2), solver="heun", steps=5)
-        res = m.ode_likelihood(x, generator=per_sample_generators(0, 0, 2), solver="heun",
-                               steps=5)
+        res = m.ode_likelihood(x, generator=per_sample_generators(0, 0, 2), solver="heun", steps=5)
     assert nll.shape == (2,) and torch.isfinite(nll).all() and torch.allclose(nll, res.nll)
     assert res.settings["probes"] == 1 and res.settings["steps"] == 5
     assert bool((res.nfe == 8).all())
@@ -185,8 +195,9 @@ def test_v_prediction_and_cosine_schedule_models():
     assert torch.isfinite(m.training_losses(x, "main")["loss"]).all()
     with torch.inference_mode():
         assert torch.isfinite(m.nll(x)).all()
-    assert m.sample(2, generator=torch.Generator().manual_seed(0), name="ddim",
-                    steps=4).x.shape == (2, 1, 8, 8)
+    assert m.sample(
+        2, generator=torch.Generator().manual_seed(0), name="ddim", steps=4
+    ).x.shape == (2, 1, 8, 8)
 
 
 def test_state_dict_roundtrip_and_deepcopy():
@@ -202,14 +213,18 @@ def test_state_dict_roundtrip_and_deepcopy():
     g = per_sample_generators(1, 0, 2)
     with torch.inference_mode():
         assert torch.equal(m.nll(x), m2.nll(x))
-        assert torch.equal(m.sample(2, generator=g).x, copy.deepcopy(m).sample(
-            2, generator=per_sample_generators(1, 0, 2)).x)
+        assert torch.equal(
+            m.sample(2, generator=g).x,
+            copy.deepcopy(m).sample(2, generator=per_sample_generators(1, 0, 2)).x,
+        )
 
 
 def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "ddpm.yaml"),
-                          OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml").model,
-                          {"ch": 8, "ch_mult": [1], "attn_resolutions": [], "norm_groups": 4})
+    cfg = OmegaConf.merge(
+        OmegaConf.load(CONF / "model" / "ddpm.yaml"),
+        OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml").model,
+        {"ch": 8, "ch_mult": [1], "attn_resolutions": [], "norm_groups": 4},
+    )
     m = instantiate(cfg, shape=(3, 8, 8), levels=256)
     assert m.resolve_sampler() == {"name": "ancestral"} and m.process.T == 1000
     assert m.resolve_sampler(name="ddim", steps=100) == {"name": "ddim", "steps": 100}

@@ -30,8 +30,11 @@ def gaussian_eps_net(process, mu, cov):
 
 def log_normal(y, mu, cov):
     d = y - mu
-    return (-0.5 * (d @ torch.linalg.inv(cov) * d).sum(1) - 0.5 * torch.logdet(cov)
-            - math.log(2 * math.pi))
+    return (
+        -0.5 * (d @ torch.linalg.inv(cov) * d).sum(1)
+        - 0.5 * torch.logdet(cov)
+        - math.log(2 * math.pi)
+    )
 
 
 def flow_log_density(p, y, mu, cov):
@@ -63,8 +66,7 @@ def test_exact_score_gives_the_true_log_density():
     assert bool((nfe > 10).all())
     errors = []
     for steps in (50, 100):
-        got, nfe = ode_log_density(net, p, y.view(3, 2, 1, 1), probes=0, solver="heun",
-                                   steps=steps)
+        got, nfe = ode_log_density(net, p, y.view(3, 2, 1, 1), probes=0, solver="heun", steps=steps)
         assert bool((nfe == 2 * steps - 2).all())
         errors.append(float((got - model).abs().max()))
     assert errors[1] < 0.06 and errors[1] < errors[0] / 3, errors
@@ -78,8 +80,14 @@ def test_hutchinson_is_exact_for_diagonal_and_unbiased_otherwise():
     diag = torch.diag(torch.tensor([0.04, 0.09]))
     y = torch.tensor([[0.1, 0.0]]).view(1, 2, 1, 1)
     exact, _ = ode_log_density(gaussian_eps_net(p, MU, diag), p, y, probes=0, rtol=1e-6)
-    hutch, _ = ode_log_density(gaussian_eps_net(p, MU, diag), p, y, probes=2, rtol=1e-6,
-                               generator=torch.Generator().manual_seed(0))
+    hutch, _ = ode_log_density(
+        gaussian_eps_net(p, MU, diag),
+        p,
+        y,
+        probes=2,
+        rtol=1e-6,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(exact, hutch, atol=1e-6)
     net = gaussian_eps_net(p, MU, COV)
     n = 300
@@ -113,12 +121,17 @@ def test_dequantized_nll_matches_the_entropy_of_discrete_gaussian_data():
         lo[0], hi[-1] = 0.0, 1.0
         probs = torch.as_tensor(hi - lo)
         h -= float((probs * probs.clamp(min=1e-300).log()).sum())
-    res = ode_nll(net, p, x, K, generator=g, probes=1, rtol=1e-4, atol=1e-4,
-                  dtype=torch.float64)
+    res = ode_nll(net, p, x, K, generator=g, probes=1, rtol=1e-4, atol=1e-4, dtype=torch.float64)
     se = float(res.nll.std()) / math.sqrt(n)
     assert abs(float(res.nll.mean()) - h) < 3 * se + 0.02, (float(res.nll.mean()), h, se)
-    assert res.settings == {"estimator": "hutchinson-rademacher", "probes": 1, "solver": "rk45",
-                            "dequantization": "uniform", "rtol": 1e-4, "atol": 1e-4}
+    assert res.settings == {
+        "estimator": "hutchinson-rademacher",
+        "probes": 1,
+        "solver": "rk45",
+        "dequantization": "uniform",
+        "rtol": 1e-4,
+        "atol": 1e-4,
+    }
 
 
 def test_ode_nll_formula_and_per_sample_generators():
@@ -147,8 +160,9 @@ def test_ode_nll_works_under_inference_mode():
     net = gaussian_eps_net(p, MU, COV)
     x = torch.tensor([[3, 9]]).view(1, 2, 1, 1)
     with torch.inference_mode():
-        res = ode_nll(net, p, x, 17, generator=torch.Generator().manual_seed(0),
-                      solver="heun", steps=10)
+        res = ode_nll(
+            net, p, x, 17, generator=torch.Generator().manual_seed(0), solver="heun", steps=10
+        )
     assert torch.isfinite(res.nll).all() and res.settings["steps"] == 10
 
 
@@ -157,6 +171,13 @@ def test_ode_log_density_gradients_do_not_leak(probes):
     """The returned log-density carries no autograd graph (it is an evaluation quantity)."""
     p = GaussianDiffusion(linear_betas(100))
     y = torch.zeros(2, 2, 1, 1)
-    out, _ = ode_log_density(gaussian_eps_net(p, MU, COV), p, y, probes=probes, solver="euler",
-                             steps=5, generator=torch.Generator().manual_seed(0))
+    out, _ = ode_log_density(
+        gaussian_eps_net(p, MU, COV),
+        p,
+        y,
+        probes=probes,
+        solver="euler",
+        steps=5,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not out.requires_grad and out.shape == (2,)

@@ -16,7 +16,6 @@ from genbench.models.diffusion.process import (
 pytestmark = pytest.mark.usefixtures("float64")  # closed forms in float64
 
 
-
 def gaussian_eps_net(process, mu, s):
     """Exact E[ε | x_t] for x_0 ~ N(mu, diag s²): √(1-ᾱ)(x_t - √ᾱ μ) / (ᾱ s² + 1 - ᾱ)."""
     mu, s2 = torch.as_tensor(mu).view(1, -1, 1, 1), torch.as_tensor(s).view(1, -1, 1, 1) ** 2
@@ -44,8 +43,9 @@ def test_linear_schedule_matches_closed_form():
     p = GaussianDiffusion(linear_betas(1000))
     for t in (0, 1, 420, 999):
         beta = 1e-4 + t * (0.02 - 1e-4) / 999
-        ab = math.exp(math.fsum(math.log(1 - (1e-4 + s * (0.02 - 1e-4) / 999))
-                                for s in range(t + 1)))
+        ab = math.exp(
+            math.fsum(math.log(1 - (1e-4 + s * (0.02 - 1e-4) / 999)) for s in range(t + 1))
+        )
         assert float(p.betas[t]) == pytest.approx(beta, rel=1e-12)
         assert float(p.alphas_cumprod[t]) == pytest.approx(ab, rel=1e-10)
     assert float(p.alphas_cumprod[-1]) == pytest.approx(4.0358e-5, rel=1e-4)
@@ -72,9 +72,9 @@ def test_posterior_matches_gaussian_conditioning():
     for t in (1, 2, 420, 999):
         ab_prev, ab = float(p.alphas_cumprod[t - 1]), float(p.alphas_cumprod[t])
         alpha, beta = 1 - float(p.betas[t]), float(p.betas[t])
-        v1 = 1 - ab_prev                      # Var(x_{t-1} | x_0)
-        c = math.sqrt(alpha) * v1             # Cov(x_{t-1}, x_t | x_0)
-        v2 = alpha * v1 + beta                # Var(x_t | x_0)
+        v1 = 1 - ab_prev  # Var(x_{t-1} | x_0)
+        c = math.sqrt(alpha) * v1  # Cov(x_{t-1}, x_t | x_0)
+        v2 = alpha * v1 + beta  # Var(x_t | x_0)
         mean = math.sqrt(ab_prev) * 0.3 + c / v2 * (-0.7 - math.sqrt(ab) * 0.3)
         var = v1 - c * c / v2
         tt = torch.tensor([t])
@@ -112,16 +112,19 @@ def test_discretized_gaussian_is_a_distribution_and_matches_cdf_differences():
     K = 17
     levels = torch.linspace(-1, 1, K).view(K, 1)
     for mean, std in ((0.1, 0.05), (0.9, 0.3), (-3.0, 0.2), (5.0, 0.01), (0.03, 1e-3)):
-        logp = discretized_gaussian_log_likelihood(levels, torch.tensor(mean),
-                                                   torch.tensor(2 * math.log(std)), K)
+        logp = discretized_gaussian_log_likelihood(
+            levels, torch.tensor(mean), torch.tensor(2 * math.log(std)), K
+        )
         assert torch.isfinite(logp).all()
         assert float(torch.logsumexp(logp, 0)) == pytest.approx(0.0, abs=1e-10)
     # an interior bin far in the right tail (Φ(b) - Φ(a) underflows when computed naively)
     x, half = torch.tensor([0.5]), 1 / 16
-    logp = discretized_gaussian_log_likelihood(x, torch.tensor(0.0), torch.tensor(2 * math.log(
-        0.02)), K)
-    ref = norm.logsf((0.5 - half) / 0.02) + math.log1p(-math.exp(
-        norm.logsf((0.5 + half) / 0.02) - norm.logsf((0.5 - half) / 0.02)))
+    logp = discretized_gaussian_log_likelihood(
+        x, torch.tensor(0.0), torch.tensor(2 * math.log(0.02)), K
+    )
+    ref = norm.logsf((0.5 - half) / 0.02) + math.log1p(
+        -math.exp(norm.logsf((0.5 + half) / 0.02) - norm.logsf((0.5 - half) / 0.02))
+    )
     assert float(logp) == pytest.approx(ref, rel=1e-9)
 
 
@@ -154,8 +157,12 @@ def test_eps_and_v_prediction_are_consistent():
 def test_vlb_terms_finite_nonnegative_and_chunk_independent():
     p = GaussianDiffusion(linear_betas(200))
     K = 17
-    x0 = (torch.randint(0, K, (5, 1, 2, 2), generator=torch.Generator().manual_seed(0)) * 2.0
-          / (K - 1) - 1)
+    x0 = (
+        torch.randint(0, K, (5, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+        * 2.0
+        / (K - 1)
+        - 1
+    )
     net = gaussian_eps_net(p, [0.5], [0.1])  # a poor model for this data: large KL terms
     gens = [torch.Generator().manual_seed(i) for i in range(5)]
     a = p.vlb_terms(net, x0, K, generator=gens, max_batch=40)
@@ -200,8 +207,7 @@ def test_vlb_of_the_exact_model_matches_the_closed_form_gap(variance):
     errors (~0.06) + 0.01 nats; the gap itself is ≥ 0 (an honest bound) and < 0.6 nats/dim."""
     mu, s, K = torch.tensor([0.1, -0.2]), torch.tensor([0.15, 0.2]), 4097
     p = GaussianDiffusion(linear_betas(1000))
-    expected = sum(expected_gap_per_dim(p, float(si), float(mi), variance)
-                   for si, mi in zip(s, mu))
+    expected = sum(expected_gap_per_dim(p, float(si), float(mi), variance) for si, mi in zip(s, mu))
     assert 0 < expected < 1.2
     g = torch.Generator().manual_seed(3)
     n = 1500
@@ -212,8 +218,15 @@ def test_vlb_of_the_exact_model_matches_the_closed_form_gap(variance):
     lo = torch.where(k == 0, -math.inf, (x0.view(n, 2) - half - mu) / s)
     hi = torch.where(k == K - 1, math.inf, (x0.view(n, 2) + half - mu) / s)
     true_nll = -torch.log(torch.as_tensor(norm.cdf(hi.numpy()) - norm.cdf(lo.numpy()))).sum(1)
-    terms = p.vlb_terms(gaussian_eps_net(p, mu, s), x0, K, variance=variance, clip=False,
-                        generator=g, max_batch=100_000)
+    terms = p.vlb_terms(
+        gaussian_eps_net(p, mu, s),
+        x0,
+        K,
+        variance=variance,
+        clip=False,
+        generator=g,
+        max_batch=100_000,
+    )
     gap = terms["vlb"] - true_nll
     se = float(gap.std()) / math.sqrt(n)
     assert abs(float(gap.mean()) - expected) < 3 * se + 0.01, (float(gap.mean()), expected, se)

@@ -42,8 +42,9 @@ def dummy_net(process):
     exact = gaussian_eps_net(process)
 
     def net(x_t, t_net):
-        return exact(x_t, t_net) + 0.05 * torch.sin(3 * x_t) * (1 - t_net.view(-1, 1, 1, 1)
-                                                               / process.T)
+        return exact(x_t, t_net) + 0.05 * torch.sin(3 * x_t) * (
+            1 - t_net.view(-1, 1, 1, 1) / process.T
+        )
 
     return net
 
@@ -80,8 +81,8 @@ def ancestral_moments(p, mu, s):
     m, v = 0.0, 1.0
     for t in reversed(range(p.T)):
         ab, c1, c2 = (float(p.alphas_cumprod[t]), float(p.coef1[t]), float(p.coef2[t]))
-        k = (1 - ab) / (ab * s * s + 1 - ab)                 # ε̂ = √(1-ᾱ) k (x_t - √ᾱ μ) / (1-ᾱ)
-        a = c1 * (1 - k) / math.sqrt(ab) + c2                # x̂_0 = x_t (1 - k)/√ᾱ + k μ
+        k = (1 - ab) / (ab * s * s + 1 - ab)  # ε̂ = √(1-ᾱ) k (x_t - √ᾱ μ) / (1-ᾱ)
+        a = c1 * (1 - k) / math.sqrt(ab) + c2  # x̂_0 = x_t (1 - k)/√ᾱ + k μ
         m, v = a * m + c1 * k * mu, a * a * v + (float(p.posterior_variance[t]) if t else 0.0)
     return m, v
 
@@ -148,11 +149,13 @@ def test_rk45_per_row_steps_are_batch_independent():
     y1, nfe = integrate_rk45(f, y0, 0.0, 1.0, rtol=1e-8, atol=1e-8)
     assert torch.allclose(y1, torch.exp(-k)[:, None].expand(3, 2), atol=1e-6)
     assert nfe[0] < nfe[1] < nfe[2]
-    y_alone, nfe_alone = integrate_rk45(lambda s, y, rows: f(s, y, rows + 2), y0[2:], 0.0, 1.0,
-                                        rtol=1e-8, atol=1e-8)
+    y_alone, nfe_alone = integrate_rk45(
+        lambda s, y, rows: f(s, y, rows + 2), y0[2:], 0.0, 1.0, rtol=1e-8, atol=1e-8
+    )
     assert torch.equal(y_alone, y1[2:]) and float(nfe_alone) == float(nfe[2])
-    y_back, _ = integrate_rk45(f, torch.exp(-k)[:, None].expand(3, 2), 1.0, 0.0, rtol=1e-8,
-                               atol=1e-12)  # backwards in time
+    y_back, _ = integrate_rk45(
+        f, torch.exp(-k)[:, None].expand(3, 2), 1.0, 0.0, rtol=1e-8, atol=1e-12
+    )  # backwards in time
     assert torch.allclose(y_back, y0, rtol=1e-6)
 
 

@@ -48,15 +48,23 @@ def autograd_logdet(fn, h: torch.Tensor) -> torch.Tensor:
 
 
 LAYERS = {
-    "coupling-checkerboard-tanh": (lambda: AffineCoupling((2, 4, 4), "checkerboard", 0, **TINY),
-                                   (2, 4, 4)),
+    "coupling-checkerboard-tanh": (
+        lambda: AffineCoupling((2, 4, 4), "checkerboard", 0, **TINY),
+        (2, 4, 4),
+    ),
     "coupling-checkerboard-odd-sigmoid": (
-        lambda: AffineCoupling((1, 3, 3), "checkerboard", 1, scale="sigmoid", **TINY), (1, 3, 3)),
+        lambda: AffineCoupling((1, 3, 3), "checkerboard", 1, scale="sigmoid", **TINY),
+        (1, 3, 3),
+    ),
     "coupling-channel-tanh": (lambda: AffineCoupling((4, 2, 2), "channel", 0, **TINY), (4, 2, 2)),
-    "coupling-channel-odd-parity1": (lambda: AffineCoupling((3, 2, 2), "channel", 1, **TINY),
-                                     (3, 2, 2)),
+    "coupling-channel-odd-parity1": (
+        lambda: AffineCoupling((3, 2, 2), "channel", 1, **TINY),
+        (3, 2, 2),
+    ),
     "coupling-channel-mlp-sigmoid": (
-        lambda: AffineCoupling((2, 1, 1), "channel", 1, scale="sigmoid", **TINY), (2, 1, 1)),
+        lambda: AffineCoupling((2, 1, 1), "channel", 1, scale="sigmoid", **TINY),
+        (2, 1, 1),
+    ),
     "actnorm": (lambda: ActNorm(3), (3, 2, 2)),
     "invconv-lu": (lambda: InvConv1x1(4), (4, 2, 2)),
     "squeeze": (lambda: Squeeze(), (2, 4, 2)),
@@ -124,14 +132,25 @@ def test_actnorm_does_not_initialize_in_eval_mode():
 def build(kind: str, shape=(1, 4, 4), levels: int = 16, **kw):
     torch.manual_seed(0)
     if kind == "realnvp":
-        kw = {"checker_couplings": 2, "channel_couplings": 2, "final_couplings": 2,
-              "flat_couplings": 2, **TINY, **kw}
+        kw = {
+            "checker_couplings": 2,
+            "channel_couplings": 2,
+            "final_couplings": 2,
+            "flat_couplings": 2,
+            **TINY,
+            **kw,
+        }
         return RealNVP(shape, levels, **kw)
     return Glow(shape, levels, **{"steps": 2, **TINY, **kw})
 
 
-MODELS = [("realnvp", (1, 4, 4)), ("realnvp", (2, 1, 1)), ("glow", (1, 4, 4)), ("glow", (2, 1, 1)),
-          ("glow", (1, 3, 3))]
+MODELS = [
+    ("realnvp", (1, 4, 4)),
+    ("realnvp", (2, 1, 1)),
+    ("glow", (1, 4, 4)),
+    ("glow", (2, 1, 1)),
+    ("glow", (1, 3, 3)),
+]
 
 
 @pytest.mark.parametrize("kind,shape", MODELS)
@@ -211,8 +230,7 @@ def test_sample_shape_range_and_per_sample_determinism(kind):
     with torch.inference_mode():
         out = model.sample(3, generator=per_sample_generators(11, 0, 3))
         b = model.sample(3, generator=per_sample_generators(11, 0, 3)).x
-        singles = [model.sample(1, generator=per_sample_generators(11, i, 1)).x
-                   for i in range(3)]
+        singles = [model.sample(1, generator=per_sample_generators(11, i, 1)).x for i in range(3)]
     a = out.x
     assert a.shape == (3, 1, 4, 4) and a.dtype == torch.int64
     assert int(a.min()) >= 0 and int(a.max()) <= 15
@@ -259,8 +277,9 @@ def test_state_dict_and_deepcopy_keep_the_actnorm_init(kind):
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
-@pytest.mark.parametrize("shape,levels", [((2, 1, 1), 64), ((1, 8, 8), 17), ((1, 28, 28), 256),
-                                          ((3, 32, 32), 256)])
+@pytest.mark.parametrize(
+    "shape,levels", [((2, 1, 1), 64), ((1, 8, 8), 17), ((1, 28, 28), 256), ((3, 32, 32), 256)]
+)
 def test_builds_and_runs_on_every_benchmark_shape(kind, shape, levels):
     torch.manual_seed(0)
     cls = RealNVP if kind == "realnvp" else Glow

@@ -29,8 +29,13 @@ from genbench.nn.random import per_sample_generators
 torch.set_num_threads(1)
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TINY = dict(z_dim=8, g_width=4, d_width=4, hidden=16, depth=2)
-MODELS = [(DCGAN, {}), (WGANGP, {}), (WGANGP, {"arch": "resnet"}), (SNGAN, {}),
-          (SNGAN, {"arch": "resnet"})]
+MODELS = [
+    (DCGAN, {}),
+    (WGANGP, {}),
+    (WGANGP, {"arch": "resnet"}),
+    (SNGAN, {}),
+    (SNGAN, {"arch": "resnet"}),
+]
 IDS = ["dcgan", "wgan_gp", "wgan_gp-resnet", "sngan", "sngan-resnet"]
 SHAPES = [((2, 1, 1), 64), ((1, 8, 8), 17)]
 
@@ -56,8 +61,9 @@ def same(a, b):
 @pytest.mark.parametrize("cls,extra", MODELS, ids=IDS)
 def test_step_changes_only_its_phase(cls, extra, shape, levels):
     model = make(cls, extra, shape, levels).train()
-    opts = {ph.name: torch.optim.Adam(model.parameters_for(ph.name), lr=1e-2)
-            for ph in model.phases}
+    opts = {
+        ph.name: torch.optim.Adam(model.parameters_for(ph.name), lr=1e-2) for ph in model.phases
+    }
     other = {"d": "g", "g": "d"}
     for phase in ("d", "g", "d"):
         own = snapshot(model.parameters_for(phase))
@@ -86,10 +92,17 @@ def test_losses_keys_and_shapes(cls, extra):
 
 
 def test_phases_parameters_and_metadata():
-    model = WGANGP((1, 8, 8), 17, **TINY, d_optimizer={"lr": 1e-4, "betas": [0.0, 0.9]},
-                   g_optimizer={"lr": 1e-4, "betas": [0.0, 0.9]})
-    assert model.phases == (Phase("d", 5, {"lr": 1e-4, "betas": (0.0, 0.9)}),
-                            Phase("g", 1, {"lr": 1e-4, "betas": (0.0, 0.9)}))
+    model = WGANGP(
+        (1, 8, 8),
+        17,
+        **TINY,
+        d_optimizer={"lr": 1e-4, "betas": [0.0, 0.9]},
+        g_optimizer={"lr": 1e-4, "betas": [0.0, 0.9]},
+    )
+    assert model.phases == (
+        Phase("d", 5, {"lr": 1e-4, "betas": (0.0, 0.9)}),
+        Phase("g", 1, {"lr": 1e-4, "betas": (0.0, 0.9)}),
+    )
     d_ids = {id(p) for p in model.parameters_for("d")}
     g_ids = {id(p) for p in model.parameters_for("g")}
     assert not d_ids & g_ids and d_ids | g_ids == {id(p) for p in model.parameters()}
@@ -100,18 +113,26 @@ def test_phases_parameters_and_metadata():
 
 def test_loss_functions_match_hand_values():
     real, fake = torch.tensor([0.0, 2.0, 0.5]), torch.tensor([0.0, -1.0, -0.25])
-    ns = torch.tensor([2 * math.log(2), math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)),
-                       math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-0.25))])
+    ns = torch.tensor(
+        [
+            2 * math.log(2),
+            math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)),
+            math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-0.25)),
+        ]
+    )
     torch.testing.assert_close(L.d_nonsaturating(real, fake), ns)
-    torch.testing.assert_close(L.g_nonsaturating(fake), torch.tensor(
-        [math.log(2), math.log1p(math.e), math.log1p(math.exp(0.25))]))
+    torch.testing.assert_close(
+        L.g_nonsaturating(fake),
+        torch.tensor([math.log(2), math.log1p(math.e), math.log1p(math.exp(0.25))]),
+    )
     torch.testing.assert_close(L.d_hinge(real, fake), torch.tensor([2.0, 0.0, 1.25]))
     torch.testing.assert_close(L.g_hinge(fake), torch.tensor([0.0, 1.0, 0.25]))
     torch.testing.assert_close(L.d_wasserstein(real, fake), torch.tensor([0.0, -3.0, -0.75]))
     torch.testing.assert_close(L.g_wasserstein(fake), -fake)
     x, y = torch.ones(2, 3), torch.zeros(2, 3)
-    torch.testing.assert_close(L.interpolate(x, y, torch.tensor([0.25, 1.0])),
-                               torch.tensor([[0.25] * 3, [1.0] * 3]))
+    torch.testing.assert_close(
+        L.interpolate(x, y, torch.tensor([0.25, 1.0])), torch.tensor([[0.25] * 3, [1.0] * 3])
+    )
 
 
 def test_gradient_penalty_of_linear_critic_is_closed_form():
@@ -138,12 +159,14 @@ def test_gradient_penalty_is_per_example():
     torch.testing.assert_close(gp, torch.tensor([2.0, 0.0, 32.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("extra", [{}, {"arch": "resnet"}, {"arch": "mlp"}],
-                         ids=["conv", "resnet", "mlp"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"arch": "resnet"}, {"arch": "mlp"}], ids=["conv", "resnet", "mlp"]
+)
 def test_spectral_norm_on_every_discriminator_layer(extra):
     model = make(SNGAN, extra).train()
-    layers = [m for m in model.discriminator.modules()
-              if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    layers = [
+        m for m in model.discriminator.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+    ]
     assert layers and all(hasattr(m, "parametrizations") for m in layers)
     for _ in range(10):  # power iterations run in training forward passes
         model.training_losses(batch((1, 8, 8), 17), "d")
@@ -245,8 +268,10 @@ def test_short_toy_training_makes_progress():
     torch.manual_seed(0)
     opt = {"lr": 1e-3, "betas": (0.5, 0.999)}
     model = DCGAN((2, 1, 1), 64, z_dim=8, hidden=64, depth=2, d_optimizer=opt, g_optimizer=opt)
-    optims = {ph.name: torch.optim.Adam(model.parameters_for(ph.name), **ph.optimizer)
-              for ph in model.phases}
+    optims = {
+        ph.name: torch.optim.Adam(model.parameters_for(ph.name), **ph.optimizer)
+        for ph in model.phases
+    }
     gens = per_sample_generators(seed=1, start=0, n=1000)
 
     def score():
@@ -269,8 +294,10 @@ def test_short_toy_training_makes_progress():
     assert modes1["modes_covered"] >= 2
 
 
-@pytest.mark.parametrize("name,expected", [("sngan_cifar10", {"is": 8.22, "fid": 21.7}),
-                                           ("wgan_gp_cifar10", {"is": 7.86})])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("sngan_cifar10", {"is": 8.22, "fid": 21.7}), ("wgan_gp_cifar10", {"is": 7.86})],
+)
 def test_paper_experiments_compose(name, expected):
     from hydra import compose, initialize_config_dir
 

@@ -64,14 +64,30 @@ print(reads)
 
 
 def _spawn(code: str, *args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-_SEED = RunRecord(run_id="seed", created="2025-01-01T00:00:00", model="vae", family="vae",
-                  likelihood="elbo", dataset="digits", params=-1, steps=-1, images_seen=0,
-                  train_seconds=0.0, device="cpu", status="finished", run_dir="/runs/seed",
-                  config_hash="seed")
+_SEED = RunRecord(
+    run_id="seed",
+    created="2025-01-01T00:00:00",
+    model="vae",
+    family="vae",
+    likelihood="elbo",
+    dataset="digits",
+    params=-1,
+    steps=-1,
+    images_seen=0,
+    train_seconds=0.0,
+    device="cpu",
+    status="finished",
+    run_dir="/runs/seed",
+    config_hash="seed",
+)
 _SEED_METRICS = [Metric(f"m{k}", float(k)) for k in range(METRICS_PER_RUN)]
 
 
@@ -96,8 +112,9 @@ def _check_store(path: Path, extra: int) -> None:
     """Exactly the 200 worker runs (plus ``extra`` others), each complete and intact."""
     runs = [r for r in Store(path).runs() if r["run_id"] != "seed"]
     assert len(runs) == WORKERS * RUNS_PER_WORKER
-    assert {r["run_id"] for r in runs} == {f"w{w}/r{i}" for w in range(WORKERS)
-                                           for i in range(RUNS_PER_WORKER)}
+    assert {r["run_id"] for r in runs} == {
+        f"w{w}/r{i}" for w in range(WORKERS) for i in range(RUNS_PER_WORKER)
+    }
     for r in runs:
         w, i = r["params"], r["steps"]
         assert r["config"] == {"seed": i, "worker": w} and r["run_id"] == f"w{w}/r{i}"
@@ -106,7 +123,8 @@ def _check_store(path: Path, extra: int) -> None:
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert con.execute("SELECT count(*) FROM metrics").fetchone() == (
-        (WORKERS * RUNS_PER_WORKER + extra) * METRICS_PER_RUN,)
+        (WORKERS * RUNS_PER_WORKER + extra) * METRICS_PER_RUN,
+    )
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -131,8 +149,16 @@ def test_a_fresh_leaderboard_under_parallel_writers_and_a_reader(tmp_path):
 @pytest.mark.slow
 def test_joblib_sweep_records_each_job_once(tmp_path):
     out = tmp_path / "out"
-    args = ("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke",
-            "eval.sample_metrics=false", "seed=0,1,2,3", f"paths.outputs={out}")
+    args = (
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=smoke",
+        "eval.sample_metrics=false",
+        "seed=0,1,2,3",
+        f"paths.outputs={out}",
+    )
     proc = run_cli(*args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = Store(out / "leaderboard.sqlite").runs()

@@ -22,8 +22,11 @@ def small_fs(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
     # a smoke VAE's last.pt is ~1.5 MB: the first one fits, a second beside it does not
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
     yield mnt
@@ -37,8 +40,14 @@ def _files(root: Path) -> dict[str, int]:
 def test_training_on_a_full_filesystem(small_fs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = small_fs / "out"
-    argv = ["train", *SMOKE, "trainer.max_steps=6", "trainer.ckpt_every=2",
-            f"paths.outputs={out}", f"hydra.run.dir={out / 'run'}"]
+    argv = [
+        "train",
+        *SMOKE,
+        "trainer.max_steps=6",
+        "trainer.ckpt_every=2",
+        f"paths.outputs={out}",
+        f"hydra.run.dir={out / 'run'}",
+    ]
     code, text = invoke(argv, capsys)
     assert code == 2 and "Traceback" not in text, text[-3000:]
     assert "No space left on device" in text, text[-3000:]

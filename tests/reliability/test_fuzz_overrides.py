@@ -66,14 +66,28 @@ def _show(value: object) -> str:
 
 
 words = st.text(string.ascii_letters + "_-", min_size=1, max_size=10).filter(
-    lambda s: s.lower() not in KEYWORDS)
+    lambda s: s.lower() not in KEYWORDS
+)
 non_finite = st.sampled_from(["nan", "inf", "-inf", "1e400", "-1e400", "NaN", "INF"])
 fractions = st.floats(-1e6, 1e6, allow_nan=False).filter(lambda x: x != int(x)).map(_show)
 negatives = st.integers(max_value=-1).map(str)
-wrong_types = st.sampled_from(["[1,2]", "[]", "{a:1}", "{}", "''", "true", "false",
-                               "'${oc.env:HOME}'", "[[1]]", "[null]"])
-path_tricks = st.sampled_from(["../../etc/passwd", "/dev/null", "/dev/zero", "/proc/self/mem",
-                               "..", "/", "~root", "'a b'", "$HOME", "/nonexistent/x.pt"])
+wrong_types = st.sampled_from(
+    ["[1,2]", "[]", "{a:1}", "{}", "''", "true", "false", "'${oc.env:HOME}'", "[[1]]", "[null]"]
+)
+path_tricks = st.sampled_from(
+    [
+        "../../etc/passwd",
+        "/dev/null",
+        "/dev/zero",
+        "/proc/self/mem",
+        "..",
+        "/",
+        "~root",
+        "'a b'",
+        "$HOME",
+        "/nonexistent/x.pt",
+    ]
+)
 
 
 def counts(minimum: int, bound: int | None = None) -> st.SearchStrategy[str]:
@@ -84,29 +98,41 @@ def counts(minimum: int, bound: int | None = None) -> st.SearchStrategy[str]:
     return st.one_of(bad)
 
 
-def numbers(low: float, high: float | None = None, open_low: bool = False
-            ) -> st.SearchStrategy[str]:
+def numbers(
+    low: float, high: float | None = None, open_low: bool = False
+) -> st.SearchStrategy[str]:
     """Invalid for a finite number in ``[low, high]`` (``(low, high]`` when ``open_low``)."""
-    below = st.floats(max_value=low, exclude_max=not open_low, allow_nan=False,
-                      allow_infinity=False).map(_show)
+    below = st.floats(
+        max_value=low, exclude_max=not open_low, allow_nan=False, allow_infinity=False
+    ).map(_show)
     bad = [words, non_finite, wrong_types, below]
     if high is not None:
-        bad.append(st.floats(min_value=high, exclude_min=True, allow_nan=False,
-                             allow_infinity=False).map(_show))
+        bad.append(
+            st.floats(min_value=high, exclude_min=True, allow_nan=False, allow_infinity=False).map(
+                _show
+            )
+        )
     return st.one_of(bad)
 
 
 def choices(*valid: str) -> st.SearchStrategy[str]:
-    return st.one_of(words.filter(lambda s: s not in valid), path_tricks, negatives,
-                     non_finite, st.sampled_from(["[1,2]", "{a:1}", "''", "true"]))
+    return st.one_of(
+        words.filter(lambda s: s not in valid),
+        path_tricks,
+        negatives,
+        non_finite,
+        st.sampled_from(["[1,2]", "{a:1}", "''", "true"]),
+    )
 
 
 bools = st.one_of(words, st.sampled_from(["0", "1", "2.5", "[]", "{}", "''", "nan", "yes"]))
 
 #: key -> hostile values, for ``genbench train`` (model=vae unless the key needs another)
 TRAIN_KEYS: dict[str, st.SearchStrategy[str]] = {
-    **{f"trainer.{k}": counts(1) for k in ("max_steps", "eval_every", "ckpt_every",
-                                           "log_every", "val_examples")},
+    **{
+        f"trainer.{k}": counts(1)
+        for k in ("max_steps", "eval_every", "ckpt_every", "log_every", "val_examples")
+    },
     "trainer.batch_size": counts(1, bound=1347),  # digits' training split: 1,347 images
     "trainer.warmup_steps": counts(0),
     "trainer.grad_clip": numbers(0),
@@ -122,17 +148,23 @@ TRAIN_KEYS: dict[str, st.SearchStrategy[str]] = {
     "eval.nll_examples": counts(1).filter(lambda v: v != "null"),
     "eval.extractor": choices("auto", "inception-v3", "domain"),
     "eval.reference_split": choices("train", "val", "test"),
-    "eval.metrics": st.one_of(words.map(lambda w: f"[fid,{w}]"), st.sampled_from(
-        ["fid", "[[fid]]", "[1]", "{a:1}", "[fid,null]"])),
-    "eval.sampler_sweep": st.one_of(words.map(lambda w: f"[10,{w}]"), st.sampled_from(
-        ["5", "[0]", "[-3]", "[1.5]", "[[10]]", "{a:1}", "[nan]"])),
+    "eval.metrics": st.one_of(
+        words.map(lambda w: f"[fid,{w}]"),
+        st.sampled_from(["fid", "[[fid]]", "[1]", "{a:1}", "[fid,null]"]),
+    ),
+    "eval.sampler_sweep": st.one_of(
+        words.map(lambda w: f"[10,{w}]"),
+        st.sampled_from(["5", "[0]", "[-3]", "[1.5]", "[[10]]", "{a:1}", "[nan]"]),
+    ),
     **{f"eval.{k}": bools for k in ("nll", "sample_metrics")},
     "eval.inception_weights": path_tricks,
-    "eval.estimators": st.one_of(words, st.sampled_from(
-        ["[1]", "[[ode]]", "{a:1}", "['a b']", "[null]", "5", "['']"])),
+    "eval.estimators": st.one_of(
+        words, st.sampled_from(["[1]", "[[ode]]", "{a:1}", "['a b']", "[null]", "5", "['']"])
+    ),
     "eval.estimator_examples": counts(1),
-    "eval.estimator_options": st.one_of(words, st.sampled_from(["5", "[1]", "{ode:5}",
-                                                                "{ode:[1]}"])),
+    "eval.estimator_options": st.one_of(
+        words, st.sampled_from(["5", "[1]", "{ode:5}", "{ode:[1]}"])
+    ),
     "device.precision": choices("fp32", "bf16", "fp16"),
     "device.name": choices("auto", "cpu", "cuda"),
     "device.compile": bools,
@@ -172,39 +204,78 @@ identifiers = st.text(string.ascii_lowercase + "_", min_size=1, max_size=8)
 @st.composite
 def train_case(draw) -> tuple[list[str], list[str]]:
     """(overrides, keys at fault) for one hostile ``train`` command."""
-    kind = draw(st.sampled_from(["value", "sampler", "ode", "estimator", "added", "group",
-                                 "target"]))
+    kind = draw(
+        st.sampled_from(["value", "sampler", "ode", "estimator", "added", "group", "target"])
+    )
     if kind == "estimator":
         opt = draw(st.sampled_from(sorted(ESTIMATOR_KEYS)))
         more = ", solver: heun" if opt == "steps" else ""  # rk45 does not read steps
-        return ["model=ddpm", "eval.estimators=[ode]",
-                f"eval.estimator_options={{ode: {{{opt}: {draw(ESTIMATOR_KEYS[opt])}{more}}}}}"], \
-            [f"eval.estimator_options.ode.{opt}"]
+        return [
+            "model=ddpm",
+            "eval.estimators=[ode]",
+            f"eval.estimator_options={{ode: {{{opt}: {draw(ESTIMATOR_KEYS[opt])}{more}}}}}",
+        ], [f"eval.estimator_options.ode.{opt}"]
     if kind == "value":
-        keys = draw(st.lists(st.sampled_from(sorted(TRAIN_KEYS)), min_size=1, max_size=3,
-                             unique=True))
+        keys = draw(
+            st.lists(st.sampled_from(sorted(TRAIN_KEYS)), min_size=1, max_size=3, unique=True)
+        )
         return [f"{k}={draw(TRAIN_KEYS[k])}" for k in keys], keys
     if kind == "sampler":
         model, key = draw(st.sampled_from(sorted(SAMPLER_KEYS)))
-        return [f"model={model}", f"{key}={draw(SAMPLER_KEYS[(model, key)])}"], \
-            [key.lstrip("+")]
+        return [f"model={model}", f"{key}={draw(SAMPLER_KEYS[(model, key)])}"], [key.lstrip("+")]
     if kind == "ode":
         key = draw(st.sampled_from(sorted(ODE_KEYS)))
         return ["model=ddpm", "sampler=ode", f"{key}={draw(ODE_KEYS[key])}"], [key]
     if kind == "added":
-        where = draw(st.sampled_from(["trainer", "eval", "device", "model", "dataset",
-                                      "optimizer", "sampler", "paths", ""]))
+        where = draw(
+            st.sampled_from(
+                [
+                    "trainer",
+                    "eval",
+                    "device",
+                    "model",
+                    "dataset",
+                    "optimizer",
+                    "sampler",
+                    "paths",
+                    "",
+                ]
+            )
+        )
         name = draw(identifiers)
         key = f"{where}.x{name}" if where else f"x{name}"
         return [f"+{key}={draw(st.one_of(st.integers().map(str), words))}"], [key]
     if kind == "group":
         group = draw(st.sampled_from(GROUPS))
-        trick = draw(st.sampled_from(["../dataset/digits", "./vae", "..", "/etc/passwd",
-                                      "vae/../ddpm", "../../../../tmp", "/", "a//b"]))
+        trick = draw(
+            st.sampled_from(
+                [
+                    "../dataset/digits",
+                    "./vae",
+                    "..",
+                    "/etc/passwd",
+                    "vae/../ddpm",
+                    "../../../../tmp",
+                    "/",
+                    "a//b",
+                ]
+            )
+        )
         return [f"{group}={trick}"], [group]
-    target = draw(st.sampled_from(["os.system", "builtins.eval", "subprocess.Popen",
-                                   "genbench.rundir.Path.touch", "genbench.data.bundled.digits",
-                                   "torch.load", "no_such_module.Model", "genbench.nope"]))
+    target = draw(
+        st.sampled_from(
+            [
+                "os.system",
+                "builtins.eval",
+                "subprocess.Popen",
+                "genbench.rundir.Path.touch",
+                "genbench.data.bundled.digits",
+                "torch.load",
+                "no_such_module.Model",
+                "genbench.nope",
+            ]
+        )
+    )
     return [f"model._target_={target}"], ["model._target_"]
 
 
@@ -236,9 +307,11 @@ def test_hostile_train_overrides_are_refused_full(case, template, stop_before_wr
 
 
 # -- eval / sample of a finished run ------------------------------------------------------------
-EVAL_KEYS = {k: v for k, v in TRAIN_KEYS.items()
-             if k.startswith(("eval.", "device.")) and k not in ("eval.inception_weights",
-                                                                 "device.compile")}
+EVAL_KEYS = {
+    k: v
+    for k, v in TRAIN_KEYS.items()
+    if k.startswith(("eval.", "device.")) and k not in ("eval.inception_weights", "device.compile")
+}
 
 
 @st.composite
@@ -251,12 +324,26 @@ def run_case(draw) -> tuple[list[str], list[str]]:
         key = draw(st.sampled_from(sorted(EVAL_KEYS)))
         return [command, "run={run}", f"{key}={draw(EVAL_KEYS[key])}"], [key]
     if kind == "sampler":
-        return [command, "run={run}", f"+sampler.temperature={draw(numbers(0))}"], \
-            ["sampler.temperature"]
+        return [command, "run={run}", f"+sampler.temperature={draw(numbers(0))}"], [
+            "sampler.temperature"
+        ]
     if kind == "run":
-        trick = draw(st.sampled_from(["{root}", "{root}/nowhere", "{run}/config.yaml",
-                                      "{run}/checkpoints", "/dev/null", "/", "..", "''",
-                                      "{run}/../../..", "/proc/self"]))
+        trick = draw(
+            st.sampled_from(
+                [
+                    "{root}",
+                    "{root}/nowhere",
+                    "{run}/config.yaml",
+                    "{run}/checkpoints",
+                    "/dev/null",
+                    "/",
+                    "..",
+                    "''",
+                    "{run}/../../..",
+                    "/proc/self",
+                ]
+            )
+        )
         return [command, f"run={trick}"], ["run="]
     if kind == "n" and command == "sample":
         return [command, "run={run}", f"n={draw(counts(1))}"], ["n="]
@@ -271,8 +358,10 @@ def _run_on_run(case: tuple[list[str], list[str]], template: Path) -> None:
         out, run = copy_outputs(root / "out")
         argv = [a.replace("{run}", str(run)).replace("{root}", str(root)) for a in argv]
         before = snapshot(root)
-        result = invoke([argv[0], f"paths.outputs={out}", "eval=fast",
-                         "eval.sample_metrics=false", *argv[1:]], root)
+        result = invoke(
+            [argv[0], f"paths.outputs={out}", "eval=fast", "eval.sample_metrics=false", *argv[1:]],
+            root,
+        )
         context = f"genbench {' '.join(argv)}"
         assert result.failed, f"{context}: exit 0\n{result.text[-2000:]}"
         assert_clean(result, keys, context=context)
@@ -293,19 +382,34 @@ def test_hostile_eval_and_sample_overrides_are_refused_full(case, template):
 
 
 # -- valid edge values are accepted ---------------------------------------------------------------
-VALID = st.sampled_from([
-    ["trainer.max_steps=1"], ["trainer.max_steps=2.0"], ["seed=4294967295"], ["seed=0"],
-    ["eval.n_samples=0"], ["eval.nll_examples=null"], ["eval.metrics=[]"],
-    ["trainer.ema_decay=0"], ["trainer.grad_clip=0"], ["trainer.batch_size=1347"],
-    ["eval.sampler_sweep=[]"], ["optimizer.lr=1e-9"], ["++trainer.max_steps=3"],
-    ["model=ddpm", "+sampler.eta=1.0"], ["model=ddpm", "+sampler.steps=1000"],
-    ["model=ddpm", "sampler=ode", "sampler.solver=euler", "sampler.steps=1"],
-    ["model=ddpm", "sampler=ancestral", "sampler.steps=1"],
-    ["model=ddpm", "eval.sampler_sweep=[1,1000]"], ["model=pixelcnn", "+sampler.temperature=1e-3"],
-    ["model=vae", "+sampler.temperature=0"], ["model=dcgan", "+sampler.truncation=null"],
-    ["model=dcgan", "+sampler.truncation=0.5"], ["+model.decoder=logistic"],
-    ["model=ddpm", "eval.estimators=[ode]", "eval.estimator_options={ode:{solver:rk45}}"],
-])
+VALID = st.sampled_from(
+    [
+        ["trainer.max_steps=1"],
+        ["trainer.max_steps=2.0"],
+        ["seed=4294967295"],
+        ["seed=0"],
+        ["eval.n_samples=0"],
+        ["eval.nll_examples=null"],
+        ["eval.metrics=[]"],
+        ["trainer.ema_decay=0"],
+        ["trainer.grad_clip=0"],
+        ["trainer.batch_size=1347"],
+        ["eval.sampler_sweep=[]"],
+        ["optimizer.lr=1e-9"],
+        ["++trainer.max_steps=3"],
+        ["model=ddpm", "+sampler.eta=1.0"],
+        ["model=ddpm", "+sampler.steps=1000"],
+        ["model=ddpm", "sampler=ode", "sampler.solver=euler", "sampler.steps=1"],
+        ["model=ddpm", "sampler=ancestral", "sampler.steps=1"],
+        ["model=ddpm", "eval.sampler_sweep=[1,1000]"],
+        ["model=pixelcnn", "+sampler.temperature=1e-3"],
+        ["model=vae", "+sampler.temperature=0"],
+        ["model=dcgan", "+sampler.truncation=null"],
+        ["model=dcgan", "+sampler.truncation=0.5"],
+        ["+model.decoder=logistic"],
+        ["model=ddpm", "eval.estimators=[ode]", "eval.estimator_options={ode:{solver:rk45}}"],
+    ]
+)
 
 
 @given(overrides=VALID)
@@ -313,6 +417,7 @@ VALID = st.sampled_from([
 def test_valid_edge_values_are_accepted(overrides, template, stop_before_writing):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        result = invoke(["train", *SMOKE, f"paths.outputs={root / 'out'}", *overrides], root,
-                        Accepted)
+        result = invoke(
+            ["train", *SMOKE, f"paths.outputs={root / 'out'}", *overrides], root, Accepted
+        )
         assert result.code == "stopped", f"{overrides} refused:\n{result.text[-2000:]}"

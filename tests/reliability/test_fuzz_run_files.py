@@ -43,17 +43,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 MARKER = "MARKER"  # a payload that runs writes <root>/MARKER
-FILES = ["config.yaml", "status.json", "metrics.json", "record.json", "stats.jsonl",
-         "checkpoints/last.pt", "checkpoints/best.pt", "samples.png"]
+FILES = [
+    "config.yaml",
+    "status.json",
+    "metrics.json",
+    "record.json",
+    "stats.jsonl",
+    "checkpoints/last.pt",
+    "checkpoints/best.pt",
+    "samples.png",
+]
 COMMANDS = {
-    "eval": ["eval", "run={run}", "eval=fast", "eval.sample_metrics=false",
-             "eval.nll_examples=8", "eval.n_samples=8", "eval.grid=4", "eval.batch_size=8"],
+    "eval": [
+        "eval",
+        "run={run}",
+        "eval=fast",
+        "eval.sample_metrics=false",
+        "eval.nll_examples=8",
+        "eval.n_samples=8",
+        "eval.grid=4",
+        "eval.batch_size=8",
+    ],
     "sample": ["sample", "run={run}", "n=4"],
     "rebuild": ["leaderboard", "rebuild"],
 }
 #: files a successful command may write
-WRITES = {"eval": {"metrics.json", "record.json", "samples.png", "status.json"},
-          "sample": {"samples_4.png", "samples_4.npz"}, "rebuild": set()}
+WRITES = {
+    "eval": {"metrics.json", "record.json", "samples.png", "status.json"},
+    "sample": {"samples_4.png", "samples_4.npz"},
+    "rebuild": set(),
+}
 
 
 class _Touch:
@@ -76,13 +95,22 @@ class _System:
 
 # -- hostile values ------------------------------------------------------------------------------
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.just(10**400),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.just(10**400),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(string.printable, max_size=20),
-    st.sampled_from(["", "../../..", "/dev/zero", "${oc.env:HOME}", "\x00", "é" * 50]))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(string.ascii_letters, max_size=6),
-                                                 inner, max_size=3)), max_leaves=6)
+    st.sampled_from(["", "../../..", "/dev/zero", "${oc.env:HOME}", "\x00", "é" * 50]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.text(string.ascii_letters, max_size=6), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
 
 
 def _paths(node: Any, where: tuple = ()) -> list[tuple]:
@@ -143,8 +171,13 @@ def folder(f: Path, marker: Path, draw: Any) -> None:
 
 def device_link(f: Path, marker: Path, draw: Any) -> None:
     f.unlink()
-    f.symlink_to(draw(st.sampled_from(["/dev/zero", "/dev/urandom", "/proc/self/environ",
-                                       "/nonexistent", "/etc"])))
+    f.symlink_to(
+        draw(
+            st.sampled_from(
+                ["/dev/zero", "/dev/urandom", "/proc/self/environ", "/nonexistent", "/etc"]
+            )
+        )
+    )
 
 
 def fifo(f: Path, marker: Path, draw: Any) -> None:
@@ -158,8 +191,25 @@ def huge(f: Path, marker: Path, draw: Any) -> None:
 
 
 def json_literal(f: Path, marker: Path, draw: Any) -> None:
-    f.write_text(draw(st.sampled_from(["null", "[]", "{}", '"text"', "1e999", "NaN", "-0",
-                                       "[" * 100_000, '{"a": ' * 50_000, "", " \n"])))
+    f.write_text(
+        draw(
+            st.sampled_from(
+                [
+                    "null",
+                    "[]",
+                    "{}",
+                    '"text"',
+                    "1e999",
+                    "NaN",
+                    "-0",
+                    "[" * 100_000,
+                    '{"a": ' * 50_000,
+                    "",
+                    " \n",
+                ]
+            )
+        )
+    )
 
 
 def edit_json(f: Path, marker: Path, draw: Any) -> list[str] | None:
@@ -192,12 +242,23 @@ def edit_yaml(f: Path, marker: Path, draw: Any) -> list[str]:
     return _keys(path)
 
 
-TARGETS = ["genbench.rundir.Path.touch", "pathlib.Path.touch", "genbench.rundir.os.system",
-           "os.system", "builtins.exec", "builtins.eval", "subprocess.run",
-           "genbench.build.instantiate", "hydra.utils.instantiate", "torch.load",
-           "genbench.models.vae.torch.load", "genbench.models.vae.VAE.__init__",
-           "genbench.models.vae.VAE.__class__", "genbench.data.bundled.digits.__globals__",
-           "genbench.models.vae.VAE "]
+TARGETS = [
+    "genbench.rundir.Path.touch",
+    "pathlib.Path.touch",
+    "genbench.rundir.os.system",
+    "os.system",
+    "builtins.exec",
+    "builtins.eval",
+    "subprocess.run",
+    "genbench.build.instantiate",
+    "hydra.utils.instantiate",
+    "torch.load",
+    "genbench.models.vae.torch.load",
+    "genbench.models.vae.VAE.__init__",
+    "genbench.models.vae.VAE.__class__",
+    "genbench.data.bundled.digits.__globals__",
+    "genbench.models.vae.VAE ",
+]
 
 
 def foreign_target(f: Path, marker: Path, draw: Any) -> None:
@@ -205,14 +266,33 @@ def foreign_target(f: Path, marker: Path, draw: Any) -> None:
     the marker."""
     doc = yaml.safe_load(f.read_text())
     target = draw(st.sampled_from(TARGETS))
-    args = [f"touch {marker}"] if "system" in target or "exec" in target or "eval" in target \
-        or "run" in target else [str(marker)]
+    args = (
+        [f"touch {marker}"]
+        if "system" in target or "exec" in target or "eval" in target or "run" in target
+        else [str(marker)]
+    )
     node = {"_target_": target, "_args_": args}
-    where = draw(st.sampled_from(["model", "dataset", "optimizer", "model.hidden",
-                                  "dataset.seed", "logger", "trainer", "new"]))
+    where = draw(
+        st.sampled_from(
+            [
+                "model",
+                "dataset",
+                "optimizer",
+                "model.hidden",
+                "dataset.seed",
+                "logger",
+                "trainer",
+                "new",
+            ]
+        )
+    )
     parts = where.split(".")
-    if len(parts) == 1 and parts[0] in doc and isinstance(doc[parts[0]], dict) and \
-            draw(st.booleans()):
+    if (
+        len(parts) == 1
+        and parts[0] in doc
+        and isinstance(doc[parts[0]], dict)
+        and draw(st.booleans())
+    ):
         doc[parts[0]].update(node)  # the node's own target replaced
     else:
         _set(doc, tuple(parts), node)
@@ -222,11 +302,30 @@ def foreign_target(f: Path, marker: Path, draw: Any) -> None:
 def interpolation(f: Path, marker: Path, draw: Any) -> list[str]:
     doc = yaml.safe_load(f.read_text())
     path = draw(st.sampled_from([p for p in _paths(doc) if p]))
-    _set(doc, path, draw(st.sampled_from([
-        "${oc.env:HOME}", "${oc.env:PATH,x}", f"${{oc.create:{{_target_: pathlib.Path.touch, "
-        f"_args_: [{marker}]}}}}", "${oc.decode:'{a: 1}'}", "${now:%Y}", "${hydra:runtime.cwd}",
-        "${model}", "${..hidden}", "${seed}", "$${oc.env:HOME}", "${", "${oc.select:x,y}",
-        "\\${oc.env:HOME}", "${oc.dict.keys:model}"])))
+    _set(
+        doc,
+        path,
+        draw(
+            st.sampled_from(
+                [
+                    "${oc.env:HOME}",
+                    "${oc.env:PATH,x}",
+                    f"${{oc.create:{{_target_: pathlib.Path.touch, _args_: [{marker}]}}}}",
+                    "${oc.decode:'{a: 1}'}",
+                    "${now:%Y}",
+                    "${hydra:runtime.cwd}",
+                    "${model}",
+                    "${..hidden}",
+                    "${seed}",
+                    "$${oc.env:HOME}",
+                    "${",
+                    "${oc.select:x,y}",
+                    "\\${oc.env:HOME}",
+                    "${oc.dict.keys:model}",
+                ]
+            )
+        ),
+    )
     f.write_text(yaml.safe_dump(doc))
     return _keys(path)
 
@@ -236,36 +335,56 @@ def yaml_text(f: Path, marker: Path, draw: Any) -> None:
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
         f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-        f"*{chr(97 + i)}]\n" for i in range(9))
+        f"*{chr(97 + i)}]\n"
+        for i in range(9)
+    )
     original = f.read_text()
-    f.write_text(draw(st.sampled_from([
-        laughs,
-        original + "\nextra: &x {a: 1}\nmore: *x\n",
-        f"!!python/object/apply:os.system ['touch {marker}']\n",
-        f"model: !!python/object/apply:pathlib.Path.touch [{marker}]\n",
-        "model: !!python/name:os.system\n",
-        "model: !!binary aGVsbG8=\n" + original,
-        "model: !!set {a, b}\n",
-        "? [a, b]\n: c\n",
-        "1: 2\n",
-        "[1, 2]\n",
-        "null\n",
-        "",
-        "a: " + "[" * 10_000 + "]" * 10_000 + "\n",
-        "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 2000)),
-        original.replace("\n", "\n\t", 3),
-        original + "\nmodel: {}\n",  # a duplicate key
-        "%YAML 9.9\n---\n" + original,
-        original + "\n...\n---\nsecond: document\n",
-        "\ufeff" + original,
-        original.encode("utf-16").decode("latin-1"),
-    ])))
+    f.write_text(
+        draw(
+            st.sampled_from(
+                [
+                    laughs,
+                    original + "\nextra: &x {a: 1}\nmore: *x\n",
+                    f"!!python/object/apply:os.system ['touch {marker}']\n",
+                    f"model: !!python/object/apply:pathlib.Path.touch [{marker}]\n",
+                    "model: !!python/name:os.system\n",
+                    "model: !!binary aGVsbG8=\n" + original,
+                    "model: !!set {a, b}\n",
+                    "? [a, b]\n: c\n",
+                    "1: 2\n",
+                    "[1, 2]\n",
+                    "null\n",
+                    "",
+                    "a: " + "[" * 10_000 + "]" * 10_000 + "\n",
+                    "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 2000)),
+                    original.replace("\n", "\n\t", 3),
+                    original + "\nmodel: {}\n",  # a duplicate key
+                    "%YAML 9.9\n---\n" + original,
+                    original + "\n...\n---\nsecond: document\n",
+                    "\ufeff" + original,
+                    original.encode("utf-16").decode("latin-1"),
+                ]
+            )
+        )
+    )
 
 
 def bad_checkpoint(f: Path, marker: Path, draw: Any) -> None:
     """A checkpoint that is a pickle payload, or a real checkpoint with hostile contents."""
-    kind = draw(st.sampled_from(["payload-zip", "payload-pickle", "payload-nested",
-                                 "edit", "nan", "wrong-shape", "extra-file", "not-a-dict"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "payload-zip",
+                "payload-pickle",
+                "payload-nested",
+                "edit",
+                "nan",
+                "wrong-shape",
+                "extra-file",
+                "not-a-dict",
+            ]
+        )
+    )
     if kind == "payload-zip":
         torch.save({"model": draw(st.sampled_from([_Touch, _System]))(str(marker))}, f)
     elif kind == "payload-pickle":
@@ -280,12 +399,20 @@ def bad_checkpoint(f: Path, marker: Path, draw: Any) -> None:
             path = draw(st.sampled_from(_paths(ckpt)))
             _set(ckpt, path, draw(values), delete=draw(st.booleans()) and isinstance(path[-1], str))
         else:
-            tensors = [p for p in _paths(ckpt) if isinstance(_get(ckpt, p), torch.Tensor)
-                       and _get(ckpt, p).is_floating_point()]
+            tensors = [
+                p
+                for p in _paths(ckpt)
+                if isinstance(_get(ckpt, p), torch.Tensor) and _get(ckpt, p).is_floating_point()
+            ]
             path = draw(st.sampled_from(tensors))
             t = _get(ckpt, path)
-            _set(ckpt, path, torch.full_like(t, math.nan) if kind == "nan"
-                 else torch.zeros(*(s + 1 for s in t.shape)))
+            _set(
+                ckpt,
+                path,
+                torch.full_like(t, math.nan)
+                if kind == "nan"
+                else torch.zeros(*(s + 1 for s in t.shape)),
+            )
         torch.save(ckpt, f)
     elif kind == "extra-file":
         with zipfile.ZipFile(f, "a") as z:
@@ -303,13 +430,24 @@ def _get(node: Any, path: tuple) -> Any:
 
 
 COMMON: list[tuple[str, Mutation]] = [
-    ("truncate", truncate), ("random-bytes", random_bytes), ("flip-bytes", flip_bytes),
-    ("folder", folder), ("device-link", device_link), ("fifo", fifo), ("huge", huge)]
+    ("truncate", truncate),
+    ("random-bytes", random_bytes),
+    ("flip-bytes", flip_bytes),
+    ("folder", folder),
+    ("device-link", device_link),
+    ("fifo", fifo),
+    ("huge", huge),
+]
 BY_KIND: dict[str, list[tuple[str, Mutation]]] = {
     ".json": [("json-literal", json_literal), ("edit-json", edit_json)] * 3,
     ".jsonl": [("json-literal", json_literal), ("edit-json", edit_json)],
-    ".yaml": [("edit-yaml", edit_yaml), ("foreign-target", foreign_target),
-              ("interpolation", interpolation), ("yaml-text", yaml_text)] * 3,
+    ".yaml": [
+        ("edit-yaml", edit_yaml),
+        ("foreign-target", foreign_target),
+        ("interpolation", interpolation),
+        ("yaml-text", yaml_text),
+    ]
+    * 3,
     ".pt": [("bad-checkpoint", bad_checkpoint)] * 6,
     ".png": [],
 }
@@ -318,7 +456,8 @@ BY_KIND: dict[str, list[tuple[str, Mutation]]] = {
 #: (command, file, mutation) classes with a known defect, each pinned by a strict xfail below;
 #: the fuzz leaves them out until the fix lands (the xfail then passes and fails the suite)
 KNOWN: set[tuple[str, str, str]] = {
-    ("eval", "metrics.json", "folder"), ("eval", "record.json", "folder"),
+    ("eval", "metrics.json", "folder"),
+    ("eval", "record.json", "folder"),
     # test_eval_that_cannot_record_writes_nothing
 }
 
@@ -326,9 +465,12 @@ KNOWN: set[tuple[str, str, str]] = {
 def _run(data: st.DataObject) -> None:
     command = data.draw(st.sampled_from(sorted(COMMANDS)), label="command")
     file = data.draw(st.sampled_from(FILES), label="file")
-    name, mutation = data.draw(st.sampled_from(
-        [m for m in COMMON + BY_KIND[Path(file).suffix] if (command, file, m[0]) not in KNOWN]),
-        label="mutation")
+    name, mutation = data.draw(
+        st.sampled_from(
+            [m for m in COMMON + BY_KIND[Path(file).suffix] if (command, file, m[0]) not in KNOWN]
+        ),
+        label="mutation",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         out, run = copy_outputs(root / "out")
@@ -381,38 +523,47 @@ def test_eval_replaces_a_planted_samples_png(mutation, tmp_path):
         os.mkfifo(f)
     else:
         f.symlink_to(target)
-    result = invoke([a.format(run=run) for a in COMMANDS["eval"]] + [f"paths.outputs={out}"],
-                    tmp_path)
+    result = invoke(
+        [a.format(run=run) for a in COMMANDS["eval"]] + [f"paths.outputs={out}"], tmp_path
+    )
     assert_clean(result, ["samples.png"], context=mutation)
     assert target.read_text() == "not to be overwritten"
 
 
-@pytest.mark.xfail(strict=True, reason="eval checks that it can write metrics.json and record.json "
-                   "only when it writes them, after evaluating: samples.png and metrics.json are "
-                   "already replaced when a folder at record.json stops it (genbench/commands.py "
-                   "_eval, RunDir); checking the run folder's write targets first fixes it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="eval checks that it can write metrics.json and record.json "
+    "only when it writes them, after evaluating: samples.png and metrics.json are "
+    "already replaced when a folder at record.json stops it (genbench/commands.py "
+    "_eval, RunDir); checking the run folder's write targets first fixes it",
+)
 @pytest.mark.parametrize("file", ["metrics.json", "record.json"])
 def test_eval_that_cannot_record_writes_nothing(file, tmp_path):
     out, run = copy_outputs(tmp_path / "out")
     (run / file).unlink()
     (run / file).mkdir()
     before = snapshot(tmp_path)
-    result = invoke([a.format(run=run) for a in COMMANDS["eval"]] + [f"paths.outputs={out}"],
-                    tmp_path)
+    result = invoke(
+        [a.format(run=run) for a in COMMANDS["eval"]] + [f"paths.outputs={out}"], tmp_path
+    )
     assert result.failed
     assert_clean(result, [file], context=file)
     assert not changed(before, snapshot(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="load_run (genbench/commands.py) reports a bad value in a "
-                   "run's config.yaml by its key only; the message should also name the file")
+@pytest.mark.xfail(
+    strict=True,
+    reason="load_run (genbench/commands.py) reports a bad value in a "
+    "run's config.yaml by its key only; the message should also name the file",
+)
 def test_bad_value_in_a_stored_config_names_the_file(tmp_path):
     out, run = copy_outputs(tmp_path / "out")
     doc = yaml.safe_load((run / "config.yaml").read_text())
     doc["model"]["latent"] = [1, 2]
     (run / "config.yaml").write_text(yaml.safe_dump(doc))
-    result = invoke([a.format(run=run) for a in COMMANDS["sample"]] + [f"paths.outputs={out}"],
-                    tmp_path)
+    result = invoke(
+        [a.format(run=run) for a in COMMANDS["sample"]] + [f"paths.outputs={out}"], tmp_path
+    )
     assert result.failed and "model.latent" in result.text
     assert "config.yaml" in result.text
 
@@ -422,6 +573,7 @@ def test_template_run_evaluates_samples_and_rebuilds_cleanly(tmp_path):
     out, run = copy_outputs(tmp_path / "out")
     for command, argv in COMMANDS.items():
         result = invoke([a.format(run=run) for a in argv] + [f"paths.outputs={out}"], tmp_path)
-        assert result.code in (0, None) and "Traceback" not in result.text, \
+        assert result.code in (0, None) and "Traceback" not in result.text, (
             f"{command}\n{result.text[-3000:]}"
+        )
     shutil.rmtree(out)

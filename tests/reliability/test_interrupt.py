@@ -41,9 +41,19 @@ if os.environ.get("GENBENCH_TEST_SLOW_EMA"):
     EMA.update = update
 """
 
-RUN = ["experiment=smoke", "device=cpu", "device.threads=1", "trainer.max_steps=24",
-       "trainer.ckpt_every=2", "trainer.eval_every=5", "trainer.log_every=1",
-       "eval.sample_metrics=false", "eval.nll_examples=16", "eval.n_samples=16", "eval.grid=4"]
+RUN = [
+    "experiment=smoke",
+    "device=cpu",
+    "device.threads=1",
+    "trainer.max_steps=24",
+    "trainer.ckpt_every=2",
+    "trainer.eval_every=5",
+    "trainer.log_every=1",
+    "eval.sample_metrics=false",
+    "eval.nll_examples=16",
+    "eval.n_samples=16",
+    "eval.grid=4",
+]
 
 
 def _wait_for_step(run_root: Path, proc: subprocess.Popen, step: int) -> Path:
@@ -58,21 +68,32 @@ def _wait_for_step(run_root: Path, proc: subprocess.Popen, step: int) -> Path:
     raise AssertionError(f"training did not reach step {step}")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(sig, code, tmp_path,
-                                                                  monkeypatch):
+@pytest.mark.parametrize(
+    "sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_ctrl_c_checkpoints_marks_interrupted_and_resumes_exactly(sig, code, tmp_path, monkeypatch):
     """SIGTERM (SLURM, Kubernetes, `timeout`) is handled like Ctrl-C, with exit code 143."""
     out = tmp_path / "out"
     args = [*RUN, f"paths.outputs={out}"]
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SLOW_HOOK)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "200",
-           "GENBENCH_TEST_SLOW_EMA": "0.15",
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "genbench", "train", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "COLUMNS": "200",
+        "GENBENCH_TEST_SLOW_EMA": "0.15",
+        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genbench", "train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = _wait_for_step(out, proc, 3)  # mid-run, after a checkpoint, inside EMA.update
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
@@ -128,8 +149,9 @@ def _values(run: dict) -> dict[str, float]:
 def test_bad_loss_in_one_phase_of_a_gan_stops_as_diverged(bad, train_cfg, tmp_path, monkeypatch):
     """A two-phase model whose generator loss turns NaN / inf at step 4: status diverged, the
     step-2 checkpoint (all finite) kept, the row recorded."""
-    cfg = train_cfg("model=dcgan", "trainer.max_steps=8", "trainer.ckpt_every=2",
-                    "eval.sample_metrics=false")
+    cfg = train_cfg(
+        "model=dcgan", "trainer.max_steps=8", "trainer.ckpt_every=2", "eval.sample_metrics=false"
+    )
     cls = get_class(cfg.model._target_)
     original, calls = cls.training_losses, {"g": 0}
 
@@ -159,9 +181,20 @@ def test_a_sweep_goes_on_after_a_diverged_job(tmp_path, monkeypatch):
     that job is recorded as diverged with its step-1 checkpoint, the next job finishes."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    assert cli.main(["train", "-m", "experiment=smoke", "eval.sample_metrics=false",
-                     "trainer.ckpt_every=1", "optimizer.lr=1e30,1e-3",
-                     f"paths.outputs={out}"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "-m",
+                "experiment=smoke",
+                "eval.sample_metrics=false",
+                "trainer.ckpt_every=1",
+                "optimizer.lr=1e30,1e-3",
+                f"paths.outputs={out}",
+            ]
+        )
+        == 0
+    )
     runs = {r["config"]["optimizer"]["lr"]: r for r in Store(out / "leaderboard.sqlite").runs()}
     assert sorted(runs) == [1e-3, 1e30]
     bad, good = runs[1e30], runs[1e-3]

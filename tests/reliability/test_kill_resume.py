@@ -91,9 +91,19 @@ if _spec:
 '''
 
 #: a short run with checkpoints at steps 2, 4, 6 and validation (best.pt) at steps 3 and 6
-FAST = ["experiment=smoke", "device=cpu", "device.threads=1", "trainer.max_steps=6",
-        "trainer.ckpt_every=2", "trainer.eval_every=3", "trainer.log_every=1",
-        "eval.sample_metrics=false", "eval.nll_examples=16", "eval.n_samples=16", "eval.grid=4"]
+FAST = [
+    "experiment=smoke",
+    "device=cpu",
+    "device.threads=1",
+    "trainer.max_steps=6",
+    "trainer.ckpt_every=2",
+    "trainer.eval_every=3",
+    "trainer.log_every=1",
+    "eval.sample_metrics=false",
+    "eval.nll_examples=16",
+    "eval.n_samples=16",
+    "eval.grid=4",
+]
 #: timing numbers are the only ones allowed to differ between two runs
 TIMINGS = ("train_seconds", "seconds")
 
@@ -103,11 +113,22 @@ def killed_train(args: list[str], point: str, tmp_path: Path) -> subprocess.Comp
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "200",
-           "GENBENCH_TEST_KILL_AT": point,
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "genbench", "train", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "COLUMNS": "200",
+        "GENBENCH_TEST_KILL_AT": point,
+        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "genbench", "train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-3000:])
     return proc
 
@@ -140,8 +161,11 @@ def assert_same(a: Any, b: Any, where: str = "") -> None:
 def metrics_of(outputs: Path) -> tuple[dict[str, Any], dict[tuple, float]]:
     """The single leaderboard run under ``outputs`` and its metric values, timings excluded."""
     (run,) = Store(outputs / "leaderboard.sqlite").runs()
-    values = {(m["name"], m["split"], json.dumps(m["protocol"], sort_keys=True)): m["value"]
-              for m in run["metrics"] if m["unit"] not in ("s", "ms")}
+    values = {
+        (m["name"], m["split"], json.dumps(m["protocol"], sort_keys=True)): m["value"]
+        for m in run["metrics"]
+        if m["unit"] not in ("s", "ms")
+    }
     return run, values
 
 
@@ -168,8 +192,11 @@ def assert_identical_runs(ref_out: Path, ref_dir: Path, out: Path) -> Path:
     b = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert_same(a, b, "last.pt")
     if (ref_dir / "checkpoints" / "best.pt").exists():
-        assert_same(checkpoint.load(ref_dir / "checkpoints" / "best.pt"),
-                    checkpoint.load(run_dir / "checkpoints" / "best.pt"), "best.pt")
+        assert_same(
+            checkpoint.load(ref_dir / "checkpoints" / "best.pt"),
+            checkpoint.load(run_dir / "checkpoints" / "best.pt"),
+            "best.pt",
+        )
     assert stats_of(run_dir) == stats_of(ref_dir)
     assert RunDir(run_dir).status()["status"] == "finished"
     assert not list((run_dir / "checkpoints").glob(".*.tmp")), "stale temp checkpoint left"
@@ -186,7 +213,10 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resumes_exactly
     assert 0 < stale.stat().st_size < (ckpts / "last.pt").stat().st_size  # the half-written one
     assert checkpoint.load(ckpts / "last.pt")["state"]["step"] == 2  # the previous one, intact
     assert RunDir(run_dir).status() | {"config_hash": None} == {
-        "status": "running", "step": 2, "config_hash": None}
+        "status": "running",
+        "step": 2,
+        "config_hash": None,
+    }
     assert not (out / "leaderboard.sqlite").exists()
 
     rerun(args)  # the same command: auto-discovers the killed run and resumes it at step 2
@@ -196,11 +226,11 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resumes_exactly
 
 #: kill points of two successive processes before the final, uninterrupted re-run
 SCHEDULES = [
-    ["step:5", "ckpt:1"],     # mid-step, then mid-write of the first resumed checkpoint
-    ["ckpt:2", "best:1"],     # mid-write of last.pt, then of best.pt
-    ["status:2", "step:2"],   # between last.pt and status.json, then mid-step 6
-    ["best:1", "eval:1"],     # mid-write of best.pt, then during evaluation
-    ["step:4", "record:1"],   # mid-step, then while recording the leaderboard row
+    ["step:5", "ckpt:1"],  # mid-step, then mid-write of the first resumed checkpoint
+    ["ckpt:2", "best:1"],  # mid-write of last.pt, then of best.pt
+    ["status:2", "step:2"],  # between last.pt and status.json, then mid-step 6
+    ["best:1", "eval:1"],  # mid-write of best.pt, then during evaluation
+    ["step:4", "record:1"],  # mid-step, then while recording the leaderboard row
 ]
 
 

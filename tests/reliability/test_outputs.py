@@ -37,11 +37,11 @@ SMOKE = ["experiment=smoke", "eval.sample_metrics=false", "eval.nll_examples=16"
 @dataclass
 class World:
     root: Path
-    out: Path     # paths.outputs: leaderboard.sqlite with one run, runs/...
-    run: Path     # the finished run
-    other: Path   # a second run folder (a copy)
-    empty: Path   # an empty folder
-    file: Path    # a regular file
+    out: Path  # paths.outputs: leaderboard.sqlite with one run, runs/...
+    run: Path  # the finished run
+    other: Path  # a second run folder (a copy)
+    empty: Path  # an empty folder
+    file: Path  # a regular file
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +88,11 @@ def invoke(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def files_under(root: Path) -> list[str]:
@@ -98,6 +101,7 @@ def files_under(root: Path) -> list[str]:
 
 def strict_loads(text: str):
     """``json.loads`` that rejects NaN / Infinity (not JSON, though Python writes them)."""
+
     def refuse(token: str):
         raise ValueError(f"{token} is not valid JSON")
 
@@ -105,9 +109,26 @@ def strict_loads(text: str):
 
 
 def record(store: Store, run_id: str, config: dict | None = None, value: float = 2.5) -> None:
-    store.record(RunRecord(run_id, "2026-01-01T00:00:00", "vae", "vae", "elbo", "digits", 10, 5,
-                           80, 1.5, "cpu", "finished", f"/r/{run_id}", run_id, config or {}),
-                 [Metric("bpd", value, "bound", "test", 3, "bits/dim")])
+    store.record(
+        RunRecord(
+            run_id,
+            "2026-01-01T00:00:00",
+            "vae",
+            "vae",
+            "elbo",
+            "digits",
+            10,
+            5,
+            80,
+            1.5,
+            "cpu",
+            "finished",
+            f"/r/{run_id}",
+            run_id,
+            config or {},
+        ),
+        [Metric("bpd", value, "bound", "test", 3, "bits/dim")],
+    )
 
 
 # ------------------------------------------------------------------ out= never overwrites
@@ -116,30 +137,57 @@ def board(*extra: str):
 
 
 def sample(*extra: str):
-    return lambda w: ["sample", f"run={w.run}", f"paths.outputs={w.out}", "n=4", "eval=fast",
-                      *(e.format(w=w) for e in extra)]
+    return lambda w: [
+        "sample",
+        f"run={w.run}",
+        f"paths.outputs={w.out}",
+        "n=4",
+        "eval=fast",
+        *(e.format(w=w) for e in extra),
+    ]
 
 
 OUT_CASES = [
-    ("md-over-leaderboard", board("format=md", "out={w.out}/leaderboard.sqlite"),
-     "is a leaderboard database"),
-    ("csv-over-leaderboard-copy", board("format=csv", "out={w.root}/backup.db"),
-     "is a leaderboard database"),
-    ("json-over-leaderboard-wal", board("format=json", "out={w.out}/leaderboard.sqlite-wal"),
-     "is a leaderboard database"),
-    ("html-over-leaderboard", board("format=html", "out={w.out}/leaderboard.sqlite"),
-     "is a leaderboard database"),
-    ("csv-over-run-metrics", board("format=csv", "out={w.run}/metrics.json"),
-     "inside the run folder"),
-    ("json-over-checkpoint", board("format=json", "out={w.run}/checkpoints/last.pt"),
-     "inside the run folder"),
+    (
+        "md-over-leaderboard",
+        board("format=md", "out={w.out}/leaderboard.sqlite"),
+        "is a leaderboard database",
+    ),
+    (
+        "csv-over-leaderboard-copy",
+        board("format=csv", "out={w.root}/backup.db"),
+        "is a leaderboard database",
+    ),
+    (
+        "json-over-leaderboard-wal",
+        board("format=json", "out={w.out}/leaderboard.sqlite-wal"),
+        "is a leaderboard database",
+    ),
+    (
+        "html-over-leaderboard",
+        board("format=html", "out={w.out}/leaderboard.sqlite"),
+        "is a leaderboard database",
+    ),
+    (
+        "csv-over-run-metrics",
+        board("format=csv", "out={w.run}/metrics.json"),
+        "inside the run folder",
+    ),
+    (
+        "json-over-checkpoint",
+        board("format=json", "out={w.run}/checkpoints/last.pt"),
+        "inside the run folder",
+    ),
     ("table-to-new-file-in-run", board("out={w.run}/board.md"), "inside the run folder"),
     ("md-to-folder", board("format=md", "out={w.empty}"), "is a folder"),
     ("html-to-folder", board("format=html", "out={w.empty}"), "is a folder"),
     ("plots-into-file", board("plot=loss", "out={w.file}"), "is a file, not a folder"),
     ("plots-into-run", board("plot=loss", "out={w.run}"), "is the run folder"),
-    ("plots-into-checkpoints", board("plot=loss", "out={w.run}/checkpoints"),
-     "inside the run folder"),
+    (
+        "plots-into-checkpoints",
+        board("plot=loss", "out={w.run}/checkpoints"),
+        "inside the run folder",
+    ),
     ("sample-into-other-run", sample("out={w.other}"), "is the run folder"),
     ("sample-over-leaderboard", sample("out={w.out}/leaderboard.sqlite"), "is a file"),
     ("sample-into-file", sample("out={w.file}"), "is a file, not a folder"),
@@ -169,9 +217,14 @@ def test_out_writes_new_files_and_replaces_its_own_export(world, capsys):
 
 
 # ------------------------------------------------------------------ schema version
-@pytest.mark.parametrize("version,expect", [(2, "written by a newer genbench"),
-                                            (0, "unknown leaderboard schema version 0"),
-                                            (-7, "unknown leaderboard schema version -7")])
+@pytest.mark.parametrize(
+    "version,expect",
+    [
+        (2, "written by a newer genbench"),
+        (0, "unknown leaderboard schema version 0"),
+        (-7, "unknown leaderboard schema version -7"),
+    ],
+)
 def test_leaderboard_of_another_schema_version_is_refused(version, expect, world, capsys):
     path = world.out / "leaderboard.sqlite"
     con = sqlite3.connect(path)
@@ -198,8 +251,11 @@ class SmallDisk:
         where.mkdir()
         if os.geteuid() != 0:
             pytest.skip("a real small file system needs root to mount a tmpfs")
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                                str(where)], capture_output=True, text=True)
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
         if mount.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip()})")
 
@@ -259,8 +315,9 @@ def test_full_disk_while_sampling_is_one_clear_error(disk, world, capsys):
     disk.free()
     code, _, err = invoke(argv, capsys)  # the same command works once there is room
     assert code == 0, err[-2000:]
-    assert all((disk.path / "samples" / f"samples_4.{ext}").stat().st_size > 0
-               for ext in ("png", "npz"))
+    assert all(
+        (disk.path / "samples" / f"samples_4.{ext}").stat().st_size > 0 for ext in ("png", "npz")
+    )
 
 
 def test_full_disk_while_exporting_keeps_the_previous_export(disk, world, capsys):
@@ -269,8 +326,11 @@ def test_full_disk_while_exporting_keeps_the_previous_export(disk, world, capsys
     assert code == 0, err
     before = target.read_bytes()
     disk.fill()
-    for argv in (board("format=csv", f"out={target}"), board("format=html", f"out={target}"),
-                 board("plot=loss", f"out={disk.path / 'plots'}")):
+    for argv in (
+        board("format=csv", f"out={target}"),
+        board("format=html", f"out={target}"),
+        board("plot=loss", f"out={disk.path / 'plots'}"),
+    ):
         code, out, err = invoke(argv(world), capsys)
         assert code == 2 and "Traceback" not in out + err, (out + err)[-3000:]
         assert "No space left on device" in err, err[-2000:]
@@ -289,12 +349,18 @@ def test_full_disk_during_a_leaderboard_write_keeps_it(tmp_path):
         disk.free()
         record(Store(path), "a")
         disk.fill()
-        with pytest.raises(StoreError, match="cannot write the leaderboard .*disk is full.*"
-                                             "previous content is kept"):
+        with pytest.raises(
+            StoreError,
+            match="cannot write the leaderboard .*disk is full.*previous content is kept",
+        ):
             record(Store(path), "b", {"notes": "x" * 200_000})
         # SQLite's own -wal / -shm may stay until the next clean close; nothing else appeared
-        assert set(files_under(disk.path)) <= {"filler", "leaderboard.sqlite",
-                                               "leaderboard.sqlite-wal", "leaderboard.sqlite-shm"}
+        assert set(files_under(disk.path)) <= {
+            "filler",
+            "leaderboard.sqlite",
+            "leaderboard.sqlite-wal",
+            "leaderboard.sqlite-shm",
+        }
         assert [r["run_id"] for r in Store(path).runs()] == ["a"]  # readable on a full disk
         disk.free()
         assert [r["run_id"] for r in Store(path).runs()] == ["a"]
@@ -311,8 +377,9 @@ def read_only(template, tmp_path, monkeypatch):
     if os.geteuid() == 0:
         disk = SmallDisk(tmp_path / "ro", "16m")
         run = copy_outputs(template, disk.path / "out")
-        remount = subprocess.run(["mount", "-o", "remount,ro", str(disk.path)],
-                                 capture_output=True, text=True)
+        remount = subprocess.run(
+            ["mount", "-o", "remount,ro", str(disk.path)], capture_output=True, text=True
+        )
         if remount.returncode != 0:
             disk.unmount()
             pytest.skip(f"cannot remount the tmpfs read-only ({remount.stderr.strip()})")
@@ -330,8 +397,10 @@ def read_only(template, tmp_path, monkeypatch):
 def test_read_only_outputs_can_be_viewed(read_only, capsys, tmp_path):
     out, _ = read_only
     before = snapshot(out)
-    code, _, err = invoke(["leaderboard", "format=csv", f"out={tmp_path / 'board.csv'}",
-                           f"paths.outputs={out}"], capsys)  # exported elsewhere
+    code, _, err = invoke(
+        ["leaderboard", "format=csv", f"out={tmp_path / 'board.csv'}", f"paths.outputs={out}"],
+        capsys,
+    )  # exported elsewhere
     assert code == 0 and "vae" in (tmp_path / "board.csv").read_text(), err[-2000:]
     code, text, err = invoke(["leaderboard", f"paths.outputs={out}"], capsys)
     assert code == 0, err[-2000:]
@@ -345,17 +414,32 @@ def test_read_only_outputs_can_be_viewed(read_only, capsys, tmp_path):
 
 
 RO_WRITES = [
-    ("rebuild", lambda o, r: ["leaderboard", "rebuild", f"paths.outputs={o}"],
-     "cannot write the leaderboard"),
-    ("html-report", lambda o, r: ["leaderboard", "format=html", f"paths.outputs={o}"],
-     "cannot write"),
+    (
+        "rebuild",
+        lambda o, r: ["leaderboard", "rebuild", f"paths.outputs={o}"],
+        "cannot write the leaderboard",
+    ),
+    (
+        "html-report",
+        lambda o, r: ["leaderboard", "format=html", f"paths.outputs={o}"],
+        "cannot write",
+    ),
     ("plots", lambda o, r: ["leaderboard", "plot=loss", f"paths.outputs={o}"], "cannot write"),
-    ("export", lambda o, r: ["leaderboard", "format=md", f"out={o}/board.md",
-                             f"paths.outputs={o}"], "cannot write"),
-    ("sample", lambda o, r: ["sample", f"run={r}", "n=4", "eval=fast", f"paths.outputs={o}"],
-     "cannot write"),
-    ("eval", lambda o, r: ["eval", f"run={r}", "eval=fast", f"paths.outputs={o}"],
-     "not a writable folder"),
+    (
+        "export",
+        lambda o, r: ["leaderboard", "format=md", f"out={o}/board.md", f"paths.outputs={o}"],
+        "cannot write",
+    ),
+    (
+        "sample",
+        lambda o, r: ["sample", f"run={r}", "n=4", "eval=fast", f"paths.outputs={o}"],
+        "cannot write",
+    ),
+    (
+        "eval",
+        lambda o, r: ["eval", f"run={r}", "eval=fast", f"paths.outputs={o}"],
+        "not a writable folder",
+    ),
     ("train", lambda o, r: ["train", *SMOKE, f"paths.outputs={o}"], "paths.outputs="),
 ]
 
@@ -376,14 +460,18 @@ def test_json_output_is_valid_whatever_is_logged(tmp_path, capsys, monkeypatch):
     store = Store(tmp_path / "out" / "leaderboard.sqlite")
     record(store, "finite")
     record(store, "infinite", {"sampler": {"eta": float("nan")}}, value=float("inf"))
-    code, text, err = invoke(["leaderboard", "format=json", "family=gan",
-                              f"paths.outputs={tmp_path / 'out'}"], capsys)
+    code, text, err = invoke(
+        ["leaderboard", "format=json", "family=gan", f"paths.outputs={tmp_path / 'out'}"], capsys
+    )
     assert code == 0 and strict_loads(text) == []  # the warning went to stderr
     assert "no recorded runs match" in err
-    code, text, err = invoke(["leaderboard", "format=json", "refs=false",
-                              f"paths.outputs={tmp_path / 'out'}"], capsys)
+    code, text, err = invoke(
+        ["leaderboard", "format=json", "refs=false", f"paths.outputs={tmp_path / 'out'}"], capsys
+    )
     rows = {r["run_id"]: r for r in strict_loads(text)}
     assert code == 0 and rows["finite"]["bits/dim"] == 2.5
     assert rows["infinite"]["bits/dim"] is None and rows["infinite"]["sampler"] == {"eta": None}
     assert strict_loads(format_scores({"fid@x": float("nan"), "is@x": 2.0}, "json")) == {
-        "fid@x": None, "is@x": 2.0}
+        "fid@x": None,
+        "is@x": 2.0,
+    }

@@ -31,17 +31,26 @@ def no_network(monkeypatch):
 
     real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection",
-                        lambda addr, *a, **k: (attempts.append(addr), refuse(None, addr))[1])
+    monkeypatch.setattr(
+        socket,
+        "create_connection",
+        lambda addr, *a, **k: (attempts.append(addr), refuse(None, addr))[1],
+    )
     return attempts
 
 
 def test_train_eval_and_leaderboard_make_no_network_connection(train_cfg, tmp_path, no_network):
     rec = train_command(train_cfg())
     assert rec.status == "finished"
-    cfg = OmegaConf.create({"run": rec.run_dir, "eval": train_cfg().eval, "sampler": {},
-                            "paths": {"outputs": str(tmp_path / "out")},
-                            "device": {"name": "cpu", "precision": "fp32", "threads": 1}})
+    cfg = OmegaConf.create(
+        {
+            "run": rec.run_dir,
+            "eval": train_cfg().eval,
+            "sampler": {},
+            "paths": {"outputs": str(tmp_path / "out")},
+            "device": {"name": "cpu", "precision": "fp32", "threads": 1},
+        }
+    )
     eval_command(cfg)
     assert Store(tmp_path / "out" / "leaderboard.sqlite").runs()
     assert no_network == []
@@ -53,8 +62,14 @@ def test_run_folder_config_cannot_target_arbitrary_code(train_cfg, tmp_path):
     tampered = OmegaConf.load(cfg_file)
     tampered.model._target_ = "os.system"
     OmegaConf.save(tampered, cfg_file)
-    cfg = OmegaConf.create({"run": rec.run_dir, "eval": train_cfg().eval, "sampler": {},
-                            "paths": {"outputs": str(tmp_path / "out")}})
+    cfg = OmegaConf.create(
+        {
+            "run": rec.run_dir,
+            "eval": train_cfg().eval,
+            "sampler": {},
+            "paths": {"outputs": str(tmp_path / "out")},
+        }
+    )
     with pytest.raises(ConfigError, match="os.system"):
         eval_command(cfg)
 
@@ -78,8 +93,9 @@ def shared_run(tmp_path_factory):
     from conftest import compose_cfg
 
     root = tmp_path_factory.mktemp("shared")
-    rec = train_command(compose_cfg("train", ["experiment=smoke", "eval.sample_metrics=false"],
-                                    root / "out"))
+    rec = train_command(
+        compose_cfg("train", ["experiment=smoke", "eval.sample_metrics=false"], root / "out")
+    )
     return Path(rec.run_dir)
 
 
@@ -106,13 +122,16 @@ def _retarget(key: str, node: dict):
     return edit
 
 
-@pytest.mark.parametrize("target", [
-    "genbench.rundir.os.system",        # an attribute chain through an allowed module
-    "genbench.record.subprocess.call",
-    "genbench.models.vae.torch.load",
-    "torch.optim.Adam.__init__.__globals__",
-    "os.system",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "genbench.rundir.os.system",  # an attribute chain through an allowed module
+        "genbench.record.subprocess.call",
+        "genbench.models.vae.torch.load",
+        "torch.optim.Adam.__init__.__globals__",
+        "os.system",
+    ],
+)
 def test_stored_target_outside_the_allowlist_never_runs(tampered, tmp_path, target):
     marker = tmp_path / "PAYLOAD"
     cfg = tampered(_retarget("dataset", {"_target_": target, "_args_": [f"touch {marker}"]}))
@@ -121,8 +140,9 @@ def test_stored_target_outside_the_allowlist_never_runs(tampered, tmp_path, targ
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("value", ["${oc.env:HOME}", "${oc.create:{a: 1}}", "x${seed}y",
-                                   r"\${escaped}"])
+@pytest.mark.parametrize(
+    "value", ["${oc.env:HOME}", "${oc.create:{a: 1}}", "x${seed}y", r"\${escaped}"]
+)
 def test_stored_interpolations_are_refused(tampered, value, monkeypatch):
     monkeypatch.setenv("GENBENCH_SECRET", "s3cret")
     cfg = tampered(lambda text: text.replace("seed: 0", f"seed: '{value}'"))
@@ -132,8 +152,10 @@ def test_stored_interpolations_are_refused(tampered, value, monkeypatch):
 
 def test_alias_bomb_fails_fast(tampered):
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
-              for p, c in zip("abcdefgh", "bcdefghi")]
+    lines += [
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+        for p, c in zip("abcdefgh", "bcdefghi")
+    ]
     cfg = tampered(lambda text: "\n".join(lines) + "\n" + text)
     start = time.monotonic()
     with pytest.raises(FileError, match="aliases"):
@@ -157,5 +179,14 @@ def test_stored_config_has_no_interpolations_and_rebuilds_the_run(shared_run):
 def _eval_cfg(run: Path, outputs: Path):
     from conftest import compose_cfg
 
-    return compose_cfg("eval", [f"run={run}", "eval.sample_metrics=false", "eval.n_samples=8",
-                                "eval.grid=4", "device.threads=1"], outputs)
+    return compose_cfg(
+        "eval",
+        [
+            f"run={run}",
+            "eval.sample_metrics=false",
+            "eval.n_samples=8",
+            "eval.grid=4",
+            "device.threads=1",
+        ],
+        outputs,
+    )

@@ -73,16 +73,26 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def score(samples, data, cache, **overrides):
-    cfg = {"extractor": "domain", "inception_weights": None, "n_reference": 200,
-           "reference_split": "train", "metrics": ["fid", "isc", "kid", "prc"],
-           "kid_subset_size": 100, "isc_splits": 10, "batch_size": 256, "seed": 0, **overrides}
+    cfg = {
+        "extractor": "domain",
+        "inception_weights": None,
+        "n_reference": 200,
+        "reference_split": "train",
+        "metrics": ["fid", "isc", "kid", "prc"],
+        "kid_subset_size": 100,
+        "isc_splits": 10,
+        "batch_size": 256,
+        "seed": 0,
+        **overrides,
+    }
     rows = fidelity_metrics(samples, data, cfg, device=CPU, cache_dir=cache, protocol={})
     return {r.name: r.value for r in rows}
 
 
 @pytest.mark.parametrize("poison", [torch_payload, npz_payload], ids=["torch-pickle", "npz"])
-def test_poisoned_feature_cache_is_ignored_and_recomputed(poison, data, cache, marker, caplog,
-                                                         torch_home):
+def test_poisoned_feature_cache_is_ignored_and_recomputed(
+    poison, data, cache, marker, caplog, torch_home
+):
     samples = data.test[:150].long()
     first = score(samples, data, cache)
     files = [p for p in (cache / "fidelity").rglob("*") if p.is_file()]
@@ -101,10 +111,18 @@ def test_poisoned_feature_cache_is_ignored_and_recomputed(poison, data, cache, m
 def test_inception_weights_with_a_payload_are_refused(data, cache, marker, tmp_path, torch_home):
     weights = tmp_path / "inception.pth"
     torch_payload(weights, marker)
-    with pytest.raises(ex.ExtractorError, match=r"refusing the Inception-v3 weights .*inception"
-                                                r"\.pth.*weights_only=True"):
-        score(data.test[:20].long(), data, cache, extractor="inception-v3",
-              inception_weights=str(weights))
+    with pytest.raises(
+        ex.ExtractorError,
+        match=r"refusing the Inception-v3 weights .*inception"
+        r"\.pth.*weights_only=True",
+    ):
+        score(
+            data.test[:20].long(),
+            data,
+            cache,
+            extractor="inception-v3",
+            inception_weights=str(weights),
+        )
     assert not marker.exists()
 
 
@@ -118,14 +136,23 @@ def test_weights_planted_under_torch_home_are_refused(data, cache, marker, torch
     assert not marker.exists()
 
 
-def test_score_command_refuses_a_payload_weights_file(tmp_path, marker, capsys, torch_home,
-                                                      monkeypatch):
+def test_score_command_refuses_a_payload_weights_file(
+    tmp_path, marker, capsys, torch_home, monkeypatch
+):
     monkeypatch.setenv("COLUMNS", "1000")
     weights = tmp_path / "w.pth"
     torch_payload(weights, marker)
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["score", "input1=digits:test", "input2=digits:train", "extractor=inception-v3",
-                  f"inception_weights={weights}", f"paths.outputs={tmp_path / 'out'}"])
+        cli.main(
+            [
+                "score",
+                "input1=digits:test",
+                "input2=digits:train",
+                "extractor=inception-v3",
+                f"inception_weights={weights}",
+                f"paths.outputs={tmp_path / 'out'}",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "refusing the Inception-v3 weights" in err and "w.pth" in err

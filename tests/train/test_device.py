@@ -53,7 +53,8 @@ def threads():
 
 
 def test_threads_drop_when_another_process_takes_a_core_and_come_back(
-        monkeypatch, tmp_path, threads):
+    monkeypatch, tmp_path, threads
+):
     clock = FakeClock(monkeypatch, tmp_path, cpus=2)
     torch.set_num_threads(2)
     gov = ThreadGovernor(limit=2, interval=2.0)
@@ -86,13 +87,20 @@ def test_only_auto_threads_on_cpu_are_adaptive(threads):
 
 
 def _cpu(**extra: object) -> object:
-    return setup_device(OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": 1,
-                                          **extra}))
+    return setup_device(
+        OmegaConf.create({"name": "cpu", "precision": "fp32", "threads": 1, **extra})
+    )
 
 
-@pytest.mark.parametrize("setting,shape,expected", [
-    ("auto", (1, 8, 8), True), ("auto", (2, 1, 1), False), (False, (1, 8, 8), False),
-    (True, (2, 1, 1), True)])
+@pytest.mark.parametrize(
+    "setting,shape,expected",
+    [
+        ("auto", (1, 8, 8), True),
+        ("auto", (2, 1, 1), False),
+        (False, (1, 8, 8), False),
+        (True, (2, 1, 1), True),
+    ],
+)
 def test_channels_last_for_image_data_unless_configured(setting, shape, expected, threads):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
     placed = _cpu(channels_last=setting).place_model(net, shape)

@@ -23,16 +23,22 @@ from genbench.leaderboard.store import Store
 from genbench.train import distributed as ddp_train
 
 
-def torchrun(nproc: int, *args: str, cwd: Path, timeout: float = 240
-             ) -> subprocess.CompletedProcess:
+def torchrun(
+    nproc: int, *args: str, cwd: Path, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=<nproc> <args>`` with one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # -- one process ---------------------------------------------------------------------------------
@@ -269,10 +275,25 @@ def test_ddp_gradients_equal_hand_averaged_ones_and_replicas_stay_identical(tmp_
 # -- two processes: the runner end to end ----------------------------------------------------------
 def test_torchrun_training_matches_one_process_evaluation(tmp_path):
     out = tmp_path / "out"
-    evals = ["eval.sample_metrics=false", "eval.batch_size=8", "eval.nll_examples=32",
-             "eval.n_samples=32", "eval.grid=32"]
-    proc = torchrun(2, "-m", "genbench", "train", "experiment=smoke", "model=vae",
-                    f"paths.outputs={out}", "trainer.max_steps=6", *evals, cwd=tmp_path)
+    evals = [
+        "eval.sample_metrics=false",
+        "eval.batch_size=8",
+        "eval.nll_examples=32",
+        "eval.n_samples=32",
+        "eval.grid=32",
+    ]
+    proc = torchrun(
+        2,
+        "-m",
+        "genbench",
+        "train",
+        "experiment=smoke",
+        "model=vae",
+        f"paths.outputs={out}",
+        "trainer.max_steps=6",
+        *evals,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     day = next((out / "runs").iterdir())
     assert len(list(day.iterdir())) == 1, "ranks made more than one run folder"
@@ -289,11 +310,14 @@ def test_torchrun_training_matches_one_process_evaluation(tmp_path):
     ddp_nll = {m["name"]: m["value"] for m in runs[0]["metrics"]}
     ddp_grid = (run_dir / "samples.png").read_bytes()
 
-    cfg = compose_cfg("eval", [f"run={run_dir}", "eval=fast", "device.name=cpu", *evals],
-                      tmp_path / "single")
+    cfg = compose_cfg(
+        "eval", [f"run={run_dir}", "eval=fast", "device.name=cpu", *evals], tmp_path / "single"
+    )
     eval_command(cfg)
-    one = {m["name"]: m["value"]
-           for m in Store(tmp_path / "single" / "leaderboard.sqlite").runs()[0]["metrics"]}
+    one = {
+        m["name"]: m["value"]
+        for m in Store(tmp_path / "single" / "leaderboard.sqlite").runs()[0]["metrics"]
+    }
     for name in ("nll", "bpd", "neg_elbo", "recon", "kl"):  # 4 test batches: 2 per rank
         assert one[name] == pytest.approx(ddp_nll[name], rel=1e-12, abs=1e-12), name
     # samples drawn 16 per rank and gathered are the one-process samples
@@ -302,16 +326,24 @@ def test_torchrun_training_matches_one_process_evaluation(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["glow", "dcgan"])
-def test_torchrun_keeps_replicas_identical_with_data_dependent_init_and_batch_norm(model,
-                                                                                   tmp_path):
+def test_torchrun_keeps_replicas_identical_with_data_dependent_init_and_batch_norm(model, tmp_path):
     """Glow's ActNorm initializes from each rank's first batch and DCGAN's batch norm keeps
     per-rank statistics (and trains two phases): the runner re-broadcasts rank 0's weights after
     the first step and its buffers after every step, and checks the replicas are bit-identical
     at the end (a run whose ranks differ fails)."""
     out = tmp_path / "out"
-    proc = torchrun(2, "-m", "genbench", "train", "experiment=smoke", f"model={model}",
-                    f"paths.outputs={out}", "trainer.max_steps=4", "eval.sample_metrics=false",
-                    cwd=tmp_path)
+    proc = torchrun(
+        2,
+        "-m",
+        "genbench",
+        "train",
+        "experiment=smoke",
+        f"model={model}",
+        f"paths.outputs={out}",
+        "trainer.max_steps=4",
+        "eval.sample_metrics=false",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     runs = Store(out / "leaderboard.sqlite").runs()
     assert len(runs) == 1 and runs[0]["status"] == "finished"

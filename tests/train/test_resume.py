@@ -47,17 +47,20 @@ def test_interrupted_run_resumes_exactly(train_cfg, tmp_path, monkeypatch):
     for key in a["ema"]["module"]:
         assert torch.equal(a["ema"]["module"][key], b["ema"]["module"][key]), key
     assert a["state"]["best_step"] == b["state"]["best_step"]
-    ref_m = {m["name"]: m["value"] for m in Store(tmp_path / "ref" / "leaderboard.sqlite")
-             .runs()[0]["metrics"]}
-    cut_m = {m["name"]: m["value"] for m in Store(tmp_path / "cut" / "leaderboard.sqlite")
-             .runs()[0]["metrics"]}
+    ref_m = {
+        m["name"]: m["value"]
+        for m in Store(tmp_path / "ref" / "leaderboard.sqlite").runs()[0]["metrics"]
+    }
+    cut_m = {
+        m["name"]: m["value"]
+        for m in Store(tmp_path / "cut" / "leaderboard.sqlite").runs()[0]["metrics"]
+    }
     for name in ("bpd", "nll", "neg_elbo", "best_val_loss"):
         assert ref_m[name] == cut_m[name], name
     assert rec.status == ref_rec.status == "finished" and rec.steps == 8
 
 
-def test_auto_resume_finds_the_unfinished_run_of_the_same_config(train_cfg, tmp_path,
-                                                                 monkeypatch):
+def test_auto_resume_finds_the_unfinished_run_of_the_same_config(train_cfg, tmp_path, monkeypatch):
     cfg = train_cfg("trainer.max_steps=6")
     monkeypatch.setattr(Batches, "next", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):

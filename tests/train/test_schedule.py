@@ -26,8 +26,9 @@ def _spec(name: str, **extra: object) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _lrs(spec: dict | None, steps: int, lr: float = 2e-4, max_steps: int | None = None
-         ) -> list[float]:
+def _lrs(
+    spec: dict | None, steps: int, lr: float = 2e-4, max_steps: int | None = None
+) -> list[float]:
     """The lr used at each of ``steps`` training steps."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = build_scheduler(spec, opt, max_steps or steps)
@@ -66,8 +67,11 @@ def test_float32_adam_under_the_warmup_ends_bit_identical_to_the_earlier_one(fus
         torch.manual_seed(0)
         p = torch.nn.Parameter(torch.randn(64, 32))
         opt = torch.optim.Adam([p], lr=1e-3, fused=fused)
-        sched = (build_scheduler(_spec("linear_warmup", warmup_steps=600), opt, 10**6) if new
-                 else torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 600)))
+        sched = (
+            build_scheduler(_spec("linear_warmup", warmup_steps=600), opt, 10**6)
+            if new
+            else torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 600))
+        )
         g = torch.Generator().manual_seed(1)
         for _ in range(610):
             p.grad = torch.randn(p.shape, generator=g)
@@ -116,8 +120,13 @@ def test_bad_scheduler_configs_name_the_key(train_cfg):
 
 def test_gan_schedules_advance_once_per_training_step(train_cfg, tmp_path):
     """The critic's 5 repeats share the step's lr; both phases decay over trainer.max_steps."""
-    cfg = train_cfg("model=wgan_gp", "scheduler=linear_decay", "trainer.max_steps=4",
-                    "eval.sample_metrics=false", "eval.n_samples=0")
+    cfg = train_cfg(
+        "model=wgan_gp",
+        "scheduler=linear_decay",
+        "trainer.max_steps=4",
+        "eval.sample_metrics=false",
+        "eval.n_samples=0",
+    )
     train_command(cfg)
     ckpt = checkpoint.load(tmp_path / "out" / "runs" / "test_run" / "checkpoints" / "last.pt")
     for phase in ("d", "g"):
@@ -128,9 +137,15 @@ def test_gan_schedules_advance_once_per_training_step(train_cfg, tmp_path):
 def test_schedule_and_augmentation_resume_exactly(train_cfg, tmp_path, monkeypatch):
     """A run with a warm-up + cosine schedule and flips, killed and resumed, ends bit-identical
     to an uninterrupted one (the schedule state and the batch position are checkpointed)."""
-    overrides = ["trainer.max_steps=8", "trainer.ckpt_every=3", "trainer.eval_every=4",
-                 "scheduler=cosine", "scheduler.warmup_steps=3", "dataset.augment=[hflip]",
-                 "eval.sample_metrics=false"]
+    overrides = [
+        "trainer.max_steps=8",
+        "trainer.ckpt_every=3",
+        "trainer.eval_every=4",
+        "scheduler=cosine",
+        "scheduler.warmup_steps=3",
+        "dataset.augment=[hflip]",
+        "eval.sample_metrics=false",
+    ]
     train_command(train_cfg(*overrides, outputs=tmp_path / "ref"))
     calls, original = {"n": 0}, Batches.next
 
@@ -145,8 +160,10 @@ def test_schedule_and_augmentation_resume_exactly(train_cfg, tmp_path, monkeypat
         train_command(train_cfg(*overrides, outputs=tmp_path / "cut"))
     monkeypatch.setattr(Batches, "next", original)
     train_command(train_cfg(*overrides, outputs=tmp_path / "cut"))
-    a, b = (checkpoint.load(tmp_path / d / "runs" / "test_run" / "checkpoints" / "last.pt")
-            for d in ("ref", "cut"))
+    a, b = (
+        checkpoint.load(tmp_path / d / "runs" / "test_run" / "checkpoints" / "last.pt")
+        for d in ("ref", "cut")
+    )
     assert a["state"]["step"] == b["state"]["step"] == 8
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

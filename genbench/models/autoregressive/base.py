@@ -123,15 +123,17 @@ class AutoregressiveModel(GenerativeModel):
         """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
         per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
         nll = self.nll(x)
-        return {"loss": nll / self.dims, "nll": nll.detach(),
-                "bpd": nll.detach() / (self.dims * math.log(2))}
+        return {
+            "loss": nll / self.dims,
+            "nll": nll.detach(),
+            "bpd": nll.detach() / (self.dims * math.log(2)),
+        }
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """Options ``temperature`` (T > 0, default 1) and ``incremental`` (true or false)."""
         check_sampler_options(sampler, SAMPLER_OPTIONS, cls.__name__)
-        option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0,
-                      low_open=True)
+        option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0, low_open=True)
         option_bool("sampler.incremental", sampler.get("incremental", True))
 
     @torch.inference_mode()
@@ -165,8 +167,11 @@ class AutoregressiveModel(GenerativeModel):
                 state = self.begin_row(u, i, state)
             for j in range(w_):
                 for c in range(c_):
-                    logits = (self.pixel_logits(u, state, i, j) if incremental
-                              else self.network(u)[:, :, i, j])[:, c * k:(c + 1) * k]
+                    logits = (
+                        self.pixel_logits(u, state, i, j)
+                        if incremental
+                        else self.network(u)[:, :, i, j]
+                    )[:, c * k : (c + 1) * k]
                     x[:, c, i, j] = inverse_cdf(logits / temperature, uniforms[:, i, j, c])
                     u[:, c, i, j] = x[:, c, i, j].to(u.dtype) * (2.0 / (k - 1)) - 1.0
         return Sampled.constant(x, self.dims)

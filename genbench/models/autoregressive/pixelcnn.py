@@ -49,8 +49,9 @@ class GatedLayer(nn.Module):
         first: first layer (mask A, no residual on the horizontal stack).
     """
 
-    def __init__(self, in_groups: Sequence[int], features: int, channels: int, kernel: int,
-                 first: bool) -> None:
+    def __init__(
+        self, in_groups: Sequence[int], features: int, channels: int, kernel: int, first: bool
+    ) -> None:
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and positive, got {kernel}")
@@ -61,8 +62,9 @@ class GatedLayer(nn.Module):
         # vertical: output row r reads rows r-p..r, columns j-p..j+p
         self.v_conv = nn.Conv2d(len(in_groups), 2 * features, (p + 1, kernel))
         # horizontal: output (i, j) reads (i, j-p..j); channel mask at (i, j)
-        self.h_conv = MaskedConv2d(in_groups, groups * 2, (1, p + 1), "A" if first else "B",
-                                   anchor=(0, p))
+        self.h_conv = MaskedConv2d(
+            in_groups, groups * 2, (1, p + 1), "A" if first else "B", anchor=(0, p)
+        )
         self.link = nn.Conv2d(2 * features, 2 * features, 1)  # vertical -> horizontal
         self.h_out = MaskedConv2d(groups, groups, 1, "B")
 
@@ -82,9 +84,9 @@ class GatedLayer(nn.Module):
 
 @dataclass
 class _RowCache:
-    tops: list[Tensor]   # per layer: [N, in, k//2, W] vertical-stack input rows above row i
+    tops: list[Tensor]  # per layer: [N, in, k//2, W] vertical-stack input rows above row i
     links: list[Tensor]  # per layer: [N, 2F, 1, W] link(v_pre of row i - 1)
-    rows: list[Tensor]   # per layer l >= 1: [N, F, 1, W] horizontal input of row i
+    rows: list[Tensor]  # per layer l >= 1: [N, F, 1, W] horizontal input of row i
 
 
 class PixelCNN(AutoregressiveModel):
@@ -99,17 +101,31 @@ class PixelCNN(AutoregressiveModel):
         first_kernel: odd kernel width of the first layer (the paper uses 7).
     """
 
-    def __init__(self, shape: Sequence[int], levels: int, *, features: int = 32, layers: int = 4,
-                 kernel: int = 3, first_kernel: int = 5) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        features: int = 32,
+        layers: int = 4,
+        kernel: int = 3,
+        first_kernel: int = 5,
+    ) -> None:
         super().__init__(shape, levels, features)
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         c = self.shape[0]
         groups = feature_groups(features, c)
         self.layers = nn.ModuleList(
-            GatedLayer(self.input_groups if n == 0 else groups, features, c,
-                       first_kernel if n == 0 else kernel, first=n == 0)
-            for n in range(layers))
+            GatedLayer(
+                self.input_groups if n == 0 else groups,
+                features,
+                c,
+                first_kernel if n == 0 else kernel,
+                first=n == 0,
+            )
+            for n in range(layers)
+        )
 
     def trunk(self, u: Tensor) -> Tensor:
         """``[N, C + 1, H, W]`` encoded input -> ``[N, F, H, W]`` last horizontal-stack output."""
@@ -126,13 +142,12 @@ class PixelCNN(AutoregressiveModel):
         ``[N, C + 1, H, W]`` (one row per layer)."""
         n, w = u.shape[0], u.shape[3]
         if state is None:
-            tops = [u.new_zeros(n, layer.v_conv.in_channels, layer.pad, w)
-                    for layer in self.layers]
+            tops = [u.new_zeros(n, layer.v_conv.in_channels, layer.pad, w) for layer in self.layers]
             rows = [u.new_zeros(n, self.features, 1, w) for _ in self.layers[1:]]
             v_pres = [u.new_zeros(n, 2 * self.features, 1, w)] * len(self.layers)
         else:
             tops, rows, v_pres = [], state.rows, []
-            v = u[:, :, i - 1:i]
+            v = u[:, :, i - 1 : i]
             for layer, top in zip(self.layers, state.tops):
                 v_pre = layer.vertical(v, top)
                 tops.append(torch.cat([top, v], 2)[:, :, 1:])
@@ -143,11 +158,12 @@ class PixelCNN(AutoregressiveModel):
 
     def pixel_features(self, u: Tensor, state: _RowCache, i: int, j: int) -> Tensor:
         """``[N, F, 1, 1]`` features at ``(i, j)``: one horizontal-stack position per layer."""
-        h = u[:, :, i:i + 1]
+        h = u[:, :, i : i + 1]
         for n, layer in enumerate(self.layers):
-            out = layer.horizontal(layer.h_conv.at(h, 0, j), state.links[n][..., j:j + 1],
-                                   h[..., j:j + 1])
+            out = layer.horizontal(
+                layer.h_conv.at(h, 0, j), state.links[n][..., j : j + 1], h[..., j : j + 1]
+            )
             if n < len(state.rows):
                 h = state.rows[n]
-                h[..., j:j + 1] = out
+                h[..., j : j + 1] = out
         return out

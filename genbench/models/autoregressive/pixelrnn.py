@@ -74,11 +74,11 @@ class RowLSTM(nn.Module):
 
 @dataclass
 class _RowState:
-    k_ss: list[Tensor]    # per layer: [N, 4F, W] state-to-state term of row i
+    k_ss: list[Tensor]  # per layer: [N, 4F, W] state-to-state term of row i
     c_prev: list[Tensor]  # per layer: [N, F, W] cell state of row i - 1
-    h: list[Tensor]       # per layer: [N, F, W] hidden state of row i (being filled)
-    c: list[Tensor]       # per layer: [N, F, W] cell state of row i (being filled)
-    rows: list[Tensor]    # per layer: [N, F, 1, W] layer input of row i (being filled)
+    h: list[Tensor]  # per layer: [N, F, W] hidden state of row i (being filled)
+    c: list[Tensor]  # per layer: [N, F, W] cell state of row i (being filled)
+    rows: list[Tensor]  # per layer: [N, F, 1, W] layer input of row i (being filled)
 
 
 class PixelRNN(AutoregressiveModel):
@@ -93,16 +93,25 @@ class PixelRNN(AutoregressiveModel):
         first_kernel: odd size of the first masked convolution (the paper uses 7).
     """
 
-    def __init__(self, shape: Sequence[int], levels: int, *, features: int = 32, layers: int = 2,
-                 kernel: int = 3, first_kernel: int = 5) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        features: int = 32,
+        layers: int = 2,
+        kernel: int = 3,
+        first_kernel: int = 5,
+    ) -> None:
         super().__init__(shape, levels, features)
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         if first_kernel < 1 or first_kernel % 2 == 0:
             raise ValueError(f"first_kernel must be odd and positive, got {first_kernel}")
         c = self.shape[0]
-        self.input_conv = MaskedConv2d(self.input_groups, feature_groups(features, c),
-                                       first_kernel, "A")
+        self.input_conv = MaskedConv2d(
+            self.input_groups, feature_groups(features, c), first_kernel, "A"
+        )
         self.layers = nn.ModuleList(RowLSTM(features, c, kernel) for _ in range(layers))
 
     def trunk(self, u: Tensor) -> Tensor:
@@ -123,14 +132,19 @@ class PixelRNN(AutoregressiveModel):
         else:
             h_prev, c_prev, rows = state.h, state.c, state.rows
         k_ss = [layer.state_to_state(h) for layer, h in zip(self.layers, h_prev)]
-        return _RowState(k_ss, list(c_prev), list(u.new_zeros(size).unbind()),
-                         list(u.new_zeros(size).unbind()), list(rows))
+        return _RowState(
+            k_ss,
+            list(c_prev),
+            list(u.new_zeros(size).unbind()),
+            list(u.new_zeros(size).unbind()),
+            list(rows),
+        )
 
     def pixel_features(self, u: Tensor, state: _RowState, i: int, j: int) -> Tensor:
         """``[N, F, 1, 1]`` features at ``(i, j)``: one column of every layer."""
         x = self.input_conv.at(u, i, j)  # [N, F, 1, 1]
         for n, layer in enumerate(self.layers):
-            state.rows[n][..., j:j + 1] = x
+            state.rows[n][..., j : j + 1] = x
             z = layer.input_to_state.at(state.rows[n], 0, j)[:, :, 0, 0] + state.k_ss[n][..., j]
             h, c = layer.cell(z, state.c_prev[n][..., j])
             state.h[n][..., j] = h

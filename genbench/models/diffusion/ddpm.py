@@ -116,22 +116,44 @@ class DDPM(GenerativeModel):
     family = "diffusion"
     likelihood = "vlb"
 
-    def __init__(self, shape: Sequence[int], levels: int, *, net: NetKind = "auto", ch: int = 16,
-                 ch_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 1,
-                 attn_resolutions: Sequence[int] = (4,), dropout: float = 0.1,
-                 norm_groups: int = 8, mlp_hidden: int = 256, mlp_blocks: int = 3,
-                 timesteps: int = 1000, schedule: Schedule = "linear",
-                 prediction: Prediction = "eps", variance: Variance = "small",
-                 clip_denoised: bool = True, vlb_max_batch: int = 1024, nll_seed: int = 0,
-                 sampler: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        net: NetKind = "auto",
+        ch: int = 16,
+        ch_mult: Sequence[int] = (1, 2, 4),
+        num_res_blocks: int = 1,
+        attn_resolutions: Sequence[int] = (4,),
+        dropout: float = 0.1,
+        norm_groups: int = 8,
+        mlp_hidden: int = 256,
+        mlp_blocks: int = 3,
+        timesteps: int = 1000,
+        schedule: Schedule = "linear",
+        prediction: Prediction = "eps",
+        variance: Variance = "small",
+        clip_denoised: bool = True,
+        vlb_max_batch: int = 1024,
+        nll_seed: int = 0,
+        sampler: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(shape, levels)
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be small or large, got {variance!r}")
-        self.net = build_denoiser(self.shape, net, ch=ch, ch_mult=list(ch_mult),
-                                  num_res_blocks=num_res_blocks,
-                                  attn_resolutions=list(attn_resolutions), dropout=dropout,
-                                  norm_groups=norm_groups, mlp_hidden=mlp_hidden,
-                                  mlp_blocks=mlp_blocks)
+        self.net = build_denoiser(
+            self.shape,
+            net,
+            ch=ch,
+            ch_mult=list(ch_mult),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=list(attn_resolutions),
+            dropout=dropout,
+            norm_groups=norm_groups,
+            mlp_hidden=mlp_hidden,
+            mlp_blocks=mlp_blocks,
+        )
         self.process = GaussianDiffusion.from_schedule(schedule, timesteps, prediction=prediction)
         self.variance: Variance = variance
         self.clip_denoised = bool(clip_denoised)
@@ -169,10 +191,15 @@ class DDPM(GenerativeModel):
 
     def vlb_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
         """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[N]`` nats of levels ``x``."""
-        return self.process.vlb_terms(self._net, self.to_unit(x), self.levels,
-                                      variance=self.variance, clip=self.clip_denoised,
-                                      generator=self._generator(x, generator),
-                                      max_batch=self.vlb_max_batch)
+        return self.process.vlb_terms(
+            self._net,
+            self.to_unit(x),
+            self.levels,
+            variance=self.variance,
+            clip=self.clip_denoised,
+            generator=self._generator(x, generator),
+            max_batch=self.vlb_max_batch,
+        )
 
     def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
         """``[N]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
@@ -184,38 +211,66 @@ class DDPM(GenerativeModel):
         L_0 (one network call; its own noise draw, so an independent estimate)."""
         x0 = self.to_unit(x)
         t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-        eps = randn(x0.shape, generator=self._generator(x, None), device=x0.device,
-                    dtype=x0.dtype)
+        eps = randn(x0.shape, generator=self._generator(x, None), device=x0.device, dtype=x0.dtype)
         x1 = self.process.q_sample(x0, t, eps)
         out = self._net(x1, self.process.net_time(t)).double()
-        mean, logvar, _ = self.process.p_mean_variance(out, x1.double(), t,
-                                                       variance=self.variance,
-                                                       clip=self.clip_denoised)
+        mean, logvar, _ = self.process.p_mean_variance(
+            out, x1.double(), t, variance=self.variance, clip=self.clip_denoised
+        )
         ll = discretized_gaussian_log_likelihood(x0.double(), mean, logvar, self.levels)
         return {"prior": self.process.prior_kl(x0), "decoder": -ll.flatten(1).sum(1)}
 
-    def ode_likelihood(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
-                       steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
-                       probes: int = 1) -> NllEstimate:
+    def ode_likelihood(
+        self,
+        x: Tensor,
+        *,
+        generator: Generator = None,
+        solver: Solver = "rk45",
+        steps: int = 100,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        probes: int = 1,
+    ) -> NllEstimate:
         """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]``, with NFE
         ``[N]`` and the settings (see ``ode_nll``)."""
-        check_options({"solver": solver, "steps": steps, "rtol": rtol, "atol": atol,
-                       "probes": probes}, "eval.estimator_options.ode",
-                      self.process.T)
-        return _ode_nll(self._net, self.process, x, self.levels, generator=generator,
-                        solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes,
-                        dtype=self._param().dtype)
+        check_options(
+            {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes},
+            "eval.estimator_options.ode",
+            self.process.T,
+        )
+        return _ode_nll(
+            self._net,
+            self.process,
+            x,
+            self.levels,
+            generator=generator,
+            solver=solver,
+            steps=steps,
+            rtol=rtol,
+            atol=atol,
+            probes=probes,
+            dtype=self._param().dtype,
+        )
 
-    def ode_nll(self, x: Tensor, *, generator: Generator = None, solver: Solver = "rk45",
-                steps: int = 100, rtol: float = 1e-5, atol: float = 1e-5,
-                probes: int = 1) -> Tensor:
+    def ode_nll(
+        self,
+        x: Tensor,
+        *,
+        generator: Generator = None,
+        solver: Solver = "rk45",
+        steps: int = 100,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        probes: int = 1,
+    ) -> Tensor:
         """``[N]`` nats: dequantized probability-flow ODE estimate of -log P(x) (Song et al.
         2021): -log p(u) + D log((K-1)/2), u = x scaled to [-1, 1] plus uniform noise of one
         bin. Hutchinson trace with ``probes`` Rademacher vectors (0 = exact trace); solver
         ``rk45`` (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,
         probes) comes from ``generator`` (one per example for batch-independent results)."""
-        return self.ode_likelihood(x, generator=generator, solver=solver, steps=steps,
-                                   rtol=rtol, atol=atol, probes=probes).nll
+        return self.ode_likelihood(
+            x, generator=generator, solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes
+        ).nll
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
         """``ode``: the probability-flow ODE estimate of :meth:`ode_likelihood` (options:
@@ -223,8 +278,9 @@ class DDPM(GenerativeModel):
         return {"ode": LikelihoodEstimator("estimate", self.ode_likelihood)}
 
     @classmethod
-    def validate_estimator(cls, name: str, options: Mapping[str, Any],
-                           hparams: Mapping[str, Any], *, key: str) -> None:
+    def validate_estimator(
+        cls, name: str, options: Mapping[str, Any], hparams: Mapping[str, Any], *, key: str
+    ) -> None:
         """``ode``: options ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``."""
         if name != "ode":
             return
@@ -240,25 +296,26 @@ class DDPM(GenerativeModel):
         cls._merge_sampler(sampler, hparams.get("sampler"), _timesteps(hparams))
 
     @staticmethod
-    def _merge_sampler(sampler: Mapping[str, Any], defaults: Mapping[str, Any] | None,
-                       timesteps: int | None) -> tuple[str, dict[str, Any]]:
+    def _merge_sampler(
+        sampler: Mapping[str, Any], defaults: Mapping[str, Any] | None, timesteps: int | None
+    ) -> tuple[str, dict[str, Any]]:
         """(name, options) after merging ``sampler`` over ``defaults`` (the model's ``sampler``
         argument), each checked; ``None`` = unset."""
         if defaults is not None and not isinstance(defaults, Mapping):
             raise bad_option("model.sampler", defaults, "a mapping of sampler options")
         sampler = {k: v for k, v in sampler.items() if v is not None}
-        defaults = {k: v for k, v in (defaults or {"name": "ancestral"}).items()
-                    if v is not None}
+        defaults = {k: v for k, v in (defaults or {"name": "ancestral"}).items() if v is not None}
         default = defaults.get("name", "ancestral")
         for opts, prefix in ((defaults, "model.sampler"), (sampler, "sampler")):
             name = opts.get("name", default)
             if not isinstance(name, str) or name not in SAMPLERS:
-                raise OptionError(f"{prefix}.name", name,
-                                  f"{prefix}.name={name!r} is an unknown sampler; valid: "
-                                  f"{', '.join(SAMPLERS)}")
+                raise OptionError(
+                    f"{prefix}.name",
+                    name,
+                    f"{prefix}.name={name!r} is an unknown sampler; valid: {', '.join(SAMPLERS)}",
+                )
             rest = {k: v for k, v in opts.items() if k != "name"}
-            check_sampler_options(rest, SAMPLERS[name], f"the DDPM sampler {name!r}",
-                                  prefix=prefix)
+            check_sampler_options(rest, SAMPLERS[name], f"the DDPM sampler {name!r}", prefix=prefix)
             check_options(rest, prefix, timesteps)
         name = sampler.get("name", default)
         opts = {**defaults, **sampler} if name == default else sampler

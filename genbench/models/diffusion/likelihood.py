@@ -41,8 +41,13 @@ from genbench.models.diffusion.samplers import (
 from genbench.nn.random import Generator, rand
 
 
-def _drift_with_trace(net: NetFn, process: GaussianDiffusion, shape: tuple[int, ...],
-                      probes: Tensor | None, log_time: bool) -> Drift:
+def _drift_with_trace(
+    net: NetFn,
+    process: GaussianDiffusion,
+    shape: tuple[int, ...],
+    probes: Tensor | None,
+    log_time: bool,
+) -> Drift:
     """Augmented drift (dy/ds, tr ∂(dy/ds)/∂y) over a state ``[N, D + 1]``."""
 
     def drift(s: Tensor, state: Tensor, rows: Tensor) -> Tensor:
@@ -56,24 +61,35 @@ def _drift_with_trace(net: NetFn, process: GaussianDiffusion, shape: tuple[int, 
             if log_time:
                 f = sigma.to(f.dtype)[:, None] * f
             if probes is None:  # exact trace: one backward pass per dimension
-                div = sum(torch.autograd.grad(f[:, i].sum(), y, retain_graph=True)[0][:, i]
-                          for i in range(f.shape[1]))
+                div = sum(
+                    torch.autograd.grad(f[:, i].sum(), y, retain_graph=True)[0][:, i]
+                    for i in range(f.shape[1])
+                )
             else:
                 z = probes[rows].clone()  # [N, P, D]
                 div = torch.zeros(y.shape[0], dtype=f.dtype, device=f.device)
                 for k in range(z.shape[1]):
-                    (g,) = torch.autograd.grad((f * z[:, k]).sum(), y,
-                                               retain_graph=k < z.shape[1] - 1)
+                    (g,) = torch.autograd.grad(
+                        (f * z[:, k]).sum(), y, retain_graph=k < z.shape[1] - 1
+                    )
                     div = div + (g * z[:, k]).sum(1) / z.shape[1]
         return torch.cat([f.detach(), div.detach()[:, None]], dim=1)
 
     return drift
 
 
-def ode_log_density(net: NetFn, process: GaussianDiffusion, y: Tensor, *,
-                    generator: Generator = None, solver: Solver = "rk45", steps: int = 100,
-                    rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1
-                    ) -> tuple[Tensor, Tensor]:
+def ode_log_density(
+    net: NetFn,
+    process: GaussianDiffusion,
+    y: Tensor,
+    *,
+    generator: Generator = None,
+    solver: Solver = "rk45",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    probes: int = 1,
+) -> tuple[Tensor, Tensor]:
     """log p_{σ_min}(y) ``[N]`` (nats, continuous density of y ``[N, ...]`` in the data scale)
     and the network evaluations per row ``[N]``.
 
@@ -102,22 +118,32 @@ def ode_log_density(net: NetFn, process: GaussianDiffusion, y: Tensor, *,
     y1, trace_integral = state[:, :-1].double(), state[:, -1].double()
     ab_T = float(process.alphas_cumprod[-1])
     x1 = y1 * math.sqrt(ab_T)
-    log_prior = (-0.5 * x1.square() - 0.5 * math.log(2 * math.pi)).sum(1) + 0.5 * d * math.log(
-        ab_T)
+    log_prior = (-0.5 * x1.square() - 0.5 * math.log(2 * math.pi)).sum(1) + 0.5 * d * math.log(ab_T)
     return log_prior + trace_integral, nfe
 
 
-def dequantize(x: Tensor, levels: int, *, generator: Generator = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+def dequantize(
+    x: Tensor, levels: int, *, generator: Generator = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Levels ``[N, ...]`` in ``[0, K)`` → u = 2k/(K-1) - 1 + (U - ½)·2/(K-1), U ~ U[0, 1)."""
     u = rand(x.shape, generator=generator, device=x.device, dtype=dtype)
     return (2 * (x.to(dtype) + u - 0.5)) / (levels - 1) - 1
 
 
-def ode_nll(net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, *,
-            generator: Generator = None, solver: Solver = "rk45", steps: int = 100,
-            rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
-            dtype: torch.dtype = torch.float32) -> NllEstimate:
+def ode_nll(
+    net: NetFn,
+    process: GaussianDiffusion,
+    x: Tensor,
+    levels: int,
+    *,
+    generator: Generator = None,
+    solver: Solver = "rk45",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    probes: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> NllEstimate:
     """Dequantized probability-flow ODE NLL of discrete ``x`` ``[N, ...]`` (levels in
     ``[0, K)``), in nats per example (see the module docstring for the bound it estimates).
 
@@ -126,11 +152,24 @@ def ode_nll(net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, *,
     ``probes`` backward passes) and the settings (estimator, probes, solver, tolerances).
     """
     u = dequantize(x, levels, generator=generator, dtype=dtype)
-    logp, nfe = ode_log_density(net, process, u, generator=generator, solver=solver,
-                                steps=steps, rtol=rtol, atol=atol, probes=probes)
+    logp, nfe = ode_log_density(
+        net,
+        process,
+        u,
+        generator=generator,
+        solver=solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        probes=probes,
+    )
     d = math.prod(x.shape[1:])
     nll = -logp + d * math.log((levels - 1) / 2)
-    settings = {"estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
-                "probes": probes, "solver": solver, "dequantization": "uniform"}
+    settings = {
+        "estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
+        "probes": probes,
+        "solver": solver,
+        "dequantization": "uniform",
+    }
     settings.update({"rtol": rtol, "atol": atol} if solver == "rk45" else {"steps": steps})
     return NllEstimate(nll=nll, nfe=nfe, settings=settings)

@@ -63,8 +63,13 @@ def make_betas(schedule: Schedule, timesteps: int) -> Tensor:
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats, in the broadcast shape
     of the inputs (e.g. ``[N, C, H, W]``)."""
-    return 0.5 * (logvar2 - logvar1 - 1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        logvar2
+        - logvar1
+        - 1
+        + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def _log1mexp(d: Tensor) -> Tensor:
@@ -72,8 +77,9 @@ def _log1mexp(d: Tensor) -> Tensor:
     return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
 
 
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor,
-                                        levels: int) -> Tensor:
+def discretized_gaussian_log_likelihood(
+    x: Tensor, mean: Tensor, logvar: Tensor, levels: int
+) -> Tensor:
     """Elementwise log P(x) in nats of a Gaussian N(mean, e^logvar) discretized to K levels.
 
     ``x`` holds the levels scaled to ``[-1, 1]`` (``2 k / (K-1) - 1``); the bin of a level is
@@ -88,8 +94,8 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, logvar: Tensor,
     a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
     log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
     interior = log_b + _log1mexp(torch.minimum(log_a - log_b, torch.zeros_like(log_a)))
-    bottom = torch.special.log_ndtr(hi)   # (-inf, x + half]
-    top = torch.special.log_ndtr(-lo)     # [x - half, inf)
+    bottom = torch.special.log_ndtr(hi)  # (-inf, x + half]
+    top = torch.special.log_ndtr(-lo)  # [x - half, inf)
     return torch.where(x < -1 + half, bottom, torch.where(x > 1 - half, top, interior))
 
 
@@ -103,8 +109,9 @@ class GaussianDiffusion:
         timestep_map: ``[T]`` network times (default ``0..T-1``); set by :meth:`respace`.
     """
 
-    def __init__(self, betas: Tensor, *, prediction: Prediction = "eps",
-                 timestep_map: Tensor | None = None) -> None:
+    def __init__(
+        self, betas: Tensor, *, prediction: Prediction = "eps", timestep_map: Tensor | None = None
+    ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
@@ -115,24 +122,30 @@ class GaussianDiffusion:
         self.betas = betas
         self.alphas = 1 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64),
-                                              self.alphas_cumprod[:-1]])
+        self.alphas_cumprod_prev = torch.cat(
+            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+        )
         ab, ab_prev = self.alphas_cumprod, self.alphas_cumprod_prev
         self.posterior_variance = betas * (1 - ab_prev) / (1 - ab)
         # β̃ is 0 at t = 0; the decoder (and the log) use the t = 1 value there, as Ho et al.
         var_floor = self.posterior_variance[1] if self.T > 1 else betas[0]
-        self.posterior_log_variance_clipped = torch.log(torch.cat(
-            [var_floor.reshape(1), self.posterior_variance[1:]]))
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([var_floor.reshape(1), self.posterior_variance[1:]])
+        )
         self.large_log_variance = torch.log(torch.cat([var_floor.reshape(1), betas[1:]]))
         self.coef1 = betas * ab_prev.sqrt() / (1 - ab)
         self.coef2 = self.alphas.sqrt() * (1 - ab_prev) / (1 - ab)
         self.sigmas = ((1 - ab) / ab).sqrt()
-        self.timestep_map = (torch.arange(self.T, dtype=torch.float64) if timestep_map is None
-                             else torch.as_tensor(timestep_map, dtype=torch.float64))
+        self.timestep_map = (
+            torch.arange(self.T, dtype=torch.float64)
+            if timestep_map is None
+            else torch.as_tensor(timestep_map, dtype=torch.float64)
+        )
 
     @classmethod
-    def from_schedule(cls, schedule: Schedule = "linear", timesteps: int = 1000, *,
-                      prediction: Prediction = "eps") -> GaussianDiffusion:
+    def from_schedule(
+        cls, schedule: Schedule = "linear", timesteps: int = 1000, *, prediction: Prediction = "eps"
+    ) -> GaussianDiffusion:
         """Process with the named schedule (``linear``: 1e-4..0.02; ``cosine``: s = 0.008)."""
         return cls(make_betas(schedule, timesteps), prediction=prediction)
 
@@ -144,8 +157,9 @@ class GaussianDiffusion:
             raise ValueError("respace needs strictly increasing indices in [0, T)")
         ab = self.alphas_cumprod[idx]
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-        return GaussianDiffusion(1 - ab / ab_prev, prediction=self.prediction,
-                                 timestep_map=self.timestep_map[idx])
+        return GaussianDiffusion(
+            1 - ab / ab_prev, prediction=self.prediction, timestep_map=self.timestep_map[idx]
+        )
 
     # ---- table access -------------------------------------------------------------------
     @staticmethod
@@ -242,9 +256,15 @@ class GaussianDiffusion:
             return out, (x_t - s * out) / a
         return s * x_t + a * out, a * x_t - s * out
 
-    def p_mean_variance(self, out: Tensor, x_t: Tensor, t: Tensor, *,
-                        variance: Variance = "small", clip: bool = True
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+    def p_mean_variance(
+        self,
+        out: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        variance: Variance = "small",
+        clip: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, log-variance of p(x_{t-1} | x_t) and x̂_0: μ = μ̃_t(x_t, x̂_0) with x̂_0 clipped
         to ``[-1, 1]`` if ``clip``; variance β̃_t (``small``) or β_t (``large``)."""
         _, x0_hat = self.split(out, x_t, self.extract(self.alphas_cumprod, t, x_t))
@@ -271,9 +291,17 @@ class GaussianDiffusion:
         kl = normal_kl(ab.sqrt() * x0, (1 - ab).log(), torch.zeros_like(x0), torch.zeros_like(ab))
         return kl.flatten(1).sum(1)
 
-    def vlb_terms(self, net: NetFn, x0: Tensor, levels: int, *, variance: Variance = "small",
-                  clip: bool = True, generator: Generator = None, max_batch: int = 4096
-                  ) -> dict[str, Tensor]:
+    def vlb_terms(
+        self,
+        net: NetFn,
+        x0: Tensor,
+        levels: int,
+        *,
+        variance: Variance = "small",
+        clip: bool = True,
+        generator: Generator = None,
+        max_batch: int = 4096,
+    ) -> dict[str, Tensor]:
         """The variational bound on -log P(x_0) of discrete data, every term in ``[N]`` nats.
 
         ``x0``: ``[N, ...]`` levels scaled to ``[-1, 1]``. For each t one x_t ~ q(x_t | x_0)
@@ -290,13 +318,18 @@ class GaussianDiffusion:
         per_t = torch.zeros(self.T, b, dtype=torch.float64, device=x0.device)
         for start in range(0, self.T, chunk):
             ts = list(range(start, min(start + chunk, self.T)))
-            eps = torch.cat([randn(x0.shape, generator=generator, device=x0.device,
-                                   dtype=x0.dtype) for _ in ts])
+            eps = torch.cat(
+                [randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) for _ in ts]
+            )
             t = torch.tensor(ts, device=x0.device).repeat_interleave(b)
             x0r = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
             x_t, net_t = self.q_sample(x0r, t, eps), self.net_time(t)
-            out = torch.cat([net(x_t[i:i + max_batch], net_t[i:i + max_batch])
-                             for i in range(0, x_t.shape[0], max_batch)]).double()
+            out = torch.cat(
+                [
+                    net(x_t[i : i + max_batch], net_t[i : i + max_batch])
+                    for i in range(0, x_t.shape[0], max_batch)
+                ]
+            ).double()
             x0d, x_td = x0r.double(), x_t.double()
             mean, logvar, _ = self.p_mean_variance(out, x_td, t, variance=variance, clip=clip)
             q_mean, q_logvar = self.q_posterior(x0d, x_td, t)
@@ -304,8 +337,13 @@ class GaussianDiffusion:
             if ts[0] == 0:  # rows of t = 0 come first: the decoder term replaces the KL
                 ll = discretized_gaussian_log_likelihood(x0d[:b], mean[:b], logvar[:b], levels)
                 kl[0] = -ll.flatten(1).sum(1)
-            per_t[ts[0]:ts[-1] + 1] = kl
+            per_t[ts[0] : ts[-1] + 1] = kl
         prior = self.prior_kl(x0)
         diffusion, decoder = per_t[1:].sum(0), per_t[0]
-        return {"prior": prior, "diffusion": diffusion, "decoder": decoder,
-                "vlb": prior + diffusion + decoder, "per_t": per_t.T}
+        return {
+            "prior": prior,
+            "diffusion": diffusion,
+            "decoder": decoder,
+            "vlb": prior + diffusion + decoder,
+            "per_t": per_t.T,
+        }

@@ -50,8 +50,7 @@ def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
     return [(i * (timesteps - 1) + (steps - 1) // 2) // (steps - 1) for i in range(steps)]
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0
-                  ) -> list[float]:
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> list[float]:
     """``steps`` noise levels from σ_max down to σ_min, evenly spaced in σ^(1/ρ) (Karras et al.
     2022, eq. 5)."""
     if steps < 2:
@@ -66,9 +65,16 @@ def _respaced(process: GaussianDiffusion, steps: int | None) -> GaussianDiffusio
     return process.respace(spaced_timesteps(process.T, int(steps)))
 
 
-def ancestral_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *,
-                     steps: int | None = None, variance: Variance = "small", clip: bool = True,
-                     generator: Generator = None) -> tuple[Tensor, float]:
+def ancestral_sample(
+    net: NetFn,
+    process: GaussianDiffusion,
+    x_T: Tensor,
+    *,
+    steps: int | None = None,
+    variance: Variance = "small",
+    clip: bool = True,
+    generator: Generator = None,
+) -> tuple[Tensor, float]:
     """DDPM ancestral sampling from x_T ``[N, ...]``: x_{t-1} = μ_θ(x_t, t) + σ_t z (no noise at
     the last step). ``steps`` respaces the process (default: all T). Returns (x_0, NFE)."""
     proc, x = _respaced(process, steps), x_T
@@ -84,9 +90,16 @@ def ancestral_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *,
     return x, float(proc.T)
 
 
-def ddim_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, steps: int | None = None,
-                eta: float = 0.0, clip: bool = True, generator: Generator = None
-                ) -> tuple[Tensor, float]:
+def ddim_sample(
+    net: NetFn,
+    process: GaussianDiffusion,
+    x_T: Tensor,
+    *,
+    steps: int | None = None,
+    eta: float = 0.0,
+    clip: bool = True,
+    generator: Generator = None,
+) -> tuple[Tensor, float]:
     """DDIM from x_T ``[N, ...]`` on ``steps`` timesteps (default all T). Returns (x_0, NFE).
 
     x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε̂ + σ z; with ``clip``, x̂_0 is clipped to
@@ -116,8 +129,9 @@ def pf_ode_eps(net: NetFn, process: GaussianDiffusion, y: Tensor, sigma: Tensor)
     return eps
 
 
-def integrate_fixed(f: Drift, state: Tensor, grid: Sequence[float], method: Solver = "heun"
-                    ) -> tuple[Tensor, float]:
+def integrate_fixed(
+    f: Drift, state: Tensor, grid: Sequence[float], method: Solver = "heun"
+) -> tuple[Tensor, float]:
     """Integrate d state/ds = f over the times ``grid`` with Euler or Heun steps, every row on the
     same grid. Returns the final ``state`` ``[N, D]`` and the drift evaluations per row (one
     number for all rows)."""
@@ -139,15 +153,28 @@ def integrate_fixed(f: Drift, state: Tensor, grid: Sequence[float], method: Solv
 
 # Dormand & Prince (1980) RK5(4)7M tableau; the 7th stage is the next step's 1st (FSAL).
 _DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_DP_A = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
-         (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-         (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-         (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
 _DP_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
-def integrate_rk45(f: Drift, state: Tensor, s0: float, s1: float, *, rtol: float = 1e-5,
-                   atol: float = 1e-5, max_steps: int = 10_000) -> tuple[Tensor, Tensor]:
+def integrate_rk45(
+    f: Drift,
+    state: Tensor,
+    s0: float,
+    s1: float,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    max_steps: int = 10_000,
+) -> tuple[Tensor, Tensor]:
     """Adaptive Dormand-Prince 5(4) from ``s0`` to ``s1`` with one step size per row.
 
     Error norm per row: RMS of err / (atol + rtol · max(|y|, |y_new|)); a step is accepted when
@@ -163,8 +190,13 @@ def integrate_rk45(f: Drift, state: Tensor, s0: float, s1: float, *, rtol: float
     nfe = torch.ones(b, dtype=torch.float64, device=dev)
     scale = atol + rtol * state.abs()
     d0, d1 = (state / scale).square().mean(1).sqrt(), (k1 / scale).square().mean(1).sqrt()
-    h = torch.where((d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / d1.clamp(min=1e-12),
-                    torch.full_like(d0, 1e-6)).double().clamp(max=abs(s1 - s0))
+    h = (
+        torch.where(
+            (d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / d1.clamp(min=1e-12), torch.full_like(d0, 1e-6)
+        )
+        .double()
+        .clamp(max=abs(s1 - s0))
+    )
     for _ in range(max_steps):
         left = (s1 - s) * direction
         active = (left > 1e-12 * max(1.0, abs(s1))).nonzero().squeeze(1)
@@ -200,9 +232,17 @@ def ode_grid(process: GaussianDiffusion, steps: int, solver: Solver) -> list[flo
     return [float(process.sigmas[i]) for i in spaced_timesteps(process.T, steps)]
 
 
-def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: Solver = "rk45",
-               steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
-               generator: Generator = None) -> tuple[Tensor, Tensor]:
+def ode_sample(
+    net: NetFn,
+    process: GaussianDiffusion,
+    x_T: Tensor,
+    *,
+    solver: Solver = "rk45",
+    steps: int = 50,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: Generator = None,
+) -> tuple[Tensor, Tensor]:
     """Probability-flow ODE from x_T ``[N, ...]`` (deterministic; ``generator`` is unused).
 
     ``euler``/``heun``: ``steps`` noise levels (:func:`ode_grid`) then 0 (Heun ends with an
@@ -221,6 +261,7 @@ def ode_sample(net: NetFn, process: GaussianDiffusion, x_T: Tensor, *, solver: S
         y, n = integrate_fixed(lambda sig, st, rows: eps(sig, st), y, grid, solver)
         nfe = torch.full((y.shape[0],), n, dtype=torch.float64, device=y.device)
     elif solver == "rk45":
+
         def drift(log_sig: Tensor, state: Tensor, rows: Tensor) -> Tensor:
             """dy/d log σ = σ ε̂ ``[N, D]`` at log σ ``log_sig`` ``[N]`` (float64)."""
             sig = log_sig.exp()

@@ -130,10 +130,18 @@ class UNet(nn.Module):
         norm_groups: GroupNorm groups (``gcd`` with the width is used).
     """
 
-    def __init__(self, in_channels: int, resolution: int, *, ch: int = 128,
-                 ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
-                 attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
-                 norm_groups: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        *,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        norm_groups: int = 32,
+    ) -> None:
         super().__init__()
         ch_mult, attn = tuple(int(m) for m in ch_mult), {int(r) for r in attn_resolutions}
         temb, g = 4 * ch, norm_groups
@@ -152,8 +160,9 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
                 skips.append(c)
                 res = (res + 1) // 2
-        self.mid = nn.ModuleList([ResBlock(c, c, temb, dropout, g), AttnBlock(c, g),
-                                  ResBlock(c, c, temb, dropout, g)])
+        self.mid = nn.ModuleList(
+            [ResBlock(c, c, temb, dropout, g), AttnBlock(c, g), ResBlock(c, c, temb, dropout, g)]
+        )
         self.up = nn.ModuleList()
         for i, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
@@ -194,8 +203,9 @@ class MLPDenoiser(nn.Module):
     Dense(SiLU(temb)))))``] → ``SiLU, Linear(hidden, D)`` (zero-initialized).
     """
 
-    def __init__(self, dims: int, *, hidden: int = 256, blocks: int = 3,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, dims: int, *, hidden: int = 256, blocks: int = 3, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.temb = TimeEmbedding(hidden, hidden)
         self.inp = nn.Linear(dims, hidden)
@@ -213,11 +223,19 @@ class MLPDenoiser(nn.Module):
         return self.out(F.silu(h)).reshape(x.shape)
 
 
-def build_denoiser(shape: Sequence[int], net: NetKind = "auto", *, ch: int = 128,
-                   ch_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
-                   attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
-                   norm_groups: int = 32, mlp_hidden: int = 256, mlp_blocks: int = 3
-                   ) -> nn.Module:
+def build_denoiser(
+    shape: Sequence[int],
+    net: NetKind = "auto",
+    *,
+    ch: int = 128,
+    ch_mult: Sequence[int] = (1, 2, 2, 2),
+    num_res_blocks: int = 2,
+    attn_resolutions: Sequence[int] = (16,),
+    dropout: float = 0.1,
+    norm_groups: int = 32,
+    mlp_hidden: int = 256,
+    mlp_blocks: int = 3,
+) -> nn.Module:
     """The denoiser for data of ``shape`` ``(C, H, W)``: ``net="auto"`` picks the MLP when
     ``H = W = 1`` and the U-Net otherwise."""
     c, h, w = (int(s) for s in shape)
@@ -225,5 +243,13 @@ def build_denoiser(shape: Sequence[int], net: NetKind = "auto", *, ch: int = 128
         raise ValueError(f"net must be auto, unet or mlp, got {net!r}")
     if net == "mlp" or (net == "auto" and h == w == 1):
         return MLPDenoiser(c * h * w, hidden=mlp_hidden, blocks=mlp_blocks, dropout=dropout)
-    return UNet(c, h, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-                attn_resolutions=attn_resolutions, dropout=dropout, norm_groups=norm_groups)
+    return UNet(
+        c,
+        h,
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=num_res_blocks,
+        attn_resolutions=attn_resolutions,
+        dropout=dropout,
+        norm_groups=norm_groups,
+    )

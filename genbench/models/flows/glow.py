@@ -45,9 +45,18 @@ class Glow(MultiScaleFlow):
         logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform.
     """
 
-    def __init__(self, shape: Sequence[int], levels: int, *, scales: int = 2, steps: int = 8,
-                 hidden: int = 64, blocks: int = 1, learn_prior: bool = True,
-                 logit_alpha: float | None = None) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        scales: int = 2,
+        steps: int = 8,
+        hidden: int = 64,
+        blocks: int = 1,
+        learn_prior: bool = True,
+        logit_alpha: float | None = None,
+    ) -> None:
         super().__init__(shape, levels)
         if scales < 1 or steps < 1:
             raise ValueError(f"scales and steps must be >= 1, got {scales}, {steps}")
@@ -62,9 +71,13 @@ class Glow(MultiScaleFlow):
                 c, h, w = 4 * c, h // 2, w // 2
             mask = "channel" if c >= 2 else "checkerboard"
             for _ in range(int(steps)):
-                layers += [ActNorm(c), InvConv1x1(c),
-                           AffineCoupling((c, h, w), mask, 0, hidden=int(hidden),
-                                          blocks=int(blocks), scale="sigmoid")]
+                layers += [
+                    ActNorm(c),
+                    InvConv1x1(c),
+                    AffineCoupling(
+                        (c, h, w), mask, 0, hidden=int(hidden), blocks=int(blocks), scale="sigmoid"
+                    ),
+                ]
             if level == n_levels - 1 or c < 2:
                 stages.append(Scale(layers))
                 break

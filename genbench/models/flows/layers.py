@@ -28,8 +28,9 @@ from genbench.nn.random import Generator, rand
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def dequantize(x: Tensor, levels: int, *, generator: Generator = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+def dequantize(
+    x: Tensor, levels: int, *, generator: Generator = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Uniform dequantization ``y = (x + u) / K`` with ``u ~ U[0, 1)^D``.
 
     Args:
@@ -162,8 +163,9 @@ class InvConv1x1(nn.Module):
         s = upper.diagonal()
         self.register_buffer("perm", p)  # P
         self.register_buffer("sign_s", s.sign())
-        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1),
-                             persistent=False)
+        self.register_buffer(
+            "lower_mask", torch.tril(torch.ones(channels, channels), -1), persistent=False
+        )
         self.register_buffer("eye", torch.eye(channels), persistent=False)
         self.lower = nn.Parameter(lower)  # L (strictly lower part used; unit diagonal)
         self.upper = nn.Parameter(torch.triu(upper, 1))  # U (strictly upper part used)
@@ -207,9 +209,14 @@ class CouplingNet(nn.Module):
         self.inp = nn.Conv2d(c_in, hidden, kernel, padding=pad)
         self.mid = nn.Conv2d(hidden, hidden, 1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, kernel, padding=pad), nn.ReLU(),
-                          nn.Conv2d(hidden, hidden, 1))
-            for _ in range(blocks))
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, kernel, padding=pad),
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 1),
+            )
+            for _ in range(blocks)
+        )
         self.out = _zero_conv(hidden, c_out, kernel)
 
     def forward(self, h: Tensor) -> Tensor:
@@ -233,9 +240,16 @@ class AffineCoupling(nn.Module):
             ``H = W = 1``.
     """
 
-    def __init__(self, shape: tuple[int, int, int], mask: Literal["checkerboard", "channel"],
-                 parity: int, *, hidden: int, blocks: int,
-                 scale: Literal["tanh", "sigmoid"] = "tanh") -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        mask: Literal["checkerboard", "channel"],
+        parity: int,
+        *,
+        hidden: int,
+        blocks: int,
+        scale: Literal["tanh", "sigmoid"] = "tanh",
+    ) -> None:
         super().__init__()
         c, height, width = shape
         if scale not in ("tanh", "sigmoid"):
@@ -246,8 +260,9 @@ class AffineCoupling(nn.Module):
             if height * width < 2:
                 raise ValueError("a checkerboard coupling needs at least 2 pixels")
             ij = torch.arange(height)[:, None] + torch.arange(width)[None]
-            self.register_buffer("mask", ((ij + self.parity) % 2 == 0).float()[None, None],
-                                 persistent=False)
+            self.register_buffer(
+                "mask", ((ij + self.parity) % 2 == 0).float()[None, None], persistent=False
+            )
             c_in, c_change = c + 1, c
         elif mask == "channel":
             if c < 2:
@@ -267,7 +282,7 @@ class AffineCoupling(nn.Module):
 
     def _split(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(h_a, h_b)`` of a channel coupling."""
-        first, second = h[:, :self.c_first], h[:, self.c_first:]
+        first, second = h[:, : self.c_first], h[:, self.c_first :]
         return (first, second) if self.parity == 0 else (second, first)
 
     def _join(self, h_a: Tensor, h_b: Tensor) -> Tensor:

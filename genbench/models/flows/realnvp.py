@@ -50,8 +50,12 @@ class Scale(nn.Module):
         z_shape: ``(C_z, H, W)`` of the factored-out part (ignored without ``split``).
     """
 
-    def __init__(self, layers: Sequence[nn.Module], split: SplitPrior | None = None,
-                 z_shape: tuple[int, int, int] = (0, 0, 0)) -> None:
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        split: SplitPrior | None = None,
+        z_shape: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.split = split
@@ -65,7 +69,7 @@ class Scale(nn.Module):
             logdet = logdet + ld
         if self.split is None:
             return h, None, logdet
-        h, z = h[:, :h.shape[1] - self.z_shape[0]], h[:, h.shape[1] - self.z_shape[0]:]
+        h, z = h[:, : h.shape[1] - self.z_shape[0]], h[:, h.shape[1] - self.z_shape[0] :]
         eps, ld = self.split.standardize(z, h)
         return h, eps, logdet + ld
 
@@ -176,10 +180,21 @@ class RealNVP(MultiScaleFlow):
         logit_alpha: alpha of the logit pre-transform (0.05 in the paper).
     """
 
-    def __init__(self, shape: Sequence[int], levels: int, *, scales: int = 2, hidden: int = 32,
-                 blocks: int = 1, checker_couplings: int = 3, channel_couplings: int = 3,
-                 final_couplings: int = 4, flat_couplings: int = 8, actnorm: bool = True,
-                 logit_alpha: float = 0.05) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        scales: int = 2,
+        hidden: int = 32,
+        blocks: int = 1,
+        checker_couplings: int = 3,
+        channel_couplings: int = 3,
+        final_couplings: int = 4,
+        flat_couplings: int = 8,
+        actnorm: bool = True,
+        logit_alpha: float = 0.05,
+    ) -> None:
         super().__init__(shape, levels)
         if scales < 1:
             raise ValueError(f"scales must be >= 1, got {scales}")

@@ -59,12 +59,16 @@ def renamed_d_steps(d_steps: int | None, default: int, **old: int | None) -> int
     for name, value in old.items():
         if value is None:
             continue
-        warnings.warn(f"model.{name} is deprecated and will be removed in the next release: "
-                      "use model.d_steps (discriminator steps per training step)", FutureWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"model.{name} is deprecated and will be removed in the next release: "
+            "use model.d_steps (discriminator steps per training step)",
+            FutureWarning,
+            stacklevel=3,
+        )
         if d_steps is not None and int(d_steps) != int(value):
-            raise ValueError(f"model.{name}={value} and model.d_steps={d_steps} disagree; "
-                             "set model.d_steps only")
+            raise ValueError(
+                f"model.{name}={value} and model.d_steps={d_steps} disagree; set model.d_steps only"
+            )
         d_steps = value
     return default if d_steps is None else int(d_steps)
 
@@ -105,9 +109,16 @@ class GAN(GenerativeModel):
     generator: nn.Module
     discriminator: nn.Module
 
-    def __init__(self, shape: Sequence[int], levels: int, *, z_dim: int, d_steps: int = 1,
-                 d_optimizer: Mapping[str, Any] | None = None,
-                 g_optimizer: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        z_dim: int,
+        d_steps: int = 1,
+        d_optimizer: Mapping[str, Any] | None = None,
+        g_optimizer: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(shape, levels)
         if self.loss not in D_LOSSES:
             raise ValueError(f"unknown GAN loss {self.loss!r}; valid: {sorted(D_LOSSES)}")
@@ -120,8 +131,10 @@ class GAN(GenerativeModel):
     # -- contract -------------------------------------------------------------------------------
     @property
     def phases(self) -> tuple[Phase, ...]:
-        return (Phase("d", repeat=self.d_steps, optimizer=self.d_optimizer),
-                Phase("g", optimizer=self.g_optimizer))
+        return (
+            Phase("d", repeat=self.d_steps, optimizer=self.d_optimizer),
+            Phase("g", optimizer=self.g_optimizer),
+        )
 
     def parameters_for(self, phase: str) -> Iterable[nn.Parameter]:
         """``"d"``: discriminator parameters; ``"g"``: generator parameters."""
@@ -142,8 +155,11 @@ class GAN(GenerativeModel):
         """D-phase terms for real data ``y`` and detached fakes ``fake``, both ``[N, C, H, W]`` in
         ``[-1, 1]``; subclasses add regularizers (WGAN-GP's gradient penalty)."""
         real_out, fake_out = self.discriminator(y), self.discriminator(fake)  # D(x), D(G(z)): [N]
-        return {"loss": D_LOSSES[self.loss](real_out, fake_out),
-                "d_real": real_out.detach(), "d_fake": fake_out.detach()}
+        return {
+            "loss": D_LOSSES[self.loss](real_out, fake_out),
+            "d_real": real_out.detach(),
+            "d_fake": fake_out.detach(),
+        }
 
     def fake_batch(self, n: int, device: torch.device) -> Tensor:
         """``[n, C, H, W]`` fakes G(z) in ``[-1, 1]`` from the global RNG, without a graph."""
@@ -179,8 +195,9 @@ class GAN(GenerativeModel):
             return self.generator
         raise ValueError(f"unknown phase {phase!r} for {type(self).__name__}; valid: d, g")
 
-    def latent(self, n: int, *, generator: Generator = None,
-               truncation: float | None = None) -> Tensor:
+    def latent(
+        self, n: int, *, generator: Generator = None, truncation: float | None = None
+    ) -> Tensor:
         """``[n, z_dim]`` z ~ N(0, I), or truncated to ``[-t, t]``: z = Φ⁻¹(Φ(-t) + u (Φ(t) -
         Φ(-t))) with u ~ U[0, 1). Row i is drawn from ``generator[i]`` when a list is given."""
         device = next(self.generator.parameters()).device

@@ -36,12 +36,37 @@ class DCGAN(GAN):
 
     loss = "nonsaturating"
 
-    def __init__(self, shape: Sequence[int], levels: int, *, arch: str = "auto", z_dim: int = 64,
-                 g_width: int = 32, d_width: int = 16, hidden: int = 128, depth: int = 3,
-                 d_steps: int = 1, d_optimizer: Mapping[str, Any] | None = None,
-                 g_optimizer: Mapping[str, Any] | None = None) -> None:
-        super().__init__(shape, levels, z_dim=z_dim, d_steps=d_steps, d_optimizer=d_optimizer,
-                         g_optimizer=g_optimizer)
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        arch: str = "auto",
+        z_dim: int = 64,
+        g_width: int = 32,
+        d_width: int = 16,
+        hidden: int = 128,
+        depth: int = 3,
+        d_steps: int = 1,
+        d_optimizer: Mapping[str, Any] | None = None,
+        g_optimizer: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            shape,
+            levels,
+            z_dim=z_dim,
+            d_steps=d_steps,
+            d_optimizer=d_optimizer,
+            g_optimizer=g_optimizer,
+        )
         self.arch, self.generator, self.discriminator = build_networks(
-            arch, self.shape, self.z_dim, g_width=g_width, d_width=d_width, hidden=hidden,
-            depth=depth, conv={"norm": "batch"}, conv_init=True)
+            arch,
+            self.shape,
+            self.z_dim,
+            g_width=g_width,
+            d_width=d_width,
+            hidden=hidden,
+            depth=depth,
+            conv={"norm": "batch"},
+            conv_init=True,
+        )

@@ -72,8 +72,9 @@ def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
     return eps * real + (1.0 - eps) * fake
 
 
-def gradient_penalty(critic: Callable[[Tensor], Tensor], x_hat: Tensor,
-                     weight: float = 10.0) -> Tensor:
+def gradient_penalty(
+    critic: Callable[[Tensor], Tensor], x_hat: Tensor, weight: float = 10.0
+) -> Tensor:
     """``[N]`` λ (‖∇_x̂ D(x̂)‖₂ - 1)², the two-sided penalty of WGAN-GP.
 
     Args:

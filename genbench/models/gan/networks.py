@@ -53,10 +53,19 @@ def resolve_arch(arch: str, shape: Sequence[int], choices: Sequence[str]) -> str
     return arch
 
 
-def build_networks(arch: str, shape: Sequence[int], z_dim: int, *, g_width: int, d_width: int,
-                   hidden: int, depth: int, conv: Mapping[str, Any] | None = None,
-                   conv_init: bool = False, resnet_pool: str | None = None
-                   ) -> tuple[str, nn.Module, nn.Module]:
+def build_networks(
+    arch: str,
+    shape: Sequence[int],
+    z_dim: int,
+    *,
+    g_width: int,
+    d_width: int,
+    hidden: int,
+    depth: int,
+    conv: Mapping[str, Any] | None = None,
+    conv_init: bool = False,
+    resnet_pool: str | None = None,
+) -> tuple[str, nn.Module, nn.Module]:
     """``(arch, generator, discriminator)`` for ``arch`` (``auto`` resolved, see
     :func:`resolve_arch`): a generator ``[N, z_dim]`` -> ``[N, C, H, W]`` and a discriminator
     ``[N, C, H, W]`` -> ``[N]``.
@@ -80,11 +89,17 @@ def build_networks(arch: str, shape: Sequence[int], z_dim: int, *, g_width: int,
     choices = ("conv", "resnet", "mlp") if resnet_pool is not None else ("conv", "mlp")
     arch = resolve_arch(arch, shape, choices)
     if arch == "mlp":
-        return arch, MLPGenerator(z_dim, shape, hidden, depth), MLPDiscriminator(shape, hidden,
-                                                                                  depth)
+        return (
+            arch,
+            MLPGenerator(z_dim, shape, hidden, depth),
+            MLPDiscriminator(shape, hidden, depth),
+        )
     if arch == "resnet":
-        return arch, ResNetGenerator(z_dim, shape, g_width), ResNetDiscriminator(
-            shape, d_width, pool=str(resnet_pool))
+        return (
+            arch,
+            ResNetGenerator(z_dim, shape, g_width),
+            ResNetDiscriminator(shape, d_width, pool=str(resnet_pool)),
+        )
     generator = DCGANGenerator(z_dim, shape, g_width)
     discriminator = ConvDiscriminator(shape, d_width, **dict(conv or {}))
     if conv_init:
@@ -110,8 +125,7 @@ class MLPGenerator(nn.Module):
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers += [nn.Linear(width, int(torch.tensor(shape).prod())),
-                   nn.Unflatten(1, tuple(shape))]
+        layers += [nn.Linear(width, int(torch.tensor(shape).prod())), nn.Unflatten(1, tuple(shape))]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -161,11 +175,18 @@ class DCGANGenerator(nn.Module):
         c_out, h, w = shape
         h0, w0, n = upsampling_plan(h, w)
         c = width * 2**n
-        layers: list[nn.Module] = [nn.Linear(z_dim, c * h0 * w0, bias=False),
-                                   nn.Unflatten(1, (c, h0, w0)), nn.BatchNorm2d(c), nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Linear(z_dim, c * h0 * w0, bias=False),
+            nn.Unflatten(1, (c, h0, w0)),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        ]
         for _ in range(n):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(c // 2), nn.ReLU()]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.ReLU(),
+            ]
             c //= 2
         layers += [nn.Conv2d(c, c_out, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -185,16 +206,25 @@ class ConvDiscriminator(nn.Module):
         deep: add a 3x3 convolution after every downsampling (SNGAN's standard CNN).
     """
 
-    def __init__(self, shape: Sequence[int], width: int, norm: Norm = "batch",
-                 slope: float = 0.2, deep: bool = False) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        width: int,
+        norm: Norm = "batch",
+        slope: float = 0.2,
+        deep: bool = False,
+    ) -> None:
         super().__init__()
         c_in, h, w = shape
         h0, w0, n = upsampling_plan(h, w)
         c = width
         layers: list[nn.Module] = [nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(slope)]
         for _ in range(n):
-            layers += [nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), _norm(norm, 2 * c),
-                       nn.LeakyReLU(slope)]
+            layers += [
+                nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
+                _norm(norm, 2 * c),
+                nn.LeakyReLU(slope),
+            ]
             c *= 2
             if deep:
                 layers += [nn.Conv2d(c, c, 3, padding=1), _norm(norm, c), nn.LeakyReLU(slope)]
@@ -226,9 +256,14 @@ class UpBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.BatchNorm2d(c_in), nn.ReLU(), nn.Upsample(scale_factor=2),
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1))
+            nn.BatchNorm2d(c_in),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
         self.skip = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 1))
 
     def forward(self, h: Tensor) -> Tensor:
@@ -244,8 +279,13 @@ class DownBlock(nn.Module):
         super().__init__()
         pool: list[nn.Module] = [nn.AvgPool2d(2)] if down else []
         act: list[nn.Module] = [] if first else [nn.ReLU()]
-        self.main = nn.Sequential(*act, nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(c_out, c_out, 3, padding=1), *pool)
+        self.main = nn.Sequential(
+            *act,
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            *pool,
+        )
         if first:
             self.skip: nn.Module = nn.Sequential(*pool, nn.Conv2d(c_in, c_out, 1))
         elif down or c_in != c_out:
@@ -265,9 +305,14 @@ class ResNetGenerator(nn.Module):
         c_out, h, w = shape
         h0, w0, n = upsampling_plan(h, w)
         self.net = nn.Sequential(
-            nn.Linear(z_dim, width * h0 * w0), nn.Unflatten(1, (width, h0, w0)),
+            nn.Linear(z_dim, width * h0 * w0),
+            nn.Unflatten(1, (width, h0, w0)),
             *[UpBlock(width, width) for _ in range(n)],
-            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, c_out, 3, padding=1), nn.Tanh())
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, c_out, 3, padding=1),
+            nn.Tanh(),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)

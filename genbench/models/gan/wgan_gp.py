@@ -43,23 +43,49 @@ class WGANGP(GAN):
 
     loss = "wasserstein"
 
-    def __init__(self, shape: Sequence[int], levels: int, *, arch: str = "auto", z_dim: int = 64,
-                 g_width: int = 32, d_width: int = 24, hidden: int = 128, depth: int = 3,
-                 d_steps: int | None = None, gp_weight: float = 10.0, d_norm: str = "none",
-                 d_optimizer: Mapping[str, Any] | None = None,
-                 g_optimizer: Mapping[str, Any] | None = None,
-                 n_critic: int | None = None) -> None:
-        super().__init__(shape, levels, z_dim=z_dim,
-                         d_steps=renamed_d_steps(d_steps, 5, n_critic=n_critic),
-                         d_optimizer=d_optimizer, g_optimizer=g_optimizer)
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        arch: str = "auto",
+        z_dim: int = 64,
+        g_width: int = 32,
+        d_width: int = 24,
+        hidden: int = 128,
+        depth: int = 3,
+        d_steps: int | None = None,
+        gp_weight: float = 10.0,
+        d_norm: str = "none",
+        d_optimizer: Mapping[str, Any] | None = None,
+        g_optimizer: Mapping[str, Any] | None = None,
+        n_critic: int | None = None,
+    ) -> None:
+        super().__init__(
+            shape,
+            levels,
+            z_dim=z_dim,
+            d_steps=renamed_d_steps(d_steps, 5, n_critic=n_critic),
+            d_optimizer=d_optimizer,
+            g_optimizer=g_optimizer,
+        )
         if d_norm not in ("none", "layer"):
             raise ValueError(f"WGAN-GP critic norm must be 'none' or 'layer', got {d_norm!r}")
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
         self.gp_weight = float(gp_weight)
         self.arch, self.generator, self.discriminator = build_networks(
-            arch, self.shape, self.z_dim, g_width=g_width, d_width=d_width, hidden=hidden,
-            depth=depth, conv={"norm": d_norm}, conv_init=True, resnet_pool="mean")
+            arch,
+            self.shape,
+            self.z_dim,
+            g_width=g_width,
+            d_width=d_width,
+            hidden=hidden,
+            depth=depth,
+            conv={"norm": d_norm},
+            conv_init=True,
+            resnet_pool="mean",
+        )
 
     def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """Critic terms: ``loss`` = D(x̃) - D(x) + ``gp``; ``wasserstein`` = D(x) - D(x̃) (the
