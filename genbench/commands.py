@@ -228,7 +228,10 @@ def load_run(cfg: DictConfig) -> tuple[DictConfig, RunDir, Any, Any, Any, TrainS
         OmegaConf.merge(run_cfg.device, cfg.device) if "device" in cfg else run_cfg.device
     )
     setup = ddp.init(setup_device(run_cfg.device), run_cfg.device.get("threads", "auto"))
-    data, model = build(run_cfg, setup)
+    try:
+        data, model = build(run_cfg, setup)
+    except ConfigError as err:
+        raise ConfigError(f"{str(run.config_file)!r}: {err}") from None
     try:
         state = TrainState(**run.load_checkpoint("last")["state"])
     except (KeyError, TypeError) as err:
@@ -258,6 +261,7 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
     run_cfg, run, setup, data, model, state = load_run(cfg)
     outputs = Path(cfg.paths.outputs)
     ddp.on_main(open_store, outputs)  # fail before overwriting the run's metrics.json
+    ddp.on_main(run.check_writable)  # ... or before writing anything it could not finish
     run_cfg.eval, run_cfg.sampler = cfg.eval, cfg.sampler
     with run.lock("eval") if ddp.is_main() else contextlib.nullcontext():
         rows = _evaluate(model, data, run_cfg, setup.device, outputs, run)

@@ -197,6 +197,16 @@ class RunDir:
             raise FileError(f"{str(self.metrics_file)!r} has no list of metric rows")
         return rows
 
+    def check_writable(self) -> None:
+        """Refuse, before any work, to evaluate into a folder whose result files cannot be
+        replaced (a folder, FIFO or device where ``metrics.json``, ``record.json`` or
+        ``samples.png`` belongs), so a failed evaluation never leaves half its results."""
+        for path in (self.metrics_file, self.record_file, self.samples_png):
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                raise FileError(
+                    f"{str(path)!r} is not a regular file: move it away to write this run's results"
+                )
+
     def write_record(self, record: dict[str, Any]) -> None:
         write_json(self.record_file, record, what="run record")
 

@@ -455,11 +455,7 @@ BY_KIND: dict[str, list[tuple[str, Mutation]]] = {
 
 #: (command, file, mutation) classes with a known defect, each pinned by a strict xfail below;
 #: the fuzz leaves them out until the fix lands (the xfail then passes and fails the suite)
-KNOWN: set[tuple[str, str, str]] = {
-    ("eval", "metrics.json", "folder"),
-    ("eval", "record.json", "folder"),
-    # test_eval_that_cannot_record_writes_nothing
-}
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 def _run(data: st.DataObject) -> None:
@@ -530,13 +526,6 @@ def test_eval_replaces_a_planted_samples_png(mutation, tmp_path):
     assert target.read_text() == "not to be overwritten"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval checks that it can write metrics.json and record.json "
-    "only when it writes them, after evaluating: samples.png and metrics.json are "
-    "already replaced when a folder at record.json stops it (genbench/commands.py "
-    "_eval, RunDir); checking the run folder's write targets first fixes it",
-)
 @pytest.mark.parametrize("file", ["metrics.json", "record.json"])
 def test_eval_that_cannot_record_writes_nothing(file, tmp_path):
     out, run = copy_outputs(tmp_path / "out")
@@ -551,11 +540,6 @@ def test_eval_that_cannot_record_writes_nothing(file, tmp_path):
     assert not changed(before, snapshot(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_run (genbench/commands.py) reports a bad value in a "
-    "run's config.yaml by its key only; the message should also name the file",
-)
 def test_bad_value_in_a_stored_config_names_the_file(tmp_path):
     out, run = copy_outputs(tmp_path / "out")
     doc = yaml.safe_load((run / "config.yaml").read_text())
