@@ -26,7 +26,9 @@ class Metric:
         n: number of examples (or generated samples) behind it.
         unit: ``bits/dim``, ``nats``, ``ms``, ``count`` or ``""``.
         protocol: everything that must match for two numbers to be comparable (extractor, weights
-            hash, sample count, sampler settings, seed ...).
+            hash, sample count, sampler settings, seed ...); ``protocol["interval"]`` names how
+            ``lo``/``hi`` were computed.
+        lo, hi: the 95 % interval around ``value`` in ``unit`` (None: no interval).
     """
 
     name: str
@@ -36,6 +38,8 @@ class Metric:
     n: int = 0
     unit: str = ""
     protocol: dict[str, Any] = field(default_factory=dict)
+    lo: float | None = None
+    hi: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,8 +68,17 @@ class Metric:
         protocol = d.get("protocol", {})
         if not isinstance(protocol, dict):
             raise ValueError(f"metric {name!r} has a protocol that is not a JSON object")
+        bounds = {k: d.get(k) for k in ("lo", "hi")}
+        for k, v in bounds.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ValueError(f"metric {name!r} has {k}={v!r}, not a number")
         return cls(
-            name, float("nan") if value is None else float(value), n=n, protocol=protocol, **text
+            name,
+            float("nan") if value is None else float(value),
+            n=n,
+            protocol=protocol,
+            **text,
+            **{k: None if v is None else float(v) for k, v in bounds.items()},
         )
 
     @property
@@ -73,6 +86,52 @@ class Metric:
         """Canonical JSON of the protocol (numbers with different protocols are never ranked
         together)."""
         return json.dumps(self.protocol, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """A metric measured during training at one point of its budget (an anytime curve), with
+    the four budget quantities spent when it was measured.
+
+    Attributes:
+        metric: the number (its kind, unit, protocol and interval as for a final metric).
+        fraction: share of the run's budget spent, in (0, 1].
+        step: training steps done; images: training examples seen (every phase and repeat);
+        seconds: training wall time (s); flops: training FLOPs (forward and backward).
+    """
+
+    metric: Metric
+    fraction: float
+    step: int
+    images: int
+    seconds: float
+    flops: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric.to_dict(),
+            **{k: getattr(self, k) for k in ("fraction", "step", "images", "seconds", "flops")},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CurvePoint:
+        """A curve point read back from a run folder, checked field by field (``ValueError``
+        naming the first bad field)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a curve point is a JSON object, not {type(d).__name__}")
+        out: dict[str, Any] = {"metric": Metric.from_dict(d.get("metric"))}
+        for k, kind in (
+            ("fraction", float),
+            ("step", int),
+            ("images", int),
+            ("seconds", float),
+            ("flops", float),
+        ):
+            v = d.get(k)
+            if isinstance(v, bool) or not isinstance(v, int | float if kind is float else int):
+                raise ValueError(f"a curve point has {k}={v!r}, not a number")
+            out[k] = kind(v)
+        return cls(**out)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,20 +22,35 @@ from pathlib import Path
 from typing import Any
 
 from genbench.errors import UserError
-from genbench.eval.metric import Metric
+from genbench.eval.metric import CurvePoint, Metric
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP_ID = 0x67656E62  # "genb"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, created TEXT, model TEXT, family TEXT, likelihood TEXT,
     dataset TEXT, params INTEGER, steps INTEGER, images_seen INTEGER, train_seconds REAL,
-    device TEXT, status TEXT, run_dir TEXT, config_hash TEXT, config TEXT, versions TEXT);
+    device TEXT, status TEXT, run_dir TEXT, config_hash TEXT, config TEXT, versions TEXT,
+    budget TEXT DEFAULT '', train_flops REAL DEFAULT 0, tuning TEXT DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, name TEXT NOT NULL,
     value REAL, kind TEXT, split TEXT NOT NULL, n INTEGER, unit TEXT, protocol TEXT NOT NULL,
+    lo REAL, hi REAL,
     PRIMARY KEY (run_id, name, split, protocol));
+CREATE TABLE IF NOT EXISTS curve (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, fraction REAL NOT NULL,
+    step INTEGER, images INTEGER, seconds REAL, flops REAL, name TEXT NOT NULL, value REAL,
+    kind TEXT, split TEXT, n INTEGER, unit TEXT, protocol TEXT NOT NULL, lo REAL, hi REAL,
+    PRIMARY KEY (run_id, fraction, name, protocol));
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash, status);
+"""
+#: version 1 -> 2: budgets, intervals and anytime curves (columns added, nothing rewritten)
+_MIGRATE_1 = """
+ALTER TABLE runs ADD COLUMN budget TEXT DEFAULT '';
+ALTER TABLE runs ADD COLUMN train_flops REAL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN tuning TEXT DEFAULT '{}';
+ALTER TABLE metrics ADD COLUMN lo REAL;
+ALTER TABLE metrics ADD COLUMN hi REAL;
 """
 
 
@@ -99,6 +114,9 @@ class RunRecord:
     config_hash: str
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    budget: str = ""  # the budget the run was given, ``<unit>:<amount>`` (``flops:5e12``)
+    train_flops: float = 0.0  # training FLOPs spent (forward and backward)
+    tuning: dict[str, Any] = field(default_factory=dict)  # trials, sweeper, search-space hash
 
     @classmethod
     def from_dict(cls, d: Any, **override: Any) -> RunRecord:
@@ -111,13 +129,14 @@ class RunRecord:
         out: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in d:
-                if f.name in ("config", "versions"):
+                if f.name in _OPTIONAL:  # written by an older genbench
                     continue
                 raise ValueError(f"the run record has no {f.name!r}")
             out[f.name] = _typed(f.name, d[f.name], _FIELD_TYPES[f.type])
         return cls(**out)
 
 
+_OPTIONAL = ("config", "versions", "budget", "train_flops", "tuning")
 _FIELD_TYPES = {
     "str": str,
     "int": int,
@@ -279,11 +298,29 @@ class Store:
                 f"{str(self.path)!r} is an SQLite file but not a genbench "
                 "leaderboard; it was left untouched (choose another paths.outputs)"
             )
-        elif version != SCHEMA_VERSION:
+        elif version == 1 and not readonly:
+            self._migrate(con)
+        elif version not in (1, SCHEMA_VERSION):
             raise StoreError(_version_message(self.path, version))
         if not readonly:
             con.execute("PRAGMA foreign_keys=ON")
             con.execute("PRAGMA busy_timeout=30000")
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        """Bring a version-1 leaderboard to this version in one IMMEDIATE transaction (another
+        process may have migrated it meanwhile: the version is read again inside it)."""
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if con.execute("PRAGMA user_version").fetchone()[0] == 1:
+                for statement in filter(str.strip, _MIGRATE_1.split(";")):
+                    con.execute(statement)
+                con.execute(_SCHEMA.split(";")[2])  # the curve table
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
 
     def _retry(self, fn: Any) -> Any:
         for attempt in range(self.retries):
@@ -296,27 +333,40 @@ class Store:
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"leaderboard {str(self.path)!r} stayed locked; try again")
 
-    def record(self, run: RunRecord, metrics: Iterable[Metric]) -> None:
-        """Insert or replace ``run`` and all its metric rows in one transaction."""
+    def record(
+        self, run: RunRecord, metrics: Iterable[Metric], curve: Iterable[CurvePoint] = ()
+    ) -> None:
+        """Insert or replace ``run``, all its metric rows and its anytime-curve points in one
+        transaction."""
         row = asdict(run)
-        row["config"] = json.dumps(run.config, sort_keys=True, default=str)
-        row["versions"] = json.dumps(run.versions, sort_keys=True)
+        for k in ("config", "versions", "tuning"):
+            row[k] = json.dumps(row[k], sort_keys=True, default=str)
         rows = [
-            (run.run_id, m.name, m.value, m.kind, m.split, m.n, m.unit, m.protocol_key)
+            (run.run_id, m.name, m.value, m.kind, m.split, m.n, m.unit, m.protocol_key, m.lo, m.hi)
             for m in metrics
+        ]
+        points = [
+            (run.run_id, p.fraction, p.step, p.images, p.seconds, p.flops)
+            + (p.metric.name, p.metric.value, p.metric.kind, p.metric.split, p.metric.n)
+            + (p.metric.unit, p.metric.protocol_key, p.metric.lo, p.metric.hi)
+            for p in curve
         ]
 
         def write(con: sqlite3.Connection) -> None:
             con.execute("BEGIN IMMEDIATE")
             try:
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (run.run_id,))
+                con.execute("DELETE FROM curve WHERE run_id = ?", (run.run_id,))
                 cols = ", ".join(row)
                 marks = ", ".join("?" for _ in row)
                 con.execute(
                     f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values())
                 )
                 con.executemany(
-                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                con.executemany(
+                    f"INSERT OR REPLACE INTO curve VALUES ({', '.join('?' * 15)})", points
                 )
                 con.execute("COMMIT")
             except BaseException:
@@ -341,6 +391,7 @@ class Store:
                     if r not in keep
                 ]
                 con.executemany("DELETE FROM metrics WHERE run_id = ?", [(r,) for r, _ in gone])
+                con.executemany("DELETE FROM curve WHERE run_id = ?", [(r,) for r, _ in gone])
                 con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r, _ in gone])
                 con.execute("COMMIT")
             except BaseException:
@@ -364,19 +415,29 @@ class Store:
         return r[0] if r else None
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run with its metrics: dicts of run columns plus ``metrics`` (list of dicts)."""
+        """Every run with its metrics: dicts of run columns plus ``metrics`` (list of dicts) and
+        ``curve`` (anytime-curve points: metric fields plus fraction, step, images, seconds,
+        flops). A read-only version-1 file reads with the newer fields at their defaults."""
         with self._connect(write=False) as con:
             con.row_factory = sqlite3.Row
             con.execute("BEGIN")  # one consistent snapshot of runs and metrics
             runs = [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY created")]
             by_id = {r["run_id"]: r for r in runs}
             for r in runs:
-                r["config"] = json.loads(r["config"] or "{}")
-                r["versions"] = json.loads(r["versions"] or "{}")
-                r["metrics"] = []
-            for m in con.execute("SELECT * FROM metrics"):
-                m = dict(m)
-                m["protocol"] = json.loads(m["protocol"])
-                by_id[m["run_id"]]["metrics"].append(m)
+                r.setdefault("budget", "")
+                r.setdefault("train_flops", 0.0)
+                for k in ("config", "versions", "tuning"):
+                    r[k] = json.loads(r.get(k) or "{}")
+                r["metrics"], r["curve"] = [], []
+            tables = {
+                t[0] for t in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            for table in ("metrics", "curve") if "curve" in tables else ("metrics",):
+                for m in con.execute(f"SELECT * FROM {table}"):  # noqa: S608 (fixed names)
+                    m = dict(m)
+                    m["protocol"] = json.loads(m["protocol"])
+                    m.setdefault("lo", None)
+                    m.setdefault("hi", None)
+                    by_id[m["run_id"]][table].append(m)
             con.execute("COMMIT")
         return runs

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from genbench.eval.metric import Metric
+from genbench.eval.metric import CurvePoint, Metric
 from genbench.leaderboard.report import render
 from genbench.leaderboard.store import RunRecord, Store, StoreError
 
@@ -52,6 +52,60 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert store.finished_run("abc") == "/r/a" and store.finished_run("zzz") is None
 
 
+def test_intervals_budget_and_curve_round_trip(tmp_path):
+    store = Store(tmp_path / "lb.sqlite")
+    rec = record("a")
+    rec.budget, rec.train_flops, rec.tuning = "flops:5e9", 4.9e9, {"trials": 4}
+    bpd = Metric("bpd", 2.5, "bound", "test", 300, "bits/dim", {"interval": "t"}, lo=2.4, hi=2.6)
+    point = CurvePoint(bpd, 0.5, 10, 1280, 2.5, 2.45e9)
+    store.record(rec, [bpd], [point])
+    (run,) = store.runs()
+    assert (run["budget"], run["train_flops"], run["tuning"]) == ("flops:5e9", 4.9e9, {"trials": 4})
+    assert (run["metrics"][0]["lo"], run["metrics"][0]["hi"]) == (2.4, 2.6)
+    (c,) = run["curve"]
+    assert (c["fraction"], c["step"], c["images"], c["flops"], c["value"], c["lo"]) == (
+        0.5,
+        10,
+        1280,
+        2.45e9,
+        2.5,
+        2.4,
+    )
+    assert CurvePoint.from_dict(point.to_dict()) == point
+    store.record(rec, [bpd])  # re-recording replaces the curve too
+    assert store.runs()[0]["curve"] == []
+
+
+def test_version_1_leaderboard_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "lb.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "PRAGMA application_id=1734700642; PRAGMA user_version=1;"
+        "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created TEXT, model TEXT, family TEXT,"
+        " likelihood TEXT, dataset TEXT, params INTEGER, steps INTEGER, images_seen INTEGER,"
+        " train_seconds REAL, device TEXT, status TEXT, run_dir TEXT, config_hash TEXT,"
+        " config TEXT, versions TEXT);"
+        "CREATE TABLE metrics (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,"
+        " name TEXT NOT NULL, value REAL, kind TEXT, split TEXT NOT NULL, n INTEGER, unit TEXT,"
+        " protocol TEXT NOT NULL, PRIMARY KEY (run_id, name, split, protocol));"
+        "INSERT INTO runs VALUES ('old', '2026', 'vae', 'vae', 'elbo', 'digits', 1, 2, 3, 4.0,"
+        " 'cpu', 'finished', '/r/old', 'h', '{}', '{}');"
+        "INSERT INTO metrics VALUES ('old', 'bpd', 2.0, 'bound', 'test', 3, 'bits/dim', '{}');"
+    )
+    con.close()
+    path.chmod(0o444)
+    try:  # read-only: read as it is, with the newer fields at their defaults
+        (old,) = Store(path).runs()
+        assert old["budget"] == "" and old["curve"] == [] and old["metrics"][0]["lo"] is None
+    finally:
+        path.chmod(0o644)
+    store = Store(path)
+    store.record(record("new"), [Metric("bpd", 2.5, "bound", lo=2.4, hi=2.6)])
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    runs = {r["run_id"]: r for r in store.runs()}
+    assert runs["old"]["metrics"][0]["value"] == 2.0 and runs["new"]["metrics"][0]["hi"] == 2.6
+
+
 def test_report_marks_bounds_exact_and_missing_values(tmp_path):
     store = Store(tmp_path / "lb.sqlite")
     store.record(record("a"), [Metric("bpd", 2.5, "bound", "test", 3, "bits/dim")])
@@ -82,7 +136,7 @@ def test_foreign_sqlite_file_is_refused_and_untouched(tmp_path):
 
 _WRITER = """
 import sys
-from genbench.eval.metric import Metric
+from genbench.eval.metric import CurvePoint, Metric
 from genbench.leaderboard.store import RunRecord, Store
 path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = Store(path)

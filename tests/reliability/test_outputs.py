@@ -220,7 +220,7 @@ def test_out_writes_new_files_and_replaces_its_own_export(world, capsys):
 @pytest.mark.parametrize(
     "version,expect",
     [
-        (2, "written by a newer genbench"),
+        (3, "written by a newer genbench"),
         (0, "unknown leaderboard schema version 0"),
         (-7, "unknown leaderboard schema version -7"),
     ],
