@@ -111,6 +111,7 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         nats = float(sums[name].compute()) / max(count, 1)
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
+        proto["levels"] = ctx.data.levels  # K: the leaderboard's uniform floor is log2 K bits/dim
         rows.append(Metric(name, nats, k, "test", count, "nats", proto))
         bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
         rows.append(

@@ -2,15 +2,15 @@
 
 Everything is inline (CSS in a ``<style>`` element, every image a base64 ``data:`` URI), so the
 file opens in a browser from disk, with no server and nothing fetched. The page holds the
-leaderboard sections (with their protocols and notes; the best value of each metric column in
-bold), the plots of :mod:`genbench.leaderboard.plots` and each run's ``samples.png``.
+leaderboard sections (with their protocols and notes; in bold, the best entry of each metric
+column and every entry within the 95 % interval of the best; floor and published rows apart), the
+plots of :mod:`genbench.leaderboard.plots` and each run's ``samples.png``.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -18,17 +18,11 @@ from typing import Any
 
 from genbench.files import atomic_write
 from genbench.leaderboard import plots
-from genbench.leaderboard.sections import (
-    RUN_NUMBERS,
-    TEXT_FIELDS,
-    Section,
-    View,
-    build_sections,
-    lower_first,
-)
+from genbench.leaderboard.sections import Section, View, build_sections
 from genbench.rundir import RunDir
 
 Run = dict[str, Any]
+BEST = ' class="best"'  # best, or within the 95 % interval of the best
 MAX_SAMPLE_BYTES = 4_000_000  # larger samples.png files are linked to, not inlined
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px 32px;
@@ -44,7 +38,8 @@ th { background: #f4f4f6; position: sticky; top: 0; vertical-align: bottom; }
 th .sub { font-weight: 400; font-size: 11px; color: #666; }
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
 tr.ref td { font-style: italic; color: #555; background: #fafaf4; }
-tr.first-ref td { border-top: 2px solid #bbb; }
+tr.first-ref td, tr.first-floor td { border-top: 2px solid #bbb; }
+tr.floor td { font-style: italic; color: #555; background: #f4f8fb; }
 td.best { font-weight: 700; }
 .scroll { overflow-x: auto; }
 .notes { margin: 4px 0 0 0; padding-left: 18px; font-size: 12.5px; }
@@ -60,39 +55,18 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _best_values(sec: Section) -> dict[str, float]:
-    """Best value of each metric column among the section's own runs (published rows apart)."""
-    out = {}
-    for _, key in sec.columns:
-        if key in TEXT_FIELDS or key in RUN_NUMBERS or key == "seeds":
-            continue
-        vals = [r.cells[key].value for r in sec.rows if not r.cells[key].missing]
-        if len(vals) > 1:
-            out[key] = min(vals) if lower_first(key) else max(vals)
-    return out
-
-
 def section_html(sec: Section) -> str:
-    """One leaderboard section as a ``<table>`` with its notes."""
-    best = _best_values(sec)
+    """One leaderboard section as a ``<table>`` with its notes: runs, then the floor rows, then
+    published results; cells tied for first (``Cell.best``) in bold."""
     head = "".join(_header(t) for t, _ in sec.columns)
     body = []
-    for i, row in enumerate(sec.rows + sec.refs):
-        cls = ""
-        if row.published:
-            cls = ' class="ref first-ref"' if i == len(sec.rows) else ' class="ref"'
-        tds = []
-        for _, key in sec.columns:
-            c = row.cells[key]
-            top = (
-                not row.published
-                and key in best
-                and not c.missing
-                and math.isclose(c.value, best[key])
-            )
-            attr = ' class="best"' if top else ""
-            tds.append(f"<td{attr}>{escape(c.text())}</td>")
-        body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    for block, name in ((sec.rows, ""), (sec.floors, "floor"), (sec.refs, "ref")):
+        for i, row in enumerate(block):
+            classes = [name, f"first-{name}"] if name and i == 0 else [name]
+            cls = f' class="{" ".join(classes)}"' if name else ""
+            cells = (row.cells[k] for _, k in sec.columns)
+            tds = [f"<td{BEST if c.best else ''}>{escape(c.text())}</td>" for c in cells]
+            body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     notes = "".join(f"<li>{escape(n)}</li>" for n in sec.notes)
     return (
         f'<h2 id="{escape(_anchor(sec))}">{escape(sec.title)}</h2>\n<div class="scroll">'

@@ -30,28 +30,32 @@ from genbench.output import strict_json
 
 
 def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
-    """One flat dict per row (runs, then published results): raw values, None when missing,
-    keyed by the titles of :func:`~genbench.leaderboard.sections.columns` (``FID``; the extractor
-    has its own key), plus the kind of each bits/dim number, spreads under ``agg`` and
-    provenance."""
+    """One flat dict per row (runs, floors, then published results): raw values, None when
+    missing, keyed by the titles of :func:`~genbench.leaderboard.sections.columns` (``FID``; the
+    extractor has its own key), plus the kind of each bits/dim number, the 95 % interval
+    (``<title> lo`` / ``<title> hi``), the tie mark of each ranked metric (``<title> best``: best
+    or within the 95 % interval of the best), the floor (``data`` / ``uniform``) and provenance."""
     out = []
     cols = [(title, key, key_spec(key)) for title, key in columns()]
     for sec in sections:
-        for row in sec.rows + sec.refs:
+        for row in sec.rows + sec.floors + sec.refs:
             run = row.run
             d: dict[str, Any] = {
                 "dataset": sec.dataset,
                 "section": sec.protocol,
                 "run_id": run["run_id"],
                 "published": row.published,
+                "floor": (run.get("floor") or "data") if row.floor else None,
             }
             for title, key, spec in cols:
                 c = row.cells[key]
                 d[title] = run.get(key) if key in TEXT_FIELDS else _raw(c)
                 if spec is not None and spec.unit == "bits/dim" and not c.missing:
                     d[f"{title} kind"] = c.kind
-                if c.std is not None:
-                    d[f"{title} std"] = c.std
+                if c.lo is not None and not c.exact_int:
+                    d[f"{title} lo"], d[f"{title} hi"] = c.lo, c.hi
+                if spec is not None and spec.lower_is_better is not None and not c.missing:
+                    d[f"{title} best"] = c.best
             fid = pick(run, "fid@") or pick(run, "is@")
             d["extractor"] = fid["name"].partition("@")[2] if fid else None
             d["modes_total"] = (pick(run, "modes_total") or {}).get("value")
@@ -67,7 +71,7 @@ def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
 
 def _raw(c: Cell) -> float | int | None:
     """A cell's number for JSON / CSV: None when missing (or NaN), int for counts."""
-    integral = not c.missing and c.integer and c.std is None and c.value == int(c.value)
+    integral = not c.missing and c.exact_int and c.value == int(c.value)
     return None if c.missing else int(c.value) if integral else c.value
 
 
@@ -106,18 +110,24 @@ def render(
                 justify="left" if title in ("model", "family") else "right",
                 no_wrap=title == "model",
             )
-        for i, row in enumerate(sec.rows + sec.refs):  # published rows: a block of their own
-            t.add_row(
-                *(Text(row.cells[k].text()) for _, k in sec.columns),
-                style="italic" if row.published else None,
-                end_section=i == len(sec.rows) - 1 and bool(sec.refs),
-            )
+        blocks = [sec.rows, sec.floors, sec.refs]  # floors and published rows: blocks apart
+        for b, block in enumerate(blocks):
+            for i, row in enumerate(block):
+                t.add_row(
+                    *(
+                        Text(c.text(), style="bold" if c.best else "")
+                        for c in (row.cells[k] for _, k in sec.columns)
+                    ),
+                    style="italic" if row.published or row.floor else None,
+                    end_section=i == len(block) - 1 and any(blocks[b + 1 :]),
+                )
         console.print(t)
     return None
 
 
 def markdown(sections: Sequence[Section]) -> str:
-    """Sections as Markdown tables, each with its protocol and notes below."""
+    """Sections as Markdown tables (entries tied for first in bold), each with its protocol and
+    notes below."""
     lines = []
     for sec in sections:
         titles = [t for t, _ in sec.columns]
@@ -128,11 +138,15 @@ def markdown(sections: Sequence[Section]) -> str:
             "|" + "---|" * len(titles),
         ]
         lines += [
-            "| " + " | ".join(r.cells[k].text() for _, k in sec.columns) + " |"
-            for r in sec.rows + sec.refs
+            "| " + " | ".join(_md_cell(r.cells[k]) for _, k in sec.columns) + " |"
+            for r in sec.rows + sec.floors + sec.refs
         ]
         lines += [""] + [f"- {n}" for n in sec.notes] + [""]
     return "\n".join(lines)
+
+
+def _md_cell(c: Cell) -> str:
+    return f"**{c.text()}**" if c.best else c.text()
 
 
 def print_metrics(run: Any, rows: Sequence[Metric]) -> None:

@@ -8,15 +8,16 @@ recall computed with another extractor, sample count or reference split are neve
 together. Bounds print as ``≤ 1.23``, exact values plain, stochastic estimates as ``≈ 1.23``; a
 model without a likelihood shows ``n/a``; a missing value is ``–``, never 0. Published results
 (``references.yaml``) are listed under the runs of their dataset, apart, and never ranked with
-them. The renderers are in :mod:`genbench.leaderboard.report`, :mod:`~genbench.leaderboard.html`
-and :mod:`~genbench.leaderboard.plots`.
+them; so are the floor rows of :mod:`~genbench.leaderboard.floor_rows` (``data``, ``uniform``).
+Cells are :mod:`~genbench.leaderboard.cells`; intervals and the tie marks (every entry within the
+95 % interval of its column's best) come from :mod:`~genbench.leaderboard.ties`. The renderers
+are in :mod:`genbench.leaderboard.report`, :mod:`~genbench.leaderboard.html` and
+:mod:`~genbench.leaderboard.plots`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,11 @@ from typing import Any
 from genbench.errors import ConfigError
 from genbench.eval.metric import MetricSpec
 from genbench.eval.registry import metric_spec, metric_specs
+from genbench.leaderboard.cells import Cell, Row
+from genbench.leaderboard.cells import fmt_number as fmt_number  # re-exported
+from genbench.leaderboard.floor_rows import floor_note, is_floor, levels_of, uniform_run
 from genbench.leaderboard.references import reference_notes
+from genbench.leaderboard.ties import TIE_NOTE, t_interval, tied_for_first
 
 Run = dict[str, Any]
 #: (column title, run field) before and after the metric columns
@@ -51,7 +56,6 @@ PROTOCOL_FIELDS = (
 )
 TOY_ANCHORS = ("high_quality_share", "modes_covered", "sample_ll")
 LEGEND = "≤ upper bound · ≈ estimate · n/a no likelihood in this family · – not measured"
-_PREFIX = {"bound": "≤ ", "estimate": "≈ ", "exact": "", "measured": ""}
 
 
 def metric_columns(section: str | None = None) -> list[MetricSpec]:
@@ -90,49 +94,8 @@ class View:
 
     sort: str | None = None  # metric name or column title; None: bits/dim, then FID
     best: bool = False  # keep the best run per model
-    agg: bool = False  # mean ± std over runs whose configs differ only in seed
+    agg: bool = False  # mean ± 95 % t-interval over runs whose configs differ only in seed
     refs: bool = True  # list published results under the runs of their dataset
-
-
-@dataclass
-class Cell:
-    """One table cell: a number with its kind (and spread under ``agg``), or a text."""
-
-    value: float | None = None
-    kind: str = "measured"
-    std: float | None = None
-    label: str | None = None  # text cells and ``n/a``
-    suffix: str = ""  # ``/8`` after modes, ``†`` after published sample metrics
-    integer: bool = False
-
-    @property
-    def missing(self) -> bool:
-        return self.value is None or math.isnan(self.value)
-
-    def text(self) -> str:
-        if self.label is not None or self.value is None:
-            return "–" if self.label is None else self.label
-        exact_int = self.integer and not self.std
-        out = fmt_number(self.value, self.kind, integer=exact_int)
-        if self.std is not None and not exact_int:
-            out += " ± " + fmt_number(self.std)
-        return out + self.suffix
-
-
-@dataclass
-class Row:
-    """A table row: one run, one published result, or (``agg``) the mean of several seeds."""
-
-    runs: list[Run]
-    cells: dict[str, Cell]
-
-    @property
-    def run(self) -> Run:
-        return self.runs[0]
-
-    @property
-    def published(self) -> bool:
-        return bool(self.run.get("published"))
 
 
 @dataclass
@@ -146,22 +109,8 @@ class Section:
     columns: list[tuple[str, str]]
     rows: list[Row]
     refs: list[Row] = field(default_factory=list)
+    floors: list[Row] = field(default_factory=list)  # ``data`` and ``uniform``: never ranked
     notes: list[str] = field(default_factory=list)
-
-
-def fmt_number(value: float | None, kind: str = "measured", integer: bool = False) -> str:
-    """``value`` with a kind prefix (``≤`` bound, ``≈`` estimate); ``–`` for None."""
-    if value is None:
-        return "–"
-    if not math.isfinite(value):
-        text = str(value)
-    elif integer or abs(value) >= 1000 or value == int(value) and abs(value) >= 100:
-        text = f"{value:,.0f}"
-    elif abs(value) >= 10:
-        text = f"{value:.1f}"
-    else:
-        text = f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
-    return _PREFIX.get(kind, "") + text
 
 
 def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -198,7 +147,14 @@ def cell(run: Run, key: str) -> Cell:
         suffix = f"/{total['value']:.0f}"
     if run.get("published") and key.endswith("@"):
         suffix = "†"
-    return Cell(m["value"], m["kind"], suffix=suffix, integer=spec is not None and spec.integer)
+    return Cell(
+        m["value"],
+        m["kind"],
+        m.get("lo"),
+        m.get("hi"),
+        suffix=suffix,
+        integer=spec is not None and spec.integer,
+    )
 
 
 def sample_protocol(run: Run, toy: bool) -> tuple[tuple[Any, ...], str] | None:
@@ -264,7 +220,8 @@ def _config_key(run: Run) -> str:
 
 
 def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
-    """Merge rows whose runs differ only in seed: numbers become mean ± sample std."""
+    """Merge rows whose runs differ only in seed: numbers become their mean with its 95 %
+    t-interval over the seeds (a number measured in one seed only keeps its own interval)."""
     groups: dict[str, list[Row]] = {}
     for r in rows:
         groups.setdefault(_config_key(r.run), []).append(r)
@@ -277,15 +234,11 @@ def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
             cells[key] = cs[0]  # all missing (or n/a)
             if key in TEXT_FIELDS:
                 cells[key] = Cell(label=", ".join(dict.fromkeys(c.text() for c in cs)))
+            elif len(vals) == 1:
+                cells[key] = next(c for c in cs if not c.missing)
             elif vals:
-                cells[key] = Cell(
-                    statistics.fmean(vals),
-                    cs[0].kind,
-                    statistics.stdev(vals) if len(vals) > 1 else None,
-                    None,
-                    cs[0].suffix,
-                    cs[0].integer,
-                )
+                mean, lo, hi = t_interval(vals)
+                cells[key] = Cell(mean, cs[0].kind, lo, hi, None, cs[0].suffix, cs[0].integer)
         out.append(Row([r.run for r in group], cells))
     return out
 
@@ -315,14 +268,68 @@ def _columns(toy: bool, rows: Sequence[Row], agg: bool) -> list[tuple[str, str]]
     return cols + ([("seeds", "seeds")] if agg else [])
 
 
-def _notes(sec: Section, view: View) -> list[str]:
-    """Footnotes of a section: its protocol, caveats, the sources of published rows, a legend."""
+def _notes(sec: Section, view: View, levels: int | None) -> list[str]:
+    """Footnotes of a section: its protocol, caveats, intervals and ties, the floor rows, the
+    sources of published rows, a legend."""
     notes = [f"sample metrics: {sec.protocol}"] if sec.protocol else []
     if len(ns := sorted({m["n"] for r in sec.rows if (m := pick(r.run, "bpd")) and m["n"]})) > 1:
         notes.append(f"bits/dim over different numbers of test examples: {ns}")
     if view.agg:
-        notes.append("numbers are mean ± sample std over runs differing only in seed")
+        notes.append(
+            "seeds: runs differing only in seed, shown as their mean ± the 95 % t-interval of "
+            "the mean (t with seeds − 1 degrees of freedom; a number from one seed keeps its "
+            "own interval)"
+        )
+    cells = [r.cells[k] for r in sec.rows + sec.floors for _, k in sec.columns]
+    if any(c.lo is not None and not c.exact_int for c in cells):
+        notes.append("± h or [lo, hi]: 95 % interval")
+    if any(c.best for c in cells):
+        notes.append(TIE_NOTE)
+    if sec.floors:
+        notes.append(floor_note([str(r.run.get("floor") or "data") for r in sec.floors], levels))
     return notes + reference_notes([r.run for r in sec.refs]) + [LEGEND]
+
+
+def _floor_cells(run: Run, keys: Sequence[str]) -> dict[str, Cell]:
+    """Cells of a floor row: its metrics; no ``n/a``, no model size or training cost."""
+    cells = {k: cell(run, k) for k in keys}
+    for k, c in cells.items():
+        if (k in RUN_NUMBERS or c.label == "n/a") and k != "model":
+            cells[k] = Cell()
+    return cells
+
+
+def _floors(
+    sec: Section, data: Sequence[Run], sig: Any, levels: int | None, keys: Sequence[str]
+) -> list[Row]:
+    """The ``data`` row (the latest floor run whose sample protocol is the section's) and, in an
+    image section with likelihood numbers, the ``uniform`` row."""
+    rows = []
+    same = [r for r in data if sig is not None and (sample_protocol(r, sec.toy) or (0,))[0] == sig]
+    if same:
+        rows.append(Row([same[-1]], _floor_cells(same[-1], keys)))
+    bits = [
+        k
+        for _, k in sec.columns
+        if (spec := key_spec(k)) is not None and spec.unit == "bits/dim" and spec.likelihood
+    ]
+    measured = any(not r.cells[k].missing for r in sec.rows for k in bits)
+    if not sec.toy and measured and levels is not None:
+        rows.append(Row([u := uniform_run(sec.dataset, levels, bits)], _floor_cells(u, keys)))
+    return rows
+
+
+def mark_ties(sec: Section) -> None:
+    """Mark (``Cell.best``) every run entry of each ranked metric column that is best or within
+    the 95 % interval of the best (:func:`~genbench.leaderboard.ties.tied_for_first`); floor
+    and published rows are never marked."""
+    for _, key in sec.columns:
+        spec = key_spec(key)
+        if spec is None or spec.lower_is_better is None:
+            continue
+        cells = [c for r in sec.rows if not (c := r.cells[key]).missing]
+        for c, tied in zip(cells, tied_for_first(cells, spec.lower_is_better), strict=True):
+            c.best = tied
 
 
 def build_sections(
@@ -332,8 +339,12 @@ def build_sections(
     ``references`` of each dataset to its first section."""
     sections = []
     all_keys = [k for _, k in columns()]
+    floors = [r for r in runs if is_floor(r)]
+    runs = [r for r in runs if not is_floor(r)]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         group = [r for r in runs if r["dataset"] == dataset]
+        data = [r for r in floors if r["dataset"] == dataset]
+        levels = levels_of(group)
         toy = dataset.startswith("toy") or any(pick(r, "nll_gap") for r in group)
         keys = sort_keys(view, toy)
         protos = {r["run_id"]: sample_protocol(r, toy) for r in group}
@@ -350,7 +361,7 @@ def build_sections(
                 rows = _best_per_model(rows, keys)
             rows.sort(key=lambda r: _rank(r, keys))
             refs = [
-                Row([r], {k: cell(r, k) for k in all_keys})
+                Row([r], {k: cell(r, k) for k in (*all_keys, "seeds")})
                 for r in references
                 if r["dataset"] == dataset and view.refs and i == 0
             ]
@@ -365,6 +376,9 @@ def build_sections(
                 rows,
                 refs,
             )
-            sec.notes = _notes(sec, view)
+            sig = proto[0] if proto else None
+            sec.floors = _floors(sec, data, sig, levels, [*all_keys, "seeds"])
+            mark_ties(sec)
+            sec.notes = _notes(sec, view, levels)
             sections.append(sec)
     return sections

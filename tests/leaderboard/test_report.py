@@ -1,5 +1,6 @@
 """Leaderboard views over a Store of synthetic runs: sections per protocol, ranking direction,
-best run per model, mean ± std over seeds, published rows, and missing values that never read 0."""
+best run per model, mean ± 95 % t-interval over seeds, published rows, and missing values that
+never read 0."""
 
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def test_best_keeps_one_run_per_model(store):
     assert [(r.run["run_id"]) for r in sec.rows] == ["a", "c"]
 
 
-def test_agg_merges_seeds_into_mean_and_sample_std(store):
+def test_agg_merges_seeds_into_mean_and_t_interval(store):
     for seed, bpd in enumerate([2.0, 2.2, 2.4]):
         add(store, f"s{seed}", bpd=bpd, fid=10.0 + seed, seed=seed)
     add(store, "other-lr", bpd=5.0, lr=1e-2)  # another config: its own row
@@ -147,14 +148,17 @@ def test_agg_merges_seeds_into_mean_and_sample_std(store):
     merged = sec.rows[0]
     assert len(merged.runs) == 3
     assert math.isclose(merged.cells["bpd"].value, 2.2)
-    assert math.isclose(merged.cells["bpd"].std, 0.2)  # stdev of 2.0, 2.2, 2.4
-    assert merged.cells["bpd"].text() == "≤ 2.200 ± 0.200"
-    assert merged.cells["fid@"].text() == "11.0 ± 1.000"
+    half = 4.302652729749464 * 0.2 / math.sqrt(3)  # t_{0.975, 2} · stdev(2.0, 2.2, 2.4) / √3
+    assert math.isclose(merged.cells["bpd"].hi - 2.2, half, rel_tol=1e-9)
+    assert math.isclose(2.2 - merged.cells["bpd"].lo, half, rel_tol=1e-9)
+    assert merged.cells["bpd"].text() == "≤ 2.200 ± 0.497"
+    assert merged.cells["fid@"].text() == "11.0 ± 2.484"  # stdev 1
     (row, single) = table_rows([sec])
-    assert row["seeds"] == 3 and math.isclose(row["bits/dim std"], 0.2)
-    assert single["seeds"] == 1 and "bits/dim std" not in single
+    assert row["seeds"] == 3 and math.isclose(row["bits/dim hi"], 2.2 + half)
+    assert single["seeds"] == 1 and "bits/dim lo" not in single
     md = render(store.runs(), "md", View(agg=True))
-    assert "| seeds |" in md and "≤ 2.200 ± 0.200" in md
+    assert "| seeds |" in md and "≤ 2.200 ± 0.497" in md and "| 3 |" in md
+    assert "95 % t-interval of the mean" in md
 
 
 def test_references_are_listed_apart_and_can_be_hidden(store):
@@ -239,8 +243,8 @@ def test_toy_sections_show_toy_columns(store):
     titles = [t for t, _ in sec.columns]
     assert {"nll_gap", "modes", "HQ share"} <= set(titles) and not any("FID" in t for t in titles)
     md = render(store.runs(), "md")
-    assert "| ≤ 0.500 | 7/8 | 0.900 |" in md
-    assert "| n/a | 7/8 | 0.900 |" in md  # a GAN has no NLL gap
+    assert "| ≤ 0.500 | **7/8** | **0.900** |" in md  # equal values: both tied for first
+    assert "| n/a | **7/8** | **0.900** |" in md  # a GAN has no NLL gap
 
 
 def test_numbers_format_with_kind_and_nan_does_not_crash(capsys):

@@ -114,7 +114,7 @@ def test_report_marks_bounds_exact_and_missing_values(tmp_path):
     md = render(store.runs(), "md")
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert "≤ 2.500" in lines["vae"]
-    assert "| 2.100 |" in lines["pixelcnn"]
+    assert "| **2.100** |" in lines["pixelcnn"]  # the best bits/dim, in bold
     assert "n/a" in lines["dcgan"] and "| 0 |" not in lines["dcgan"]
 
 
