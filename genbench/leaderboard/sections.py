@@ -294,7 +294,7 @@ def _floor_cells(run: Run, keys: Sequence[str]) -> dict[str, Cell]:
     """Cells of a floor row: its metrics; no ``n/a``, no model size or training cost."""
     cells = {k: cell(run, k) for k in keys}
     for k, c in cells.items():
-        if (k in RUN_NUMBERS or c.label == "n/a") and k != "model":
+        if k in RUN_NUMBERS or k == "likelihood" or c.label == "n/a":
             cells[k] = Cell()
     return cells
 
