@@ -55,8 +55,10 @@ def test_leaderboard_exports(trained, fmt):
     proc = run_cli("leaderboard", f"format={fmt}", f"paths.outputs={out}", cwd=out.parent)
     assert proc.returncode == 0, proc.stderr
     if fmt == "json":
-        (row,) = json.loads(proc.stdout)
+        row, uniform = json.loads(proc.stdout)  # the run, then the uniform floor of digits
         assert row["model"] == "vae" and row["bits/dim"] > 0 and row["FID"] > 0
+        assert uniform["floor"] == "uniform"
+        assert uniform["bits/dim"] == pytest.approx(4.087462841250339)  # log2 17
     else:
         assert "vae" in proc.stdout and "digits" in proc.stdout
 
