@@ -253,7 +253,8 @@ def score_images(
     cache_dir: Path,
     reference_label: str,
 ) -> dict[str, float]:
-    """:func:`score_with_intervals`, values only: ``{"fid@<extractor>": ..., ...}``."""
+    """:func:`score_with_intervals` of levels ``x1`` ``[N1, C, H, W]`` against ``x2``
+    ``[N2, C, H, W]``, values only: ``{"fid@<extractor>": ..., ...}``."""
     return score_with_intervals(
         x1,
         k1,

@@ -95,7 +95,7 @@ def percentile_interval(
     replicates: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
     """The percentile bootstrap interval: the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
-    quantiles of ``replicates`` ``[B]`` (NaNs dropped; ``(nan, nan)`` when none are left)."""
+    quantiles of ``replicates`` ``[N]`` (NaNs dropped; ``(nan, nan)`` when none are left)."""
     r = np.asarray(replicates, dtype=np.float64).reshape(-1)
     r = r[np.isfinite(r)]
     if r.size == 0:
