@@ -208,7 +208,9 @@ def _evaluate(
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
     check_evaluation(cfg.eval, model, sampler)  # before any work: one sentence for a bad option
     if ddp.is_main():
-        return evaluate(model, data, cfg.eval, sampler, device, outputs / "cache", run.samples_png)
+        return evaluate(
+            model, data, cfg.eval, sampler, device, outputs / "cache", run.samples_png, run
+        )
     eval_cfg = OmegaConf.merge(cfg.eval, {"sample_metrics": False})
     with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
         evaluate(model, data, eval_cfg, sampler, device, Path(tmp), Path(tmp) / "grid.png")

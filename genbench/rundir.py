@@ -7,6 +7,7 @@ A run is a folder ``outputs/runs/<date>/<time>_<model>_<dataset>/``::
     checkpoints/     last.pt (everything exact resume needs), best.pt (best-validation weights)
     stats.jsonl      training log rows, one JSON object per line
     metrics.json     the evaluated metric rows
+    nll_per_example.npy  float64 [n]: each test example's NLL (nats, test order), when evaluated
     record.json      the leaderboard record of the run (rebuild reads it back)
     samples.png      a grid of evaluation samples
     train.log        the text log
@@ -23,6 +24,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -78,6 +81,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.json"
+
+    @property
+    def nll_file(self) -> Path:
+        return self.path / "nll_per_example.npy"
 
     @property
     def record_file(self) -> Path:
@@ -201,11 +208,48 @@ class RunDir:
         """Refuse, before any work, to evaluate into a folder whose result files cannot be
         replaced (a folder, FIFO or device where ``metrics.json``, ``record.json`` or
         ``samples.png`` belongs), so a failed evaluation never leaves half its results."""
-        for path in (self.metrics_file, self.record_file, self.samples_png):
+        for path in (self.metrics_file, self.record_file, self.samples_png, self.nll_file):
             if (path.exists() or path.is_symlink()) and not path.is_file():
                 raise FileError(
                     f"{str(path)!r} is not a regular file: move it away to write this run's results"
                 )
+
+    def write_nll_per_example(self, nats: np.ndarray | None) -> None:
+        """Store each test example's NLL ``[n]`` (nats, test order) as ``nll_per_example.npy``
+        (float64, no pickles); with None, remove a file left by an earlier evaluation."""
+        if nats is None:
+            self.nll_file.unlink(missing_ok=True)
+            return
+        array = np.ascontiguousarray(np.asarray(nats, dtype=np.float64).reshape(-1))
+        atomic_write(
+            self.nll_file,
+            lambda f: np.save(f, array, allow_pickle=False),
+            what="per-example NLL file",
+        )
+
+    def read_nll_per_example(self, n: int | None = None) -> np.ndarray:
+        """``nll_per_example.npy``: float64 ``[n]`` (nats), read without unpickling. A
+        :class:`FileError` names the file when it is missing, unreadable, holds Python objects
+        or is not a float vector (of length ``n``, when given)."""
+        what = f"the per-example NLL file {str(self.nll_file)!r}"
+        data = read_bytes(self.nll_file, max_bytes=2**31, what="per-example NLL file")
+        try:
+            x = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as err:  # numpy refuses object arrays here: nothing is unpickled
+            raise FileError(
+                f"{what} cannot be read as a plain float array (pickled or corrupt: "
+                f"{str(err).splitlines()[0][:160]})"
+            ) from None
+        except (OSError, EOFError) as err:
+            raise FileError(f"{what} is not a valid .npy file ({err})") from None
+        if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
+            raise FileError(
+                f"{what} holds {getattr(x, 'dtype', type(x).__name__)} of shape "
+                f"{getattr(x, 'shape', '?')}; expected a float vector [n] of nats"
+            )
+        if n is not None and x.shape[0] != n:
+            raise FileError(f"{what} holds {x.shape[0]} values; the evaluation used {n}")
+        return x.astype(np.float64, copy=False)
 
     def write_record(self, record: dict[str, Any]) -> None:
         write_json(self.record_file, record, what="run record")

@@ -85,6 +85,8 @@ def _validate_eval(e: DictConfig) -> None:
     for key in ("nll_examples", "n_reference"):
         if e.get(key) is not None:
             positive_int(f"eval.{key}", e[key])
+    if e.get("bootstrap", "auto") != "auto":
+        positive_int("eval.bootstrap", e.bootstrap, minimum=0)
     for key in ("nll", "sample_metrics"):
         _bool(f"eval.{key}", e.get(key, False))
     sweep = e.get("sampler_sweep")

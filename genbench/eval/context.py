@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,8 @@ class EvalContext:
     device: torch.device
     cache_dir: Path
     rows: list[Metric] = field(default_factory=list)  # results of the stages run so far
+    #: per-example values a stage keeps for the run folder (``nll``: ``[n]`` nats, test order)
+    per_example: dict[str, np.ndarray] = field(default_factory=dict)
     _samples: dict[str, Samples] = field(default_factory=dict)
 
     def sweep(self) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from genbench.eval.grid import save_grid, save_npz
 from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec, registered
 from genbench.models.base import GenerativeModel
+from genbench.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,11 @@ def evaluate(
     device: torch.device,
     cache_dir: Path,
     grid_png: Path | None = None,
+    run: RunDir | None = None,
 ) -> list[Metric]:
-    """Evaluate ``model`` on ``data``; write a grid of ``eval.grid`` samples to ``grid_png``."""
+    """Evaluate ``model`` on ``data``; write a grid of ``eval.grid`` samples to ``grid_png`` and,
+    with ``run``, the per-example test NLL to its ``nll_per_example.npy`` (a stale file is
+    removed when this evaluation computed no NLL)."""
     ctx = EvalContext(model, data, cfg, dict(sampler), device, Path(cache_dir))
     rows: list[Metric] = []
     start = time.perf_counter()
@@ -53,6 +57,8 @@ def evaluate(
     if grid_png is not None:
         x = ctx.samples().x if ctx._samples else ctx.samples(int(cfg.grid)).x
         save_grid(x[: int(cfg.grid)], data.levels, grid_png)
+    if run is not None:
+        run.write_nll_per_example(ctx.per_example.get("nll"))
     return rows
 
 

@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from genbench import distributed as ddp
 from genbench.errors import bad_value, positive_int
 from genbench.eval.context import EvalContext
 from genbench.eval.cost import NFE
-from genbench.eval.metric import Column, Metric, MetricSpec
+from genbench.eval.intervals import finite_or_none, se_interval
+from genbench.eval.metric import Column, Kind, Metric, MetricSpec
 from genbench.eval.registry import register_metric, register_spec
 from genbench.models.base import LikelihoodEstimator, likelihood_kind
 from genbench.nn.random import per_sample_generators
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
     from torchmetrics.aggregation import SumMetric
 
 log = logging.getLogger(__name__)
+
+#: how likelihood intervals are made (``protocol["interval"]``): the standard error over test
+#: examples times the Student-t quantile (n - 1 degrees of freedom)
+INTERVAL = "t-se"
 
 #: nats per example; ``nll_<estimator>`` and ``<term>`` rows of bound terms are nats as well
 NLL = register_spec(
@@ -87,13 +93,45 @@ def _sum(name: str, sums: dict[str, SumMetric]) -> SumMetric:
     return sums[name]
 
 
+def _with_interval(
+    nats: float,
+    per_example: Tensor,
+    dims: int,
+    kind: Kind,
+    n: int,
+    protocol: dict[str, Any],
+    names: tuple[str, str],
+) -> list[Metric]:
+    """The nats row and the bits/dim row of one likelihood number (``names``), each with its 95 %
+    interval from the per-example values ``[n]`` (nats): ``nats ± t_{n-1} · s / √n``."""
+    x = per_example.double().cpu().numpy()
+    lo = hi = None
+    if x.size >= 2:
+        lo, hi = finite_or_none(
+            *se_interval(nats, float(x.std(ddof=1)) / math.sqrt(x.size), dof=x.size - 1)
+        )
+    proto = {**protocol, "interval": INTERVAL}
+    nll_row = Metric(names[0], nats, kind, "test", n, "nats", proto, lo, hi)
+
+    def to_bpd(v: float | None) -> float | None:
+        return None if v is None else bits_per_dim(v, dims)
+
+    bpd_row = Metric(
+        names[1], bits_per_dim(nats, dims), kind, "test", n, BPD.unit, proto, to_bpd(lo), to_bpd(hi)
+    )
+    return [nll_row, bpd_row]
+
+
 @register_metric("likelihood", order=20)
 def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
-    """``nll`` (nats/example) and ``bpd`` on the test split, plus the model's bound terms."""
+    """``nll`` (nats/example) and ``bpd`` on the test split, plus the model's bound terms, each
+    with a 95 % interval over the test examples; the per-example ``nll`` ``[n]`` (nats, in test
+    order) is kept in ``ctx.per_example["nll"]`` for the run folder."""
     model = ctx.model
     if model.likelihood == "none" or not ctx.cfg.nll:
         return []
     sums: dict[str, SumMetric] = {}
+    values: dict[str, list[Tensor]] = {}
     count = _n_test(ctx)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         model.eval()
@@ -103,20 +141,22 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
             terms = {"nll": model.nll(x), **model.bound_terms(x)}
             for name, value in terms.items():
                 _sum(name, sums).update(value.double().to(ddp.comm_device()))
+                values.setdefault(name, []).append(value.detach().double().reshape(-1).cpu())
     kind = likelihood_kind(model.likelihood)
     rows = []
     for name in ddp.union(list(sums)):  # every rank reduces the same sums, in the same order
         if name not in sums:  # a rank with no test batch adds nothing
             _sum(name, sums).update(torch.zeros(0, dtype=torch.float64, device=ddp.comm_device()))
+        mine = values.get(name) or [torch.zeros(0, dtype=torch.float64)]
+        per_example = ddp.gather_rows(torch.cat(mine))  # [count], in test order on every rank
+        if name == "nll":
+            ctx.per_example["nll"] = per_example.numpy()
         nats = float(sums[name].compute()) / max(count, 1)
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
         proto["levels"] = ctx.data.levels  # K: the leaderboard's uniform floor is log2 K bits/dim
-        rows.append(Metric(name, nats, k, "test", count, "nats", proto))
         bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
-        rows.append(
-            Metric(bpd_name, bits_per_dim(nats, ctx.data.dims), k, "test", count, "bits/dim", proto)
-        )
+        rows += _with_interval(nats, per_example, ctx.data.dims, k, count, proto, (name, bpd_name))
     return rows
 
 
@@ -150,11 +190,13 @@ def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> 
     n = min(len(ctx.data.test), int(ctx.cfg.get("estimator_examples", 16)))
     options = dict((ctx.cfg.get("estimator_options") or {}).get(name) or {})
     sums = torch.zeros(3, dtype=torch.float64)  # nats, NFE, batches without an NFE count
+    values = [torch.zeros(0, dtype=torch.float64)]  # this rank's per-example nats
     settings: dict[str, Any] = {}
     ctx.model.eval()
     for i, j in ddp.my_batches(n, int(ctx.cfg.batch_size)):
         x = ctx.data.test[i:j].to(ctx.device).long()
         out = est.fn(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device), **options)
+        values.append(out.nll.detach().double().reshape(-1).cpu())
         nfe = torch.zeros((), dtype=torch.float64) if out.nfe is None else out.nfe.double().sum()
         sums += torch.stack(
             [
@@ -168,12 +210,10 @@ def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> 
     settings = ddp.main_value(settings)
     proto = {"likelihood": name, **est.protocol, "seed": ctx.seed, **settings}
     nats = total / max(n, 1)
-    rows = [
-        NLL.metric(nats, est.kind, "test", n, proto, name=f"nll_{name}"),
-        BPD.metric(
-            bits_per_dim(nats, ctx.data.dims), est.kind, "test", n, proto, name=f"bpd_{name}"
-        ),
-    ]
+    per_example = ddp.gather_rows(torch.cat(values))
+    rows = _with_interval(
+        nats, per_example, ctx.data.dims, est.kind, n, proto, (f"nll_{name}", f"bpd_{name}")
+    )
     if not uncounted:
         rows.append(NFE.metric(nfe / max(n, 1), "measured", "test", n, proto, name=f"nfe_{name}"))
     return rows

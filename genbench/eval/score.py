@@ -40,7 +40,7 @@ from genbench.data.base import Data
 from genbench.data.images import SkippedImage, image_to_levels, open_image
 from genbench.errors import UserError, bad_value
 from genbench.eval.extractors import ExtractorError, resolve_extractor
-from genbench.eval.fidelity import Settings, score_images
+from genbench.eval.fidelity import Scores, Settings, score_with_intervals
 from genbench.output import strict_json
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,11 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
     Returns ``{"fid@<extractor>": ..., "is@...": ..., "is_std@...", "kid@...", "kid_std@...",
     "precision@...", "recall@..."}`` for the metrics in ``cfg.metrics``.
     """
+    return score_inputs(cfg).values
+
+
+def score_inputs(cfg: DictConfig) -> Scores:
+    """:func:`run_score` with the 95 % intervals and their methods (``cfg.bootstrap``)."""
     paths = OmegaConf.to_container(cfg.paths, resolve=True) if "paths" in cfg else {}
     data = _dataset(cfg.get("dataset"), paths)
     set2 = load_images(str(cfg.input2), data=data, paths=paths, key="input2")
@@ -304,7 +309,7 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
                     f"{key} images are {tuple(s.levels.shape[2:])}, but the "
                     f"{extractor.name} extractor takes {data.shape[1:]}"
                 )
-    return score_images(
+    return score_with_intervals(
         set1.levels,
         set1.num_levels,
         set2.levels,
@@ -317,18 +322,38 @@ def run_score(cfg: DictConfig) -> dict[str, float]:
     )
 
 
-def format_scores(scores: Mapping[str, float], fmt: str = "table") -> str:
-    """``json``: a JSON object; ``table``: one ``name  value`` line per metric."""
+def format_scores(
+    scores: Mapping[str, float],
+    fmt: str = "table",
+    intervals: Scores | None = None,
+) -> str:
+    """``json``: a JSON object of numbers (with ``intervals``, ``<name>.lo`` and ``<name>.hi``
+    after each value that has one); ``table``: one ``name  value`` line per metric, followed by
+    ``[lo, hi]`` and the interval's method where there is one."""
+    bounds = intervals.intervals if intervals is not None else {}
     if fmt == "json":
-        return strict_json(dict(scores), indent=2)  # NaN -> null: always valid JSON
+        out: dict[str, float] = {}
+        for k, v in scores.items():
+            out[k] = v
+            if k in bounds:
+                out[f"{k}.lo"], out[f"{k}.hi"] = bounds[k]
+        return strict_json(out, indent=2)  # NaN -> null: always valid JSON
     if fmt != "table":
         raise bad_value("format", fmt, "table or json")
     width = max((len(k) for k in scores), default=0)
-    return "\n".join(f"{k:<{width}}  {v:.6g}" for k, v in scores.items())
+    lines = []
+    for k, v in scores.items():
+        line = f"{k:<{width}}  {v:.6g}"
+        if k in bounds and intervals is not None:
+            lo, hi = bounds[k]
+            line += f"  [{lo:.6g}, {hi:.6g}] 95 % {intervals.methods[k]}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def score_command(cfg: DictConfig) -> dict[str, Any]:
-    """``genbench score``: compute the scores and print them in ``cfg.format`` to stdout."""
-    scores = run_score(cfg)
-    print(format_scores(scores, str(cfg.get("format", "table"))))
-    return scores
+    """``genbench score``: compute the scores and print them in ``cfg.format`` to stdout, each
+    with its 95 % interval where there is one."""
+    scored = score_inputs(cfg)
+    print(format_scores(scored.values, str(cfg.get("format", "table")), scored))
+    return scored.values

@@ -4,6 +4,8 @@ between the model's NLL and the true entropy)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from genbench.eval.context import EvalContext
 from genbench.eval.cost import sampler_protocol
 from genbench.eval.likelihood import bits_per_dim
@@ -132,7 +134,10 @@ def toy_stage(ctx: EvalContext) -> list[Metric]:
     ]
     for m in ctx.rows:
         if m.name == "nll":
-            rows.append(NLL_GAP.metric(m.value - density.entropy, m.kind, "test", m.n, m.protocol))
+            gap = NLL_GAP.metric(m.value - density.entropy, m.kind, "test", m.n, m.protocol)
+            if m.lo is not None and m.hi is not None:  # the NLL's interval, shifted
+                gap = replace(gap, lo=m.lo - density.entropy, hi=m.hi - density.entropy)
+            rows.append(gap)
     if int(ctx.cfg.n_samples) < 1:
         return rows
     s = ctx.samples()

@@ -160,7 +160,10 @@ def test_evaluate_writes_rows_stage_by_stage_with_declared_estimators(tmp_path, 
         "bound": "k-sample",
         "seed": 0,
         "k": 8,
+        "interval": "t-se",  # over the 5 examples' own values
     }
+    half = 2.776445 * float(noise.std()) / math.sqrt(5)  # t_{4}
+    assert r["nll_kbound"].hi - r["nll_kbound"].value == pytest.approx(half, rel=1e-6)
     assert r["nll_guess"].kind == "estimate" and r["nll_guess"].value == exact - 1
     assert "nfe_guess" not in r  # the estimator does not count evaluations
 

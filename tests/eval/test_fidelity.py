@@ -107,6 +107,38 @@ def test_fid_grows_with_noise(data, cache):
     assert kids[-1] > 10 * abs(kids[0]), kids
 
 
+def test_intervals_contain_the_value_shrink_with_n_and_are_seeded(data, cache):
+    """FID / IS: bootstrap over the generated set (reference fixed); precision / recall:
+    disjoint subsets; KID: its subset std scaled to N. Wider at N = 200 than at N = 1,000."""
+    g = torch.Generator().manual_seed(0)
+    x = data.train.long()
+    noisy = (x + torch.randint(-3, 4, x.shape, generator=g)).clamp(0, data.levels - 1)
+    widths = []
+    for n in (200, 1000):
+        rows = score(noisy[:n], data, cache, reference_split="test", kid_subset_size=100)
+        for name in ("fid", "is", "precision", "recall", "kid"):
+            r = rows[name]
+            assert r.lo is not None and r.lo <= r.value <= r.hi, (name, r)
+        assert rows["fid"].protocol["interval"] == "bootstrap-se-100"  # auto: 128-d features
+        assert rows["precision"].protocol["interval"] == "subsets-10-t"
+        assert rows["kid"].protocol["interval"] == "kid-subsets-se"
+        assert rows["is_std"].lo is None and "interval" not in rows["kid_std"].protocol
+        widths.append({k: rows[k].hi - rows[k].lo for k in ("fid", "is", "precision", "kid")})
+    for k in widths[0]:
+        assert widths[1][k] < widths[0][k], (k, widths)
+    first = score(noisy[:200], data, cache, reference_split="test", kid_subset_size=100)
+    again = score(noisy[:200], data, cache, reference_split="test", kid_subset_size=100)
+    for k in ("fid", "is", "precision", "recall"):  # seeded: the same intervals every time
+        assert (first[k].lo, first[k].hi) == (again[k].lo, again[k].hi)
+    off = score(noisy[:200], data, cache, reference_split="test", kid_subset_size=100, bootstrap=0)
+    assert off["fid"].lo is None and off["precision"].lo is None
+    assert "interval" not in off["fid"].protocol
+    assert off["fid"].value == first["fid"].value  # intervals never change the value
+    assert off["kid"].lo == first["kid"].lo  # KID's interval costs nothing: always there
+    few = score(noisy[:200], data, cache, reference_split="test", metrics=["fid"], bootstrap=7)
+    assert few["fid"].protocol["interval"] == "bootstrap-se-7"
+
+
 def test_inception_score_of_real_and_constant_images(data, cache):
     real = score(data.test, data, cache, metrics=["isc"])["is"].value
     assert 7.0 < real <= 10.0

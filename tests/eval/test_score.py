@@ -17,6 +17,7 @@ from torch import nn
 from genbench.data.bundled import digits
 from genbench.errors import UserError
 from genbench.eval import extractors as ex
+from genbench.eval.fidelity import Scores
 from genbench.eval.score import format_scores, run_score
 
 CPU = torch.device("cpu")
@@ -221,6 +222,17 @@ def test_format_scores():
     ]
     with pytest.raises(UserError, match="format"):
         format_scores(scores, "yaml")
+    ci = Scores(scores, {"fid@digits-cnn": (1.0, 1.5)}, {"fid@digits-cnn": "bootstrap-se-100"})
+    assert format_scores(scores, "table", ci).splitlines() == [
+        "fid@digits-cnn  1.25  [1, 1.5] 95 % bootstrap-se-100",
+        "is@digits-cnn   8.5",
+    ]
+    assert json.loads(format_scores(scores, "json", ci)) == {
+        "fid@digits-cnn": 1.25,
+        "fid@digits-cnn.lo": 1.0,
+        "fid@digits-cnn.hi": 1.5,
+        "is@digits-cnn": 8.5,
+    }
 
 
 def test_config_defaults():

@@ -69,7 +69,7 @@ COMMANDS = {
 }
 #: files a successful command may write
 WRITES = {
-    "eval": {"metrics.json", "record.json", "samples.png", "status.json"},
+    "eval": {"metrics.json", "record.json", "samples.png", "status.json", "nll_per_example.npy"},
     "sample": {"samples_4.png", "samples_4.npz"},
     "rebuild": set(),
 }

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import MODELS, compose_cfg
@@ -20,6 +21,7 @@ from genbench import distributed as ddp
 from genbench.commands import eval_command
 from genbench.data.base import Batches, DatasetError
 from genbench.leaderboard.store import Store
+from genbench.rundir import RunDir
 from genbench.train import distributed as ddp_train
 
 
@@ -309,6 +311,8 @@ def test_torchrun_training_matches_one_process_evaluation(tmp_path):
     assert last["state"]["status"] == "finished" and last["batches"]["index"] == 6 * 16
     ddp_nll = {m["name"]: m["value"] for m in runs[0]["metrics"]}
     ddp_grid = (run_dir / "samples.png").read_bytes()
+    ddp_per_example = RunDir(run_dir).read_nll_per_example(32)  # gathered in test order
+    assert ddp_per_example.mean() == pytest.approx(ddp_nll["nll"], rel=1e-12)
 
     cfg = compose_cfg(
         "eval", [f"run={run_dir}", "eval=fast", "device.name=cpu", *evals], tmp_path / "single"
@@ -320,6 +324,10 @@ def test_torchrun_training_matches_one_process_evaluation(tmp_path):
     }
     for name in ("nll", "bpd", "neg_elbo", "recon", "kl"):  # 4 test batches: 2 per rank
         assert one[name] == pytest.approx(ddp_nll[name], rel=1e-12, abs=1e-12), name
+    # per-example NLLs gathered from the ranks are the one process's, in the same order
+    np.testing.assert_allclose(
+        RunDir(run_dir).read_nll_per_example(32), ddp_per_example, rtol=1e-12
+    )
     # samples drawn 16 per rank and gathered are the one-process samples
     assert (run_dir / "samples.png").read_bytes() == ddp_grid
 
