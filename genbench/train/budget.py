@@ -34,7 +34,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from genbench.errors import ConfigError, bad_value
 from genbench.models.base import GenerativeModel, Phase
@@ -134,6 +138,30 @@ def parse_eval_at(value: Any, key: str = "trainer.eval_at") -> list[float]:  # n
     return sorted(out)
 
 
+def _attention(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:  # noqa: ANN401
+    return sdpa_flop_count(q, k, v)
+
+
+def _attention_backward(
+    grad: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    *args: Any,
+    out_shape: Any = None,
+    **kw: Any,  # noqa: ANN401
+) -> int:
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+#: the CPU kernel of ``scaled_dot_product_attention`` (torch counts only its CUDA kernels), with
+#: torch's own attention formulas (shapes in, FLOPs out)
+_CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward,
+}
+
+
 class _TotalOnly:
     """Stands in for :class:`FlopCounterMode`'s per-module tracker, whose backward hooks break
     ``torch.autograd.grad`` with respect to inputs (the gradient penalty of WGAN-GP) on torch
@@ -170,7 +198,7 @@ def count_flops(
     with torch.random.fork_rng(devices=devices):
         for phase in phases:
             work.zero_grad(set_to_none=True)
-            counter = FlopCounterMode(display=False)
+            counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
             counter.mod_tracker = _TotalOnly()  # type: ignore[assignment]
             with counter:
                 with autocast() if autocast is not None else contextlib.nullcontext():

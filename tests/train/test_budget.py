@@ -281,3 +281,18 @@ def test_the_record_carries_budget_and_flops(train_cfg):
     rec = train_command(train_cfg("trainer.budget=images:40"))  # batch 16: 3 steps
     assert (rec.budget, rec.steps, rec.images_seen) == ("images:40", 3, 48)
     assert rec.train_flops > 0 and rec.train_flops % 3 == 0
+
+
+def test_attention_on_cpu_is_counted_like_on_cuda():
+    class Attention(nn.Module):
+        def training_losses(self, x, phase="main"):
+            q = x.float().requires_grad_()
+            out = nn.functional.scaled_dot_product_attention(q, q, q)
+            return {"loss": out.flatten(1).sum(1)}
+
+    b, s, d = 2, 16, 8
+    got = count_flops(Attention(), [Phase()], torch.ones(b, 1, s, d))["main"]
+    # forward: scores q k^T and scores @ v, 2 b s s d each; backward (torch's formula for the
+    # fused kernels): the scores again, then the gradients of v, the probabilities, q and k
+    bmm = 2 * b * s * s * d
+    assert got == 2 * bmm + 5 * bmm == 57_344
