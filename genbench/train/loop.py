@@ -189,6 +189,7 @@ class Trainer:
         self.budget = budgets.budget_of(cfg)
         self.eval_at = budgets.parse_eval_at(cfg.get("eval_at"))
         self.probe, self.clock = probe, clock
+        self._agreed_seconds = 0.0  # the ranks' mean training seconds, as of the last _done()
         x = train[: self.batches.local_batch_size].long()
         per_phase = budgets.count_flops(model, model.phases, x, setup.autocast)
         self.flops_per_step = budgets.per_step(per_phase, model.phases) * ddp.world_size()
@@ -352,10 +353,11 @@ class Trainer:
         )
         try:
             with progress, _defer_signals() as stop:
+                done = self._done()
                 task = progress.add_task(
                     "train", total=1.0, completed=self._fraction(), spent=self._spent(), info=""
                 )
-                while not self._done():
+                while not done:
                     if self._should_stop(stop):
                         raise Interrupted(stop[0] if stop else signal.SIGINT)
                     started = clock()
@@ -428,6 +430,7 @@ class Trainer:
         if ddp.world_size() > 1:
             total = ddp.reduce_sum(torch.tensor(seconds, device=ddp.comm_device()))
             seconds = float(total) / ddp.world_size()
+        self._agreed_seconds = seconds  # what _fraction uses: the probe runs on all ranks alike
         return seconds >= self.budget.amount
 
     def _fraction(self) -> float:
@@ -435,7 +438,8 @@ class Trainer:
         if self.total_steps is not None and self.state.step >= self.total_steps:
             return 1.0
         s = self.state
-        spent = self.budget.spent(s.step, s.images_seen, s.train_seconds, s.train_flops)
+        seconds = s.train_seconds if self.total_steps is not None else self._agreed_seconds
+        spent = self.budget.spent(s.step, s.images_seen, seconds, s.train_flops)
         return min(1.0, spent / self.budget.amount)
 
     def _spent(self) -> str:
