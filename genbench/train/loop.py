@@ -191,7 +191,11 @@ class Trainer:
         self.probe, self.clock = probe, clock
         self._agreed_seconds = 0.0  # the ranks' mean training seconds, as of the last _done()
         x = train[: self.batches.local_batch_size].long()
-        per_phase = budgets.count_flops(model, model.phases, x, setup.autocast)
+        try:
+            per_phase = budgets.count_flops(model, model.phases, x, setup.autocast)
+        except RuntimeError as err:  # a step FlopCounterMode cannot follow: no FLOP numbers
+            log.warning("could not count a training step's FLOPs (%s): recorded as 0", err)
+            per_phase = {p.name: 0.0 for p in model.phases}
         self.flops_per_step = budgets.per_step(per_phase, model.phases) * ddp.world_size()
         self.images_per_step = self.batches.batch_size * sum(p.repeat for p in model.phases)
         self.total_steps = self.budget.steps(self.images_per_step, self.flops_per_step)

@@ -296,3 +296,17 @@ def test_attention_on_cpu_is_counted_like_on_cuda():
     # fused kernels): the scores again, then the gradients of v, the probabilities, q and k
     bmm = 2 * b * s * s * d
     assert got == 2 * bmm + 5 * bmm == 57_344
+
+
+def test_a_step_that_cannot_be_counted_trains_by_steps_and_refuses_a_flops_budget(
+    train_cfg, tmp_path, monkeypatch
+):
+    from genbench.train import budget
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("not supported under FlopCounterMode")
+
+    monkeypatch.setattr(budget, "count_flops", fails)
+    assert _trainer(train_cfg, tmp_path / "a", "trainer.max_steps=2").fit().train_flops == 0
+    with pytest.raises(ConfigError, match=r"trainer\.budget=flops:1e\+06 .*no FLOPs"):
+        _trainer(train_cfg, tmp_path / "b", "trainer.budget=flops:1e6")
