@@ -310,3 +310,18 @@ def test_a_step_that_cannot_be_counted_trains_by_steps_and_refuses_a_flops_budge
     assert _trainer(train_cfg, tmp_path / "a", "trainer.max_steps=2").fit().train_flops == 0
     with pytest.raises(ConfigError, match=r"trainer\.budget=flops:1e\+06 .*no FLOPs"):
         _trainer(train_cfg, tmp_path / "b", "trainer.budget=flops:1e6")
+
+
+def test_default_budget_keeps_the_config_hash_of_runs_made_before_budgets(train_cfg):
+    from omegaconf import open_dict
+
+    from genbench.build import config_hash
+
+    cfg = train_cfg()
+    old = train_cfg()
+    with open_dict(old):
+        del old.trainer["budget"], old.trainer["eval_at"]
+    assert config_hash(cfg) == config_hash(old)
+    assert config_hash(train_cfg("trainer.budget=steps:4")) == config_hash(old)  # smoke: 4 steps
+    assert config_hash(train_cfg("trainer.budget=images:64")) != config_hash(old)
+    assert config_hash(train_cfg("trainer.eval_at=[0.5]")) != config_hash(old)
