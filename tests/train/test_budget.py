@@ -111,8 +111,9 @@ def test_flops_of_a_small_conv_net_equal_the_hand_count():
     n, c_in, c_out, k, h = 2, 2, 3, 3, 5
     net = nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=1), nn.Flatten(), nn.Linear(75, 1))
     got = count_flops(_Toy(net), [Phase()], torch.randint(0, 4, (n, c_in, h, h)))["main"]
-    # a 'same' conv: 2 multiply-adds... 2 n H W c_out c_in k^2 forward, the same for its weight
-    # gradient (no input gradient: the data needs none); the linear layer 75 -> 1 as above
+    # a 'same' conv: 2 n H W c_out c_in k^2 forward (a multiply and an add per weight and output
+    # pixel), the same for its weight gradient (no input gradient: the data needs none); the
+    # linear layer 75 -> 1 as above: forward, weight gradient and input gradient
     conv = 2 * n * h * h * c_out * c_in * k * k
     linear = 2 * n * 75 * 1
     assert got == 2 * conv + 3 * linear == 11_700
