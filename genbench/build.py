@@ -30,8 +30,15 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 def config_hash(cfg: DictConfig) -> str:
     """Hash of everything that determines a run's result (not paths, logging or resume flags)."""
     c = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
+    trainer = c.get("trainer", {})
     for key in ("resume", "rerun"):
-        c.get("trainer", {}).pop(key, None)
+        trainer.pop(key, None)
+    # the defaults of trainer.budget and trainer.eval_at leave the hash of a run as it was before
+    # these keys existed, so its unfinished runs still resume and finished ones still count
+    if trainer.get("budget") in (None, f"steps:{trainer.get('max_steps')}"):
+        trainer.pop("budget", None)
+    if not trainer.get("eval_at"):
+        trainer.pop("eval_at", None)
     for key in ("threads", "channels_last"):  # speed only (float rounding aside)
         c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,6 +19,7 @@ from genbench.eval.metric import Metric
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.models.base import GenerativeModel
 from genbench.rundir import RunDir, run_id_of
+from genbench.train.budget import budget_of
 
 #: packages whose versions can change a run's numbers (recorded with every run)
 _PACKAGES = ("numpy", "torchvision", "torch-fidelity", "torchmetrics", "hydra-core", "omegaconf")
@@ -93,6 +94,15 @@ def open_store(outputs: Path) -> Store:
     return store
 
 
+def _budget(cfg: dict[str, Any]) -> str:
+    """The run's ``trainer.budget``, normalized (``steps:<max_steps>`` for a config written
+    before budgets existed; "" for one without a valid trainer block)."""
+    try:
+        return str(budget_of(cfg["trainer"]))
+    except (KeyError, TypeError, ValueError, ConfigError):
+        return ""
+
+
 def record(
     cfg: dict[str, Any],
     run: RunDir,
@@ -124,6 +134,8 @@ def record(
         config_hash=hash_,
         config=cfg,
         versions=versions(type(model)),
+        budget=_budget(cfg),
+        train_flops=float(getattr(state, "train_flops", 0.0)),
     )
     run.write_record(asdict(rec))
     Store(outputs / "leaderboard.sqlite").record(rec, rows)

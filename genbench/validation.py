@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int
 from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
 from genbench.eval.likelihood import estimator_names
+from genbench.train.budget import parse_budget, parse_eval_at
 from genbench.train.schedule import check_scheduler
 
 if TYPE_CHECKING:
@@ -53,7 +54,14 @@ def validate(cfg: DictConfig) -> None:
     for key in ("max_steps", "batch_size", "eval_every", "ckpt_every", "log_every", "val_examples"):
         t[key] = positive_int(f"trainer.{key}", t[key])
     t.grad_clip = nonneg_float("trainer.grad_clip", t.grad_clip)
-    check_scheduler(cfg.get("scheduler"))
+    if OmegaConf.is_missing(t, "budget"):
+        raise ConfigError(
+            "trainer.budget has no value: set it on the command line, e.g. "
+            "trainer.budget=flops:1e12 (units: steps, seconds, images, flops)"
+        )
+    budget = parse_budget(t.get("budget"), t.max_steps)
+    parse_eval_at(t.get("eval_at"))
+    check_scheduler(cfg.get("scheduler"), str(budget))
     t.ema_decay = nonneg_float("trainer.ema_decay", t.ema_decay, maximum=0.99999999)
     if "lr" in cfg.optimizer:
         cfg.optimizer.lr = nonneg_float("optimizer.lr", cfg.optimizer.lr, positive=True)

@@ -3,7 +3,9 @@
 It knows the model only through :mod:`genbench.models.base`: it steps one optimizer per
 ``model.phases`` entry, reduces ``training_losses(x, phase)["loss"]`` to its mean, owns autocast,
 grad scaling and clipping, keeps an EMA of the weights, selects the best-validation weights,
-checkpoints atomically and resumes exactly.
+checkpoints atomically and resumes exactly. It trains until ``trainer.budget`` is spent
+(:mod:`genbench.train.budget`) and, with a ``probe``, measures the anytime curve at
+``trainer.eval_at``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,15 +29,17 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genbench import checkpoint
 from genbench import distributed as ddp
 from genbench.data.base import Batches
 from genbench.errors import ConfigError, Interrupted
+from genbench.eval.metric import CurvePoint, Metric
 from genbench.models.base import GenerativeModel, Phase
 from genbench.rundir import RunDir
 from genbench.tracking import Tracker
+from genbench.train import budget as budgets
 from genbench.train import distributed as ddp_train
 from genbench.train.device import DeviceSetup, ThreadGovernor, eval_mode
 from genbench.train.ema import EMA
@@ -49,12 +53,20 @@ class TrainState:
     """What a run has done so far (saved in every checkpoint)."""
 
     step: int = 0
-    images_seen: int = 0
-    train_seconds: float = 0.0
+    images_seen: int = 0  # training examples, every phase and repeat
+    train_seconds: float = 0.0  # time in training steps (no validation, checkpoints, probe)
+    train_flops: float = 0.0  # forward + backward FLOPs (FlopCounterMode)
+    flops_per_step: float = 0.0  # as measured when the run started
     best_val: float = math.inf
     best_step: int = -1
     status: str = "running"  # running | finished | diverged | interrupted
     history: list[dict[str, float]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # CurvePoint.to_dict() each
+    probed: list[float] = field(default_factory=list)  # the trainer.eval_at values done
+
+
+#: ``probe(eval_model) -> metrics``: the anytime evaluation run at ``trainer.eval_at``
+Probe = Callable[[GenerativeModel], list[Metric]]
 
 
 #: signals that stop training cleanly: Ctrl-C, and what SLURM, Kubernetes and `timeout` send
@@ -134,7 +146,9 @@ class Trainer:
 
     ``scheduler`` is a ``conf/scheduler`` entry (one lr schedule per phase, stepped once per
     training step; ``None``: constant lr) and ``augment`` the ``dataset.augment`` transforms
-    applied to training batches (:mod:`genbench.data.augment`)."""
+    applied to training batches (:mod:`genbench.data.augment`). ``probe`` is called on the
+    evaluation weights when the spent share of the budget first reaches each ``trainer.eval_at``
+    value; ``clock`` (seconds) times the training steps."""
 
     def __init__(
         self,
@@ -151,6 +165,8 @@ class Trainer:
         *,
         scheduler: DictConfig | None = None,
         augment: Sequence[str] = (),
+        probe: Probe | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         self.run = run if isinstance(run, RunDir) else RunDir(run)
@@ -170,10 +186,23 @@ class Trainer:
         self.optimizers = {
             p.name: build_optimizer(optimizer, p, params[p.name]) for p in model.phases
         }
+        self.budget = budgets.budget_of(cfg)
+        self.eval_at = budgets.parse_eval_at(cfg.get("eval_at"))
+        self.probe, self.clock = probe, clock
+        self._agreed_seconds = 0.0  # the ranks' mean training seconds, as of the last _done()
+        x = train[: self.batches.local_batch_size].long()
+        try:
+            per_phase = budgets.count_flops(model, model.phases, x, setup.autocast)
+        except RuntimeError as err:  # a step FlopCounterMode cannot follow: no FLOP numbers
+            log.warning("could not count a training step's FLOPs (%s): recorded as 0", err)
+            per_phase = {p.name: 0.0 for p in model.phases}
+        self.flops_per_step = budgets.per_step(per_phase, model.phases) * ddp.world_size()
+        self.images_per_step = self.batches.batch_size * sum(p.repeat for p in model.phases)
+        self.total_steps = self.budget.steps(self.images_per_step, self.flops_per_step)
         self.schedulers = {
             name: s
             for name, opt in self.optimizers.items()
-            if (s := build_scheduler(scheduler, opt, int(cfg.max_steps), name)) is not None
+            if (s := build_scheduler(scheduler, opt, self.total_steps, name)) is not None
         }
         fp16 = setup.precision == "fp16"
         self.scalers = {
@@ -182,7 +211,7 @@ class Trainer:
         self.ema = EMA(model, cfg.ema_decay) if float(cfg.ema_decay) > 0 else None
         self.governor = ThreadGovernor(setup.threads) if setup.adaptive_threads else None
         self._grad_clip, self._log_every = float(cfg.grad_clip), int(cfg.log_every)
-        self.state = TrainState()
+        self.state = TrainState(flops_per_step=self.flops_per_step)
         self.extra_state = extra_state or {}
         self.tracker = tracker or Tracker()
         # several ranks: a DistributedDataParallel per phase, averaging gradients during backward
@@ -299,19 +328,27 @@ class Trainer:
         return self.run.open_stats(self.state.step)
 
     def fit(self) -> TrainState:
-        """Train until ``trainer.max_steps``; returns the final state (status set)."""
+        """Train until ``trainer.budget`` is spent; returns the final state (status set)."""
         # plain numbers: a DictConfig read costs ~8 us, several per step add up on small models
-        max_steps, every = int(self.cfg.max_steps), self._log_every
+        every, clock = self._log_every, self.clock
         eval_every, ckpt_every = int(self.cfg.eval_every), int(self.cfg.ckpt_every)
         dev = self.setup.device
         acc: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=dev))
-        n_acc, t0 = 0, time.perf_counter() - self.state.train_seconds
+        n_acc = 0
         stats = self._open_stats()
+        if ddp.is_main():
+            log.info(
+                "budget %s: %s (a step: %.4g FLOPs, %d images)",
+                self.budget,
+                f"{self.total_steps} steps" if self.total_steps else "until its seconds are spent",
+                self.flops_per_step,
+                self.images_per_step,
+            )
         # 2 redraws/s: rich's default 10/s costs ~2% of a core, 5-10% of a 1-thread CPU step
         progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[spent]}"),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             transient=False,
@@ -320,12 +357,14 @@ class Trainer:
         )
         try:
             with progress, _defer_signals() as stop:
+                done = self._done()
                 task = progress.add_task(
-                    "train", total=max_steps, completed=self.state.step, info=""
+                    "train", total=1.0, completed=self._fraction(), spent=self._spent(), info=""
                 )
-                while self.state.step < max_steps:
+                while not done:
                     if self._should_stop(stop):
                         raise Interrupted(stop[0] if stop else signal.SIGINT)
+                    started = clock()
                     losses = [
                         self._phase_step(p.name, acc, p.repeat)
                         for p in self.model.phases
@@ -351,13 +390,16 @@ class Trainer:
                         self.ema.update(self.model)
                     if self.governor is not None:
                         self.governor.tick()
-                    self.state.train_seconds = time.perf_counter() - t0
-                    if self.state.step % every == 0 or self.state.step == max_steps:
+                    self.state.train_flops += self.flops_per_step
+                    self.state.train_seconds += clock() - started
+                    done = self._done()
+                    if self.state.step % every == 0 or done:
                         progress.update(task, info=self._log_row(stats, acc, n_acc))
                         acc.clear()
                         n_acc = 0
-                    progress.update(task, completed=self.state.step)
-                    if self.state.step % eval_every == 0 or self.state.step == max_steps:
+                    progress.update(task, completed=self._fraction(), spent=self._spent())
+                    self._maybe_probe()
+                    if self.state.step % eval_every == 0 or done:
                         self._maybe_select()
                     if self.state.step % ckpt_every == 0:
                         self.save()
@@ -381,6 +423,53 @@ class Trainer:
         self.save("finished")
         return self.state
 
+    # -- the budget and the anytime curve ----------------------------------------------------
+    def _done(self) -> bool:
+        """Whether the budget is spent. A step budget (steps, images, flops) is a step count; a
+        seconds budget is compared with the ranks' mean training seconds, so all ranks stop at
+        the same step."""
+        if self.total_steps is not None:
+            return self.state.step >= self.total_steps
+        seconds = self.state.train_seconds
+        if ddp.world_size() > 1:
+            total = ddp.reduce_sum(torch.tensor(seconds, device=ddp.comm_device()))
+            seconds = float(total) / ddp.world_size()
+        self._agreed_seconds = seconds  # what _fraction uses: the probe runs on all ranks alike
+        return seconds >= self.budget.amount
+
+    def _fraction(self) -> float:
+        """Share of the budget spent, in [0, 1] (1 once the run is done)."""
+        if self.total_steps is not None and self.state.step >= self.total_steps:
+            return 1.0
+        s = self.state
+        seconds = s.train_seconds if self.total_steps is not None else self._agreed_seconds
+        spent = self.budget.spent(s.step, s.images_seen, seconds, s.train_flops)
+        return min(1.0, spent / self.budget.amount)
+
+    def _spent(self) -> str:
+        """Progress-bar text: the budget spent in its unit, and the step."""
+        s, b = self.state, self.budget
+        spent = b.spent(s.step, s.images_seen, s.train_seconds, s.train_flops)
+        return f"{spent:.4g}/{b.amount:.4g} {b.unit} (step {s.step})"
+
+    def _maybe_probe(self) -> None:
+        """Run the probe once when the spent fraction first reaches one or more ``eval_at``
+        values; its metrics join ``state.curve``. The probe sees the evaluation weights in eval
+        mode, without gradients and with forked random generators, and its time is not training
+        time."""
+        fraction = self._fraction()
+        due = [f for f in self.eval_at if f <= fraction and f not in self.state.probed]
+        if not due or self.probe is None:
+            return
+        model, s = self.eval_model, self.state
+        devices = [self.setup.device] if self.setup.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), eval_mode(model):
+            metrics = self.probe(model)
+        for m in metrics:
+            point = CurvePoint(m, fraction, s.step, s.images_seen, s.train_seconds, s.train_flops)
+            s.curve.append(point.to_dict())
+        s.probed.extend(due)
+
     def _log_row(self, stats: TextIO, acc: dict[str, torch.Tensor], n_acc: int) -> str:
         """Write the mean training terms since the last row (averaged over ranks) to
         ``stats.jsonl`` and the tracker; returns the progress-bar text."""
@@ -391,6 +480,7 @@ class Trainer:
             step=self.state.step,
             images=self.state.images_seen,
             seconds=round(self.state.train_seconds, 3),
+            flops=self.state.train_flops,
         )
         stats.write(json.dumps(row) + "\n")
         self.tracker.log({f"train/{k}": v for k, v in row.items()}, self.state.step)

@@ -9,8 +9,11 @@ first, composed with torch's ``SequentialLR``::
 
 so the lr factor at step i < W is (i + 1) / W and the main schedule starts at step W from the
 optimizer's lr. A length argument of the main schedule (``T_max``, ``total_iters``) left ``null``
-is the number of steps after the warm-up, ``trainer.max_steps - W``: a cosine or linear decay then
-ends exactly at the last step.
+is the number of steps after the warm-up, ``S - W`` where S is the run's length in steps (its
+``trainer.budget``: ``trainer.max_steps`` by default, or the steps an ``images`` or ``flops`` budget
+allows once a step's cost is known): a cosine or linear decay then ends exactly at the last step.
+A ``seconds`` budget has no length in steps, so such a schedule is refused with it (set the length
+explicitly, or choose a schedule without one: ``constant``, ``linear_warmup``, ``multistep``).
 
 Schedules advance once per *training* step, after every phase has run: the ``repeat``
 discriminator steps of a GAN share the step's lr (the released WGAN-GP and SNGAN code decay both
@@ -61,11 +64,28 @@ def warmup_steps(spec: Mapping[str, Any] | DictConfig) -> int:
     return positive_int("scheduler.warmup_steps", spec.get("warmup_steps", 0) or 0, minimum=0)
 
 
-def check_scheduler(spec: Mapping[str, Any] | DictConfig | None) -> None:
+def horizon_keys(spec: Mapping[str, Any] | DictConfig | None) -> list[str]:
+    """The length arguments of a ``conf/scheduler`` entry left ``null`` (set from the run's
+    length in steps)."""
+    if spec is None:
+        return []
+    return [k for k in LENGTH_KEYS if k in spec and spec.get(k) is None]
+
+
+def check_scheduler(spec: Mapping[str, Any] | DictConfig | None, budget: str | None = None) -> None:
     """Refuse a bad ``scheduler`` config before training: a missing or foreign ``_target_``, a
-    negative or fractional ``warmup_steps``."""
+    negative or fractional ``warmup_steps``, a schedule whose length is the run's with a
+    ``budget`` (``trainer.budget``, normalized) in seconds."""
     if spec is None:
         return
+    keys = horizon_keys(spec)
+    if budget is not None and budget.startswith("seconds:") and keys:
+        raise ConfigError(
+            f"scheduler.{keys[0]}=null is invalid with trainer.budget={budget}: a seconds "
+            "budget does not fix the run's length in steps; set "
+            f"scheduler.{keys[0]} to a number of steps, use a steps, images or flops budget, or "
+            "a schedule without a length (scheduler=constant, linear_warmup or multistep)"
+        )
     if isinstance(spec, DictConfig) and OmegaConf.is_missing(spec, "warmup_steps"):
         raise ConfigError(
             "scheduler.warmup_steps has no value: set it on the command line, "
@@ -83,18 +103,25 @@ def check_scheduler(spec: Mapping[str, Any] | DictConfig | None) -> None:
 def build_scheduler(
     spec: Mapping[str, Any] | DictConfig | None,
     optimizer: torch.optim.Optimizer,
-    max_steps: int,
+    max_steps: int | None,
     phase: str = "main",
 ) -> LRScheduler | None:
     """The schedule of one phase's ``optimizer`` from a ``conf/scheduler`` entry (``None``: no
-    schedule, a constant lr). ``max_steps`` is ``trainer.max_steps``; the schedule is stepped
-    once per training step."""
+    schedule, a constant lr). ``max_steps`` is the run's length in steps (``None`` for a seconds
+    budget: a schedule that needs it is a :class:`ConfigError`); the schedule is stepped once
+    per training step."""
     if spec is None:
         return None
+    if max_steps is None and horizon_keys(spec):
+        raise ConfigError(
+            f"scheduler.{horizon_keys(spec)[0]}=null is invalid with a seconds budget: the run's "
+            "length in steps is not known; set it to a number of steps"
+        )
     kwargs = _plain(spec)
     warmup = warmup_steps(kwargs)
     kwargs.pop("warmup_steps", None)
-    rest = max(1, int(max_steps) - warmup)  # a zero length would divide by zero (CosineAnnealingLR)
+    # a zero length would divide by zero (CosineAnnealingLR)
+    rest = max(1, int(max_steps or 1) - warmup)
     for key in LENGTH_KEYS:
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = rest

@@ -86,6 +86,7 @@ def measure(
         trainer.fit()  # compilation and autotuning happen here
         first = time.perf_counter() - start
         tcfg.max_steps = warmup + steps
+        trainer.total_steps = warmup + steps  # the budget in steps, fixed when it was built
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
