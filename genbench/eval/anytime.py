@@ -4,10 +4,12 @@ At each point the training loop calls ``probe(model)`` on its evaluation (EMA) w
 the rows as :class:`~genbench.eval.metric.CurvePoint` s. The probe reuses the final evaluation's
 stages at a smaller size, so its numbers mean what the final ones mean:
 
-- ``bpd``: bits/dim on the first ``trainer.probe.nll_examples`` test images
+- ``bpd``: bits/dim on the first ``trainer.probe.nll_examples`` test images (at most
+  ``eval.nll_examples``)
   (:func:`genbench.eval.likelihood.likelihood_metrics`; kind ``exact`` or ``bound`` as the model
   declares; skipped for models without a likelihood);
-- ``fid`` / ``kid`` (and ``isc`` / ``prc`` when asked): ``trainer.probe.n_samples`` samples scored
+- ``fid`` / ``kid`` (and ``isc`` / ``prc`` when asked): ``trainer.probe.n_samples`` samples (at
+  most ``eval.n_samples``) scored
   with ``trainer.probe.extractor`` (default the domain CNN: cheap at any N) against the final
   evaluation's reference split and size, so the cached reference features are shared
   (:func:`genbench.eval.fidelity.fidelity_metrics`).
@@ -120,19 +122,24 @@ class ProbeSettings:
 
     def eval_cfg(self, eval_cfg: Mapping) -> DictConfig:
         """The final evaluation's config (``conf/eval``: reference split and size, KID subset
-        size, Inception weights) with this probe's sizes, seed, metrics and extractor."""
+        size, Inception weights) with this probe's sizes, seed, metrics and extractor. The sizes
+        are capped at the final evaluation's (``eval.nll_examples``, ``eval.n_samples``): a
+        preset that shrinks an expensive model's evaluation shrinks its probe too."""
         base = OmegaConf.create(
             OmegaConf.to_container(eval_cfg, resolve=True)
             if isinstance(eval_cfg, DictConfig)
             else dict(eval_cfg)
         )
+        cap = base.get("nll_examples")
+        nll_examples = self.nll_examples if cap is None else min(self.nll_examples, int(cap))
+        n_samples = min(self.n_samples, int(base.get("n_samples", self.n_samples)))
         return OmegaConf.merge(
             base,
             {
                 "nll": "bpd" in self.metrics,
-                "nll_examples": self.nll_examples,
-                "n_samples": self.n_samples,
-                "sample_metrics": bool(self.fidelity) and self.n_samples >= 2,
+                "nll_examples": nll_examples,
+                "n_samples": n_samples,
+                "sample_metrics": bool(self.fidelity) and n_samples >= 2,
                 "metrics": list(self.fidelity),
                 "extractor": self.extractor,
                 "seed": self.seed,

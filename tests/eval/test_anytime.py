@@ -74,7 +74,7 @@ def cache(data, tmp_path_factory, tmp_path):
 
 
 def make_probe(data, cache, eval_cfg=None, **settings):
-    eval_cfg = eval_cfg or compose_cfg("train", ["experiment=smoke"]).eval
+    eval_cfg = eval_cfg or compose_cfg("train", []).eval  # conf/eval/default: no caps
     return build_probe(ProbeSettings(**settings), data, eval_cfg, {}, CPU, cache)
 
 
@@ -86,6 +86,19 @@ def test_bits_per_dim_is_the_final_evaluations_rule_on_a_subset(data, cache):
     ]
     assert rows[0].value == pytest.approx(math.log2(data.levels), rel=1e-12)
     assert model.sampled == 0  # no sample metric asked for: nothing drawn
+
+
+def test_sizes_are_capped_at_the_final_evaluations(data, cache):
+    small = compose_cfg("train", ["experiment=smoke"]).eval  # nll_examples 32, n_samples 32
+    rows = make_probe(data, cache, small, nll_examples=40, n_samples=500)(
+        Uniform(data.shape, data.levels)
+    )
+    assert {m.name: m.n for m in rows} == {
+        "bpd": 32,
+        "fid@digits-cnn": 32,
+        "kid@digits-cnn": 32,
+        "kid_std@digits-cnn": 32,
+    }
 
 
 def test_sample_metrics_rank_real_images_above_noise(data, cache):
