@@ -4,6 +4,7 @@ the probe when ``trainer.eval_at`` names points."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -99,6 +100,10 @@ def test_no_eval_at_no_probe(train_cfg):
     assert commands._probe(cfg, None, torch.device("cpu"), cfg.paths.outputs) is None
 
 
+HOOK = "probe" in inspect.signature(commands.Trainer).parameters
+
+
+@pytest.mark.skipif(HOOK, reason="the loop's own hook is tested end to end below")
 def test_train_passes_the_probe_and_records_its_points(train_cfg, tmp_path, monkeypatch):
     """Until the loop calls it itself: a Trainer that probes after fitting, as the loop does
     at ``eval_at`` points, shows that train builds the probe, and the record keeps its rows."""
@@ -128,3 +133,28 @@ def test_train_passes_the_probe_and_records_its_points(train_cfg, tmp_path, monk
     assert [c["value"] for c in row["curve"]] == [points[0].metric.value]
     final = next(m for m in row["metrics"] if m["name"] == "bpd")
     assert final["n"] == 32  # the final evaluation keeps its own size (eval.nll_examples)
+
+
+@pytest.mark.skipif(not HOOK, reason="the training loop has no probe hook yet")
+def test_eval_at_records_curve_points_end_to_end(train_cfg, tmp_path):
+    cfg = train_cfg(
+        "trainer.eval_at=[0.5,1.0]",
+        "trainer.probe.nll_examples=20",
+        "trainer.probe.n_samples=24",
+        "eval.sample_metrics=false",
+    )
+    rec = train_command(cfg)
+    points = RunDir(rec.run_dir).read_curve()
+    got = [(p.fraction, p.step, p.metric.name, p.metric.n) for p in points]
+    names = ["bpd", "fid@digits-cnn", "kid@digits-cnn", "kid_std@digits-cnn"]
+    assert got == [
+        (f, s, name, 20 if name == "bpd" else 24) for f, s in ((0.5, 2), (1.0, 4)) for name in names
+    ]
+    assert points[0].images == 2 * 16 and points[0].seconds > 0 and points[0].flops > 0
+    assert points[-1].flops == pytest.approx(2 * points[0].flops)  # 4 steps vs 2
+    (row,) = Store(tmp_path / "out" / "leaderboard.sqlite").runs()
+    assert [(c["fraction"], c["name"]) for c in row["curve"]] == [(f, n) for f, _, n, _ in got]
+    assert [c["value"] for c in row["curve"]] == [p.metric.value for p in points]
+    before = {p.metric.name: p.metric.value for p in points if p.fraction == 0.5}
+    after = {p.metric.name: p.metric.value for p in points if p.fraction == 1.0}
+    assert before != after  # two points, two states of the weights
