@@ -49,6 +49,8 @@ PROBE_METRICS = ("bpd", *METRICS)
 #: the likelihood rows a probe keeps (the bound terms and nats are left to the final evaluation)
 LIKELIHOOD_ROWS = ("bpd",)
 Probe = Callable[[GenerativeModel], list[Metric]]
+PRC_NEIGHBORHOOD = 3  # genbench.eval.fidelity's k (that module loads torch-fidelity)
+MAX_SEED = 2**32 - 1  # as genbench.validation.MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -100,16 +102,23 @@ class ProbeSettings:
             raise bad_value(
                 "trainer.probe.extractor", extractor, f"one of {', '.join(EXTRACTOR_CHOICES)}"
             )
+        n_samples = positive_int(
+            "trainer.probe.n_samples", node.get("n_samples", d.n_samples), minimum=0
+        )
+        need = PRC_NEIGHBORHOOD + 1 if "prc" in metrics else 2
+        if 0 < n_samples < need:
+            raise bad_value("trainer.probe.n_samples", n_samples, f"0 (none) or at least {need}")
+        seed = positive_int("trainer.probe.seed", node.get("seed", d.seed), minimum=0)
+        if seed > MAX_SEED:
+            raise bad_value("trainer.probe.seed", seed, f"an integer in [0, {MAX_SEED}]")
         return cls(
             nll_examples=positive_int(
                 "trainer.probe.nll_examples", node.get("nll_examples", d.nll_examples)
             ),
-            n_samples=positive_int(
-                "trainer.probe.n_samples", node.get("n_samples", d.n_samples), minimum=0
-            ),
+            n_samples=n_samples,
             metrics=tuple(dict.fromkeys(str(m) for m in metrics)),
             extractor=str(extractor),
-            seed=positive_int("trainer.probe.seed", node.get("seed", d.seed), minimum=0),
+            seed=seed,
             batch_size=positive_int(
                 "trainer.probe.batch_size", node.get("batch_size", d.batch_size)
             ),

@@ -150,6 +150,9 @@ def test_probe_uses_the_reference_features_of_the_final_evaluation(data, cache, 
         ({"metrics": []}, "trainer.probe.metrics"),
         ({"extractor": "vgg"}, "trainer.probe.extractor"),
         ({"seed": 1.5}, "trainer.probe.seed"),
+        ({"seed": 2**32}, "trainer.probe.seed"),
+        ({"n_samples": 1}, "trainer.probe.n_samples"),
+        ({"n_samples": 3, "metrics": ["prc"]}, "trainer.probe.n_samples"),
         ({"samples": 100}, "trainer.probe.samples"),
     ],
 )
@@ -172,3 +175,11 @@ def test_domain_extractor_on_unlabelled_data_fails_before_training(data, tmp_pat
         make_probe(bare, tmp_path)
     rows = make_probe(bare, tmp_path, metrics=("bpd",))(Uniform(data.shape, data.levels))
     assert [m.name for m in rows] == ["bpd"]
+
+
+def test_copied_constants_match_their_sources():
+    from genbench import validation
+    from genbench.eval import anytime, fidelity
+
+    assert anytime.PRC_NEIGHBORHOOD == fidelity.PRC_NEIGHBORHOOD
+    assert anytime.MAX_SEED == validation.MAX_SEED
