@@ -37,8 +37,9 @@ def config_hash(cfg: DictConfig) -> str:
     # these keys existed, so its unfinished runs still resume and finished ones still count
     if trainer.get("budget") in (None, f"steps:{trainer.get('max_steps')}"):
         trainer.pop("budget", None)
-    if not trainer.get("eval_at"):
+    if not trainer.get("eval_at"):  # no anytime curve: the probe's settings change nothing
         trainer.pop("eval_at", None)
+        trainer.pop("probe", None)
     for key in ("threads", "channels_last"):  # speed only (float rounding aside)
         c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ from genbench import checkpoint
 from genbench import distributed as ddp
 from genbench.build import build, config_hash, resolved, seed_everything
 from genbench.errors import ConfigError, positive_int
+from genbench.eval.anytime import Probe, ProbeSettings, build_probe
 from genbench.eval.evaluate import evaluate, sample_to_files
 from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec
@@ -114,6 +115,7 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         seed_everything(int(cfg.seed))
         data, model = build(cfg, setup)
         ddp_train.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
+        probe = _probe(cfg, data, setup.device, outputs)
         trainer = Trainer(
             model,
             data.train,
@@ -126,6 +128,7 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
             {"config_hash": hash_},
             scheduler=cfg.get("scheduler"),
             augment=data.augment,
+            probe=probe,
         )
         if resuming:
             trainer.load_state_dict(run.load_checkpoint("last"))
@@ -155,6 +158,17 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
             return _train_and_record(cfg, plain, trainer, data, setup, run, outputs, hash_)
         finally:
             trainer.tracker.finish()
+
+
+def _probe(cfg: DictConfig, data: Any, device: torch.device, outputs: Path) -> Probe | None:
+    """The anytime probe (:mod:`genbench.eval.anytime`) when ``trainer.eval_at`` names points
+    of the budget, else None. It samples with the run's sampler and shares the final
+    evaluation's cache (domain extractor, reference features)."""
+    if not cfg.trainer.get("eval_at"):
+        return None
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    settings = ProbeSettings.from_cfg(cfg.trainer.get("probe"))
+    return build_probe(settings, data, cfg.eval, sampler, device, outputs / "cache")
 
 
 def _train_and_record(

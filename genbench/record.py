@@ -15,7 +15,7 @@ import torch
 
 import genbench
 from genbench.errors import ConfigError
-from genbench.eval.metric import Metric
+from genbench.eval.metric import CurvePoint, Metric
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.models.base import GenerativeModel
 from genbench.rundir import RunDir, run_id_of
@@ -113,10 +113,14 @@ def record(
     rows: list[Metric],
     hash_: str,
 ) -> RunRecord:
-    """Write ``metrics.json`` and ``record.json`` into the run folder and index the run in
+    """Write ``metrics.json``, ``curve.json`` (the anytime curve in ``state.curve``, when it
+    has points) and ``record.json`` into the run folder and index the run in
     ``outputs/leaderboard.sqlite``."""
     run_id = run_id_of(run, outputs)
+    curve = [CurvePoint.from_dict(p) for p in getattr(state, "curve", None) or []]
     run.write_metrics(run_id, state.status, [m.to_dict() for m in rows])
+    if curve or run.curve_file.exists():
+        run.write_curve(curve)
     rec = RunRecord(
         run_id=run_id,
         created=run.created().isoformat(timespec="seconds"),
@@ -138,5 +142,5 @@ def record(
         train_flops=float(getattr(state, "train_flops", 0.0)),
     )
     run.write_record(asdict(rec))
-    Store(outputs / "leaderboard.sqlite").record(rec, rows)
+    Store(outputs / "leaderboard.sqlite").record(rec, rows, curve)
     return rec

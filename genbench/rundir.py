@@ -8,6 +8,7 @@ A run is a folder ``outputs/runs/<date>/<time>_<model>_<dataset>/``::
     stats.jsonl      training log rows, one JSON object per line
     metrics.json     the evaluated metric rows
     nll_per_example.npy  float64 [n]: each test example's NLL (nats, test order), when evaluated
+    curve.json       the anytime curve: metrics measured during training (``trainer.eval_at``)
     record.json      the leaderboard record of the run (rebuild reads it back)
     samples.png      a grid of evaluation samples
     train.log        the text log
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from genbench import checkpoint
 from genbench.errors import ConfigError, UserError
+from genbench.eval.metric import CurvePoint
 from genbench.files import FileError, atomic_write, read_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,10 @@ class RunDir:
     @property
     def nll_file(self) -> Path:
         return self.path / "nll_per_example.npy"
+
+    @property
+    def curve_file(self) -> Path:
+        return self.path / "curve.json"
 
     @property
     def record_file(self) -> Path:
@@ -204,11 +210,30 @@ class RunDir:
             raise FileError(f"{str(self.metrics_file)!r} has no list of metric rows")
         return rows
 
+    def write_curve(self, points: list[CurvePoint]) -> None:
+        """Store the anytime curve (``{"curve": [point, ...]}``, :meth:`CurvePoint.to_dict`)."""
+        write_json(self.curve_file, {"curve": [p.to_dict() for p in points]}, what="curve file")
+
+    def read_curve(self) -> list[CurvePoint]:
+        """The anytime curve of ``curve.json``, checked point by point (``[]`` when the run has
+        none; a :class:`FileError` when the file is unreadable or a point malformed)."""
+        if not self.curve_file.exists() and not self.curve_file.is_symlink():
+            return []
+        points = read_json(self.curve_file, what="curve file").get("curve")
+        if not isinstance(points, list):
+            raise FileError(f"{str(self.curve_file)!r} has no list of curve points")
+        try:
+            return [CurvePoint.from_dict(p) for p in points]
+        except ValueError as err:
+            raise FileError(f"{str(self.curve_file)!r}: {err}") from None
+
     def check_writable(self) -> None:
         """Refuse, before any work, to evaluate into a folder whose result files cannot be
-        replaced (a folder, FIFO or device where ``metrics.json``, ``record.json`` or
-        ``samples.png`` belongs), so a failed evaluation never leaves half its results."""
-        for path in (self.metrics_file, self.record_file, self.samples_png, self.nll_file):
+        replaced (a folder, FIFO or device where ``metrics.json``, ``curve.json``,
+        ``nll_per_example.npy``, ``record.json`` or ``samples.png`` belongs), so a failed
+        evaluation never leaves half its results."""
+        files = (self.metrics_file, self.curve_file, self.nll_file, self.record_file)
+        for path in (*files, self.samples_png):
             if (path.exists() or path.is_symlink()) and not path.is_file():
                 raise FileError(
                     f"{str(path)!r} is not a regular file: move it away to write this run's results"

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int
+from genbench.eval.anytime import ProbeSettings
 from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
 from genbench.eval.likelihood import estimator_names
 from genbench.train.budget import parse_budget, parse_eval_at
@@ -68,6 +69,7 @@ def validate(cfg: DictConfig) -> None:
     if str(t.resume) not in ("auto", "never"):
         raise ConfigError(f"trainer.resume={t.resume!r} is invalid: expected auto or never")
     _bool("trainer.rerun", t.get("rerun", False))
+    ProbeSettings.from_cfg(t.get("probe"))
     _validate_eval(cfg.eval)
     cfg.seed = _seed("seed", cfg.seed)
     if not isinstance(cfg.device.get("compile", False), bool):

@@ -19,7 +19,7 @@ from genbench.rundir import run_dirs, run_id_of
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json", "html")
-PLOT_CHOICES = ("pareto", "bpd_params", "fid_nfe", "loss", "grid", "all")
+PLOT_CHOICES = ("pareto", "bpd_params", "fid_nfe", "budget", "loss", "grid", "all")
 
 
 def dataset_name(cfg: DictConfig) -> str | None:
@@ -148,7 +148,12 @@ def rebuild(store: Store, outputs: Path) -> int:
         except (FileError, ValueError) as err:
             log.warning("skipping %s: %s", run.path, err)
             continue
-        store.record(rec, rows)
+        try:
+            curve = run.read_curve()
+        except FileError as err:  # the final metrics still stand
+            log.warning("indexing %s without its anytime curve: %s", run.path, err)
+            curve = []
+        store.record(rec, rows, curve)
         kept.add(run_id)
     for run_id, run_dir in store.forget(kept):
         log.warning(

@@ -5,6 +5,8 @@
 - ``bpd_params``: test bits/dim vs parameter count (bounds ``▼``, exact ``●``, estimates ``◆``);
 - ``fid_nfe``: FID vs network evaluations per sample for runs with a sampler sweep
   (``eval.sampler_sweep``: rows of one metric that differ in ``protocol["sampler"]``);
+- ``budget``: anytime curves, bits/dim and FID against training FLOPs and seconds
+  (:mod:`genbench.leaderboard.curves`);
 - ``loss``: training-loss curves (``stats.jsonl`` keys ending in ``loss``), one panel per run;
 - ``grid``: a montage of the runs' ``samples.png``.
 
@@ -29,6 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
 from genbench.files import atomic_write
+from genbench.leaderboard.curves import figure_budget
 from genbench.leaderboard.sections import Row, Section, View, build_sections, pick
 from genbench.rundir import RunDir
 
@@ -324,6 +327,11 @@ PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
         figure_fid_nfe,
         True,
         "no run has a sampler sweep (set eval.sampler_sweep, e.g. [10,20,50])",
+    ),
+    "budget": (
+        figure_budget,
+        False,
+        "no run has an anytime curve (train with trainer.eval_at, e.g. [0.1,0.25,0.5,1.0])",
     ),
     "loss": (figure_loss, False, "no run folder has a stats.jsonl training log"),
     "grid": (figure_grid, False, "no run folder has a samples.png"),

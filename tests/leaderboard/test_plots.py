@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread, imsave
 
-from genbench.eval.metric import Metric
+from genbench.eval.metric import CurvePoint, Metric
 from genbench.leaderboard.plots import (
     PLOTS,
     figure,
@@ -89,6 +89,7 @@ def fake_run(
             {"sampler": {}, "seed": 0},
         ),
         rows,
+        [CurvePoint(m, 1.0, 5, 80, 1.0, 1e9) for m in rows if m.name == "bpd"],  # plot=budget
     )
 
 

@@ -321,8 +321,12 @@ def test_default_budget_keeps_the_config_hash_of_runs_made_before_budgets(train_
     cfg = train_cfg()
     old = train_cfg()
     with open_dict(old):
-        del old.trainer["budget"], old.trainer["eval_at"]
+        del old.trainer["budget"], old.trainer["eval_at"], old.trainer["probe"]
     assert config_hash(cfg) == config_hash(old)
+    assert config_hash(train_cfg("trainer.probe.n_samples=7")) == config_hash(old)  # never runs
+    assert config_hash(train_cfg("trainer.eval_at=[0.5]", "trainer.probe.n_samples=7")) != (
+        config_hash(train_cfg("trainer.eval_at=[0.5]"))
+    )
     assert config_hash(train_cfg("trainer.budget=steps:4")) == config_hash(old)  # smoke: 4 steps
     assert config_hash(train_cfg("trainer.budget=images:64")) != config_hash(old)
     assert config_hash(train_cfg("trainer.eval_at=[0.5]")) != config_hash(old)
