@@ -4,13 +4,11 @@ the probe when ``trainer.eval_at`` names points."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 
 import pytest
 import torch
-from omegaconf import open_dict
 from torch import nn
 
 from genbench import commands
@@ -100,42 +98,6 @@ def test_no_eval_at_no_probe(train_cfg):
     assert commands._probe(cfg, None, torch.device("cpu"), cfg.paths.outputs) is None
 
 
-HOOK = "probe" in inspect.signature(commands.Trainer).parameters
-
-
-@pytest.mark.skipif(HOOK, reason="the loop's own hook is tested end to end below")
-def test_train_passes_the_probe_and_records_its_points(train_cfg, tmp_path, monkeypatch):
-    """Until the loop calls it itself: a Trainer that probes after fitting, as the loop does
-    at ``eval_at`` points, shows that train builds the probe, and the record keeps its rows."""
-    seen = {}
-
-    class Probing(commands.Trainer):
-        def __init__(self, *args, probe=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            seen["probe"] = probe
-
-        def fit(self):
-            state = super().fit()
-            rows = seen["probe"](self.eval_model)
-            state.curve = [CurvePoint(m, 1.0, state.step, 0, 0.0, 0.0).to_dict() for m in rows]
-            return state
-
-    monkeypatch.setattr(commands, "Trainer", Probing)
-    cfg = train_cfg(
-        "eval.sample_metrics=false", "trainer.probe.n_samples=0", "trainer.probe.nll_examples=20"
-    )
-    with open_dict(cfg):
-        cfg.trainer.eval_at = [0.5, 1.0]
-    rec = train_command(cfg)
-    points = RunDir(rec.run_dir).read_curve()
-    assert [(p.metric.name, p.metric.n, p.metric.kind) for p in points] == [("bpd", 20, "bound")]
-    (row,) = Store(tmp_path / "out" / "leaderboard.sqlite").runs()
-    assert [c["value"] for c in row["curve"]] == [points[0].metric.value]
-    final = next(m for m in row["metrics"] if m["name"] == "bpd")
-    assert final["n"] == 32  # the final evaluation keeps its own size (eval.nll_examples)
-
-
-@pytest.mark.skipif(not HOOK, reason="the training loop has no probe hook yet")
 def test_eval_at_records_curve_points_end_to_end(train_cfg, tmp_path):
     cfg = train_cfg(
         "trainer.eval_at=[0.5,1.0]",
