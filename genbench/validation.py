@@ -85,6 +85,11 @@ def validate(cfg: DictConfig) -> None:
     _validate_model(plain)
 
 
+def check_eval_config(e: DictConfig) -> None:
+    """The ``eval.*`` values of a command without a model (``genbench floor``)."""
+    _validate_eval(e)
+
+
 def _validate_eval(e: DictConfig) -> None:
     """``eval.*`` values, checked before training rather than after it."""
     _mapping("eval", e)

@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from genbench.data.base import Data
+from genbench.errors import ConfigError
 from genbench.eval.extractors import resolve_extractor
 from genbench.eval.fidelity import Settings, fidelity_metrics, levels_digest
 from genbench.eval.metric import Metric
@@ -227,3 +228,30 @@ def _compute(
     run.write_metrics(rec.run_id, "finished", [m.to_dict() for m in rows])
     log.info("data floor of %s: %s", dataset, ", ".join(f"{m.name} {m.value:.4g}" for m in rows))
     return rec, rows
+
+
+def floor_command(cfg: Any) -> tuple[RunRecord, list[Metric]] | None:
+    """``genbench floor dataset=NAME [eval=fast]``: compute (or read back) and record the data
+    floor of one dataset under one evaluation protocol, and print it."""
+    from genbench.build import _instantiate
+    from genbench.leaderboard.report import print_metrics
+    from genbench.train.device import setup_device
+    from genbench.validation import check_eval_config
+
+    check_eval_config(cfg.eval)
+    setup = setup_device(cfg.device)
+    data = _instantiate(cfg.dataset, "dataset")
+    if not isinstance(data, Data):
+        raise ConfigError(f"dataset._target_={cfg.dataset.get('_target_')!r} is not a dataset")
+    found = ensure_floor(
+        data, str(cfg.run.dataset), cfg.eval, device=setup.device, outputs=Path(cfg.paths.outputs)
+    )
+    if found is None:
+        log.warning(
+            "no data floor for %s: it needs image data with sample metrics on "
+            "(eval.sample_metrics, eval.floor, eval.n_samples >= 2) and a feature extractor",
+            cfg.run.dataset,
+        )
+        return None
+    print_metrics(*found)
+    return found

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, invoke_cli
 from omegaconf import open_dict
 
 from genbench.commands import eval_command, train_command
@@ -188,3 +188,16 @@ def test_second_evaluation_reuses_the_floor_and_rebuild_keeps_it(trained, monkey
     assert rebuild(Store(out / "leaderboard.sqlite"), out) == 2
     runs = Store(out / "leaderboard.sqlite").runs()
     assert sorted(r["model"] for r in runs) == ["data", "vae"]
+
+
+def test_floor_command_records_and_then_reads_back(outputs, capsys):
+    argv = ["floor", "eval=fast", "eval.n_samples=100", "eval.metrics=[fid]", "device=cpu"]
+    code, text = invoke_cli([*argv, f"paths.outputs={outputs}"], capsys)
+    assert code == 0, text[-2000:]
+    assert "data on digits" in text and "fid@digits-cnn" in text
+    (run,) = Store(outputs / "leaderboard.sqlite").runs()
+    assert (run["model"], run["dataset"], run["metrics"][0]["n"]) == ("data", "digits", 100)
+    code, text = invoke_cli([*argv, f"paths.outputs={outputs}", "eval.floor_split=val"], capsys)
+    assert code == 0 and len(Store(outputs / "leaderboard.sqlite").runs()) == 2  # another key
+    code, text = invoke_cli([*argv, f"paths.outputs={outputs}", "eval.floor_split=x"], capsys)
+    assert code == 2 and "eval.floor_split" in text
