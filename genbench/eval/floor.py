@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -146,7 +147,8 @@ def ensure_floor(
     if extractor is None or len(x) < 2:
         return None
     key = floor_key(dataset, data, cfg, x, extractor)
-    run = RunDir(Path(outputs) / "runs" / FOLDER / f"{dataset}_{key[:16]}")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset)
+    run = RunDir(Path(outputs) / "runs" / FOLDER / f"{safe}_{key[:16]}")
     store = Store(Path(outputs) / "leaderboard.sqlite")
     found = read_floor(run)
     if found is None:
