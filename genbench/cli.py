@@ -152,7 +152,7 @@ def _run(command: str, cfg: object) -> object:
 
         return score_command(cfg)
     if command == "floor":
-        from genbench.eval.floor import floor_command
+        from genbench.floor import floor_command
 
         return floor_command(cfg)
     from genbench.leaderboard.command import families_command

@@ -17,7 +17,6 @@ from genbench.build import build, config_hash, resolved, seed_everything
 from genbench.errors import ConfigError, UserError, positive_int
 from genbench.eval.anytime import Probe, ProbeSettings, build_probe
 from genbench.eval.evaluate import evaluate, sample_to_files
-from genbench.eval.floor import ensure_floor
 from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec
 from genbench.leaderboard.report import print_metrics
@@ -217,8 +216,10 @@ def _train_and_record(
 
 
 def _floor(cfg: DictConfig, data: Any, device: torch.device, outputs: Path) -> None:
-    """Record the data floor of this evaluation's protocol (:mod:`genbench.eval.floor`); once
+    """Record the data floor of this evaluation's protocol (:mod:`genbench.floor`); once
     computed it is read back. After the model's own record: a failure here only warns."""
+    from genbench.floor import ensure_floor
+
     try:
         ensure_floor(data, str(cfg.run.dataset), cfg.eval, device=device, outputs=outputs)
     except (UserError, OSError) as err:

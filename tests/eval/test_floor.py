@@ -12,11 +12,12 @@ import torch
 from conftest import compose_cfg, invoke_cli
 from omegaconf import open_dict
 
+from genbench import floor
 from genbench.commands import eval_command, train_command
 from genbench.data.bundled import digits
 from genbench.errors import ConfigError
 from genbench.eval import extractors as ex
-from genbench.eval import floor
+from genbench.eval.floor import floor_key, held_out
 from genbench.leaderboard.command import rebuild
 from genbench.leaderboard.sections import build_sections, sample_protocol
 from genbench.leaderboard.store import Store
@@ -107,9 +108,9 @@ def test_short_pool_keeps_n_generated_and_records_the_actual_n(data, outputs, ca
 
 def test_a_locked_floor_is_left_to_its_holder(data, outputs, caplog):
     cfg = eval_cfg(outputs, n_samples=100, metrics=["fid"])
-    x, _ = floor.held_out(data, cfg)
+    x, _ = held_out(data, cfg)
     extractor = ex.domain_extractor(data, outputs / "cache", CPU)
-    key = floor.floor_key("digits", data, cfg, x, extractor)
+    key = floor_key("digits", data, cfg, x, extractor)
     run = RunDir(outputs / "runs" / "floors" / f"digits_{key[:16]}")
     with run.lock("floor"), caplog.at_level(logging.INFO):  # another job is computing it
         assert floor.ensure_floor(data, "digits", cfg, device=CPU, outputs=outputs) is None
