@@ -1,7 +1,7 @@
 """``genbench <command> [overrides]``: one Hydra app per command, dispatched on the first argument.
 
-Commands: train, eval, sample, leaderboard, score, families. ``genbench <command> --help`` shows
-Hydra's help for that command.
+Commands: train, eval, sample, leaderboard, score, floor, families. ``genbench <command> --help``
+shows Hydra's help for that command.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "leaderboard": "show, export or plot runs (format=table|md|csv|json|html, out=, sort=, best=, "
     "agg=, refs=, plot=; `leaderboard rebuild`)",
     "score": "FID / IS / KID / precision-recall between two image sets (input1=, input2=)",
+    "floor": "score real held-out images like a model's samples and record the `data` row "
+    "(dataset=, eval=)",
     "families": "the model taxonomy: families, likelihood kinds and registered models",
 }
 
@@ -149,6 +151,10 @@ def _run(command: str, cfg: object) -> object:
         from genbench.eval.score import score_command
 
         return score_command(cfg)
+    if command == "floor":
+        from genbench.floor import floor_command
+
+        return floor_command(cfg)
     from genbench.leaderboard.command import families_command
 
     return families_command(cfg)

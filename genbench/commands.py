@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from genbench import checkpoint
 from genbench import distributed as ddp
 from genbench.build import build, config_hash, resolved, seed_everything
-from genbench.errors import ConfigError, positive_int
+from genbench.errors import ConfigError, UserError, positive_int
 from genbench.eval.anytime import Probe, ProbeSettings, build_probe
 from genbench.eval.evaluate import evaluate, sample_to_files
 from genbench.eval.metric import Metric, MetricSpec
@@ -211,7 +211,19 @@ def _train_and_record(
         "eval/metrics", [m.to_dict() | {"protocol": m.protocol_key} for m in rows]
     )
     print_metrics(rec, rows)
+    _floor(cfg, data, setup.device, outputs)
     return rec
+
+
+def _floor(cfg: DictConfig, data: Any, device: torch.device, outputs: Path) -> None:
+    """Record the data floor of this evaluation's protocol (:mod:`genbench.floor`); once
+    computed it is read back. After the model's own record: a failure here only warns."""
+    from genbench.floor import ensure_floor
+
+    try:
+        ensure_floor(data, str(cfg.run.dataset), cfg.eval, device=device, outputs=outputs)
+    except (UserError, OSError) as err:
+        log.warning("the data floor was not recorded: %s", err)
 
 
 def _evaluate(
@@ -295,6 +307,7 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
             run.status().get("config_hash") or config_hash(run_cfg),
         )
     print_metrics(rec, rows)
+    _floor(run_cfg, data, setup.device, outputs)
     return rec
 
 

@@ -85,6 +85,11 @@ def validate(cfg: DictConfig) -> None:
     _validate_model(plain)
 
 
+def check_eval_config(e: DictConfig) -> None:
+    """The ``eval.*`` values of a command without a model (``genbench floor``)."""
+    _validate_eval(e)
+
+
 def _validate_eval(e: DictConfig) -> None:
     """``eval.*`` values, checked before training rather than after it."""
     _mapping("eval", e)
@@ -97,8 +102,10 @@ def _validate_eval(e: DictConfig) -> None:
             positive_int(f"eval.{key}", e[key])
     if e.get("bootstrap", "auto") != "auto":
         positive_int("eval.bootstrap", e.bootstrap, minimum=0)
-    for key in ("nll", "sample_metrics"):
+    for key in ("nll", "sample_metrics", "floor"):
         _bool(f"eval.{key}", e.get(key, False))
+    if e.get("floor_split") is not None and str(e.floor_split) not in ("train", "val", "test"):
+        raise bad_value("eval.floor_split", e.floor_split, "null, train, val or test")
     sweep = e.get("sampler_sweep")
     sweep = [] if sweep is None else sweep
     if not OmegaConf.is_list(sweep) and not isinstance(sweep, list):

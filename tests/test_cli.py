@@ -44,7 +44,11 @@ def test_train_records_one_leaderboard_row(trained):
     out, run_dir, _ = trained
     con = sqlite3.connect(out / "leaderboard.sqlite")
     runs = con.execute("SELECT model, family, dataset, status, steps FROM runs").fetchall()
-    assert runs == [("vae", "vae", "digits", "finished", 4)]
+    # and the data floor of its evaluation protocol (genbench/eval/floor.py)
+    assert runs == [
+        ("vae", "vae", "digits", "finished", 4),
+        ("data", "data", "digits", "finished", 0),
+    ]
     (n,) = con.execute("SELECT count(*) FROM metrics WHERE name = 'bpd'").fetchone()
     assert n == 1
 
@@ -55,8 +59,10 @@ def test_leaderboard_exports(trained, fmt):
     proc = run_cli("leaderboard", f"format={fmt}", f"paths.outputs={out}", cwd=out.parent)
     assert proc.returncode == 0, proc.stderr
     if fmt == "json":
-        row, uniform = json.loads(proc.stdout)  # the run, then the uniform floor of digits
-        assert row["model"] == "vae" and row["bits/dim"] > 0 and row["FID"] > 0
+        rows = {r["model"]: r for r in json.loads(proc.stdout)}  # the run, then the floors
+        assert set(rows) == {"vae", "data", "uniform"}
+        row, uniform = rows["vae"], rows["uniform"]
+        assert row["bits/dim"] > 0 and 0 < rows["data"]["FID"] < row["FID"]
         assert uniform["floor"] == "uniform"
         assert uniform["bits/dim"] == pytest.approx(4.087462841250339)  # log2 17
     else:
@@ -145,10 +151,13 @@ def test_multirun_sweep_records_one_row_per_job_and_skips_finished(tmp_path):
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     con = sqlite3.connect(out / "leaderboard.sqlite")
-    assert con.execute("SELECT count(*) FROM runs WHERE status='finished'").fetchone() == (2,)
+    models = "SELECT count(*) FROM runs WHERE status='finished' AND model != 'data'"
+    assert con.execute(models).fetchone() == (2,)
+    # both jobs share one evaluation protocol, so one data floor
+    assert con.execute("SELECT count(*) FROM runs WHERE model = 'data'").fetchone() == (1,)
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "already finished" in again.stderr + again.stdout
-    assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (3,)
 
 
 def test_train_help_is_hydras(tmp_path):

@@ -164,7 +164,8 @@ def sample_protocol(run: Run, toy: bool) -> tuple[tuple[Any, ...], str] | None:
         if (m := pick(run, key)) is None:
             continue
         p = m["protocol"]
-        sig = (m["name"].partition("@")[2], m["n"], *(p.get(f) for f in PROTOCOL_FIELDS))
+        n = p.get("n_generated", m["n"])  # the data floor may score fewer real images than N
+        sig = (m["name"].partition("@")[2], n, *(p.get(f) for f in PROTOCOL_FIELDS))
         sha = (
             f" ({str(p['extractor_weights_sha256'])[:8]})"
             if p.get("extractor_weights_sha256")
