@@ -131,10 +131,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run(command: str, cfg: object) -> object:
-    if command == "train":
-        from genbench.commands import train_command
+    if command == "train":  # the validation objective, for Hydra's sweepers
+        from genbench.commands import train_command, train_objective
 
-        return train_command(cfg)
+        return train_objective(train_command(cfg), cfg)
     if command == "eval":
         from genbench.commands import eval_command
 

@@ -18,6 +18,7 @@ from genbench.errors import ConfigError, UserError, positive_int
 from genbench.eval.anytime import Probe, ProbeSettings, build_probe
 from genbench.eval.evaluate import evaluate, sample_to_files
 from genbench.eval.metric import Metric, MetricSpec
+from genbench.eval.objective import resolve_objective, validation_objective
 from genbench.eval.registry import register_spec
 from genbench.leaderboard.report import print_metrics
 from genbench.leaderboard.store import RunRecord, Store
@@ -28,6 +29,7 @@ from genbench.tracking import Tracker, make_tracker
 from genbench.train import distributed as ddp_train
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer, TrainState
+from genbench.tuning import pop_search_space, tuning_record
 from genbench.validation import check_evaluation, validate
 
 log = logging.getLogger(__name__)
@@ -93,13 +95,16 @@ def _start(
 
 def train_command(cfg: DictConfig) -> RunRecord | None:
     """Train, evaluate and record one run; returns its leaderboard record (on rank 0; other
-    ranks of a multi-process run return None)."""
+    ranks of a multi-process run return None). ``cfg.model.tune`` (the search space) is taken
+    out of ``cfg``; ``RunRecord.tuning`` holds the validation objective (``objective=``)."""
+    space = pop_search_space(cfg)
     validate(cfg)
     with ddp.process_group():
-        return _train(cfg, ddp.init(setup_device(cfg.device), cfg.device.get("threads", "auto")))
+        setup = ddp.init(setup_device(cfg.device), cfg.device.get("threads", "auto"))
+        return _train(cfg, setup, space)
 
 
-def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
+def _train(cfg: DictConfig, setup: Any, space: dict[str, str]) -> RunRecord | None:
     ddp_train.check_batch_size(int(cfg.trainer.batch_size))
     outputs = Path(cfg.paths.outputs)
     hash_ = config_hash(cfg)
@@ -114,6 +119,7 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         plain["run"]["world_size"] = ddp.world_size()
         seed_everything(int(cfg.seed))
         data, model = build(cfg, setup)
+        objective = resolve_objective(cfg.get("objective"), type(model).likelihood, data.is_toy)
         ddp_train.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
         probe = _probe(cfg, data, setup.device, outputs)
         trainer = Trainer(
@@ -155,7 +161,9 @@ def _train(cfg: DictConfig, setup: Any) -> RunRecord | None:
         )
         trainer.extra_state["tracker_id"] = trainer.tracker.run_id
         try:
-            return _train_and_record(cfg, plain, trainer, data, setup, run, outputs, hash_)
+            return _train_and_record(
+                cfg, plain, trainer, data, setup, run, outputs, hash_, (objective, space)
+            )
         finally:
             trainer.tracker.finish()
 
@@ -180,6 +188,7 @@ def _train_and_record(
     run: RunDir,
     outputs: Path,
     hash_: str,
+    tune: tuple[str, dict[str, str]],
 ) -> RunRecord | None:
     model, main = trainer.model, ddp.is_main()
     try:
@@ -192,7 +201,8 @@ def _train_and_record(
         if not main:
             return None
         run.write_status("diverged", state.step, hash_)
-        return record(plain, run, outputs, model, state, setup.device.type, [], hash_)
+        tuning = tuning_record(tune[1], tune[0], None)  # a sweeper reads it as +inf
+        return record(plain, run, outputs, model, state, setup.device.type, [], hash_, tuning)
     eval_model = trainer.eval_model
     if main:
         weights, which = run.eval_weights(type(model).select_best, setup.device)
@@ -200,11 +210,26 @@ def _train_and_record(
         log.info("evaluating the %s weights", which)
     ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
     rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run)
+    sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
+    objective = validation_objective(
+        eval_model,
+        data,
+        tune[0],
+        cfg.get("objective_examples", 500),
+        cfg.eval,
+        sampler,
+        setup.device,
+        outputs / "cache",
+    )
     if not main:
         return None
     if state.best_step >= 0:  # models that select by validation loss
         rows.append(Metric("best_val_loss", state.best_val, "measured", "val", len(data.val)))
-    rec = record(plain, run, outputs, model, state, setup.device.type, rows, hash_)
+    if objective is not None:
+        rows.append(objective)
+    value = None if objective is None else objective.value
+    tuning = tuning_record(tune[1], tune[0], value)
+    rec = record(plain, run, outputs, model, state, setup.device.type, rows, hash_, tuning)
     trainer.tracker.log({f"eval/{m.name}": m.value for m in rows}, state.step)
     trainer.tracker.log_image("eval/samples", run.samples_png, state.step)
     trainer.tracker.log_table(
@@ -296,6 +321,7 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
         if not ddp.is_main():
             return None
         plain = resolved(run_cfg)
+        objective, tuning = _kept_objective(run)  # chosen in training: kept as it was
         rec = record(
             plain,
             run,
@@ -303,12 +329,31 @@ def _eval(cfg: DictConfig) -> RunRecord | None:
             model,
             state,
             setup.device.type,
-            rows,
+            rows + objective,
             run.status().get("config_hash") or config_hash(run_cfg),
+            tuning,
         )
     print_metrics(rec, rows)
     _floor(run_cfg, data, setup.device, outputs)
     return rec
+
+
+def _kept_objective(run: RunDir) -> tuple[list[Metric], dict[str, Any]]:
+    """The validation ``objective`` rows and the tuning record a run was trained with (re-evaluation
+    keeps them: they select among tuning trials); empty when unreadable."""
+    from genbench.files import FileError
+
+    try:
+        rows = [
+            Metric.from_dict(m)
+            for m in run.read_metrics()
+            if m.get("name") == "objective" and m.get("split") == "val"
+        ]
+        found = run.read_record()
+        tuning = found.get("tuning") if isinstance(found, dict) else None
+    except (FileError, ValueError):
+        return [], {}
+    return rows, tuning if isinstance(tuning, dict) else {}
 
 
 def sample_command(cfg: DictConfig) -> Path | None:
@@ -331,3 +376,20 @@ def _sample(cfg: DictConfig) -> Path | None:
     png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
     log.info("wrote %s and %s", png, png.with_suffix(".npz"))
     return png
+
+
+def train_objective(rec: RunRecord | None, cfg: DictConfig) -> float | None:
+    """What ``genbench train`` returns to Hydra: the run's validation objective (lower is
+    better), ``+inf`` for a run without one (diverged, or no extractor), so a sweeper ranks it
+    last; a config a sweep skipped as already finished returns its recorded objective. None on
+    ranks other than 0."""
+    if rec is None:
+        if not ddp.is_main():
+            return None
+        store = Store(Path(cfg.paths.outputs) / "leaderboard.sqlite")
+        hash_ = config_hash(cfg)
+        rows = [r for r in store.runs() if r["config_hash"] == hash_ and r["status"] == "finished"]
+        value = ((rows[-1].get("tuning") or {}) if rows else {}).get("value")
+    else:
+        value = rec.tuning.get("value")
+    return float("inf") if value is None else float(value)

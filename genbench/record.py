@@ -112,10 +112,12 @@ def record(
     device: str,
     rows: list[Metric],
     hash_: str,
+    tuning: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Write ``metrics.json``, ``curve.json`` (the anytime curve in ``state.curve``, when it
     has points) and ``record.json`` into the run folder and index the run in
-    ``outputs/leaderboard.sqlite``."""
+    ``outputs/leaderboard.sqlite``; ``tuning`` is the run's tuning record (see
+    :func:`genbench.tuning.tuning_record`)."""
     run_id = run_id_of(run, outputs)
     curve = [CurvePoint.from_dict(p) for p in getattr(state, "curve", None) or []]
     run.write_metrics(run_id, state.status, [m.to_dict() for m in rows])
@@ -140,6 +142,7 @@ def record(
         versions=versions(type(model)),
         budget=_budget(cfg),
         train_flops=float(getattr(state, "train_flops", 0.0)),
+        tuning=dict(tuning or {}),
     )
     run.write_record(asdict(rec))
     Store(outputs / "leaderboard.sqlite").record(rec, rows, curve)

@@ -244,11 +244,31 @@ def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
     return out
 
 
+def _objective(row: Row) -> tuple[Any, ...]:
+    """Selection key of ``best``: runs with a validation objective (the ``objective`` row,
+    split ``val``, lower is better; the mean over a row's seeds) first, grouped by what it
+    measures, then by its value; never a test metric."""
+    found = [
+        m
+        for run in row.runs
+        for m in run["metrics"]
+        if m["name"] == "objective" and m["split"] == "val" and m["value"] is not None
+    ]
+    if not found:
+        return (1,)
+    return (0, str(found[0]["protocol"].get("metric")), statistics.fmean(m["value"] for m in found))
+
+
 def _best_per_model(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
+    """Each model's best row: by validation objective where its runs have one (tuning trials),
+    by the ranking ``keys`` only among runs that have none."""
     best: dict[str, Row] = {}
     for r in rows:
         name = str(r.run["model"])
-        if name not in best or _rank(r, keys) < _rank(best[name], keys):
+        if name not in best or (_objective(r), _rank(r, keys)) < (
+            _objective(best[name]),
+            _rank(best[name], keys),
+        ):
             best[name] = r
     return list(best.values())
 
