@@ -19,7 +19,16 @@ from genbench.models.base import GenerativeModel
 from genbench.train.device import DeviceSetup
 
 #: keys that do not change what a run computes (excluded from the config hash)
-_HASH_EXCLUDE = ("paths", "logger", "run", "hydra", "expected", "objective", "objective_examples")
+_HASH_EXCLUDE = (
+    "paths",
+    "logger",
+    "run",
+    "hydra",
+    "expected",
+    "objective",
+    "objective_examples",
+    "tune",
+)
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

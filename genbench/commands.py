@@ -95,7 +95,7 @@ def _start(
 
 def train_command(cfg: DictConfig) -> RunRecord | None:
     """Train, evaluate and record one run; returns its leaderboard record (on rank 0; other
-    ranks of a multi-process run return None). ``cfg.model.tune`` (the search space) is taken
+    ranks of a multi-process run return None). ``cfg.tune`` (the search space) is taken
     out of ``cfg``; ``RunRecord.tuning`` holds the validation objective (``objective=``)."""
     space = pop_search_space(cfg)
     validate(cfg)

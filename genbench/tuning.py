@@ -1,14 +1,15 @@
 """Equal tuning budgets: the model's search space and the tuning record of a run.
 
-Each ``conf/model/<name>.yaml`` declares its search space in a ``tune:`` block: config keys to
-Hydra sweep expressions, as ``hydra.sweeper.params`` takes them (``choice(16, 32, 64)``,
-``interval(0.0, 0.3)``, ``tag(log, interval(1e-4, 1e-2))``, ``range(1, 4)``). The
-``hydra/sweeper=tune`` preset (Optuna's TPE sampler) asks for it through
+Each model's search space is ``conf/tune/<name>.yaml``, beside ``conf/model/<name>.yaml`` and
+picked with it (``optional tune: ${model}`` in ``train.yaml``'s defaults): config keys to Hydra
+sweep expressions, as ``hydra.sweeper.params`` takes them (``choice(16, 32, 64)``,
+``interval(0.0, 0.3)``, ``tag(log, interval(1e-4, 1e-2))``, ``range(1, 4)``). It is a config of
+its own, not a key of the model's node, because that node is the model's constructor arguments.
+The ``hydra/sweeper=tune`` preset (Optuna's TPE sampler) draws it through
 ``custom_search_space`` (:func:`suggest`): ``hydra.sweeper.params`` itself cannot interpolate the
-model's config, which Hydra composes after the sweeper's. The block is taken out of the
-model's config before anything else sees it: the model never receives it, and neither the run's
-stored config nor its config hash changes with it. A run's
-:attr:`~genbench.leaderboard.store.RunRecord.tuning` records what selected it: the objective
+job's config, which Hydra composes after the sweeper's. ``train`` takes ``tune`` out of the
+config before anything else sees it, so neither the run's stored config nor its hash changes.
+A run's :attr:`~genbench.leaderboard.store.RunRecord.tuning` records what selected it: the objective
 name and value, and in a sweep the sweeper, sampler and seed, the number of trials, a hash of the
 search space and the trial number.
 """
@@ -23,17 +24,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genbench.errors import ConfigError
 
-#: the key of a model config's search space
+#: the config key (and group) of the model's search space
 SPACE_KEY = "tune"
 
 
 def pop_search_space(cfg: DictConfig) -> dict[str, str]:
-    """Remove ``model.tune`` from ``cfg`` (in place) and return it as plain data ({} if none)."""
-    model = cfg.get("model")
-    if not isinstance(model, DictConfig) or SPACE_KEY not in model:
+    """Remove ``tune`` from ``cfg`` (in place) and return it as plain data ({} if none)."""
+    if SPACE_KEY not in cfg:
         return {}
-    with open_dict(model):
-        node = model.pop(SPACE_KEY)
+    with open_dict(cfg):
+        node = cfg.pop(SPACE_KEY)
     space = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
     return {str(k): str(v) for k, v in (space or {}).items()}
 
@@ -67,7 +67,7 @@ def tuning_record(space: dict[str, str], objective: str, value: float | None) ->
         for k, v in (OmegaConf.to_container(found, resolve=True) if found else {}).items()
     }
     if sweeper.get("custom_search_space") == f"{__name__}.suggest":
-        params |= space  # the model's block, drawn by :func:`suggest`
+        params |= space  # the model's search space, drawn by :func:`suggest`
     sampler = sweeper.get("sampler") or {}
     out |= {
         "sweeper": target.rsplit(".", 1)[-1] if target else "basic",
@@ -83,14 +83,12 @@ def tuning_record(space: dict[str, str], objective: str, value: float | None) ->
 
 def suggest(cfg: DictConfig, trial: Any) -> None:
     """``custom_search_space`` of the ``hydra/sweeper=tune`` preset: draw this Optuna ``trial``'s
-    value of every key of ``cfg.model.tune`` (the sweeper turns them into overrides)."""
-    model = cfg.get("model")
-    space = model.get(SPACE_KEY) if isinstance(model, DictConfig) else None
+    value of every key of ``cfg.tune`` (the sweeper turns them into overrides)."""
+    space = cfg.get(SPACE_KEY)
     if not space:
         raise ConfigError(
-            f"hydra/sweeper=tune: the model {cfg.get('run', {}).get('model', '')!r} declares no "
-            "search space: add a `tune:` block to its conf/model yaml (or set "
-            "hydra.sweeper.params)"
+            "hydra/sweeper=tune: this model declares no search space: add "
+            "conf/tune/<model>.yaml (config keys to sweep expressions) or set hydra.sweeper.params"
         )
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
@@ -109,6 +107,6 @@ def suggest(cfg: DictConfig, trial: Any) -> None:
             trial.suggest_int(key, sweep.start, last, step=sweep.step)
         else:
             raise ConfigError(
-                f"model.tune.{key}={override.get_value_element_as_str()!r} is invalid: expected "
+                f"tune.{key}={override.get_value_element_as_str()!r} is invalid: expected "
                 "choice(...), interval(a, b), tag(log, interval(a, b)) or an integer range(a, b)"
             )

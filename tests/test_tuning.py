@@ -47,7 +47,7 @@ def test_two_trial_sweep_records_its_budget_and_best_picks_by_validation(tmp_pat
     assert code == 0, text[-3000:]
     runs = Store(out / "leaderboard.sqlite").runs()
     assert len(runs) == 2 and {r["status"] for r in runs} == {"finished"}
-    space = yaml.safe_load((CONF / "model" / "vae.yaml").read_text())["tune"]
+    space = yaml.safe_load((CONF / "tune" / "vae.yaml").read_text())
     for run in runs:
         t = run["tuning"]
         assert (t["sweeper"], t["sampler"], t["seed"], t["trials"]) == (
@@ -60,7 +60,7 @@ def test_two_trial_sweep_records_its_budget_and_best_picks_by_validation(tmp_pat
         row = objective_row(run)
         assert row["split"] == "val" and row["n"] == 48 and row["protocol"]["metric"] == "bpd"
         assert t["value"] == row["value"] and math.isfinite(row["value"])
-        assert "tune" not in run["config"]["model"]  # the model never saw its search space
+        assert "tune" not in run["config"]  # the stored config (and its hash) are a plain run's
     assert sorted(r["tuning"]["trial"] for r in runs) == [0, 1]
     assert runs[0]["config"]["optimizer"]["lr"] != runs[1]["config"]["optimizer"]["lr"]
     # the values train returned to the sweeper are the recorded objectives
@@ -146,16 +146,16 @@ def test_objective_choices_follow_the_model_and_the_data():
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_declares_a_search_space_the_sweeper_can_draw(model):
-    """Each conf/model yaml has a `tune:` block of config keys that exist, drawn by Optuna."""
+    """Each model has a conf/tune yaml of config keys that exist, drawn by Optuna."""
     import optuna
 
     from genbench.tuning import suggest
 
     cfg = compose_cfg("train", [f"model={model}"])
-    assert cfg.model.get("tune"), f"conf/model/{model}.yaml declares no search space"
+    assert cfg.get("tune"), f"conf/tune/{model}.yaml is missing"
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     suggest(cfg, trial)
-    assert set(trial.params) == set(cfg.model.tune)
+    assert set(trial.params) == set(cfg.tune)
     assert any(k.endswith(".lr") for k in trial.params)  # every family tunes a learning rate
     for key in trial.params:
         assert cfg.get(key.split(".")[0]) is not None and _has(cfg, key), key

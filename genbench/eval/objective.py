@@ -30,7 +30,6 @@ from genbench import distributed as ddp
 from genbench.data.base import Data
 from genbench.errors import bad_value, positive_int
 from genbench.eval.context import EvalContext
-from genbench.eval.fidelity import fidelity_metrics
 from genbench.eval.likelihood import likelihood_metrics
 from genbench.eval.metric import Metric, MetricSpec
 from genbench.eval.registry import register_spec
@@ -104,6 +103,8 @@ def validation_objective(
         ll = sample_log_likelihood(samples.x, data.density)["sample_ll"]
         proto |= {"metric": "sample_nll"}
         return Metric(OBJECTIVE.name, -ll, "measured", "val", n, "nats", proto)
+    from genbench.eval.fidelity import fidelity_metrics  # torch-fidelity: ~1.3 s to import
+
     rows = fidelity_metrics(
         samples.x, data, cfg, device=device, cache_dir=cache_dir, protocol=proto
     )

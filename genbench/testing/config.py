@@ -21,7 +21,6 @@ def from_config(name: str, overrides: Sequence[str] = ()) -> Callable[..., Gener
     from hydra.utils import instantiate
 
     from genbench.plugins import search_path_override
-    from genbench.tuning import pop_search_space
 
     search = search_path_override()
     if GlobalHydra.instance().is_initialized():
@@ -30,7 +29,6 @@ def from_config(name: str, overrides: Sequence[str] = ()) -> Callable[..., Gener
         cfg = compose(
             "train", overrides=[*([search] if search else []), f"model={name}", *overrides]
         )
-    pop_search_space(cfg)  # the sweeper's, not the model's
     node = cfg.model
 
     def build(shape: Sequence[int], levels: int, **kwargs: Any) -> GenerativeModel:
