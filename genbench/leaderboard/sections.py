@@ -256,7 +256,7 @@ def _objective(row: Row) -> tuple[Any, ...]:
     ]
     if not found:
         return (1,)
-    return (0, str(found[0]["protocol"].get("metric")), statistics.fmean(m["value"] for m in found))
+    return (0, str(found[0]["protocol"].get("metric")), sum(m["value"] for m in found) / len(found))
 
 
 def _best_per_model(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
