@@ -29,7 +29,7 @@ from genbench.tracking import Tracker, make_tracker
 from genbench.train import distributed as ddp_train
 from genbench.train.device import setup_device
 from genbench.train.loop import Trainer, TrainState
-from genbench.tuning import pop_search_space, tuning_record
+from genbench.tuning import objective_name, pop_search_space, tuning_record
 from genbench.validation import check_evaluation, validate
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,10 @@ def _train(cfg: DictConfig, setup: Any, space: dict[str, str]) -> RunRecord | No
         plain["run"]["world_size"] = ddp.world_size()
         seed_everything(int(cfg.seed))
         data, model = build(cfg, setup)
-        objective = resolve_objective(cfg.get("objective"), type(model).likelihood, data.is_toy)
+        asked = objective_name(cfg.get("objective"))
+        objective = (
+            None if asked is None else resolve_objective(asked, type(model).likelihood, data.is_toy)
+        )
         ddp_train.seed_rank(int(cfg.seed))  # same initial weights on every rank, then own noise
         probe = _probe(cfg, data, setup.device, outputs)
         trainer = Trainer(
@@ -188,7 +191,7 @@ def _train_and_record(
     run: RunDir,
     outputs: Path,
     hash_: str,
-    tune: tuple[str, dict[str, str]],
+    tune: tuple[str | None, dict[str, str]],
 ) -> RunRecord | None:
     model, main = trainer.model, ddp.is_main()
     try:
@@ -211,15 +214,19 @@ def _train_and_record(
     ddp.broadcast_module(eval_model)  # rank 0 read the file; the others get its weights
     rows = _evaluate(eval_model, data, cfg, setup.device, outputs, run)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
-    objective = validation_objective(
-        eval_model,
-        data,
-        tune[0],
-        cfg.get("objective_examples", 500),
-        cfg.eval,
-        sampler,
-        setup.device,
-        outputs / "cache",
+    objective = (
+        None
+        if tune[0] is None
+        else validation_objective(
+            eval_model,
+            data,
+            tune[0],
+            cfg.get("objective_examples", 500),
+            cfg.eval,
+            sampler,
+            setup.device,
+            outputs / "cache",
+        )
     )
     if not main:
         return None
@@ -389,7 +396,10 @@ def train_objective(rec: RunRecord | None, cfg: DictConfig) -> float | None:
         store = Store(Path(cfg.paths.outputs) / "leaderboard.sqlite")
         hash_ = config_hash(cfg)
         rows = [r for r in store.runs() if r["config_hash"] == hash_ and r["status"] == "finished"]
-        value = ((rows[-1].get("tuning") or {}) if rows else {}).get("value")
+        tuning = (rows[-1].get("tuning") or {}) if rows else {}
     else:
-        value = rec.tuning.get("value")
+        tuning = rec.tuning
+    if not tuning.get("objective"):  # no objective was asked for (a plain run or grid sweep)
+        return None
+    value = tuning.get("value")
     return float("inf") if value is None else float(value)

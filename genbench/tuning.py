@@ -44,11 +44,35 @@ def space_hash(space: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def tuning_record(space: dict[str, str], objective: str, value: float | None) -> dict[str, Any]:
+def optimizing_sweep() -> bool:
+    """Whether this job runs under a Hydra sweeper that optimizes what jobs return (any but
+    Hydra's basic grid sweeper, e.g. ``hydra/sweeper=tune``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return False
+    target = str(hc.sweeper.get("_target_", ""))
+    return hc.mode == RunMode.MULTIRUN and bool(target) and not target.endswith("BasicSweeper")
+
+
+def objective_name(asked: Any) -> str | None:
+    """``objective=`` as given, ``auto`` for ``null`` under an optimizing sweeper, else None (no
+    objective is measured)."""
+    return asked if asked is not None else ("auto" if optimizing_sweep() else None)
+
+
+def tuning_record(
+    space: dict[str, str], objective: str | None, value: float | None
+) -> dict[str, Any]:
     """The run's tuning record: ``objective`` and its ``value`` (None for a diverged run); in a
     Hydra sweep also ``sweeper``, ``sampler``, ``seed``, ``trials`` (the budget), ``space``
     (hash of the search space the sweeper used), ``trial`` (this job's number) and ``study`` (the
-    sweep folder)."""
+    sweep folder). Empty for a run that measured no objective."""
+    if objective is None:
+        return {}
     out: dict[str, Any] = {"objective": objective, "value": value}
     try:
         from hydra.core.hydra_config import HydraConfig

@@ -21,7 +21,7 @@ from genbench.leaderboard.sections import View, build_sections
 from genbench.leaderboard.store import RunRecord, Store
 from genbench.tuning import space_hash
 
-TINY = ["experiment=smoke", "trainer.max_steps=2", "objective_examples=48"]
+TINY = ["experiment=smoke", "trainer.max_steps=2", "objective=auto", "objective_examples=48"]
 
 
 def objective_row(run: dict) -> dict:
@@ -120,6 +120,17 @@ def test_train_returns_its_objective_and_a_diverged_run_returns_inf(tmp_path):
     rec = train_command(cfg)
     assert rec.status == "diverged" and rec.tuning["value"] is None
     assert train_objective(rec, cfg) == math.inf  # a sweeper ranks it last
+
+
+def test_a_plain_run_measures_no_objective(tmp_path):
+    """``objective: null`` (the default) outside an optimizing sweeper: nothing is measured or
+    returned, so ordinary runs pay nothing for tuning."""
+    overrides = ["experiment=smoke", "trainer.max_steps=2", "model=vae", "dataset=toy_8gaussians"]
+    cfg = compose_cfg("train", overrides, tmp_path)
+    rec = train_command(cfg)
+    rows = json.loads((Path(rec.run_dir) / "metrics.json").read_text())["metrics"]
+    assert rec.tuning == {} and train_objective(rec, cfg) is None
+    assert "objective" not in {m["name"] for m in rows} and "bpd" in {m["name"] for m in rows}
 
 
 def test_a_bad_objective_is_one_sentence_and_writes_nothing(tmp_path, capsys):
