@@ -5,6 +5,7 @@ several seeds, a published result or a floor."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,22 @@ class Cell:
         out = fmt_number(self.value, self.kind, integer=self.exact_int) + self.suffix
         if self.exact_int or not math.isfinite(self.value):
             return out
-        return out + interval_text(self.value, self.lo, self.hi, fmt_number)
+        return out + interval_text(self.value, self.lo, self.hi, fmt_like(self.value))
+
+
+def fmt_like(value: float) -> Callable[[float], str]:
+    """A formatter for the interval of ``value``: as many decimals as ``value`` prints with
+    (``1.912 ± 0.002``, ``26.8 ± 28.4``), one significant digit where that would print 0."""
+    text = fmt_number(value)
+    decimals = len(text.split(".", 1)[1]) if "." in text and "e" not in text else 0
+
+    def fmt(x: float) -> str:
+        if not math.isfinite(x) or "e" in text:
+            return fmt_number(x)
+        out = f"{x:,.{decimals}f}"
+        return out if x == 0 or float(out.replace(",", "")) != 0 else f"{x:.1g}"
+
+    return fmt
 
 
 @dataclass

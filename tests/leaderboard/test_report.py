@@ -152,7 +152,7 @@ def test_agg_merges_seeds_into_mean_and_t_interval(store):
     assert math.isclose(merged.cells["bpd"].hi - 2.2, half, rel_tol=1e-9)
     assert math.isclose(2.2 - merged.cells["bpd"].lo, half, rel_tol=1e-9)
     assert merged.cells["bpd"].text() == "≤ 2.200 ± 0.497"
-    assert merged.cells["fid@"].text() == "11.0 ± 2.484"  # stdev 1
+    assert merged.cells["fid@"].text() == "11.0 ± 2.5"  # stdev 1, printed to the decimals of 11.0
     (row, single) = table_rows([sec])
     assert row["seeds"] == 3 and math.isclose(row["bits/dim hi"], 2.2 + half)
     assert single["seeds"] == 1 and "bits/dim lo" not in single

@@ -204,3 +204,12 @@ def test_no_uniform_row_without_likelihood_numbers_or_levels(store):
     add(other, "a", "glow", bpd=2.3, levels=None)
     (sec,) = build_sections(other.runs())
     assert sec.floors == []  # K unknown: no uniform row rather than a wrong one
+
+
+def test_an_interval_prints_with_the_decimals_of_its_value():
+    from genbench.leaderboard.cells import Cell
+
+    assert Cell(1.912, "bound", lo=1.91, hi=1.914).text() == "≤ 1.912 ± 0.002"
+    assert Cell(26.8, lo=-1.6, hi=55.2).text() == "26.8 ± 28.4"
+    assert Cell(1.912, lo=1.9116, hi=1.9124).text() == "1.912 ± 0.0004"  # one digit, not 0.000
+    assert Cell(11.0, lo=10.0, hi=13.0).text() == "11.0 [10.0, 13.0]"
