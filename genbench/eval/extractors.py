@@ -449,7 +449,20 @@ def resolve_extractor(
     device: torch.device,
 ) -> Extractor | None:
     """``auto``: Inception-v3 when its weights are present, else the domain CNN of ``data`` (None
-    when ``data`` is unlabelled or absent). ``inception-v3`` / ``domain``: that one, or an error."""
+    when ``data`` is unlabelled or absent). ``inception-v3`` / ``domain``: that one, or an error.
+    It leaves the global random state as it found it, whether it trains the domain CNN or builds
+    one to load cached weights into (the anytime probe resolves it before training starts)."""
+    with torch.random.fork_rng(devices=[]):
+        return _resolve(choice, data, inception_weights, cache_dir, device)
+
+
+def _resolve(
+    choice: str,
+    data: Data | None,
+    inception_weights: str | None,
+    cache_dir: Path,
+    device: torch.device,
+) -> Extractor | None:
     if choice not in EXTRACTOR_CHOICES:
         raise ExtractorError(f"extractor={choice!r}; valid: {', '.join(EXTRACTOR_CHOICES)}")
     if choice in ("auto", INCEPTION):

@@ -15,6 +15,7 @@ out of the FLOPs panels.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,8 +118,16 @@ def _line(run: Run, runs: Sequence[Run], key: tuple[Any, ...], xkey: str) -> Lin
 
 
 def _draw(ax: Axes, panel: Panel, colors: dict[str, Any]) -> None:
+    runs = Counter(line.model for line in panel.lines)
+    labelled: set[str] = set()
     for line in panel.lines:
         color = colors[line.model]
+        # one legend entry per model (its runs share its colour)
+        label = "_nolegend_"
+        if line.model not in labelled:
+            labelled.add(line.model)
+            label = line.model + (f" ({runs[line.model]} runs)" if runs[line.model] > 1 else "")
+            label += " (≤ bound)" if line.kind == "bound" else ""
         ax.plot(
             line.x,
             line.y,
@@ -126,7 +135,7 @@ def _draw(ax: Axes, panel: Panel, colors: dict[str, Any]) -> None:
             ms=4,
             lw=1.5,
             color=color,
-            label=line.label + (" (≤ bound)" if line.kind == "bound" else ""),
+            label=label,
             gid=f"curve:{line.run_id}",
         )
         bars = [

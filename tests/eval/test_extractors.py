@@ -68,6 +68,18 @@ def test_second_call_loads_instead_of_training(trained, data, monkeypatch):
     assert ex.domain_extractor(data, cache, CPU) == e
 
 
+def test_resolving_the_extractor_leaves_the_global_random_state_alone(trained, data, tmp_path):
+    """Loading the cached CNN builds a randomly initialized one first, and training draws noise:
+    neither may move the global RNG, or a run whose anytime probe resolves the extractor before
+    training would train differently depending on whether the cache existed."""
+    cache, _ = trained
+    for where in (cache, tmp_path / "fresh"):  # loaded, then trained
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        ex.resolve_extractor("domain", data, inception_weights=None, cache_dir=where, device=CPU)
+        assert torch.equal(torch.get_rng_state(), before), where
+
+
 def test_cache_key_follows_recipe_and_data(trained, data):
     cache, e = trained
     other = ex.domain_extractor(data, cache, CPU, ex.CNNRecipe(steps=3))
