@@ -119,7 +119,13 @@ def assert_clean(out: Outcome, names: list[str], *, context: str) -> None:
 Setup = Callable[[Path], None]
 
 #: a short run for every fuzz suite: the VAE on digits, 4 steps, no sample metrics
-SMOKE = ["experiment=smoke", "eval.sample_metrics=false", "eval.nll_examples=16"]
+SMOKE = [
+    "experiment=smoke",
+    "eval.sample_metrics=false",
+    "eval.nll_examples=16",
+    "trainer.eval_at=[1.0]",  # a curve.json in the run folder
+    "trainer.probe.metrics=[bpd]",
+]
 
 
 @functools.cache

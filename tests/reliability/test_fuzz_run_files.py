@@ -49,6 +49,8 @@ FILES = [
     "metrics.json",
     "record.json",
     "stats.jsonl",
+    "curve.json",
+    "nll_per_example.npy",
     "checkpoints/last.pt",
     "checkpoints/best.pt",
     "samples.png",
@@ -69,7 +71,14 @@ COMMANDS = {
 }
 #: files a successful command may write
 WRITES = {
-    "eval": {"metrics.json", "record.json", "samples.png", "status.json", "nll_per_example.npy"},
+    "eval": {
+        "metrics.json",
+        "record.json",
+        "samples.png",
+        "status.json",
+        "nll_per_example.npy",
+        "curve.json",
+    },
     "sample": {"samples_4.png", "samples_4.npz"},
     "rebuild": set(),
 }
@@ -450,6 +459,7 @@ BY_KIND: dict[str, list[tuple[str, Mutation]]] = {
     * 3,
     ".pt": [("bad-checkpoint", bad_checkpoint)] * 6,
     ".png": [],
+    ".npy": [],
 }
 
 

@@ -253,6 +253,11 @@ for name in ("glow", "dcgan"):
             out[f"{name}/sync={sync}"] = str(err)
         finally:
             ddp_train.sync_replicas = real
+# the DDP wrappers go before the group does (as they do when a command returns): a reducer
+# destroyed at interpreter exit, after its process group, can abort the process
+del fns, trainer, model
+import gc
+gc.collect()
 with ddp.process_group():
     pass
 (tmp / f"rank{r}.json").write_text(json.dumps(out))
