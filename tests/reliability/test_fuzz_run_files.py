@@ -420,7 +420,7 @@ def bad_checkpoint(f: Path, marker: Path, draw: Any) -> None:
                 path,
                 torch.full_like(t, math.nan)
                 if kind == "nan"
-                else torch.zeros(*(s + 1 for s in t.shape)),
+                else torch.zeros(tuple(s + 1 for s in t.shape) or (2,)),  # 0-d: a vector
             )
         torch.save(ckpt, f)
     elif kind == "extra-file":
