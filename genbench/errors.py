@@ -19,6 +19,18 @@ def bad_value(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
+#: the largest seed accepted (torch and numpy generators both take 32-bit seeds everywhere)
+MAX_SEED = 2**32 - 1
+
+
+def seed_int(key: str, value: Any) -> int:  # noqa: ANN401
+    """``value`` as a seed in [0, MAX_SEED], or a ``ConfigError`` naming ``key``."""
+    out = positive_int(key, value, minimum=0)
+    if out > MAX_SEED:
+        raise bad_value(key, value, f"an integer in [0, {MAX_SEED}]")
+    return out
+
+
 def positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, or a ``ConfigError`` naming ``key``."""
     if isinstance(value, bool):

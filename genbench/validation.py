@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int
+from genbench.errors import ConfigError, bad_value, nonneg_float, positive_int, seed_int
 from genbench.eval.anytime import ProbeSettings
 from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
 from genbench.eval.likelihood import estimator_names
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from genbench.models.base import GenerativeModel
 
 #: largest seed accepted (seeds feed NumPy, which takes 32 bits, and per-sample generators)
-MAX_SEED = 2**32 - 1
 #: Hydra's instantiation keys, not parameters of the target
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 #: constructor arguments genbench passes to a model itself (from the dataset)
@@ -71,7 +70,7 @@ def validate(cfg: DictConfig) -> None:
     _bool("trainer.rerun", t.get("rerun", False))
     ProbeSettings.from_cfg(t.get("probe"))
     _validate_eval(cfg.eval)
-    cfg.seed = _seed("seed", cfg.seed)
+    cfg.seed = seed_int("seed", cfg.seed)
     if not isinstance(cfg.device.get("compile", False), bool):
         raise bad_value("device.compile", cfg.device.compile, "true or false")
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -96,7 +95,7 @@ def _validate_eval(e: DictConfig) -> None:
     positive_int("eval.n_samples", e.n_samples, minimum=0)
     for key in ("batch_size", "grid", "kid_subset_size", "isc_splits"):
         positive_int(f"eval.{key}", e[key])
-    _seed("eval.seed", e.seed)
+    seed_int("eval.seed", e.seed)
     for key in ("nll_examples", "n_reference"):
         if e.get(key) is not None:
             positive_int(f"eval.{key}", e[key])
@@ -342,13 +341,6 @@ def _bool(key: str, value: Any) -> bool:  # noqa: ANN401
     if not isinstance(value, bool):
         raise bad_value(key, value, "true or false")
     return value
-
-
-def _seed(key: str, value: Any) -> int:  # noqa: ANN401
-    out = positive_int(key, value, minimum=0)
-    if out > MAX_SEED:
-        raise bad_value(key, value, f"an integer in [0, {MAX_SEED}]")
-    return out
 
 
 # -- the command line, for every command --------------------------------------------------------

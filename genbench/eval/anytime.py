@@ -35,8 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from genbench import distributed as ddp
 from genbench.data.base import Data
-from genbench.errors import bad_value, positive_int
-from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS
+from genbench.errors import bad_value, positive_int, seed_int
+from genbench.eval.choices import EXTRACTOR_CHOICES, METRICS, PRC_NEIGHBORHOOD
 from genbench.eval.context import EvalContext
 from genbench.eval.likelihood import likelihood_metrics
 from genbench.eval.metric import Metric
@@ -49,8 +49,6 @@ PROBE_METRICS = ("bpd", *METRICS)
 #: the likelihood rows a probe keeps (the bound terms and nats are left to the final evaluation)
 LIKELIHOOD_ROWS = ("bpd",)
 Probe = Callable[[GenerativeModel], list[Metric]]
-PRC_NEIGHBORHOOD = 3  # genbench.eval.fidelity's k (that module loads torch-fidelity)
-MAX_SEED = 2**32 - 1  # as genbench.validation.MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -108,9 +106,7 @@ class ProbeSettings:
         need = PRC_NEIGHBORHOOD + 1 if "prc" in metrics else 2
         if 0 < n_samples < need:
             raise bad_value("trainer.probe.n_samples", n_samples, f"0 (none) or at least {need}")
-        seed = positive_int("trainer.probe.seed", node.get("seed", d.seed), minimum=0)
-        if seed > MAX_SEED:
-            raise bad_value("trainer.probe.seed", seed, f"an integer in [0, {MAX_SEED}]")
+        seed = seed_int("trainer.probe.seed", node.get("seed", d.seed))
         return cls(
             nll_examples=positive_int(
                 "trainer.probe.nll_examples", node.get("nll_examples", d.nll_examples)

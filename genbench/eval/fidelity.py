@@ -42,7 +42,7 @@ from torch_fidelity.utils import get_featuresdict_from_dataset, resolve_feature_
 
 from genbench.data.base import Data
 from genbench.errors import UserError, bad_value, positive_int
-from genbench.eval.choices import METRICS
+from genbench.eval.choices import METRICS, PRC_NEIGHBORHOOD
 from genbench.eval.extractors import Extractor, levels_to_uint8, resolve_extractor
 from genbench.eval.fidelity_intervals import add_intervals
 from genbench.eval.metric import Metric
@@ -50,7 +50,6 @@ from genbench.files import FileError, atomic_write
 
 log = logging.getLogger(__name__)
 
-PRC_NEIGHBORHOOD = 3  # k of the k-NN balls of Kynkaanniemi et al. 2019
 #: rows of each precision/recall distance block (torch-fidelity's default, 10,000, makes blocks of
 #: 10,000 x N distances: 2 GB at N = 50,000; this keeps them at 1,000 x N)
 PRC_BATCH = 1000

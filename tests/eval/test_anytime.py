@@ -175,11 +175,3 @@ def test_domain_extractor_on_unlabelled_data_fails_before_training(data, tmp_pat
         make_probe(bare, tmp_path)
     rows = make_probe(bare, tmp_path, metrics=("bpd",))(Uniform(data.shape, data.levels))
     assert [m.name for m in rows] == ["bpd"]
-
-
-def test_copied_constants_match_their_sources():
-    from genbench import validation
-    from genbench.eval import anytime, fidelity
-
-    assert anytime.PRC_NEIGHBORHOOD == fidelity.PRC_NEIGHBORHOOD
-    assert anytime.MAX_SEED == validation.MAX_SEED
