@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ from conftest import compose_cfg
 from torch import nn
 
 from genbench.data.base import Data
-from genbench.data.bundled import digits
 from genbench.errors import ConfigError
-from genbench.eval import extractors as ex
 from genbench.eval.anytime import ProbeSettings, build_probe
 from genbench.models.base import GenerativeModel, Sampled
 from genbench.nn.random import rand
@@ -57,20 +54,6 @@ class Memorizer(Uniform):
     def sample(self, n, *, generator=None, **sampler):
         u = rand((n,), generator=generator)
         return Sampled(self.images[(u * len(self.images)).long()], torch.ones(n))
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
-@pytest.fixture
-def cache(data, tmp_path_factory, tmp_path):
-    """A fresh cache with the trained digits CNN (shared with the other eval test modules)."""
-    shared = tmp_path_factory.getbasetemp() / "digits-cnn-cache"
-    ex.domain_extractor(data, shared, CPU)
-    shutil.copytree(shared / "extractors", tmp_path / "extractors")
-    return tmp_path
 
 
 def make_probe(data, cache, eval_cfg=None, **settings):

@@ -9,22 +9,14 @@ from PIL import Image
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from genbench.data.base import Data
-from genbench.data.bundled import digits
 from genbench.eval import extractors as ex
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    # shared by the eval test modules of one session: trained by the first, loaded by the others
-    cache = tmp_path_factory.getbasetemp() / "digits-cnn-cache"
-    return cache, ex.domain_extractor(data, cache, CPU)
+def trained(data, trained_cache):
+    return trained_cache, ex.domain_extractor(data, trained_cache, CPU)
 
 
 @pytest.fixture

@@ -7,32 +7,11 @@ import pytest
 import torch
 
 from genbench.data.base import Data
-from genbench.data.bundled import digits
 from genbench.eval import extractors as ex
 from genbench.eval.fidelity import ImageTensors, fidelity_metrics
 
 CPU = torch.device("cpu")
 NAMES = {"fid", "is", "is_std", "kid", "kid_std", "precision", "recall"}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def trained_cache(data, tmp_path_factory):
-    """A cache folder holding the trained digits CNN (shared by the eval test modules)."""
-    cache = tmp_path_factory.getbasetemp() / "digits-cnn-cache"
-    ex.domain_extractor(data, cache, CPU)
-    return cache
-
-
-@pytest.fixture
-def cache(trained_cache, tmp_path):
-    """A fresh cache folder with the trained CNN but no reference statistics."""
-    shutil.copytree(trained_cache / "extractors", tmp_path / "extractors")
-    return tmp_path
 
 
 def score(samples, data, cache, protocol=None, **overrides):

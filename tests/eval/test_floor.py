@@ -14,7 +14,6 @@ from omegaconf import open_dict
 
 from genbench import floor
 from genbench.commands import eval_command, train_command
-from genbench.data.bundled import digits
 from genbench.errors import ConfigError
 from genbench.eval import extractors as ex
 from genbench.eval.floor import floor_key, held_out
@@ -25,19 +24,6 @@ from genbench.rundir import RunDir
 from genbench.validation import validate
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def trained_cache(data, tmp_path_factory):
-    """A cache folder holding the trained digits CNN (the one tests/eval/test_fidelity.py uses)."""
-    cache = tmp_path_factory.getbasetemp() / "digits-cnn-cache"
-    ex.domain_extractor(data, cache, CPU)
-    return cache
 
 
 @pytest.fixture

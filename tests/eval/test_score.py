@@ -14,7 +14,6 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 from torch import nn
 
-from genbench.data.bundled import digits
 from genbench.errors import UserError
 from genbench.eval import extractors as ex
 from genbench.eval.fidelity import Scores
@@ -46,11 +45,6 @@ def write_pngs(folder, images, rgb=False):
         pil = Image.fromarray(img[0].numpy(), mode="L")
         (pil.convert("RGB") if rgb else pil).save(folder / f"{i:03d}.png")
     return folder
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits()
 
 
 @pytest.fixture(scope="module")
