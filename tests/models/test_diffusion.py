@@ -228,3 +228,43 @@ def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
     m = instantiate(cfg, shape=(3, 8, 8), levels=256)
     assert m.resolve_sampler() == {"name": "ancestral"} and m.process.T == 1000
     assert m.resolve_sampler(name="ddim", steps=100) == {"name": "ddim", "steps": 100}
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 1, 1)])
+def test_learned_variances_hybrid_training_bound_and_samplers(shape):
+    """learn_sigma: a 2C-channel network, the hybrid objective, a bound that uses the learned
+    variances (and differs from the fixed one), ancestral sampling with them, and DDIM / the ODE
+    on the prediction channels alone."""
+    m = tiny(shape=shape, learn_sigma=True)
+    assert m.variance == "learned"
+    x = torch.randint(0, 17, (3, *shape), generator=torch.Generator().manual_seed(0))
+    out = m.net(m.to_unit(x), torch.zeros(3))
+    assert out.shape == (3, 2 * shape[0], *shape[1:])
+    losses = m.training_losses(x)
+    assert set(losses) == {"loss", "simple", "vlb"}
+    assert torch.allclose(losses["loss"], losses["simple"] + 1e-3 * losses["vlb"])
+    losses["loss"].mean().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    with torch.inference_mode():
+        learned = m.nll(x)
+        x0, gen = m.to_unit(x), torch.Generator().manual_seed(m.nll_seed)
+        fixed = m.process.vlb_terms(m._pred_net, x0, 17, generator=gen)["vlb"]
+    assert torch.isfinite(learned).all() and not torch.allclose(learned, fixed)
+    for opts in (
+        {"name": "ancestral"},
+        {"name": "ancestral", "variance": "large"},
+        {"name": "ddim", "steps": 5},
+        {"name": "ode", "solver": "heun", "steps": 3},
+    ):
+        s = m.sample(2, generator=per_sample_generators(0, 0, 2), **opts)
+        assert s.x.shape == (2, *shape)
+
+
+def test_learned_variance_options_are_checked():
+    with pytest.raises(ValueError, match="learn_sigma"):
+        tiny(learn_sigma=True, variance="large")
+    with pytest.raises(ValueError, match="learn_sigma"):
+        DDPM.validate_sampler({"name": "ancestral", "variance": "learned"}, {})
+    DDPM.validate_sampler({"name": "ancestral", "variance": "learned"}, {"learn_sigma": True})
+    with pytest.raises(ValueError, match="learn_sigma"):
+        tiny().sample(1, name="ancestral", variance="learned")

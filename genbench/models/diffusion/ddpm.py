@@ -11,8 +11,8 @@ it to the evaluator as the likelihood estimator ``ode`` (``eval.estimators=[ode]
 Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample``):
 
 - ``name``: ``ancestral`` | ``ddim`` | ``ode``.
-- ancestral: ``steps`` (default T; fewer respaces the process), ``variance`` (small|large),
-  ``clip``.
+- ancestral: ``steps`` (default T; fewer respaces the process), ``variance`` (small|large,
+  or learned with ``learn_sigma``; default the model's), ``clip``.
 - ddim: ``steps`` (default T), ``eta`` (0 = deterministic, 1 = DDPM variance), ``clip``.
 - ode: ``solver`` (rk45|heun|euler), ``steps`` (fixed-step solvers), ``rtol``, ``atol``.
 
@@ -37,6 +37,7 @@ from genbench.models.base import (
 )
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
 from genbench.models.diffusion.process import (
+    HYBRID_WEIGHT,
     GaussianDiffusion,
     Prediction,
     Schedule,
@@ -73,7 +74,7 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
     checks = {
         "steps": lambda k, v: option_number(k, v, low=1, high=high, integer=True),
         "eta": lambda k, v: option_number(k, v, low=0, high=1),
-        "variance": lambda k, v: option_choice(k, v, ("small", "large")),
+        "variance": lambda k, v: option_choice(k, v, ("small", "large", "learned")),
         "clip": option_bool,
         "solver": lambda k, v: option_choice(k, v, SOLVERS),
         "rtol": lambda k, v: option_number(k, v, low=0, low_open=True),
@@ -102,8 +103,14 @@ class DDPM(GenerativeModel):
             (see :class:`~genbench.models.diffusion.unet.UNet`).
         mlp_hidden, mlp_blocks: MLP denoiser width and residual blocks.
         timesteps: T. schedule: ``linear`` (1e-4..0.02) or ``cosine``.
-        prediction: ``eps`` or ``v``. variance: reverse-process variance ``small`` (β̃_t) or
-            ``large`` (β_t), used by ``nll`` and the ancestral sampler.
+        prediction: ``eps`` or ``v``. variance: fixed reverse-process variance ``small`` (β̃_t)
+            or ``large`` (β_t), used by ``nll`` and the ancestral sampler.
+        learn_sigma: learn the reverse variances (Nichol & Dhariwal 2021): the network outputs
+            ``2 C`` channels, the prediction and an interpolation between log β_t and log β̃_t,
+            trained by the hybrid objective L_simple + ``hybrid_weight`` · L_vlb; ``nll`` and
+            the ancestral sampler then use the learned variances (``variance`` must stay
+            ``small``, its default). DDIM and the ODE use the prediction only.
+        hybrid_weight: λ of the hybrid objective (paper: 0.001).
         clip_denoised: clip x̂_0 to [-1, 1] in the bound and in ancestral/DDIM sampling.
         vlb_max_batch: rows per network call when evaluating the bound (timesteps batched);
             it bounds the bound's memory (at 1024 rows, about 0.9 GB for the default U-Net on
@@ -134,6 +141,8 @@ class DDPM(GenerativeModel):
         schedule: Schedule = "linear",
         prediction: Prediction = "eps",
         variance: Variance = "small",
+        learn_sigma: bool = False,
+        hybrid_weight: float = HYBRID_WEIGHT,
         clip_denoised: bool = True,
         vlb_max_batch: int = 1024,
         nll_seed: int = 0,
@@ -142,6 +151,11 @@ class DDPM(GenerativeModel):
         super().__init__(shape, levels)
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be small or large, got {variance!r}")
+        if learn_sigma and variance != "small":
+            raise ValueError(
+                f"model.variance={variance} and model.learn_sigma=true conflict: learned "
+                "variances replace the fixed ones (leave variance at small)"
+            )
         self.net = build_denoiser(
             self.shape,
             net,
@@ -153,9 +167,11 @@ class DDPM(GenerativeModel):
             norm_groups=norm_groups,
             mlp_hidden=mlp_hidden,
             mlp_blocks=mlp_blocks,
+            out_mult=2 if learn_sigma else 1,
         )
         self.process = GaussianDiffusion.from_schedule(schedule, timesteps, prediction=prediction)
-        self.variance: Variance = variance
+        self.variance: Variance = "learned" if learn_sigma else variance
+        self.hybrid_weight = float(hybrid_weight)
         self.clip_denoised = bool(clip_denoised)
         self.vlb_max_batch = int(vlb_max_batch)
         self.nll_seed = int(nll_seed)
@@ -175,14 +191,26 @@ class DDPM(GenerativeModel):
         return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
 
     def _net(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The whole network output (with learned variances: prediction and variance)."""
         return self.net(x_t, t)
+
+    def _pred_net(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The prediction (ε or v) only: what DDIM and the ODE use."""
+        out = self.net(x_t, t)
+        return out[:, : self.shape[0]] if self.variance == "learned" else out
 
     # ---- training and likelihood ------------------------------------------------------
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``{"loss": L_simple [N]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG)."""
+        """``{"loss": L_simple [N]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG); with learned
+        variances the hybrid objective (``loss``, ``simple``, ``vlb``)."""
         x0 = self.to_unit(x)
         t = torch.randint(0, self.process.T, (x0.shape[0],), device=x0.device)
-        return {"loss": self.process.simple_loss(self._net, x0, t, torch.randn_like(x0))}
+        eps = torch.randn_like(x0)
+        if self.variance == "learned":
+            return self.process.hybrid_loss(
+                self._net, x0, t, eps, self.levels, weight=self.hybrid_weight
+            )
+        return {"loss": self.process.simple_loss(self._net, x0, t, eps)}
 
     def _generator(self, x: Tensor, generator: Generator) -> Generator:
         if generator is not None:
@@ -239,7 +267,7 @@ class DDPM(GenerativeModel):
             self.process.T,
         )
         return _ode_nll(
-            self._net,
+            self._pred_net,
             self.process,
             x,
             self.levels,
@@ -293,7 +321,13 @@ class DDPM(GenerativeModel):
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """The options of the module docstring, over the defaults in ``hparams["sampler"]``."""
-        cls._merge_sampler(sampler, hparams.get("sampler"), _timesteps(hparams))
+        name, opts = cls._merge_sampler(sampler, hparams.get("sampler"), _timesteps(hparams))
+        if opts.get("variance") == "learned" and not hparams.get("learn_sigma"):
+            raise OptionError(
+                "sampler.variance",
+                "learned",
+                "sampler.variance=learned needs model.learn_sigma=true; valid here: small, large",
+            )
 
     @staticmethod
     def _merge_sampler(
@@ -342,11 +376,21 @@ class DDPM(GenerativeModel):
         p = self._param()
         x_T = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
         if name == "ode":
-            x0, nfe_rows = ode_sample(self._net, self.process, x_T, **opts)
+            x0, nfe_rows = ode_sample(self._pred_net, self.process, x_T, **opts)
             return Sampled(self.to_levels(x0), nfe_rows)
-        fn = ancestral_sample if name == "ancestral" else ddim_sample
+        fn, net = ddim_sample, self._pred_net
         if name == "ancestral":
+            fn = ancestral_sample
             opts.setdefault("variance", self.variance)
+            if opts["variance"] == "learned":
+                if self.variance != "learned":
+                    raise OptionError(
+                        "sampler.variance",
+                        "learned",
+                        "sampler.variance=learned needs a model trained with "
+                        "model.learn_sigma=true; valid here: small, large",
+                    )
+                net = self._net
         opts.setdefault("clip", self.clip_denoised)
-        x0, nfe = fn(self._net, self.process, x_T, generator=generator, **opts)
+        x0, nfe = fn(net, self.process, x_T, generator=generator, **opts)
         return Sampled.constant(self.to_levels(x0), nfe)

@@ -34,7 +34,9 @@ from genbench.nn.random import Generator, randn
 
 Schedule = Literal["linear", "cosine"]
 Prediction = Literal["eps", "v"]
-Variance = Literal["small", "large"]
+Variance = Literal["small", "large", "learned"]
+#: λ of the hybrid objective L_simple + λ L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
+HYBRID_WEIGHT = 1e-3
 NetFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -266,22 +268,85 @@ class GaussianDiffusion:
         clip: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, log-variance of p(x_{t-1} | x_t) and x̂_0: μ = μ̃_t(x_t, x̂_0) with x̂_0 clipped
-        to ``[-1, 1]`` if ``clip``; variance β̃_t (``small``) or β_t (``large``)."""
+        to ``[-1, 1]`` if ``clip``; variance β̃_t (``small``), β_t (``large``) or ``learned``:
+        then ``out`` has twice the channels of ``x_t`` (dim 1), the prediction and v ∈ [-1, 1]
+        (unconstrained), and log σ² = f log β_t + (1 - f) log β̃_t with f = (v + 1) / 2
+        (Nichol & Dhariwal 2021, eq. 15; the tables of this process, so a respaced process
+        interpolates between its own β and β̃). At t = 0 the range is [β̃ of t = 1, β of t = 0]
+        (the fixed variances both use β̃ of t = 1 there), so the decoder's variance is learned
+        too."""
+        if variance == "learned":
+            out, v = out.chunk(2, dim=1)
         _, x0_hat = self.split(out, x_t, self.extract(self.alphas_cumprod, t, x_t))
         if clip:
             x0_hat = x0_hat.clamp(-1, 1)
         mean, small = self.q_posterior(x0_hat, x_t, t)
         if variance == "small":
             return mean, small, x0_hat
+        large = self.extract(self.large_log_variance, t, x_t)
         if variance == "large":
-            return mean, self.extract(self.large_log_variance, t, x_t), x0_hat
-        raise ValueError(f"variance must be small or large, got {variance!r}")
+            return mean, large, x0_hat
+        if variance == "learned":  # between log β̃_t and log β_t, β_1 (not β̃_2) at t = 0
+            frac = (v.to(x_t.dtype) + 1) / 2
+            high = self.extract(self.betas, t, x_t).log()
+            return mean, frac * high + (1 - frac) * small, x0_hat
+        raise ValueError(f"variance must be small, large or learned, got {variance!r}")
+
+    def term(
+        self,
+        out: Tensor,
+        x0: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        levels: int,
+        *,
+        variance: Variance = "small",
+        clip: bool = True,
+    ) -> Tensor:
+        """L_t of the bound, ``[N]`` nats, float64, for the network output ``out`` at ``x_t``
+        ``[N, ...]`` (from ``x0`` at int64 indices ``t`` ``[N]``): KL(q(x_{t-1} | x_t, x_0) ||
+        p(x_{t-1} | x_t)) for t ≥ 1 and the discretized-Gaussian decoder -log p(x_0 | x_1) over
+        ``levels`` levels for t = 0."""
+        x0d, x_td = x0.double(), x_t.double()
+        mean, logvar, _ = self.p_mean_variance(out.double(), x_td, t, variance=variance, clip=clip)
+        q_mean, q_logvar = self.q_posterior(x0d, x_td, t)
+        out = normal_kl(q_mean, q_logvar, mean, logvar).flatten(1).sum(1)
+        dec = t == 0  # only these rows: the decoder of far-off rows may be infinite
+        if bool(dec.any()):
+            ll = discretized_gaussian_log_likelihood(x0d[dec], mean[dec], logvar[dec], levels)
+            out = out.index_put((dec.nonzero().squeeze(1),), -ll.flatten(1).sum(1))
+        return out
 
     # ---- losses --------------------------------------------------------------------------
     def simple_loss(self, net: NetFn, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """L_simple ``[N]``: mean squared error of the network output against its target."""
         out = net(self.q_sample(x0, t, eps), self.net_time(t))
         return (out - self.target(x0, eps, t)).square().flatten(1).mean(1)
+
+    def hybrid_loss(
+        self,
+        net: NetFn,
+        x0: Tensor,
+        t: Tensor,
+        eps: Tensor,
+        levels: int,
+        *,
+        weight: float = HYBRID_WEIGHT,
+    ) -> dict[str, Tensor]:
+        """L_hybrid = L_simple + λ L_vlb for a network with learned variances (``out`` has
+        twice the channels of ``x0``; Nichol & Dhariwal 2021, sec. 3.1), each ``[N]``.
+
+        L_vlb is estimated at the sampled t by T · L_t in bits per dimension (their
+        normalization) and sees the prediction through a stop-gradient: the bound trains only
+        the variances, L_simple only the prediction. Unclipped x̂_0. Returns ``loss``,
+        ``simple`` and ``vlb`` (the T · L_t estimate, bits/dim)."""
+        x_t = self.q_sample(x0, t, eps)
+        pred, v = net(x_t, self.net_time(t)).chunk(2, dim=1)
+        simple = (pred - self.target(x0, eps, t)).square().flatten(1).mean(1)
+        out = torch.cat([pred.detach(), v], dim=1)
+        lt = self.term(out, x0, x_t, t, levels, variance="learned", clip=False)
+        vlb = (self.T * lt / (x0[0].numel() * math.log(2))).to(simple.dtype)
+        return {"loss": simple + weight * vlb, "simple": simple, "vlb": vlb}
 
     def prior_kl(self, x0: Tensor) -> Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dims, ``[N]`` nats."""
@@ -330,13 +395,8 @@ class GaussianDiffusion:
                     for i in range(0, x_t.shape[0], max_batch)
                 ]
             ).double()
-            x0d, x_td = x0r.double(), x_t.double()
-            mean, logvar, _ = self.p_mean_variance(out, x_td, t, variance=variance, clip=clip)
-            q_mean, q_logvar = self.q_posterior(x0d, x_td, t)
-            kl = normal_kl(q_mean, q_logvar, mean, logvar).flatten(1).sum(1).view(len(ts), b)
-            if ts[0] == 0:  # rows of t = 0 come first: the decoder term replaces the KL
-                ll = discretized_gaussian_log_likelihood(x0d[:b], mean[:b], logvar[:b], levels)
-                kl[0] = -ll.flatten(1).sum(1)
+            kl = self.term(out, x0r, x_t, t, levels, variance=variance, clip=clip)
+            kl = kl.view(len(ts), b)
             per_t[ts[0] : ts[-1] + 1] = kl
         prior = self.prior_kl(x0)
         diffusion, decoder = per_t[1:].sum(0), per_t[0]

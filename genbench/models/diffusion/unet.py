@@ -120,7 +120,9 @@ class UNet(nn.Module):
     """DDPM U-Net: ``(x [N, C, H, W], t [N]) → [N, C, H, W]``.
 
     Args:
-        in_channels: C of the data (the output has as many channels).
+        in_channels: C of the data.
+        out_channels: channels of the output (default ``in_channels``; a DDPM with learned
+            variances asks for ``2 C``).
         resolution: H of the data (decides where attention goes; W may differ).
         ch: base width; level ``i`` has ``ch * ch_mult[i]`` channels.
         ch_mult: width multipliers per resolution level (one downsampling between levels).
@@ -135,6 +137,7 @@ class UNet(nn.Module):
         in_channels: int,
         resolution: int,
         *,
+        out_channels: int | None = None,
         ch: int = 128,
         ch_mult: Sequence[int] = (1, 2, 2, 2),
         num_res_blocks: int = 2,
@@ -175,7 +178,7 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList([Upsample(c)]))
                 res = res * 2
         self.norm_out = _norm(c, g)
-        self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))
+        self.conv_out = _zero(nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
         temb = self.temb(t)
@@ -197,14 +200,15 @@ class UNet(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    """Residual MLP for flat data (2-D toys): ``(x [N, C, H, W], t [N]) → [N, C, H, W]``.
+    """Residual MLP for flat data (2-D toys): ``(x [N, C, H, W], t [N]) → [N, out C, H, W]``
+    (``out``: output channels per input channel, 2 for a DDPM with learned variances).
 
     ``Linear(D, hidden)`` → ``blocks`` × [``h + Linear(dropout(SiLU(Linear(SiLU(h)) +
     Dense(SiLU(temb)))))``] → ``SiLU, Linear(hidden, D)`` (zero-initialized).
     """
 
     def __init__(
-        self, dims: int, *, hidden: int = 256, blocks: int = 3, dropout: float = 0.0
+        self, dims: int, *, hidden: int = 256, blocks: int = 3, dropout: float = 0.0, out: int = 1
     ) -> None:
         super().__init__()
         self.temb = TimeEmbedding(hidden, hidden)
@@ -213,14 +217,14 @@ class MLPDenoiser(nn.Module):
         self.temb_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(blocks))
         self.fc2 = nn.ModuleList(_zero(nn.Linear(hidden, hidden)) for _ in range(blocks))
         self.dropout = nn.Dropout(dropout)
-        self.out = _zero(nn.Linear(hidden, dims))
+        self.out = _zero(nn.Linear(hidden, dims * out))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
         temb = F.silu(self.temb(t))
         h = self.inp(x.flatten(1))
         for fc1, proj, fc2 in zip(self.fc1, self.temb_proj, self.fc2):
             h = h + fc2(self.dropout(F.silu(fc1(F.silu(h)) + proj(temb))))
-        return self.out(F.silu(h)).reshape(x.shape)
+        return self.out(F.silu(h)).reshape(x.shape[0], -1, *x.shape[2:])
 
 
 def build_denoiser(
@@ -235,17 +239,21 @@ def build_denoiser(
     norm_groups: int = 32,
     mlp_hidden: int = 256,
     mlp_blocks: int = 3,
+    out_mult: int = 1,
 ) -> nn.Module:
     """The denoiser for data of ``shape`` ``(C, H, W)``: ``net="auto"`` picks the MLP when
-    ``H = W = 1`` and the U-Net otherwise."""
+    ``H = W = 1`` and the U-Net otherwise; its output has ``out_mult * C`` channels."""
     c, h, w = (int(s) for s in shape)
     if net not in ("auto", "unet", "mlp"):
         raise ValueError(f"net must be auto, unet or mlp, got {net!r}")
     if net == "mlp" or (net == "auto" and h == w == 1):
-        return MLPDenoiser(c * h * w, hidden=mlp_hidden, blocks=mlp_blocks, dropout=dropout)
+        return MLPDenoiser(
+            c * h * w, hidden=mlp_hidden, blocks=mlp_blocks, dropout=dropout, out=out_mult
+        )
     return UNet(
         c,
         h,
+        out_channels=out_mult * c,
         ch=ch,
         ch_mult=ch_mult,
         num_res_blocks=num_res_blocks,
