@@ -35,6 +35,7 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
+from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, Dequantization
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
 from genbench.models.diffusion.process import (
     HYBRID_WEIGHT,
@@ -62,7 +63,7 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 }
 SOLVERS: tuple[str, ...] = ("rk45", "heun", "euler")
 #: options of the ``ode`` likelihood estimator (:meth:`DDPM.ode_likelihood`)
-ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes")
+ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes", "dequantization")
 
 
 def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None) -> None:
@@ -80,6 +81,7 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
         "rtol": lambda k, v: option_number(k, v, low=0, low_open=True),
         "atol": lambda k, v: option_number(k, v, low=0, low_open=True),
         "probes": lambda k, v: option_number(k, v, low=0, integer=True),
+        "dequantization": lambda k, v: option_choice(k, v, DEQUANTIZATIONS),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -258,11 +260,13 @@ class DDPM(GenerativeModel):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         probes: int = 1,
+        dequantization: Dequantization = "gaussian",
     ) -> NllEstimate:
         """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]``, with NFE
         ``[N]`` and the settings (see ``ode_nll``)."""
+        opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
         check_options(
-            {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes},
+            {**opts, "dequantization": dequantization},
             "eval.estimator_options.ode",
             self.process.T,
         )
@@ -277,6 +281,7 @@ class DDPM(GenerativeModel):
             rtol=rtol,
             atol=atol,
             probes=probes,
+            dequantization=dequantization,
             dtype=self._param().dtype,
         )
 
@@ -290,26 +295,36 @@ class DDPM(GenerativeModel):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         probes: int = 1,
+        dequantization: Dequantization = "gaussian",
     ) -> Tensor:
-        """``[N]`` nats: dequantized probability-flow ODE estimate of -log P(x) (Song et al.
-        2021): -log p(u) + D log((K-1)/2), u = x scaled to [-1, 1] plus uniform noise of one
-        bin. Hutchinson trace with ``probes`` Rademacher vectors (0 = exact trace); solver
-        ``rk45`` (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,
+        """``[N]`` nats: a single-sample estimate of the probability-flow ODE bound on -log P(x)
+        (Song et al. 2021; :mod:`.likelihood`): ``gaussian`` (default) stops the ODE at σ_0 ≈
+        a quarter level and decodes (VDM-style), ``uniform`` dequantizes at σ_min. Hutchinson
+        trace with ``probes`` Rademacher vectors (0 = exact trace); solver ``rk45``
+        (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,
         probes) comes from ``generator`` (one per example for batch-independent results)."""
         return self.ode_likelihood(
-            x, generator=generator, solver=solver, steps=steps, rtol=rtol, atol=atol, probes=probes
+            x,
+            generator=generator,
+            solver=solver,
+            steps=steps,
+            rtol=rtol,
+            atol=atol,
+            probes=probes,
+            dequantization=dequantization,
         ).nll
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
         """``ode``: the probability-flow ODE estimate of :meth:`ode_likelihood` (options:
-        ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``)."""
+        ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``, ``dequantization``)."""
         return {"ode": LikelihoodEstimator("estimate", self.ode_likelihood)}
 
     @classmethod
     def validate_estimator(
         cls, name: str, options: Mapping[str, Any], hparams: Mapping[str, Any], *, key: str
     ) -> None:
-        """``ode``: options ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``."""
+        """``ode``: options ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``,
+        ``dequantization``."""
         if name != "ode":
             return
         if not isinstance(options, Mapping):

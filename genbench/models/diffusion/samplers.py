@@ -223,13 +223,19 @@ def integrate_rk45(
     raise RuntimeError(f"rk45 did not reach s = {s1} within {max_steps} steps")
 
 
-def ode_grid(process: GaussianDiffusion, steps: int, solver: Solver) -> list[float]:
+def ode_grid(
+    process: GaussianDiffusion, steps: int, solver: Solver, sigma_min: float | None = None
+) -> list[float]:
     """Increasing σ grid of the fixed-step solvers from σ_min to σ_max: the σ of the spaced
-    timesteps for ``euler`` (so it is DDIM η = 0), the ρ = 7 grid of Karras et al. for ``heun``."""
+    timesteps for ``euler`` (so it is DDIM η = 0), the ρ = 7 grid of Karras et al. for ``heun``.
+    ``sigma_min`` (default: the process's smallest σ) starts the grid higher (the ``euler`` grid
+    then keeps the spaced σ above it)."""
     s_min, s_max = float(process.sigmas[0]), float(process.sigmas[-1])
+    start = s_min if sigma_min is None else float(sigma_min)
     if solver == "heun":
-        return karras_sigmas(s_min, s_max, steps)[::-1]
-    return [float(process.sigmas[i]) for i in spaced_timesteps(process.T, steps)]
+        return karras_sigmas(start, s_max, steps)[::-1]
+    grid = [float(process.sigmas[i]) for i in spaced_timesteps(process.T, steps)]
+    return grid if sigma_min is None else [start] + [g for g in grid if g > start]
 
 
 def ode_sample(
