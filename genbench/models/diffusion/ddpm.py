@@ -23,7 +23,7 @@ the same name) are merged over them, a different ``name`` starts from that sampl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
+from genbench.models.diffusion.importance import LossAwareTimesteps
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, Dequantization
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
 from genbench.models.diffusion.process import (
@@ -62,6 +63,8 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "ode": ("solver", "steps", "rtol", "atol"),
 }
 SOLVERS: tuple[str, ...] = ("rk45", "heun", "euler")
+Objective = Literal["simple", "vlb"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 #: options of the ``ode`` likelihood estimator (:meth:`DDPM.ode_likelihood`)
 ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes", "dequantization")
 
@@ -113,6 +116,10 @@ class DDPM(GenerativeModel):
             the ancestral sampler then use the learned variances (``variance`` must stay
             ``small``, its default). DDIM and the ODE use the prediction only.
         hybrid_weight: λ of the hybrid objective (paper: 0.001).
+        objective: ``simple`` (L_simple; with ``learn_sigma`` the hybrid objective) or ``vlb``:
+            the variational bound alone with the timestep importance-sampled
+            (:mod:`.importance`; Nichol & Dhariwal 2021, sec. 3.3), with fixed or learned
+            variances.
         clip_denoised: clip x̂_0 to [-1, 1] in the bound and in ancestral/DDIM sampling.
         vlb_max_batch: rows per network call when evaluating the bound (timesteps batched);
             it bounds the bound's memory (at 1024 rows, about 0.9 GB for the default U-Net on
@@ -145,6 +152,7 @@ class DDPM(GenerativeModel):
         variance: Variance = "small",
         learn_sigma: bool = False,
         hybrid_weight: float = HYBRID_WEIGHT,
+        objective: Objective = "simple",
         clip_denoised: bool = True,
         vlb_max_batch: int = 1024,
         nll_seed: int = 0,
@@ -174,6 +182,11 @@ class DDPM(GenerativeModel):
         self.process = GaussianDiffusion.from_schedule(schedule, timesteps, prediction=prediction)
         self.variance: Variance = "learned" if learn_sigma else variance
         self.hybrid_weight = float(hybrid_weight)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective: Objective = objective
+        if objective == "vlb":
+            self.timestep_sampler = LossAwareTimesteps(timesteps)
         self.clip_denoised = bool(clip_denoised)
         self.vlb_max_batch = int(vlb_max_batch)
         self.nll_seed = int(nll_seed)
@@ -204,8 +217,17 @@ class DDPM(GenerativeModel):
     # ---- training and likelihood ------------------------------------------------------
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
         """``{"loss": L_simple [N]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG); with learned
-        variances the hybrid objective (``loss``, ``simple``, ``vlb``)."""
+        variances the hybrid objective (``loss``, ``simple``, ``vlb``); with ``objective=vlb``
+        the importance-sampled bound (in training mode the sampler records each L_t)."""
         x0 = self.to_unit(x)
+        if self.objective == "vlb":
+            t, probs = self.timestep_sampler.sample(x0.shape[0], x0.device)
+            out = self.process.vlb_loss(
+                self._net, x0, t, torch.randn_like(x0), self.levels, probs, variance=self.variance
+            )
+            if self.training:
+                self.timestep_sampler.update(t, out["term"])
+            return {"loss": out["loss"]}
         t = torch.randint(0, self.process.T, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
         if self.variance == "learned":

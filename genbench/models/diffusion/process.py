@@ -348,6 +348,28 @@ class GaussianDiffusion:
         vlb = (self.T * lt / (x0[0].numel() * math.log(2))).to(simple.dtype)
         return {"loss": simple + weight * vlb, "simple": simple, "vlb": vlb}
 
+    def vlb_loss(
+        self,
+        net: NetFn,
+        x0: Tensor,
+        t: Tensor,
+        eps: Tensor,
+        levels: int,
+        probs: Tensor,
+        *,
+        variance: Variance = "small",
+    ) -> dict[str, Tensor]:
+        """L_vlb alone, estimated at timesteps ``t`` ``[N]`` drawn with probabilities ``probs``
+        ``[N]``: L_t / p_t in bits per dimension (unbiased for Σ_{t<T} L_t; the prior term L_T
+        has no parameters and is left out). Unclipped x̂_0; gradients reach the prediction
+        and, when learned, the variances. Returns ``loss`` ``[N]`` and ``term`` (L_t, nats,
+        detached: what an importance sampler records)."""
+        x_t = self.q_sample(x0, t, eps)
+        out = net(x_t, self.net_time(t))
+        lt = self.term(out, x0, x_t, t, levels, variance=variance, clip=False)
+        loss = lt / (probs.to(lt.dtype) * x0[0].numel() * math.log(2))
+        return {"loss": loss.to(x0.dtype), "term": lt.detach()}
+
     def prior_kl(self, x0: Tensor) -> Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dims, ``[N]`` nats."""
         t = torch.full((x0.shape[0],), self.T - 1, device=x0.device, dtype=torch.long)
