@@ -9,16 +9,18 @@ e.g. DDPM's probability-flow ODE) run when ``eval.estimators`` names them, each 
 ``nll_<name>``, ``bpd_<name>`` and ``nfe_<name>`` with the kind the model declares.
 
 Sums stream through torchmetrics, so they reduce across processes: with several ranks each
-evaluates a contiguous run of the test batches. Monte-Carlo / dequantization noise is seeded per
-batch (from ``eval.seed`` and the batch's first index), so the result equals one process's to
-rounding.
+evaluates a contiguous run of the test batches. Monte-Carlo / dequantization noise comes from one
+generator per test example (seeded from ``eval.seed`` and the example's index), so an example's
+number depends neither on its batch nor on the ranks; a model whose ``nll`` takes no generator
+draws from the global RNG, seeded per batch.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -122,6 +124,25 @@ def _with_interval(
     return [nll_row, bpd_row]
 
 
+def takes_generator(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` has a ``generator`` parameter (the contract's ``nll`` and ``bound_terms``
+    do; a plugin written against an older contract may not)."""
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _with_generators(fn: Callable[..., Any], x: Tensor, ctx: EvalContext, start: int) -> Any:
+    """``fn(x)`` with one generator per test example (seeded from ``(eval.seed, index)``, as
+    sampling is), so an example's number does not depend on its batch; without a ``generator``
+    parameter ``fn`` draws from the global RNG, seeded per batch by the caller."""
+    if not takes_generator(fn):
+        return fn(x)
+    gens = per_sample_generators(ctx.seed, start, x.shape[0], ctx.device)
+    return fn(x, generator=gens)
+
+
 @register_metric("likelihood", order=20)
 def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     """``nll`` (nats/example) and ``bpd`` on the test split, plus the model's bound terms, each
@@ -136,9 +157,12 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         model.eval()
         for i, j in ddp.my_batches(count, int(ctx.cfg.batch_size)):
-            torch.manual_seed(ctx.seed * 1_000_003 + i)  # dequantization / Monte-Carlo noise
+            torch.manual_seed(ctx.seed * 1_000_003 + i)  # noise of models without generators
             x = ctx.data.test[i:j].to(ctx.device).long()
-            terms = {"nll": model.nll(x), **model.bound_terms(x)}
+            terms = {
+                "nll": _with_generators(model.nll, x, ctx, i),
+                **_with_generators(model.bound_terms, x, ctx, i),
+            }
             for name, value in terms.items():
                 _sum(name, sums).update(value.double().to(ddp.comm_device()))
                 values.setdefault(name, []).append(value.detach().double().reshape(-1).cpu())

@@ -223,14 +223,21 @@ class GenerativeModel(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def nll(self, x: Tensor) -> Tensor:
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
         """``[N]`` negative log-likelihood of the discrete ``x`` in nats (exact or an upper bound,
         as ``likelihood`` says). Models with ``likelihood = "none"`` raise
-        ``NotImplementedError``."""
+        ``NotImplementedError``.
 
-    def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
+        ``generator``: where a stochastic bound draws its noise (dequantization, latents,
+        timesteps): ``None`` (global RNG), one generator, or one per example (the evaluator
+        passes those, seeded from ``(eval.seed, example index)``, so an example's number does
+        not depend on the batch it is scored in). A model without randomness ignores it; a model
+        whose ``nll`` takes no ``generator`` gets the global RNG, seeded per batch."""
+
+    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
         """Extra per-example likelihood terms, ``[N]`` in nats, reported beside ``nll`` for levels
-        ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``). Default: none."""
+        ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``), with noise from
+        ``generator`` as in :meth:`nll`. Default: none."""
         return {}
 
     @classmethod

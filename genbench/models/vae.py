@@ -150,17 +150,21 @@ class VAE(GenerativeModel):
         terms = self.bound_terms(x)
         return {"loss": terms["neg_elbo"], "recon": terms["recon"], "kl": terms["kl"]}
 
-    def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
         """``neg_elbo`` = ``recon`` + ``kl``, each ``[N]`` nats for levels ``x`` ``[N, C, H, W]``
-        (one posterior sample)."""
+        (one posterior sample from ``generator``: with generators seeded like ``nll``'s it is the
+        first of the IWAE draws)."""
         mu, log_std = self.encode(x)
-        z = mu + log_std.exp() * torch.randn_like(mu)
+        z = mu + log_std.exp() * randn(
+            mu.shape, generator=generator, device=mu.device, dtype=mu.dtype
+        )
         recon = -self._log_px_z(x, z)
         kl = 0.5 * (mu.pow(2) + (2 * log_std).exp() - 2 * log_std - 1).sum(-1)
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
-    def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` importance samples.
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` importance samples (example
+        i's draws from ``generator`` i when it is one per example).
 
         Memory: the k latent draws ``[k, N, latent]`` and log-weights ``[k, N]`` are held (a few
         bytes per draw); the decoder's ``[k N, C, H, W, K]`` level log-probabilities are never
@@ -168,7 +172,8 @@ class VAE(GenerativeModel):
         """
         k, b = self.iwae_samples, x.shape[0]
         mu, log_std = self.encode(x)
-        eps = torch.randn(k, *mu.shape, device=mu.device)
+        eps = randn((b, k, self.latent), generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = eps.transpose(0, 1)  # [k, B, latent]: row b's k draws come from its generator
         z = mu + log_std.exp() * eps  # [k, B, latent]
         log_q = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_p = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -304,6 +304,38 @@ def check_nll(s: Subject) -> None:
         f"uniform distribution's D log K = {floor:.4g}: nll must be the total nats of each "
         "example (not per dimension, not a mean over the batch, not a log-likelihood)",
     )
+    _check_nll_batch_independent(m, x)
+
+
+def _check_nll_batch_independent(m: GenerativeModel, x: torch.Tensor) -> None:
+    """With one generator per example (as the evaluator passes them), example i's ``nll`` and
+    ``bound_terms`` do not depend on the batch it is scored in (models whose methods take no
+    ``generator`` are not asked)."""
+    from genbench.eval.likelihood import takes_generator
+
+    n = x.shape[0]
+
+    def scored(rows: slice) -> dict[str, torch.Tensor]:
+        start, stop = rows.indices(n)[:2]
+        out = {}
+        with torch.inference_mode():
+            if takes_generator(m.nll):
+                gens = per_sample_generators(11, start, stop - start)
+                out["nll"] = m.nll(x[rows], generator=gens)
+            if takes_generator(m.bound_terms):
+                gens = per_sample_generators(11, start, stop - start)
+                out |= m.bound_terms(x[rows], generator=gens)
+        return {k: v.double() for k, v in out.items()}
+
+    whole, part = scored(slice(0, n)), scored(slice(n // 2, n))
+    for name, value in part.items():
+        ref = whole[name][n // 2 :]
+        expect(
+            torch.allclose(value, ref, rtol=1e-4, atol=1e-4),
+            f"{name} of examples {n // 2}..{n - 1} with their own generators depends on the "
+            f"batch: {value.tolist()} alone vs {ref.tolist()} in a batch of {n} (draw the noise "
+            "through genbench.nn.random with the per-example generators)",
+        )
 
 
 def check_state_dict(s: Subject) -> None:

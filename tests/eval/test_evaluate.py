@@ -242,3 +242,35 @@ def test_bad_estimator_settings_name_the_key(tmp_path, key, value):
     cfg = eval_cfg(tmp_path, **{key: value})
     with pytest.raises(ConfigError, match=f"eval.{key}="):
         estimator_names(cfg)
+
+
+class NoisyBound(Toy):
+    """A bound with Monte-Carlo noise drawn from the contract's per-example generators."""
+
+    likelihood = "dequantized"
+
+    def nll(self, x, *, generator=None):
+        noise = rand((x.shape[0],), generator=generator, dtype=torch.float64)
+        return torch.full((x.shape[0],), self.dims * math.log(self.levels)) + noise
+
+    def bound_terms(self, x, *, generator=None):
+        return {"noise": rand((x.shape[0],), generator=generator, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("model", [NoisyBound, Toy])
+def test_an_examples_nll_does_not_depend_on_its_batch_and_follows_the_seed(tmp_path, model):
+    data, per_example = toy_data(), {}
+    for bs, seed in ((2, 0), (5, 0), (7, 0), (2, 1)):
+        cfg = eval_cfg(tmp_path, batch_size=bs, seed=seed)
+        ctx = EvalContext(model(), data, cfg, {}, torch.device("cpu"), tmp_path)
+        rows = rows_by_name(registry.registered()["likelihood"](ctx))
+        per_example[bs, seed] = ctx.per_example["nll"]
+        if model is NoisyBound:  # the generators' first draw is shared by nll and its terms
+            assert rows["noise"].value == pytest.approx(rows["nll"].value - 4 * math.log(K))
+    for bs in (5, 7):
+        assert per_example[bs, 0].tolist() == per_example[2, 0].tolist()
+    if model is NoisyBound:  # eval.seed reaches the noise: every example's number moves
+        assert (per_example[2, 1] != per_example[2, 0]).all()
+        first = per_sample_generators(0, 0, 7)
+        expect = 4 * math.log(K) + rand((7,), generator=first, dtype=torch.float64)
+        assert per_example[2, 0].tolist() == pytest.approx(expect.tolist(), abs=1e-6)

@@ -107,8 +107,9 @@ class AutoregressiveModel(GenerativeModel):
         n, (c, h, w) = x.shape[0], self.shape
         return self.network(self.encode(x)).view(n, c, self.levels, h, w).transpose(1, 2)
 
-    def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats.
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats (deterministic:
+        ``generator`` is unused).
 
         Without autograd (evaluation), rows run in chunks of a fixed size, at most 2^25 logits
         each (:func:`genbench.nn.chunks.map_rows`), so memory does not grow with N."""

@@ -255,15 +255,18 @@ class DDPM(GenerativeModel):
 
     def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
         """``[N]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
-        noise from ``generator``, default one generator seeded ``nll_seed``)."""
+        noise from ``generator`` - one per example from the evaluator -, default one generator
+        seeded ``nll_seed``)."""
         return self.vlb_terms(x, generator=generator)["vlb"]
 
-    def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
         """Cheap parts of the bound, ``[N]`` nats: ``prior`` L_T (closed form) and ``decoder``
-        L_0 (one network call; its own noise draw, so an independent estimate)."""
+        L_0 (one network call; its noise is the first draw of ``generator``, as in ``nll``, so
+        fresh generators seeded like ``nll``'s give exactly the bound's L_0)."""
         x0 = self.to_unit(x)
         t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-        eps = randn(x0.shape, generator=self._generator(x, None), device=x0.device, dtype=x0.dtype)
+        gen = self._generator(x, generator)
+        eps = randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
         x1 = self.process.q_sample(x0, t, eps)
         out = self._net(x1, self.process.net_time(t)).double()
         mean, logvar, _ = self.process.p_mean_variance(

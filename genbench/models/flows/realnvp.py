@@ -132,9 +132,9 @@ class MultiScaleFlow(GenerativeModel):
     def _ref(self) -> Tensor:
         return next(self.parameters())
 
-    def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` upper bound (one draw of ``u``, global RNG) on ``-log P(x)`` in nats."""
-        y = dequantize(x, self.levels, dtype=self._ref().dtype)
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+        """``[N]`` upper bound (one draw of ``u`` from ``generator``) on ``-log P(x)`` in nats."""
+        y = dequantize(x, self.levels, generator=generator, dtype=self._ref().dtype)
         return self.dims * math.log(self.levels) - self.log_prob(y)
 
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:

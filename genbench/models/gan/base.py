@@ -183,7 +183,7 @@ class GAN(GenerativeModel):
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
         return Sampled.constant(self.to_levels(self.generator(z)), 1)
 
-    def nll(self, x: Tensor) -> Tensor:
+    def nll(self, x: Tensor, *, generator: rnd.Generator = None) -> Tensor:
         """No likelihood: ``x`` ``[N, C, H, W]`` gets ``NotImplementedError`` (kind ``none``)."""
         raise NotImplementedError(f"{type(self).__name__} has no likelihood (likelihood='none')")
 
