@@ -33,6 +33,28 @@ def _stages(size: int) -> int:
     return n
 
 
+Decoder = Literal["categorical", "logistic"]
+DECODERS: tuple[str, ...] = ("categorical", "logistic")
+
+
+def level_log_probs(out: Tensor, kind: Decoder, levels: int) -> Tensor:
+    """``[N, C, H, W, K]`` log-probabilities of the K levels of every sub-pixel under a decoder
+    output ``out`` ``[N, C, H, W, P]``: P = K logits (``categorical``) or a logistic's mean and
+    log-scale on the [-1, 1] scale (``logistic``: bins of width 2/(K-1) around the level centres,
+    the edge bins open). Computed in at least float32."""
+    dtype = torch.promote_types(out.dtype, torch.float32)
+    if kind == "categorical":
+        return F.log_softmax(out.to(dtype), dim=-1)
+    mean, log_s = out[..., 0:1].to(dtype), out[..., 1:2].to(dtype).clamp(min=-7.0)
+    centres = torch.linspace(-1.0, 1.0, levels, device=out.device, dtype=dtype)
+    half = 1.0 / (levels - 1)
+    upper = torch.sigmoid((centres + half - mean) * torch.exp(-log_s))
+    lower = torch.sigmoid((centres - half - mean) * torch.exp(-log_s))
+    upper = torch.where(centres < 1.0 - 1e-6, upper, torch.ones_like(upper))
+    lower = torch.where(centres > -1.0 + 1e-6, lower, torch.zeros_like(lower))
+    return torch.log((upper - lower).clamp(min=1e-12))
+
+
 class VAE(GenerativeModel):
     """Args:
     hidden: base channel width (conv) or hidden units (MLP).
@@ -113,17 +135,7 @@ class VAE(GenerativeModel):
 
     def _level_log_probs(self, out: Tensor) -> Tensor:
         """``[N, C, H, W, K]`` log-probabilities of every level under the decoder output."""
-        if self.decoder_kind == "categorical":
-            return F.log_softmax(out.float(), dim=-1)
-        k = self.levels
-        mean, log_s = out[..., 0:1].float(), out[..., 1:2].float().clamp(min=-7.0)
-        centres = torch.linspace(-1.0, 1.0, k, device=out.device)
-        half = 1.0 / (k - 1)
-        upper = torch.sigmoid((centres + half - mean) * torch.exp(-log_s))
-        lower = torch.sigmoid((centres - half - mean) * torch.exp(-log_s))
-        upper = torch.where(centres < 1.0 - 1e-6, upper, torch.ones_like(upper))
-        lower = torch.where(centres > -1.0 + 1e-6, lower, torch.zeros_like(lower))
-        return torch.log((upper - lower).clamp(min=1e-12))
+        return level_log_probs(out, self.decoder_kind, self.levels)
 
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
         """``[R]`` log p(x|z) in nats of latents ``z`` ``[R, latent]``, row ``r`` paired with
