@@ -14,8 +14,10 @@ from genbench.models.flows.layers import (
     ActNorm,
     AffineCoupling,
     Center,
+    CouplingNet,
     InvConv1x1,
     LogitTransform,
+    SplitPrior,
     Squeeze,
     dequantize,
     quantize,
@@ -162,6 +164,33 @@ def test_full_flow_is_invertible_and_logdet_matches_autograd_jacobian(kind, shap
     torch.testing.assert_close(model.decode(eps), y, atol=1e-9, rtol=1e-9)
     expected = autograd_logdet(lambda v: model.encode(v)[0], y)
     torch.testing.assert_close(logdet, expected, atol=1e-7, rtol=1e-7)
+
+
+def wake_zero_convs(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Small random weights in the zero-initialized last convs (coupling conditioners, learned
+    priors): the model as it is at init, but no longer an exact identity in those layers."""
+    g = torch.Generator().manual_seed(seed)
+    convs = [m.out for m in model.modules() if isinstance(m, CouplingNet)]
+    convs += [m.net for m in model.modules() if isinstance(m, SplitPrior) and m.net is not None]
+    with torch.no_grad():
+        for conv in convs:
+            for p in conv.parameters():
+                p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+@pytest.mark.parametrize("shape", [(1, 3, 3), (1, 4, 4), (3, 3, 3), (3, 4, 4), (2, 1, 1)])
+def test_every_latent_depends_on_some_other_input_dimension(kind, shape):
+    """Row i of d eps / d y has a nonzero entry off the diagonal for every i: no dimension passes
+    through the flow on its own (e.g. pixels that every coupling keeps and no 1x1 conv mixes)."""
+    model = wake_zero_convs(build(kind, shape)).eval()
+    y = torch.rand(*shape, generator=torch.Generator().manual_seed(1)) * 0.9 + 0.05
+    jac = torch.autograd.functional.jacobian(lambda v: model.encode(v[None])[0][0], y)
+    jac = jac.reshape(model.dims, model.dims)
+    off = (jac - torch.diag(torch.diagonal(jac))).abs().amax(1)
+    alone = [i for i in range(model.dims) if off[i] <= 1e-9]
+    assert not alone, f"latents {alone} of {model.dims} depend on their own input dim only"
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
