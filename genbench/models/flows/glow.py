@@ -45,7 +45,9 @@ class Glow(MultiScaleFlow):
         steps: flow steps K per level (ActNorm, 1x1 conv, coupling).
         hidden, blocks: width and residual blocks of each coupling's conditioner.
         learn_prior: learned conditional prior of factored-out dims (else ``N(0, I)``).
-        logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform.
+        logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform (0: a
+            bijection of the data cube, see
+            :class:`~genbench.models.flows.layers.LogitTransform`).
     """
 
     def __init__(
