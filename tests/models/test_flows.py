@@ -14,14 +14,16 @@ from genbench.models.flows.layers import (
     ActNorm,
     AffineCoupling,
     Center,
+    CouplingNet,
     InvConv1x1,
     LogitTransform,
+    SplitPrior,
     Squeeze,
     dequantize,
     quantize,
 )
 from genbench.models.flows.realnvp import RealNVP
-from genbench.nn.random import per_sample_generators
+from genbench.nn.random import per_sample_generators, randn
 
 TINY = {"hidden": 8, "blocks": 1}
 
@@ -69,13 +71,16 @@ LAYERS = {
     "invconv-lu": (lambda: InvConv1x1(4), (4, 2, 2)),
     "squeeze": (lambda: Squeeze(), (2, 4, 2)),
     "logit": (lambda: LogitTransform(0.05), (2, 2, 2)),
+    "logit-bijective": (lambda: LogitTransform(0.0), (2, 2, 2)),
     "center": (lambda: Center(), (1, 2, 2)),
 }
 
 
 def layer_input(shape, name: str, n: int = 3) -> torch.Tensor:
     h = torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
-    return torch.sigmoid(h) if name == "logit" else h  # the logit transform takes y in (0, 1)
+    return (
+        torch.sigmoid(h) if name.startswith("logit") else h
+    )  # the logit transform takes y in (0, 1)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -162,6 +167,33 @@ def test_full_flow_is_invertible_and_logdet_matches_autograd_jacobian(kind, shap
     torch.testing.assert_close(model.decode(eps), y, atol=1e-9, rtol=1e-9)
     expected = autograd_logdet(lambda v: model.encode(v)[0], y)
     torch.testing.assert_close(logdet, expected, atol=1e-7, rtol=1e-7)
+
+
+def wake_zero_convs(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Small random weights in the zero-initialized last convs (coupling conditioners, learned
+    priors): the model as it is at init, but no longer an exact identity in those layers."""
+    g = torch.Generator().manual_seed(seed)
+    convs = [m.out for m in model.modules() if isinstance(m, CouplingNet)]
+    convs += [m.net for m in model.modules() if isinstance(m, SplitPrior) and m.net is not None]
+    with torch.no_grad():
+        for conv in convs:
+            for p in conv.parameters():
+                p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+@pytest.mark.parametrize("shape", [(1, 3, 3), (1, 4, 4), (3, 3, 3), (3, 4, 4), (2, 1, 1)])
+def test_every_latent_depends_on_some_other_input_dimension(kind, shape):
+    """Row i of d eps / d y has a nonzero entry off the diagonal for every i: no dimension passes
+    through the flow on its own (e.g. pixels that every coupling keeps and no 1x1 conv mixes)."""
+    model = wake_zero_convs(build(kind, shape)).eval()
+    y = torch.rand(*shape, generator=torch.Generator().manual_seed(1)) * 0.9 + 0.05
+    jac = torch.autograd.functional.jacobian(lambda v: model.encode(v[None])[0][0], y)
+    jac = jac.reshape(model.dims, model.dims)
+    off = (jac - torch.diag(torch.diagonal(jac))).abs().amax(1)
+    alone = [i for i in range(model.dims) if off[i] <= 1e-9]
+    assert not alone, f"latents {alone} of {model.dims} depend on their own input dim only"
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
@@ -252,6 +284,70 @@ def test_temperature_zero_decodes_the_prior_mode_and_unknown_options_fail(kind):
         model.sample(2, steps=10)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(2, temperature=-1.0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05])
+def test_logit_pretransform_of_a_gaussian_puts_all_its_mass_in_the_cube_only_at_alpha_0(alpha):
+    """The density of y whose h = logit(alpha + (1 - 2 alpha) y) is N(0, 1): its mass in [0, 1]
+    (trapezoid rule, 200001 points) is Phi(logit(1 - alpha)) - Phi(logit(alpha)), which is 1 for
+    the bijective alpha = 0 and 2 Phi(logit(0.95)) - 1 = 0.99676 for the paper's 0.05."""
+    y = torch.linspace(0, 1, 200_001)[1:-1].view(1, 1, 1, -1)
+    h, logdet_total = LogitTransform(alpha)(y)
+    log_density = -0.5 * (h**2 + math.log(2 * math.pi))  # log N(h) per point
+    per_point = torch.log(torch.tensor(1 - 2 * alpha)) - torch.log(alpha + (1 - 2 * alpha) * y)
+    per_point = per_point - torch.log1p(-(alpha + (1 - 2 * alpha) * y))
+    torch.testing.assert_close(per_point.sum(), logdet_total[0])  # the summed log-det
+    mass = torch.trapezoid((log_density + per_point).exp().flatten(), y.flatten())
+    normal = torch.distributions.Normal(0.0, 1.0)
+    edge = math.log((1 - alpha) / alpha) if alpha > 0 else math.inf
+    expected = float(normal.cdf(torch.tensor(edge)) - normal.cdf(torch.tensor(-edge)))
+    assert abs(float(mass) - expected) < 1e-6, f"mass {float(mass):.7f} != {expected:.7f}"
+    assert (expected == 1.0) == (alpha == 0)
+
+
+def test_bijective_logit_levels_count_logit_thresholds_without_clamping():
+    levels = 5
+    pre = LogitTransform(0.0)
+    k = torch.arange(1.0, 5.0)
+    edges = torch.log(k) - torch.log(5 - k)  # logit(k / 5), as the transform computes it
+    h = torch.cat([edges - 1e-9, edges, torch.tensor([-1e4, 0.0, 1e4])]).view(1, 1, 1, -1)
+    expected = [0, 1, 2, 3, 1, 2, 3, 4, 0, 2, 4]
+    assert pre.levels(h, levels).flatten().tolist() == expected
+    assert pre.levels(h.float(), levels).flatten().tolist()[-3:] == [0, 2, 4]  # sigmoid(1e4) = 1
+    y = torch.tensor([0.0, 0.3, 0.999]).view(1, 1, 1, 3)
+    torch.testing.assert_close(pre.inverse(pre(y)[0]), y.clamp(min=torch.finfo(y.dtype).eps))
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_samples_of_the_bijective_logit_flow_never_leave_the_cube(kind):
+    """With logit_alpha = 0 every decoded sub-pixel is in [0, 1) and the sampled levels are
+    floor(K y) with no clamping; the paper's alpha = 0.05 decodes some sub-pixels outside the cube
+    (the mass its density loses). (Far out, sigmoid(h) rounds to 1: ``levels`` counts in logit
+    space, see the test above.)"""
+    eps = torch.randn(500, 16, generator=torch.Generator().manual_seed(4))
+    for alpha in (0.0, 0.05):
+        model = perturb(build(kind, logit_alpha=alpha), scale=0.1).eval()
+        with torch.inference_mode():
+            y = model.decode(eps)
+            x = model.sample(500, generator=per_sample_generators(2, 0, 500)).x
+            gens = per_sample_generators(2, 0, 500)
+            y_drawn = model.decode(randn((500, 16), generator=gens, dtype=torch.float64))
+        outside = float(((y < 0) | (y >= 1)).double().mean())
+        if alpha == 0:
+            assert outside == 0.0, f"{outside:.4f} of the sub-pixels decode outside [0, 1)"
+            assert torch.equal(x, torch.floor(16 * y_drawn).long())
+        else:
+            assert outside > 1e-3, f"alpha = 0.05 should leak mass, got {outside:.4f} outside"
+
+
+@pytest.mark.parametrize("kind", ["realnvp", "glow"])
+def test_bijective_logit_flow_logdet_matches_autograd_near_the_faces(kind):
+    model = perturb(build(kind, logit_alpha=0.0), scale=0.1).eval()
+    y = torch.tensor([1e-6, 0.5, 1 - 1e-6, 0.02] * 4).view(1, 1, 4, 4)
+    eps, logdet = model.encode(y)
+    torch.testing.assert_close(model.decode(eps), y, atol=1e-9, rtol=1e-7)
+    expected = autograd_logdet(lambda v: model.encode(v)[0], y)
+    torch.testing.assert_close(logdet, expected, atol=1e-7, rtol=1e-7)
 
 
 def test_quantize_inverts_dequantize_and_clamps():

@@ -12,7 +12,10 @@ with ``logit_alpha``. Likelihood, sampling and the meaning of ``nll`` are those 
 
 Levels squeeze only while H and W are even; data without spatial dims (2-D toys, ``[2, 1, 1]``)
 get one level of steps with per-pixel MLP conditioners. With a single channel and nothing to
-squeeze, couplings fall back to a checkerboard mask.
+squeeze, couplings fall back to a checkerboard mask whose parity alternates from step to step (a
+1-channel 1x1 convolution cannot permute, so a fixed parity would leave half the pixels untouched
+by every coupling: independent of the rest). Channel couplings keep one parity: the 1x1
+convolution before each mixes the channels (paper, sec. 3.2).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class Glow(MultiScaleFlow):
         steps: flow steps K per level (ActNorm, 1x1 conv, coupling).
         hidden, blocks: width and residual blocks of each coupling's conditioner.
         learn_prior: learned conditional prior of factored-out dims (else ``N(0, I)``).
-        logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform.
+        logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform (0: a
+            bijection of the data cube, see
+            :class:`~genbench.models.flows.layers.LogitTransform`).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Glow(MultiScaleFlow):
         self.pre = Center() if logit_alpha is None else LogitTransform(logit_alpha)
         c, h, w = self.shape
         n_levels = 1 if h * w == 1 else int(scales)
+        net = {"hidden": int(hidden), "blocks": int(blocks)}
         stages: list[Scale] = []
         for level in range(n_levels):
             layers: list[nn.Module] = []
@@ -70,13 +76,12 @@ class Glow(MultiScaleFlow):
                 layers.append(Squeeze())
                 c, h, w = 4 * c, h // 2, w // 2
             mask = "channel" if c >= 2 else "checkerboard"
-            for _ in range(int(steps)):
+            for step in range(int(steps)):
+                parity = step % 2 if mask == "checkerboard" else 0
                 layers += [
                     ActNorm(c),
                     InvConv1x1(c),
-                    AffineCoupling(
-                        (c, h, w), mask, 0, hidden=int(hidden), blocks=int(blocks), scale="sigmoid"
-                    ),
+                    AffineCoupling((c, h, w), mask, parity, scale="sigmoid", **net),
                 ]
             if level == n_levels - 1 or c < 2:
                 stages.append(Scale(layers))

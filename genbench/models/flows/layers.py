@@ -59,19 +59,34 @@ def gaussian_log_prob(eps: Tensor) -> Tensor:
 class LogitTransform(nn.Module):
     """``h = logit(p)`` with ``p = alpha + (1 - 2 alpha) y`` (Dinh et al. 2017, sec. 4.1).
 
-    ``alpha`` keeps ``p`` away from 0 and 1. log-det per dim:
-    ``log(1 - 2 alpha) - log p - log(1 - p)``. ``forward``: ``y`` ``[N, C, H, W]`` in ``[0, 1)`` ->
-    ``(h [N, C, H, W], log-det [N] nats)``; ``inverse``: ``h`` -> ``y``.
+    ``alpha = 0`` (the default) is a bijection of the data cube: ``(0, 1)^D -> R^D``, inverse
+    ``y = sigmoid(h)``, so every latent decodes inside the cube and the density integrates to 1
+    over it; samples and the scored density are one distribution. To keep ``h`` finite when float
+    rounding puts a dequantized ``y`` on the cube's faces, ``y`` is clamped to ``[e, 1 - e]``
+    (``e`` = the dtype's machine epsilon: a set of probability ``2 e K`` per sub-pixel).
+
+    ``alpha > 0`` (the paper's 0.05) keeps ``p`` off 0 and 1, but then ``h`` in ``R`` decodes to
+    ``y`` in ``(-alpha, 1 - alpha) / (1 - 2 alpha)``, wider than the cube: the density puts mass
+    outside ``[0, 1)^D`` (lost by the discrete model, whose NLL stays an upper bound) and samples
+    that land there are clamped to the edge levels, so they do not follow the scored density.
+
+    log-det per dim: ``log(1 - 2 alpha) - log p - log(1 - p)``. ``forward``: ``y`` ``[N, C, H, W]``
+    in ``[0, 1)`` -> ``(h [N, C, H, W], log-det [N] nats)``; ``inverse``: ``h`` -> ``y``;
+    :meth:`levels`: ``h`` -> the levels of ``y``.
     """
 
-    def __init__(self, alpha: float = 0.05) -> None:
+    def __init__(self, alpha: float = 0.0) -> None:
         super().__init__()
-        if not 0 < alpha < 0.5:
-            raise ValueError(f"logit alpha must be in (0, 0.5), got {alpha}")
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        p = self.alpha + (1 - 2 * self.alpha) * y
+        if self.alpha == 0:
+            e = torch.finfo(y.dtype).eps
+            p = y.clamp(e, 1 - e)
+        else:
+            p = self.alpha + (1 - 2 * self.alpha) * y
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
         logdet = (math.log(1 - 2 * self.alpha) - log_p - log_1mp).flatten(1).sum(1)
         return log_p - log_1mp, logdet
@@ -79,16 +94,33 @@ class LogitTransform(nn.Module):
     def inverse(self, h: Tensor) -> Tensor:
         return (torch.sigmoid(h) - self.alpha) / (1 - 2 * self.alpha)
 
+    def levels(self, h: Tensor, levels: int) -> Tensor:
+        """``[N, C, H, W]`` int64 levels ``floor(K inverse(h))`` of ``h`` ``[N, C, H, W]``. With
+        ``alpha = 0``, counted in logit space (``h >= logit(k / K)`` for ``k = 1..K-1``): always
+        in ``[0, K)`` with no clamping, even where ``sigmoid(h)`` rounds to 1. With
+        ``alpha > 0``, :func:`quantize` of ``inverse(h)`` (clamped to the edge levels)."""
+        if self.alpha > 0:
+            return quantize(self.inverse(h), levels)
+        k = torch.arange(1, levels, dtype=torch.float64)
+        edges = (torch.log(k) - torch.log(levels - k)).to(h.device, h.dtype)  # logit(k / K)
+        return torch.bucketize(h, edges, right=True)
+
 
 class Center(nn.Module):
     """``h = y - 1/2`` (Glow's pre-transform): ``forward`` maps ``y`` ``[N, C, H, W]`` in ``[0, 1)``
-    to ``(h [N, C, H, W], log-det [N] = 0)``; ``inverse`` maps ``h`` back to ``y``."""
+    to ``(h [N, C, H, W], log-det [N] = 0)``; ``inverse`` maps ``h`` back to ``y``; :meth:`levels`
+    quantizes ``inverse(h)``. The density lives on ``R^D``: mass outside the cube is lost by the
+    discrete model and samples there are clamped to the edge levels (as in the paper)."""
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return y - 0.5, y.new_zeros(y.shape[0])
 
     def inverse(self, h: Tensor) -> Tensor:
         return h + 0.5
+
+    def levels(self, h: Tensor, levels: int) -> Tensor:
+        """``[N, C, H, W]`` int64: :func:`quantize` of ``inverse(h)``."""
+        return quantize(self.inverse(h), levels)
 
 
 class Squeeze(nn.Module):

@@ -14,6 +14,12 @@ Gaussian prior. The discrete NLL reported by :meth:`MultiScaleFlow.nll` is
 
 an upper bound on ``-log P(x)`` in expectation over ``u`` (Theis et al. 2016). For uniform data no
 model reports less than ``log2 K`` bits/dim in expectation.
+
+Samples decode ``eps ~ N(0, T^2 I)`` and take the levels ``floor(K y)``. With the default logit
+pre-transform (``logit_alpha = 0``) the map is a bijection ``(0, 1)^D <-> R^D``: every sample lands
+in the cube and ``P(x)`` above is the probability of drawing ``x``. A logit with ``alpha > 0`` or
+centring puts some density outside the cube (lost to ``P``, so the bound holds) and clamps the
+samples that land there (see :class:`~genbench.models.flows.layers.LogitTransform`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from genbench.models.flows.layers import (
     Squeeze,
     dequantize,
     gaussian_log_prob,
-    quantize,
 )
 from genbench.models.options import option_number
 from genbench.nn.random import randn
@@ -115,6 +120,10 @@ class MultiScaleFlow(GenerativeModel):
 
     def decode(self, eps: Tensor) -> Tensor:
         """Inverse of :meth:`encode`: ``eps [N, D] -> y [N, C, H, W]``."""
+        return self.pre.inverse(self._unflow(eps))
+
+    def _unflow(self, eps: Tensor) -> Tensor:
+        """``eps [N, D]`` -> ``h [N, C, H, W]``, the input of the scales (pre-transform space)."""
         n = eps.shape[0]
         sizes = [math.prod(s.z_shape) for s in self.scales if s.split is not None]
         pieces = list(eps.split([*sizes, math.prod(self.top_shape)], dim=1))
@@ -122,7 +131,7 @@ class MultiScaleFlow(GenerativeModel):
         for scale in reversed(self.scales):
             z = pieces.pop().reshape(n, *scale.z_shape) if scale.split is not None else None
             h = scale.inverse(h, z)
-        return self.pre.inverse(h)
+        return h
 
     def log_prob(self, y: Tensor) -> Tensor:
         """``[N]`` log p(y) in nats of dequantized ``y`` ``[N, C, H, W]`` in ``[0, 1)``."""
@@ -153,12 +162,13 @@ class MultiScaleFlow(GenerativeModel):
         return {"temperature": float(sampler.get("temperature", 1.0))}
 
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels: ``x = floor(K decode(T eps))`` clamped to ``[0, K)``;
-        one network evaluation (the inverse pass)."""
+        """``[n, C, H, W]`` int64 levels ``x = floor(K decode(T eps))`` (computed by the
+        pre-transform's ``levels``: with the bijective logit never clamped, with ``alpha > 0`` or
+        centring clamped to ``[0, K)``); one network evaluation (the inverse pass)."""
         temperature = self.resolve_sampler(**sampler)["temperature"]
         ref = self._ref()
         eps = randn((n, self.dims), generator=generator, device=ref.device, dtype=ref.dtype)
-        return Sampled.constant(quantize(self.decode(temperature * eps), self.levels), 1)
+        return Sampled.constant(self.pre.levels(self._unflow(temperature * eps), self.levels), 1)
 
 
 class RealNVP(MultiScaleFlow):
@@ -177,7 +187,9 @@ class RealNVP(MultiScaleFlow):
         checker_couplings, channel_couplings, final_couplings: couplings per stage.
         flat_couplings: couplings for data without spatial dims (``H = W = 1``).
         actnorm: ActNorm after each coupling.
-        logit_alpha: alpha of the logit pre-transform (0.05 in the paper).
+        logit_alpha: alpha of the logit pre-transform: 0 (default) is a bijection of the data
+            cube (samples follow the scored density); the paper's 0.05 leaks mass outside it
+            (see :class:`~genbench.models.flows.layers.LogitTransform`).
     """
 
     def __init__(
@@ -193,7 +205,7 @@ class RealNVP(MultiScaleFlow):
         final_couplings: int = 4,
         flat_couplings: int = 8,
         actnorm: bool = True,
-        logit_alpha: float = 0.05,
+        logit_alpha: float = 0.0,
     ) -> None:
         super().__init__(shape, levels)
         if scales < 1:
