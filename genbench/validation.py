@@ -96,7 +96,7 @@ def _validate_eval(e: DictConfig) -> None:
     for key in ("batch_size", "grid", "kid_subset_size", "isc_splits"):
         positive_int(f"eval.{key}", e[key])
     seed_int("eval.seed", e.seed)
-    for key in ("nll_examples", "n_reference"):
+    for key in ("nll_examples", "n_reference", "dequant_samples"):
         if e.get(key) is not None:
             positive_int(f"eval.{key}", e[key])
     if e.get("bootstrap", "auto") != "auto":

@@ -127,20 +127,36 @@ def _with_interval(
 def takes_generator(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` has a ``generator`` parameter (the contract's ``nll`` and ``bound_terms``
     do; a plugin written against an older contract may not)."""
+    return takes(fn, "generator")
+
+
+#: evaluation options the evaluator passes to ``model.nll`` where its signature takes them
+NLL_OPTIONS: tuple[str, ...] = ("dequant_samples",)
+
+
+def takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name``."""
     try:
-        return "generator" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _with_generators(fn: Callable[..., Any], x: Tensor, ctx: EvalContext, start: int) -> Any:
-    """``fn(x)`` with one generator per test example (seeded from ``(eval.seed, index)``, as
-    sampling is), so an example's number does not depend on its batch; without a ``generator``
-    parameter ``fn`` draws from the global RNG, seeded per batch by the caller."""
+def nll_options(model: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:  # noqa: ANN401
+    """The ``eval.*`` options of :data:`NLL_OPTIONS` that are set and that ``model.nll`` takes."""
+    return {k: int(cfg[k]) for k in NLL_OPTIONS if cfg.get(k) is not None and takes(model.nll, k)}
+
+
+def _with_generators(
+    fn: Callable[..., Any], x: Tensor, ctx: EvalContext, start: int, **options: Any
+) -> Any:  # noqa: ANN401
+    """``fn(x, **options)`` with one generator per test example (seeded from ``(eval.seed,
+    index)``, as sampling is), so an example's number does not depend on its batch; without a
+    ``generator`` parameter ``fn`` draws from the global RNG, seeded per batch by the caller."""
     if not takes_generator(fn):
-        return fn(x)
+        return fn(x, **options)
     gens = per_sample_generators(ctx.seed, start, x.shape[0], ctx.device)
-    return fn(x, generator=gens)
+    return fn(x, generator=gens, **options)
 
 
 @register_metric("likelihood", order=20)
@@ -154,13 +170,14 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     sums: dict[str, SumMetric] = {}
     values: dict[str, list[Tensor]] = {}
     count = _n_test(ctx)
+    options = nll_options(model, ctx.cfg)
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         model.eval()
         for i, j in ddp.my_batches(count, int(ctx.cfg.batch_size)):
             torch.manual_seed(ctx.seed * 1_000_003 + i)  # noise of models without generators
             x = ctx.data.test[i:j].to(ctx.device).long()
             terms = {
-                "nll": _with_generators(model.nll, x, ctx, i),
+                "nll": _with_generators(model.nll, x, ctx, i, **options),
                 **_with_generators(model.bound_terms, x, ctx, i),
             }
             for name, value in terms.items():
@@ -179,6 +196,10 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
         proto["levels"] = ctx.data.levels  # K: the leaderboard's uniform floor is log2 K bits/dim
+        if (
+            name == "nll"
+        ):  # how the number was computed (e.g. the k of an importance-weighted bound)
+            proto |= model.nll_protocol(**options)
         bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
         rows += _with_interval(nats, per_example, ctx.data.dims, k, count, proto, (name, bpd_name))
     return rows

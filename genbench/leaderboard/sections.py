@@ -126,6 +126,16 @@ def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str,
     return (same or ms or [None])[0]
 
 
+def likelihood_settings(protocol: dict[str, Any]) -> str:
+    """How an NLL was computed, for the likelihood column: `` var.`` for variationally
+    dequantized flows, `` k=<k>`` for importance-weighted bounds (IWAE draws, dequantization
+    draws); rows that differ in it never merge across seeds (their configs differ)."""
+    text = " var." if protocol.get("dequantization") == "variational" else ""
+    if protocol.get("nll_samples") is not None:
+        text += f" k={protocol['nll_samples']}"
+    return text
+
+
 def cell(run: Run, key: str) -> Cell:
     """The cell of column ``key`` for one run (or run-like published result)."""
     if key in TEXT_FIELDS:
@@ -133,6 +143,8 @@ def cell(run: Run, key: str) -> Cell:
         if key == "model" and (sampler := (run.get("config") or {}).get("sampler")):
             words = [str(v) if k == "name" else f"{k}={v}" for k, v in sampler.items()]
             text += " [" + " ".join(sorted(words, key=lambda w: "=" in w)) + "]"
+        if key == "likelihood" and (m := pick(run, "nll")) is not None:
+            text += likelihood_settings(m["protocol"])
         return Cell(label=text)
     if key in RUN_NUMBERS:
         v = run.get(key)

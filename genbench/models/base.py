@@ -234,6 +234,13 @@ class GenerativeModel(nn.Module, abc.ABC):
         not depend on the batch it is scored in). A model without randomness ignores it; a model
         whose ``nll`` takes no ``generator`` gets the global RNG, seeded per batch."""
 
+    def nll_protocol(self, **options: Any) -> dict[str, Any]:
+        """Protocol fields of the number ``nll(x, **options)`` returns, recorded with it (e.g.
+        ``nll_samples``: the k of an importance-weighted bound), so numbers computed differently
+        are told apart. ``options`` are the evaluation options the evaluator passes to ``nll``
+        (``dequant_samples``, when the model's ``nll`` takes it). Default: none."""
+        return {}
+
     def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
         """Extra per-example likelihood terms, ``[N]`` in nats, reported beside ``nll`` for levels
         ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``), with noise from

@@ -193,6 +193,10 @@ class VAE(GenerativeModel):
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
 
+    def nll_protocol(self, **options: Any) -> dict[str, Any]:
+        """``nll_samples``: k (``iwae_samples``) of the importance-weighted bound."""
+        return {"nll_samples": self.iwae_samples}
+
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """Option ``temperature`` (T >= 0, default 1): latents are drawn from N(0, T² I)."""

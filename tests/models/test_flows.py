@@ -386,3 +386,74 @@ def test_builds_and_runs_on_every_benchmark_shape(kind, shape, levels):
     with torch.inference_mode():
         s = model.eval().sample(2, generator=per_sample_generators(0, 0, 2)).x
     assert s.shape == (2, *shape) and int(s.max()) < levels
+
+
+def _exact_nll_2d(m, levels, grid=400):
+    """-log P(x) of every x in {0..K-1}^2 for a flow on (2, 1, 1): the density integrated over
+    each bin by the midpoint rule on a grid of grid x grid points per bin."""
+    k = levels
+    centers = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    out = {}
+    for a in range(k):
+        for b in range(k):
+            ya, yb = torch.meshgrid((a + centers) / k, (b + centers) / k, indexing="ij")
+            y = torch.stack([ya.flatten(), yb.flatten()], 1).view(-1, 2, 1, 1)
+            with torch.no_grad():
+                lp = m.log_prob(y)
+            out[a, b] = -(torch.logsumexp(lp, 0) - math.log(grid * grid * k * k))
+    return out
+
+
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_k_sample_dequantized_bounds_stay_above_the_exact_nll_and_tighten(dequantization):
+    """RealNVP on 2 sub-pixels with K = 4: the exact discrete NLL by integrating the density over
+    every bin (the probabilities sum to 1); the k = 1 bound is above it on average, the k = 64
+    bound closer, and both stay above it."""
+    torch.manual_seed(0)
+    m = RealNVP((2, 1, 1), 4, hidden=16, flat_couplings=4, dequantization=dequantization).double()
+    x = torch.randint(0, 4, (64, 2, 1, 1))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(40):  # a non-trivial density (and q)
+        opt.zero_grad()
+        m.training_losses(x)["loss"].mean().backward()
+        opt.step()
+    m.eval()
+    exact = _exact_nll_2d(m, 4)
+    assert float(torch.logsumexp(-torch.stack(list(exact.values())), 0)) == pytest.approx(
+        0.0, abs=2e-3
+    )
+    xs = torch.tensor([[[[1]], [[2]]], [[[0]], [[3]]]])
+    truth = torch.stack([exact[1, 2], exact[0, 3]])
+    with torch.no_grad():
+        ones = torch.stack(
+            [m.nll(xs, generator=per_sample_generators(s, 0, 2)) for s in range(2000)]
+        )
+        manys = torch.stack(
+            [
+                m.nll(xs, generator=per_sample_generators(s, 0, 2), dequant_samples=64)
+                for s in range(100)
+            ]
+        )
+    one, many = ones.mean(0), manys.mean(0)
+    se_one, se_many = ones.std(0) / 2000**0.5, manys.std(0) / 10  # standard errors of the means
+    assert (one > truth - 3 * se_one).all() and (many > truth - 3 * se_many).all()
+    assert ((many - truth) < 0.5 * (one - truth) + 3 * se_many).all()
+    assert float(one[1] - truth[1]) > 3 * float(se_one[1])  # a real k = 1 gap at the edge bins
+
+
+def test_k_sample_bound_is_batch_independent_and_k1_is_the_plain_bound():
+    torch.manual_seed(0)
+    m = Glow((1, 4, 4), 5, hidden=8, steps=2, dequantization="variational").eval()
+    x = torch.randint(0, 5, (5, 1, 4, 4))
+    with torch.no_grad():
+        whole = m.nll(x, generator=per_sample_generators(0, 0, 5), dequant_samples=3)
+        part = m.nll(x[3:], generator=per_sample_generators(0, 3, 2), dequant_samples=3)
+        one = m.nll(x, generator=per_sample_generators(0, 0, 5), dequant_samples=1)
+        plain = m.nll(x, generator=per_sample_generators(0, 0, 5))
+    assert torch.allclose(whole[3:], part, atol=1e-4)
+    assert torch.equal(one, plain)
+    assert m.nll_protocol(dequant_samples=3) == {"dequantization": "variational", "nll_samples": 3}
+    with pytest.raises(ValueError, match="dequant_samples"):
+        m.nll(x, dequant_samples=0)
+    with pytest.raises(ValueError, match="model.dequantization"):
+        Glow((1, 4, 4), 5, dequantization="learned")

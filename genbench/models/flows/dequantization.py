@@ -21,6 +21,7 @@ log σ'(h) = log σ(h) + log σ(-h).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ from torch import Tensor, nn
 from genbench.nn.random import Generator, randn
 
 _LOG_2PI = math.log(2 * math.pi)
+Dequantization = Literal["uniform", "variational"]
+DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "variational")
 
 
 def _parity_mask(shape: tuple[int, int, int], parity: int) -> Tensor:

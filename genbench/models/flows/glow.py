@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from genbench.models.flows.dequantization import Dequantization
 from genbench.models.flows.layers import (
     ActNorm,
     AffineCoupling,
@@ -48,6 +49,9 @@ class Glow(MultiScaleFlow):
         logit_alpha: ``None`` centres ``y`` (paper); a float uses the logit pre-transform (0: a
             bijection of the data cube, see
             :class:`~genbench.models.flows.layers.LogitTransform`).
+        dequantization: ``uniform`` (q(u | x) = 1) or ``variational`` (a learned conditional
+            flow q(u | x), Flow++; :mod:`~genbench.models.flows.dequantization`), with
+            ``dequant_hidden`` channels and ``dequant_couplings`` couplings.
     """
 
     def __init__(
@@ -61,11 +65,15 @@ class Glow(MultiScaleFlow):
         blocks: int = 1,
         learn_prior: bool = True,
         logit_alpha: float | None = None,
+        dequantization: Dequantization = "uniform",
+        dequant_hidden: int = 32,
+        dequant_couplings: int = 4,
     ) -> None:
         super().__init__(shape, levels)
         if scales < 1 or steps < 1:
             raise ValueError(f"scales and steps must be >= 1, got {scales}, {steps}")
         self.pre = Center() if logit_alpha is None else LogitTransform(logit_alpha)
+        self._init_dequantization(dequantization, int(dequant_hidden), int(dequant_couplings))
         c, h, w = self.shape
         n_levels = 1 if h * w == 1 else int(scales)
         net = {"hidden": int(hidden), "blocks": int(blocks)}
