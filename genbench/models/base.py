@@ -146,7 +146,7 @@ class GenerativeModel(nn.Module, abc.ABC):
         levels: number of discrete levels K of each sub-pixel (passed by the runner).
 
     Subclasses set ``family`` and ``likelihood`` and implement ``training_losses``, ``sample`` and
-    ``nll``; they may override ``likelihood_estimators``, ``bound_terms`` and
+    ``nll``; they may override ``likelihood_estimators``, ``bound_terms``, ``nll_settings`` and
     ``resolve_sampler``. Models never call ``backward`` or ``step``: the runner owns
     optimization.
     """
@@ -227,6 +227,14 @@ class GenerativeModel(nn.Module, abc.ABC):
         """``[N]`` negative log-likelihood of the discrete ``x`` in nats (exact or an upper bound,
         as ``likelihood`` says). Models with ``likelihood = "none"`` raise
         ``NotImplementedError``."""
+
+    def nll_settings(self) -> dict[str, Any]:
+        """Settings the value of :meth:`nll` depends on beyond the weights (e.g. a VAE's
+        ``iwae_samples``: its bound tightens as k grows), as JSON scalars. The evaluator records
+        them as ``protocol["nll_settings"]`` of the ``nll`` and ``bpd`` rows, and the leaderboard
+        never ranks bits/dim computed with different values of one field together. Default:
+        none."""
+        return {}
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
         """Extra per-example likelihood terms, ``[N]`` in nats, reported beside ``nll`` for levels

@@ -97,8 +97,12 @@ class VAE(GenerativeModel):
             self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
     # -- pieces ------------------------------------------------------------------------------
+    def _dtype(self) -> torch.dtype:
+        """The parameters' dtype (float32, or float64 after ``model.double()``)."""
+        return next(self.parameters()).dtype
+
     def _scale(self, x: Tensor) -> Tensor:
-        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+        return x.to(self._dtype()) * (2.0 / (self.levels - 1)) - 1.0
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x): mean and log-std, each ``[N, latent]``."""
@@ -112,12 +116,14 @@ class VAE(GenerativeModel):
         return out.permute(0, 1, 3, 4, 2)
 
     def _level_log_probs(self, out: Tensor) -> Tensor:
-        """``[N, C, H, W, K]`` log-probabilities of every level under the decoder output."""
+        """``[N, C, H, W, K]`` log-probabilities of every level under the decoder output, in
+        float32 or wider (half-precision outputs under autocast are promoted)."""
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
         if self.decoder_kind == "categorical":
-            return F.log_softmax(out.float(), dim=-1)
+            return F.log_softmax(out, dim=-1)
         k = self.levels
-        mean, log_s = out[..., 0:1].float(), out[..., 1:2].float().clamp(min=-7.0)
-        centres = torch.linspace(-1.0, 1.0, k, device=out.device)
+        mean, log_s = out[..., 0:1], out[..., 1:2].clamp(min=-7.0)
+        centres = torch.linspace(-1.0, 1.0, k, device=out.device, dtype=out.dtype)
         half = 1.0 / (k - 1)
         upper = torch.sigmoid((centres + half - mean) * torch.exp(-log_s))
         lower = torch.sigmoid((centres - half - mean) * torch.exp(-log_s))
@@ -168,13 +174,18 @@ class VAE(GenerativeModel):
         """
         k, b = self.iwae_samples, x.shape[0]
         mu, log_std = self.encode(x)
-        eps = torch.randn(k, *mu.shape, device=mu.device)
+        dtype = torch.promote_types(mu.dtype, torch.float32)  # float32 under autocast, or wider
+        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=dtype)
         z = mu + log_std.exp() * eps  # [k, B, latent]
         log_q = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_p = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_px = self._log_px_z(x, z.reshape(k * b, self.latent)).reshape(k, b)
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
+
+    def nll_settings(self) -> dict[str, Any]:
+        """``{"iwae_samples": k}``: the bound :meth:`nll` reports depends on k."""
+        return {"iwae_samples": self.iwae_samples}
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -186,8 +197,8 @@ class VAE(GenerativeModel):
         """``[n, C, H, W]`` int64 levels: z ~ N(0, T² I) (``temperature`` T, default 1), then a
         draw from the decoder's level distribution; one network evaluation (the decoder)."""
         self.validate_sampler(sampler, {})
-        device = next(self.parameters()).device
-        z = randn((n, self.latent), generator=generator, device=device)
+        ref = next(self.parameters())
+        z = randn((n, self.latent), generator=generator, device=ref.device, dtype=ref.dtype)
         z = z * float(sampler.get("temperature", 1.0))
         if generator is None or isinstance(generator, torch.Generator):
             x = self._draw_levels(z, generator)  # one stream: chunks would reorder its draws

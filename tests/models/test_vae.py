@@ -69,3 +69,19 @@ def test_samples_are_inverse_cdf_draws_from_the_decoders_level_probabilities():
         u = torch.stack([torch.rand(1, 8, 8, generator=g) for g in gens]).unsqueeze(-1)
         expected = torch.searchsorted(cdf, u * cdf[..., -1:]).squeeze(-1).clamp(max=16)
         assert x.dtype == torch.int64 and torch.equal(x, expected), kind
+
+
+def test_double_precision_model_computes_in_float64():
+    """``model.double()`` is enough: no float32 is hard-coded in the bound, the losses or
+    sampling (both decoders)."""
+    for kind in ("categorical", "logistic"):
+        torch.manual_seed(0)
+        m = VAE((1, 8, 8), 17, hidden=8, latent=4, decoder=kind, iwae_samples=8).double().eval()
+        x = torch.randint(0, 17, (3, 1, 8, 8))
+        losses = m.training_losses(x, "main")
+        assert all(v.dtype == torch.float64 for v in losses.values()), kind
+        assert m.nll(x).dtype == torch.float64, kind
+        logp = m._level_log_probs(m.decode(torch.randn(2, 4, dtype=torch.float64)))
+        assert logp.dtype == torch.float64, kind
+        out = m.sample(3, generator=per_sample_generators(0, 0, 3))
+        assert out.x.dtype == torch.int64 and int(out.x.max()) < 17, kind
