@@ -210,6 +210,13 @@ class ExactEstimator(Histogram):
         return {"table": LikelihoodEstimator("exact", same)}
 
 
+class UnrecordableSettings(Histogram):
+    """nll settings that no protocol can record (a tensor is not a JSON scalar)."""
+
+    def nll_settings(self):
+        return {"k": torch.tensor(3)}
+
+
 class NotAModel:
     def __init__(self, shape, levels, **kw):
         pass
@@ -238,6 +245,7 @@ class NotAModel:
         ),
         (LeakyEstimator, "estimators", "example 2 scores"),
         (NotAModel, "declares", "not a GenerativeModel"),
+        (UnrecordableSettings, "declares", "nll_settings() must return a dict of JSON scalars"),
     ],
 )
 def test_each_broken_variant_fails_its_check(cls, check, message):

@@ -196,10 +196,8 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
         proto["levels"] = ctx.data.levels  # K: the leaderboard's uniform floor is log2 K bits/dim
-        if (
-            name == "nll"
-        ):  # how the number was computed (e.g. the k of an importance-weighted bound)
-            proto |= model.nll_protocol(**options)
+        if name == "nll" and (settings := model.nll_settings(**options)):
+            proto["nll_settings"] = dict(settings)  # e.g. an IWAE k: kept apart when ranked
         bpd_name = "bpd" if name == "nll" else f"{name}_bpd"
         rows += _with_interval(nats, per_example, ctx.data.dims, k, count, proto, (name, bpd_name))
     return rows

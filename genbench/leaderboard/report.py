@@ -42,7 +42,7 @@ def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
             run = row.run
             d: dict[str, Any] = {
                 "dataset": sec.dataset,
-                "section": sec.protocol,
+                "section": "; ".join(p for p in (sec.protocol, sec.likelihood) if p) or None,
                 "run_id": run["run_id"],
                 "published": row.published,
                 "floor": (run.get("floor") or "data") if row.floor else None,

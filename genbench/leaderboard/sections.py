@@ -28,6 +28,7 @@ from genbench.eval.registry import metric_spec, metric_specs
 from genbench.leaderboard.cells import Cell, Row
 from genbench.leaderboard.cells import fmt_number as fmt_number  # re-exported
 from genbench.leaderboard.floor_rows import floor_note, is_floor, levels_of, uniform_run
+from genbench.leaderboard.nll_settings import split_by_nll_settings
 from genbench.leaderboard.references import reference_notes
 from genbench.leaderboard.ties import TIE_NOTE, t_interval, tied_for_first
 
@@ -111,6 +112,7 @@ class Section:
     refs: list[Row] = field(default_factory=list)
     floors: list[Row] = field(default_factory=list)  # ``data`` and ``uniform``: never ranked
     notes: list[str] = field(default_factory=list)
+    likelihood: str | None = None  # the likelihood settings of its bits/dim, when they split
 
 
 def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -126,16 +128,6 @@ def pick(run: Run, key: str, sampler: dict[str, Any] | None = None) -> dict[str,
     return (same or ms or [None])[0]
 
 
-def likelihood_settings(protocol: dict[str, Any]) -> str:
-    """How an NLL was computed, for the likelihood column: `` var.`` for variationally
-    dequantized flows, `` k=<k>`` for importance-weighted bounds (IWAE draws, dequantization
-    draws); rows that differ in it never merge across seeds (their configs differ)."""
-    text = " var." if protocol.get("dequantization") == "variational" else ""
-    if protocol.get("nll_samples") is not None:
-        text += f" k={protocol['nll_samples']}"
-    return text
-
-
 def cell(run: Run, key: str) -> Cell:
     """The cell of column ``key`` for one run (or run-like published result)."""
     if key in TEXT_FIELDS:
@@ -143,8 +135,6 @@ def cell(run: Run, key: str) -> Cell:
         if key == "model" and (sampler := (run.get("config") or {}).get("sampler")):
             words = [str(v) if k == "name" else f"{k}={v}" for k, v in sampler.items()]
             text += " [" + " ".join(sorted(words, key=lambda w: "=" in w)) + "]"
-        if key == "likelihood" and (m := pick(run, "nll")) is not None:
-            text += likelihood_settings(m["protocol"])
         return Cell(label=text)
     if key in RUN_NUMBERS:
         v = run.get(key)
@@ -305,6 +295,7 @@ def _notes(sec: Section, view: View, levels: int | None) -> list[str]:
     """Footnotes of a section: its protocol, caveats, intervals and ties, the floor rows, the
     sources of published rows, a legend."""
     notes = [f"sample metrics: {sec.protocol}"] if sec.protocol else []
+    notes += [f"bits/dim: {sec.likelihood}"] if sec.likelihood else []
     if len(ns := sorted({m["n"] for r in sec.rows if (m := pick(r.run, "bpd")) and m["n"]})) > 1:
         notes.append(f"bits/dim over different numbers of test examples: {ns}")
     if view.agg:
@@ -368,8 +359,9 @@ def mark_ties(sec: Section) -> None:
 def build_sections(
     runs: Sequence[Run], view: View = View(), references: Sequence[Run] = ()
 ) -> list[Section]:
-    """Group ``runs`` into sections (dataset × sample protocol), apply ``view`` and attach the
-    ``references`` of each dataset to its first section."""
+    """Group ``runs`` into sections (dataset × sample protocol × the likelihood settings of
+    :mod:`~genbench.leaderboard.nll_settings`), apply ``view`` and attach the ``references`` of
+    each dataset to its first section."""
     sections = []
     all_keys = [k for _, k in columns()]
     floors = [r for r in runs if is_floor(r)]
@@ -383,10 +375,15 @@ def build_sections(
         protos = {r["run_id"]: sample_protocol(r, toy) for r in group}
         distinct = list(dict.fromkeys(p for p in protos.values() if p is not None))
         buckets = [distinct[0] if distinct else None] if len(distinct) < 2 else distinct + [None]
-        for i, proto in enumerate(buckets):  # runs without sample metrics join the only one
-            members = [r for r in group if len(buckets) == 1 or protos[r["run_id"]] == proto]
-            if not members:
-                continue
+        parts = [
+            (proto, part, lik)
+            for proto in buckets  # runs without sample metrics join the only one
+            for part, lik in split_by_nll_settings(
+                [r for r in group if len(buckets) == 1 or protos[r["run_id"]] == proto]
+            )
+            if part
+        ]
+        for i, (proto, members, lik) in enumerate(parts):
             rows = [Row([r], {k: cell(r, k) for k in all_keys}) for r in members]
             if view.agg:
                 rows = aggregate(rows, all_keys)
@@ -400,14 +397,16 @@ def build_sections(
             ]
             refs.sort(key=lambda r: _rank(r, keys))
             desc = proto[1] if proto else "no sample metrics" if len(buckets) > 1 else None
+            split = "; ".join(d for d in (desc if len(buckets) > 1 else None, lik) if d)
             sec = Section(
                 dataset,
-                f"{dataset} [{desc}]" if len(buckets) > 1 else dataset,
+                f"{dataset} [{split}]" if split else dataset,
                 toy,
                 desc,
                 _columns(toy, rows + refs, view.agg),
                 rows,
                 refs,
+                likelihood=lik,
             )
             sig = proto[0] if proto else None
             sec.floors = _floors(sec, data, sig, levels, [*all_keys, "seeds"])

@@ -146,7 +146,7 @@ class GenerativeModel(nn.Module, abc.ABC):
         levels: number of discrete levels K of each sub-pixel (passed by the runner).
 
     Subclasses set ``family`` and ``likelihood`` and implement ``training_losses``, ``sample`` and
-    ``nll``; they may override ``likelihood_estimators``, ``bound_terms`` and
+    ``nll``; they may override ``likelihood_estimators``, ``bound_terms``, ``nll_settings`` and
     ``resolve_sampler``. Models never call ``backward`` or ``step``: the runner owns
     optimization.
     """
@@ -234,11 +234,14 @@ class GenerativeModel(nn.Module, abc.ABC):
         not depend on the batch it is scored in). A model without randomness ignores it; a model
         whose ``nll`` takes no ``generator`` gets the global RNG, seeded per batch."""
 
-    def nll_protocol(self, **options: Any) -> dict[str, Any]:
-        """Protocol fields of the number ``nll(x, **options)`` returns, recorded with it (e.g.
-        ``nll_samples``: the k of an importance-weighted bound), so numbers computed differently
-        are told apart. ``options`` are the evaluation options the evaluator passes to ``nll``
-        (``dequant_samples``, when the model's ``nll`` takes it). Default: none."""
+    def nll_settings(self, **options: Any) -> dict[str, Any]:
+        """Settings the value of :meth:`nll` depends on beyond the weights (e.g. a VAE's
+        ``iwae_samples`` or a flow's ``dequant_samples``: importance-weighted bounds tighten as k
+        grows), as JSON scalars. ``options`` are the evaluation options the evaluator passes to
+        ``nll`` (``eval.dequant_samples`` as ``dequant_samples``, when ``nll`` takes it). The
+        evaluator records the result as ``protocol["nll_settings"]`` of the ``nll`` and ``bpd``
+        rows, and the leaderboard never ranks bits/dim computed with different values of one
+        field together. Default: none."""
         return {}
 
     def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:

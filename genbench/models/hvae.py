@@ -258,9 +258,9 @@ class HVAE(GenerativeModel):
             log_w.append(torch.cat(parts).view(n, draws))
         return -(torch.logsumexp(torch.cat(log_w, dim=1), dim=1) - math.log(k))
 
-    def nll_protocol(self, **options: Any) -> dict[str, Any]:
-        """``nll_samples``: k (``iwae_samples``) of the importance-weighted bound."""
-        return {"nll_samples": self.iwae_samples}
+    def nll_settings(self, **options: Any) -> dict[str, Any]:
+        """``{"iwae_samples": k}``: the bound :meth:`nll` reports depends on k."""
+        return {"iwae_samples": self.iwae_samples}
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:

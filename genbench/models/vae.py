@@ -119,8 +119,12 @@ class VAE(GenerativeModel):
             self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
     # -- pieces ------------------------------------------------------------------------------
+    def _dtype(self) -> torch.dtype:
+        """The parameters' dtype (float32, or float64 after ``model.double()``)."""
+        return next(self.parameters()).dtype
+
     def _scale(self, x: Tensor) -> Tensor:
-        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+        return x.to(self._dtype()) * (2.0 / (self.levels - 1)) - 1.0
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x): mean and log-std, each ``[N, latent]``."""
@@ -184,7 +188,8 @@ class VAE(GenerativeModel):
         """
         k, b = self.iwae_samples, x.shape[0]
         mu, log_std = self.encode(x)
-        eps = randn((b, k, self.latent), generator=generator, device=mu.device, dtype=mu.dtype)
+        dtype = torch.promote_types(mu.dtype, torch.float32)  # float32 under autocast, or wider
+        eps = randn((b, k, self.latent), generator=generator, device=mu.device, dtype=dtype)
         eps = eps.transpose(0, 1)  # [k, B, latent]: row b's k draws come from its generator
         z = mu + log_std.exp() * eps  # [k, B, latent]
         log_q = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -193,9 +198,9 @@ class VAE(GenerativeModel):
         log_w = log_px + log_p - log_q
         return -(torch.logsumexp(log_w, 0) - math.log(k))
 
-    def nll_protocol(self, **options: Any) -> dict[str, Any]:
-        """``nll_samples``: k (``iwae_samples``) of the importance-weighted bound."""
-        return {"nll_samples": self.iwae_samples}
+    def nll_settings(self, **options: Any) -> dict[str, Any]:
+        """``{"iwae_samples": k}``: the bound :meth:`nll` reports depends on k."""
+        return {"iwae_samples": self.iwae_samples}
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -207,8 +212,8 @@ class VAE(GenerativeModel):
         """``[n, C, H, W]`` int64 levels: z ~ N(0, T² I) (``temperature`` T, default 1), then a
         draw from the decoder's level distribution; one network evaluation (the decoder)."""
         self.validate_sampler(sampler, {})
-        device = next(self.parameters()).device
-        z = randn((n, self.latent), generator=generator, device=device)
+        ref = next(self.parameters())
+        z = randn((n, self.latent), generator=generator, device=ref.device, dtype=ref.dtype)
         z = z * float(sampler.get("temperature", 1.0))
         if generator is None or isinstance(generator, torch.Generator):
             x = self._draw_levels(z, generator)  # one stream: chunks would reorder its draws

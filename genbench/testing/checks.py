@@ -34,7 +34,8 @@ UNIFORM_Z = 3.0
 
 def check_declares(s: Subject) -> None:
     """``family``, ``likelihood``, ``phases``, the stored shape and levels, the likelihood
-    estimators and ``resolve_sampler`` are what the runner and evaluator expect."""
+    estimators, ``resolve_sampler`` and ``nll_settings`` are what the runner and evaluator
+    expect."""
     m = s.build()
     expect(m.family in FAMILIES, f"family={m.family!r} is not one of {FAMILIES}")
     expect(m.likelihood in LIKELIHOODS, f"likelihood={m.likelihood!r} is not one of {LIKELIHOODS}")
@@ -78,6 +79,15 @@ def check_declares(s: Subject) -> None:
     expect(
         isinstance(resolved, Mapping),
         f"resolve_sampler() must return a dict, got {type(resolved).__name__}",
+    )
+    settings = m.nll_settings()
+    expect(
+        isinstance(settings, Mapping)
+        and all(
+            isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))
+            for k, v in settings.items()
+        ),
+        f"nll_settings() must return a dict of JSON scalars by name, got {settings!r}",
     )
 
 

@@ -274,3 +274,54 @@ def test_an_examples_nll_does_not_depend_on_its_batch_and_follows_the_seed(tmp_p
         first = per_sample_generators(0, 0, 7)
         expect = 4 * math.log(K) + rand((7,), generator=first, dtype=torch.float64)
         assert per_example[2, 0].tolist() == pytest.approx(expect.tolist(), abs=1e-6)
+
+
+def test_nll_settings_travel_in_the_protocol_and_split_the_leaderboard(tmp_path):
+    """A VAE's IWAE k is recorded as ``protocol["nll_settings"]`` of its nll / bpd rows (not of
+    the k-independent -ELBO); two VAEs differing only in k land in different leaderboard sections,
+    and a model that declares no settings gets its own."""
+    from genbench.leaderboard.sections import build_sections
+    from genbench.leaderboard.store import RunRecord, Store
+    from genbench.models.vae import VAE
+
+    cfg, data = eval_cfg(tmp_path), toy_data()
+    store = Store(tmp_path / "leaderboard.sqlite")
+    for i, (name, model) in enumerate(
+        [
+            ("k2", VAE(SHAPE, K, hidden=4, latent=2, iwae_samples=2)),
+            ("k8", VAE(SHAPE, K, hidden=4, latent=2, iwae_samples=8)),
+            ("toy", Toy()),
+        ]
+    ):
+        rows = rows_by_name(evaluate(model, data, cfg, {}, torch.device("cpu"), tmp_path))
+        k = getattr(model, "iwae_samples", None)
+        for row in ("nll", "bpd"):
+            assert rows[row].protocol.get("nll_settings") == (k and {"iwae_samples": k}), row
+        if k is not None:
+            assert "nll_settings" not in rows["neg_elbo"].protocol
+        store.record(
+            RunRecord(
+                name,
+                f"2026-01-01T0{i}",
+                name,
+                model.family,
+                model.likelihood,
+                "toyimg",
+                1,
+                1,
+                1,
+                1.0,
+                "cpu",
+                "finished",
+                str(tmp_path),
+                name,
+            ),
+            list(rows.values()),
+        )
+    sections = build_sections(store.runs())
+    assert [[r.run["run_id"] for r in s.rows] for s in sections] == [["k2"], ["k8"], ["toy"]]
+    assert [s.title for s in sections] == [
+        "toyimg [iwae_samples=2]",
+        "toyimg [iwae_samples=8]",
+        "toyimg [other likelihood settings]",
+    ]

@@ -311,3 +311,29 @@ def test_families_report_measured_tradeoffs(store, tmp_path, capsys):
     assert "dcgan" in out and "FID@digits-cnn: 20.0 (dcgan)" in out
     print_families(compose_cfg("leaderboard", [], tmp_path / "nothing"))
     assert "measured in the leaderboard" not in capsys.readouterr().out
+
+
+def nll_settings_row(bpd, settings):
+    proto = {"likelihood": "elbo", "nll_settings": settings} if settings else {"likelihood": "x"}
+    return Metric("bpd", bpd, "bound", "test", 300, "bits/dim", proto)
+
+
+def test_nll_settings_split_sections_only_where_they_differ(store):
+    """One IWAE k on a dataset ranks the VAEs with everything else; two ks split them apart
+    (runs without the field form one more section); another dataset is unaffected."""
+    add(store, "v64", "vae", extra=[nll_settings_row(2.0, {"iwae_samples": 64})])
+    add(store, "flow", "glow", "flow", "dequantized", extra=[nll_settings_row(2.1, None)])
+    (one,) = build_sections(store.runs())
+    assert one.title == "digits" and models(one) == ["vae", "glow"] and one.likelihood is None
+    add(store, "v5k", "vae_big_k", extra=[nll_settings_row(1.9, {"iwae_samples": 5000})])
+    add(store, "other", "vae", dataset="mnist", extra=[nll_settings_row(1.0, {"iwae_samples": 9})])
+    secs = build_sections(store.runs())
+    assert [(s.title, models(s)) for s in secs] == [
+        ("digits [iwae_samples=64]", ["vae"]),
+        ("digits [iwae_samples=5000]", ["vae_big_k"]),
+        ("digits [other likelihood settings]", ["glow"]),
+        ("mnist", ["vae"]),
+    ]
+    assert "bits/dim: iwae_samples=5000" in secs[1].notes
+    rows = json.loads(render(store.runs(), "json"))
+    assert len({(r["dataset"], r["section"]) for r in rows if not r["published"]}) == 4

@@ -452,7 +452,7 @@ def test_k_sample_bound_is_batch_independent_and_k1_is_the_plain_bound():
         plain = m.nll(x, generator=per_sample_generators(0, 0, 5))
     assert torch.allclose(whole[3:], part, atol=1e-4)
     assert torch.equal(one, plain)
-    assert m.nll_protocol(dequant_samples=3) == {"dequantization": "variational", "nll_samples": 3}
+    assert m.nll_settings(dequant_samples=3) == {"dequant_samples": 3}
     with pytest.raises(ValueError, match="dequant_samples"):
         m.nll(x, dequant_samples=0)
     with pytest.raises(ValueError, match="model.dequantization"):

@@ -208,9 +208,10 @@ class MultiScaleFlow(GenerativeModel):
         """Widest feature map per sub-pixel (sizes the row chunks of the k-sample bound)."""
         return max((m.out_channels for m in self.modules() if isinstance(m, nn.Conv2d)), default=1)
 
-    def nll_protocol(self, dequant_samples: int = 1) -> dict[str, Any]:
-        """``dequantization`` (uniform | variational) and ``nll_samples`` (k of the bound)."""
-        return {"dequantization": self.dequantization, "nll_samples": int(dequant_samples)}
+    def nll_settings(self, dequant_samples: int = 1, **options: Any) -> dict[str, Any]:
+        """``{"dequant_samples": k}``: the k of the importance-weighted bound :meth:`nll`
+        reports (q(u | x), uniform or variational, is part of the model, not of the protocol)."""
+        return {"dequant_samples": int(dequant_samples)}
 
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
         """``{"loss": [N] bits/dim}`` of the dequantized bound (:meth:`nll` with one draw; with
