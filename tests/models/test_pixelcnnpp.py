@@ -181,6 +181,12 @@ def test_each_conditional_sees_every_earlier_sub_pixel_and_no_later_one(shape):
     d = dep.shape[0]
     seen = dep[torch.tril(torch.ones(d, d, dtype=torch.bool), -1)] > 0
     assert seen.all(), f"{int((~seen).sum())} earlier sub-pixels are invisible (blind spot)"
+    v = centers(torch.randint(0, 5, (2, *shape), generator=torch.Generator().manual_seed(4)), 5)
+    with torch.no_grad():  # sampling runs rows 0..i only: the same outputs on those rows
+        full = m.network(v)
+        for rows in range(1, shape[1]):
+            top = m.network(v[:, :, :rows])
+            torch.testing.assert_close(top, full[:, :, :rows], rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -27,8 +27,9 @@ cropped to the skip's size so odd and 1x1 images work), and short-cuts from ever
 first pass into the matching block of the second. Unlike the reference code there is no weight
 normalization (plain convolutions with torch's default initialization).
 
-Sampling is ancestral, pixel by pixel in raster order: one full network pass per pixel
-(NFE = H * W), the component drawn by inverse CDF, each channel a logistic draw clamped to
+Sampling is ancestral, pixel by pixel in raster order: one network pass per pixel (NFE = H * W;
+the pass for row i runs on rows 0..i only, which gives the same outputs there, since every layer
+is anchored at the top), the component drawn by inverse CDF, each channel a logistic draw clamped to
 ``[-1, 1]`` and rounded to the nearest level, later channels conditioned on the drawn levels.
 """
 
@@ -79,8 +80,9 @@ def shifted_means(means: Tensor, coeffs: Tensor, v: Tensor) -> Tensor:
 
 
 def bin_log_probs(v: Tensor, mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
-    """Log-mass of the bin around each center ``v`` under ``Logistic(mean, exp(log_scale))``,
-    all broadcast to one shape; edge bins (``v = -1`` and ``v = 1``) are open. Nats."""
+    """Log-mass (nats) of the bin around each center ``v`` under ``Logistic(mean,
+    exp(log_scale))``; the inputs broadcast to one shape, e.g. ``[N, M, C, H, W]``, and so does
+    the result. Edge bins (``v = -1`` and ``v = 1``) are open."""
     half = 1.0 / (levels - 1)
     k = torch.round((v.detach() + 1) * (levels - 1) / 2)
     inv_s = torch.exp(-log_scale)
@@ -328,7 +330,7 @@ class PixelCNNpp(GenerativeModel):
         v = self.centers(x)
         for i in range(h_):
             for j in range(w_):
-                params = self.network(v)[:, :, i : i + 1, j : j + 1].double()
+                params = self.network(v[:, :, : i + 1])[:, :, i:, j : j + 1].double()
                 logits, means, log_scales, coeffs = split_params(params, c_)
                 m = inverse_cdf(logits[:, :, 0, 0], u[:, i, j, 0])  # [n] components
                 pick = m.view(n, 1, 1, 1, 1).expand(n, 1, c_, 1, 1)
