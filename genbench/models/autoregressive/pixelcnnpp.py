@@ -64,7 +64,7 @@ def split_params(params: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor,
     of a component are contiguous; coefficient ``c(c-1)/2 + c'`` couples channel c to c' < c."""
     n, _, h, w = params.shape
     c = channels
-    p = params.view(n, -1, params_per_component(c), h, w)
+    p = params.reshape(n, -1, params_per_component(c), h, w)
     log_scales = p[:, :, 1 + c : 1 + 2 * c].clamp(min=LOG_SCALE_MIN)
     return p[:, :, 0], p[:, :, 1 : 1 + c], log_scales, torch.tanh(p[:, :, 1 + 2 * c :])
 
