@@ -26,6 +26,7 @@ from genbench.validation import validate
 SHRINK: dict[str, list[str]] = {
     "vae": ["model.hidden=8", "model.latent=4", "model.iwae_samples=2"],
     "pixelcnn": ["model.features=8", "model.layers=2"],
+    "pixelcnnpp": ["model.nr_filters=8", "model.nr_resnet=1", "model.nr_logistic_mix=2"],
     "pixelrnn": ["model.features=8", "model.layers=1"],
     "realnvp": ["model.hidden=8", "model.blocks=1"],
     "glow": ["model.hidden=8", "model.steps=2"],
@@ -112,6 +113,7 @@ def test_paper_preset_states_published_numbers(experiment, tmp_path):
 PAPER_SCHEDULES = {
     "ddpm_cifar10": ("ConstantLR", 5000, ["hflip"]),  # Ho et al. 2020: warm-up 5000, flips
     "glow_cifar10": ("ConstantLR", 1000, ["translate"]),  # released code: warm-up, --dal 1
+    "pixelcnnpp_cifar10": ("ExponentialLR", 0, []),  # released code: lr x 0.999995 per step
     "realnvp_cifar10": ("ConstantLR", 0, ["hflip"]),  # Dinh et al. 2017: flips
     "wgan_gp_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
     "sngan_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
