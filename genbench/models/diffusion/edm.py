@@ -17,8 +17,8 @@ input (through its sinusoidal embedding, as the paper's positional-embedding net
   U(ln 0.02, ln 100); λ = 1/σ².
 
 Training minimizes denoising score matching, per example the mean over the D sub-pixels of
-λ(σ) (D(x_0 + σn; σ) - x_0)² (paper eq. 2 with its weighting); D(x; σ) = x + σ² ∇ log p_σ(x) at
-the optimum, so ``score(x, σ) = (D(x; σ) - x) / σ²``.
+λ(σ) (D(x_0 + σn; σ) - x_0)² (the paper's denoising loss, weighted by λ). At the optimum
+D(x; σ) = x + σ² ∇ log p_σ(x), so ``score(x, σ) = (D(x; σ) - x) / σ²``.
 
 Sampler options (``sampler.*``; the constructor's ``sampler`` dict gives the defaults, merged as
 DDPM merges them): ``name`` ``heun`` (Algorithm 1; NFE 2·steps - 1) | ``euler`` (NFE steps) |

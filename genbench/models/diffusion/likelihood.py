@@ -3,9 +3,9 @@ Modeling through SDEs", Sec. 4.3 and App. D.2), dequantized to the discrete data
 
 Every Gaussian diffusion has one probability-flow ODE in "variance-exploding" coordinates, where
 the state is data plus σ times unit noise: dy/dσ = ε̂(y, σ) = (y - D(y; σ)) / σ, with D the
-denoiser (Karras et al. 2022, eq. 3 with s(t) = 1, σ(t) = t). A :class:`ProbabilityFlow` holds that
-drift, the ends σ_min and σ_max and the prior at σ_max; DDPM's
-(:meth:`ProbabilityFlow.of_process`) is the ODE of :mod:`~genbench.models.diffusion.samplers`
+denoiser (Karras et al. 2022: their ODE with s(t) = 1 and σ(t) = t). A
+:class:`ProbabilityFlow` holds that drift, the ends σ_min and σ_max and the prior at σ_max;
+DDPM's (:meth:`ProbabilityFlow.of_process`) is the ODE of :mod:`~genbench.models.diffusion.samplers`
 with y = x / √ᾱ, ε̂ = ε̂_θ(y / √(1+σ²), t(σ)) and the prior N(0, (1/ᾱ_T) I) (x_T ~ N(0, I)
 seen in y-coordinates); EDM's native coordinates are these. The ODE is integrated in s = log σ
 (dy/ds = σ ε̂) or in σ. It is a continuous normalizing flow between the data end σ_min and the
