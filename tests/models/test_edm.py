@@ -277,6 +277,8 @@ def test_bad_model_and_estimator_options_name_their_key():
     key = "eval.estimator_options.ode"
     with pytest.raises(OptionError, match=r"eval\.estimator_options\.ode\.probes=-1"):
         EDM.validate_estimator("ode", {"probes": -1}, {}, key=key)
+    with pytest.raises(OptionError, match=r"eval\.estimator_options\.ode\.steps=1"):
+        EDM.validate_estimator("ode", {"solver": "heun", "steps": 1}, {}, key=key)
     with pytest.raises(OptionError, match="tol"):
         tiny((2, 1, 1), 8).ode_likelihood(torch.zeros(1, 2, 1, 1).long(), tol=1)
 

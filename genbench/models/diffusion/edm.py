@@ -156,7 +156,11 @@ def merge_nll_options(options: Mapping[str, Any], defaults: Mapping[str, Any], k
         check_sampler_options(opts, NLL_OPTIONS, "the EDM ODE likelihood", prefix=prefix)
         check_options(opts, prefix)
     given = {k: v for k, v in {**defaults, **options}.items() if v is not None}
-    return {**NLL_DEFAULTS, **given}
+    merged = {**NLL_DEFAULTS, **given}
+    if merged["solver"] != "rk45" and merged["steps"] < 2:  # the σ grid needs both ends
+        where = key if "steps" in options else "model.nll_options"
+        raise bad_option(f"{where}.steps", merged["steps"], "an integer >= 2 with heun or euler")
+    return merged
 
 
 class EDM(GenerativeModel):
