@@ -41,9 +41,9 @@ TAXONOMY: dict[str, tuple[str, str, str]] = {
     "vae": ("explicit, approximate density", "ELBO / IWAE bound (≤)", "1 network call"),
     "gan": ("implicit density", "none", "1 network call"),
     "diffusion": (
-        "explicit, approximate density",
-        "variational bound (≤); ODE estimate (≈)",
-        "T (or fewer with DDIM / ODE) network calls",
+        "explicit, approximate density (denoiser = score of noisy data)",
+        "variational bound (≤); probability-flow ODE estimate (≈)",
+        "T (fewer with DDIM / ODE; EDM's Heun: 2 steps - 1) network calls",
     ),
 }
 

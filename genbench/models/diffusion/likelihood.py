@@ -1,14 +1,19 @@
 """Log-likelihood of the probability-flow ODE (Song et al. 2021, "Score-Based Generative
 Modeling through SDEs", Sec. 4.3 and App. D.2), dequantized to the discrete data.
 
-The ODE of :mod:`~genbench.models.diffusion.samplers` moves the state y = x / √ᾱ along
-dy/dσ = ε̂(y / √(1+σ²), σ) (here integrated in s = log σ: dy/ds = σ ε̂). It is a continuous
-normalizing flow between the data end σ_min (the smallest σ of the process, t = 0) and the
+Every Gaussian diffusion has one probability-flow ODE in "variance-exploding" coordinates, where
+the state is data plus σ times unit noise: dy/dσ = ε̂(y, σ) = (y - D(y; σ)) / σ, with D the
+denoiser (Karras et al. 2022: their ODE with s(t) = 1 and σ(t) = t). A
+:class:`ProbabilityFlow` holds that drift, the ends σ_min and σ_max and the prior at σ_max;
+DDPM's (:meth:`ProbabilityFlow.of_process`) is the ODE of :mod:`~genbench.models.diffusion.samplers`
+with y = x / √ᾱ, ε̂ = ε̂_θ(y / √(1+σ²), t(σ)) and the prior N(0, (1/ᾱ_T) I) (x_T ~ N(0, I)
+seen in y-coordinates); EDM's native coordinates are these. The ODE is integrated in s = log σ
+(dy/ds = σ ε̂) or in σ. It is a continuous normalizing flow between the data end σ_min and the
 prior end σ_max, so by the instantaneous change of variables
 
     log p_{σ_min}(y_0) = log p_{σ_max}(y_1) + ∫ tr(∂f/∂y) ds,
 
-with p_{σ_max}(y) = N(√ᾱ_T y; 0, I) · ᾱ_T^{D/2} (x_T ~ N(0, I) seen in y-coordinates). The trace
+with p_{σ_max} = N(0, v I), v the flow's ``prior_var``. The trace
 is estimated with Hutchinson's estimator tr(J) ≈ mean_k z_kᵀ J z_k over ``probes`` Rademacher
 vectors drawn once per example (``probes=0``: exact trace, D backward passes - for toys).
 
@@ -35,8 +40,11 @@ the probes) estimate in nats per example; divide by D ln 2 for bits/dim:
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -57,11 +65,44 @@ Dequantization = Literal["gaussian", "uniform"]
 DEQUANTIZATIONS: tuple[str, ...] = ("gaussian", "uniform")
 #: σ_0 of the ``gaussian`` bound, as a fraction of the level spacing Δ
 DECODER_SIGMA_FRACTION = 0.25
+#: ε̂(y, σ) = dy/dσ: y ``[N, ...]`` VE-coordinate states, σ ``[N]`` float64 → ``[N, ...]``
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+#: increasing σ grid of the fixed-step solvers: (steps, solver, starting σ or None) → [σ, ...]
+GridFn = Callable[[int, Solver, float | None], list[float]]
+
+
+@dataclass(frozen=True)
+class ProbabilityFlow:
+    """The probability-flow ODE dy/dσ = ``eps(y, σ)`` between ``sigma_min`` (data end) and
+    ``sigma_max`` (prior end), with y_{σ_max} ~ N(0, ``prior_var`` · I); ``grid`` gives the
+    fixed-step solvers' σ grid (see :func:`~genbench.models.diffusion.samplers.ode_grid`)."""
+
+    eps: EpsFn
+    sigma_min: float
+    sigma_max: float
+    prior_var: float
+    grid: GridFn
+
+    @classmethod
+    def of_process(cls, net: NetFn, process: GaussianDiffusion) -> ProbabilityFlow:
+        """DDPM's ODE: ε-network ``net`` over ``process``; prior N(0, I) on x_T = √ᾱ_T y."""
+        return cls(
+            eps=functools.partial(pf_ode_eps, net, process),
+            sigma_min=float(process.sigmas[0]),
+            sigma_max=float(process.sigmas[-1]),
+            prior_var=1 / float(process.alphas_cumprod[-1]),
+            grid=functools.partial(ode_grid, process),
+        )
+
+    def log_prior(self, y: Tensor) -> Tensor:
+        """log N(y; 0, v I) ``[N]`` (nats, float64) of states ``y`` ``[N, D]`` at σ_max."""
+        v = self.prior_var
+        d = y.shape[1]
+        return -0.5 * y.double().square().sum(1) / v - 0.5 * d * math.log(2 * math.pi * v)
 
 
 def _drift_with_trace(
-    net: NetFn,
-    process: GaussianDiffusion,
+    flow: ProbabilityFlow,
     shape: tuple[int, ...],
     probes: Tensor | None,
     log_time: bool,
@@ -75,7 +116,7 @@ def _drift_with_trace(
             # clones: tensors made under inference_mode cannot enter an autograd graph
             sigma = (s.exp() if log_time else s).clone()
             y = state[:, :-1].detach().clone().requires_grad_(True)
-            f = pf_ode_eps(net, process, y.view(-1, *shape), sigma).flatten(1)
+            f = flow.eps(y.view(-1, *shape), sigma).flatten(1)
             if log_time:
                 f = sigma.to(f.dtype)[:, None] * f
             if probes is None:  # exact trace: one backward pass per dimension
@@ -97,8 +138,14 @@ def _drift_with_trace(
 
 
 def ode_log_density(
-    net: NetFn,
-    process: GaussianDiffusion,
+    net: NetFn, process: GaussianDiffusion, y: Tensor, **options: Any
+) -> tuple[Tensor, Tensor]:
+    """:func:`flow_log_density` of DDPM's ODE (``net`` an ε- or v-network over ``process``)."""
+    return flow_log_density(ProbabilityFlow.of_process(net, process), y, **options)
+
+
+def flow_log_density(
+    flow: ProbabilityFlow,
     y: Tensor,
     *,
     generator: Generator = None,
@@ -111,7 +158,7 @@ def ode_log_density(
 ) -> tuple[Tensor, Tensor]:
     """log p_{σ_min}(y) ``[N]`` (nats, continuous density of y ``[N, ...]`` in the data scale)
     and the network evaluations per row ``[N]``. ``sigma_min``: where the ODE starts (default
-    the smallest σ of the process; larger values give the density of the data noised to it).
+    the flow's σ_min; larger values give the density of the data noised to it).
 
     ``solver``: ``rk45`` (adaptive in log σ, ``rtol``/``atol``; recommended) or ``euler``/``heun``
     in σ over ``steps`` noise levels (:func:`~genbench.models.diffusion.samplers.ode_grid`; Heun
@@ -127,20 +174,17 @@ def ode_log_density(
         z = torch.where(u < 0.5, -1.0, 1.0).to(y.dtype)
     state = torch.cat([y.flatten(1), torch.zeros(b, 1, dtype=y.dtype, device=y.device)], 1)
     if solver == "rk45":
-        drift = _drift_with_trace(net, process, shape, z, log_time=True)
-        lo = math.log(float(process.sigmas[0]) if sigma_min is None else sigma_min)
-        hi = float(process.sigmas[-1].log())
+        drift = _drift_with_trace(flow, shape, z, log_time=True)
+        lo = math.log(flow.sigma_min if sigma_min is None else sigma_min)
+        hi = math.log(flow.sigma_max)
         state, nfe = integrate_rk45(drift, state, lo, hi, rtol=rtol, atol=atol)
     else:
-        drift = _drift_with_trace(net, process, shape, z, log_time=False)
-        grid = ode_grid(process, int(steps), solver, sigma_min)
+        drift = _drift_with_trace(flow, shape, z, log_time=False)
+        grid = flow.grid(int(steps), solver, sigma_min)
         state, n = integrate_fixed(drift, state, grid, solver)
         nfe = torch.full((b,), n, dtype=torch.float64, device=y.device)
     y1, trace_integral = state[:, :-1].double(), state[:, -1].double()
-    ab_T = float(process.alphas_cumprod[-1])
-    x1 = y1 * math.sqrt(ab_T)
-    log_prior = (-0.5 * x1.square() - 0.5 * math.log(2 * math.pi)).sum(1) + 0.5 * d * math.log(ab_T)
-    return log_prior + trace_integral, nfe
+    return flow.log_prior(y1) + trace_integral, nfe
 
 
 def dequantize(
@@ -151,9 +195,9 @@ def dequantize(
     return (2 * (x.to(dtype) + u - 0.5)) / (levels - 1) - 1
 
 
-def decoder_sigma(process: GaussianDiffusion, levels: int) -> float:
+def decoder_sigma(sigma_min: float, levels: int) -> float:
     """σ_0 of the ``gaussian`` bound: max(Δ / 4, σ_min) with Δ = 2 / (K - 1)."""
-    return max(DECODER_SIGMA_FRACTION * 2 / (levels - 1), float(process.sigmas[0]))
+    return max(DECODER_SIGMA_FRACTION * 2 / (levels - 1), float(sigma_min))
 
 
 def decoder_log_normalizer(z: Tensor, levels: int, sigma0: float) -> Tensor:
@@ -166,8 +210,14 @@ def decoder_log_normalizer(z: Tensor, levels: int, sigma0: float) -> Tensor:
 
 
 def ode_nll(
-    net: NetFn,
-    process: GaussianDiffusion,
+    net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, **options: Any
+) -> NllEstimate:
+    """:func:`flow_nll` of DDPM's ODE (``net`` an ε- or v-network over ``process``)."""
+    return flow_nll(ProbabilityFlow.of_process(net, process), x, levels, **options)
+
+
+def flow_nll(
+    flow: ProbabilityFlow,
     x: Tensor,
     levels: int,
     *,
@@ -198,15 +248,13 @@ def ode_nll(
     options = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
     if dequantization == "uniform":
         u = dequantize(x, levels, generator=generator, dtype=dtype)
-        logp, nfe = ode_log_density(net, process, u, generator=generator, **options)
+        logp, nfe = flow_log_density(flow, u, generator=generator, **options)
         nll = -logp + d * math.log((levels - 1) / 2)
     elif dequantization == "gaussian":
-        sigma0 = decoder_sigma(process, levels)
+        sigma0 = decoder_sigma(flow.sigma_min, levels)
         centres = x.to(dtype) * (2 / (levels - 1)) - 1
         z = centres + sigma0 * randn(x.shape, generator=generator, device=x.device, dtype=dtype)
-        logp, nfe = ode_log_density(
-            net, process, z, generator=generator, sigma_min=sigma0, **options
-        )
+        logp, nfe = flow_log_density(flow, z, generator=generator, sigma_min=sigma0, **options)
         nll = -logp + decoder_log_normalizer(z, levels, sigma0)
         settings["sigma0"] = sigma0
     else:

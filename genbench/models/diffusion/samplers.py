@@ -20,12 +20,17 @@ solver takes its own steps per image).
   adaptive Dormand-Prince 5(4) ``rk45`` in log σ with per-sample step sizes, so sample *i* does
   not depend on the batch it is drawn in.
 
+- :func:`edm_sample`: the samplers of Karras et al. (2022) over a denoiser D(x; σ) in the
+  "variance-exploding" coordinates x = data + σ·noise: Heun's method on the ρ = 7 σ-grid
+  (Algorithm 1), Euler, and the stochastic sampler with churn (Algorithm 2).
+
 Step skipping respaces the process (:meth:`GaussianDiffusion.respace`) onto
 :func:`spaced_timesteps`, indices spread evenly over ``0..T-1`` with both ends included.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -36,6 +41,8 @@ from genbench.models.diffusion.process import GaussianDiffusion, NetFn, Variance
 from genbench.nn.random import Generator, randn
 
 Solver = Literal["euler", "heun", "rk45"]
+#: D(x; σ): x ``[N, ...]`` noisy data (data + σ·noise), σ ``[N]`` float64 → ``[N, ...]`` x̂_0
+Denoiser = Callable[[Tensor, Tensor], Tensor]
 #: ODE right-hand side: (time [N] float64, state [N, D], row indices [N]) -> d state / d time;
 #: N counts the rows of the call (an adaptive solver passes only the rows still integrating)
 Drift = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -281,3 +288,48 @@ def ode_sample(
     s_min = torch.full((y.shape[0],), grid[-1], dtype=torch.float64, device=y.device)
     y = y - grid[-1] * eps(s_min, y)  # last Euler step to σ = 0: y = x̂_0
     return y.view(shape), nfe + 1
+
+
+def edm_sample(
+    denoise: Denoiser,
+    x_T: Tensor,
+    sigmas: Sequence[float],
+    *,
+    second_order: bool = True,
+    churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    generator: Generator = None,
+) -> tuple[Tensor, float]:
+    """Karras et al. (2022) Algorithms 1 and 2 from x_T ``[N, ...]`` ~ N(0, σ_0² I).
+
+    ``sigmas``: the decreasing noise levels t_0 > ... > t_{S-1} > 0 (the ODE ends at t_S = 0).
+    At each level in [``s_tmin``, ``s_tmax``] noise is first added to raise σ to t̂ = (1 + γ) t
+    with γ = min(``churn`` / S, √2 - 1) and standard deviation ``s_noise`` · √(t̂² - t²) (drawn
+    from ``generator``); then one Euler step of dx/dσ = (x - D(x; σ)) / σ to the next level,
+    corrected by the trapezoidal rule (Heun) when ``second_order`` and the next level is not 0.
+    ``churn = 0`` is the deterministic Algorithm 1. Returns (x_0, NFE): S for Euler, 2 S - 1
+    for Heun.
+    """
+    grid = [float(s) for s in sigmas] + [0.0]
+    gamma_max = min(churn / len(sigmas), math.sqrt(2) - 1)
+    x, nfe = x_T, 0
+
+    def d(x_: Tensor, sigma: float) -> Tensor:
+        """The drift (x - D(x; σ)) / σ ``[N, ...]`` at one noise level."""
+        s = torch.full((x_.shape[0],), sigma, dtype=torch.float64, device=x_.device)
+        return (x_ - denoise(x_, s)) / sigma
+
+    for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        gamma = gamma_max if s_tmin <= t_cur <= s_tmax else 0.0
+        t_hat = t_cur * (1 + gamma)
+        if gamma > 0:
+            z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + s_noise * math.sqrt(t_hat**2 - t_cur**2) * z
+        d_cur = d(x, t_hat)
+        x_next, nfe = x + (t_next - t_hat) * d_cur, nfe + 1
+        if second_order and t_next > 0:
+            x_next, nfe = x + (t_next - t_hat) * 0.5 * (d_cur + d(x_next, t_next)), nfe + 1
+        x = x_next
+    return x, float(nfe)
