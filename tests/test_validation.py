@@ -65,6 +65,7 @@ def test_sample_refuses_what_validate_sampler_refuses(model, tmp_path):
     cls = get_class(cfg.model._target_)
     key = {
         "DDPM": ("eta", "name"),
+        "FlowMatching": ("rtol",),
         "DCGAN": ("truncation",),
         "SNGAN": ("truncation",),
         "WGANGP": ("truncation",),
