@@ -10,12 +10,11 @@ import math
 import pytest
 import torch
 
+from genbench.models.flows.cnf_likelihood import decoder_sigma, ode_log_density
 from genbench.models.flows.flow_matching import (
     NET_TIME_SCALE,
     FlowMatching,
-    decoder_sigma,
     flow_matching_loss,
-    ode_log_density,
     ode_sample,
     sample_time,
 )
