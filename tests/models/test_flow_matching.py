@@ -6,9 +6,12 @@ distributions, per-sample generators and option errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import genbench.conf
 import pytest
 import torch
+import yaml
 
 from genbench.models.flows.cnf_likelihood import decoder_sigma, ode_log_density
 from genbench.models.flows.flow_matching import (
@@ -36,8 +39,7 @@ def levels_velocity(levels):
     centres = torch.linspace(-1, 1, levels, dtype=torch.float64)
 
     def v(x, t):
-        tb = t.to(x.dtype).clamp(min=1e-6).reshape(-1, *([1] * x.ndim))[..., 0]
-        tb = tb.reshape(-1, *([1] * (x.ndim - 1)))
+        tb = t.to(x.dtype).clamp(min=1e-6).reshape(-1, *([1] * (x.ndim - 1)))
         logits = -((x[..., None] - (1 - tb[..., None]) * centres) ** 2) / (2 * tb[..., None] ** 2)
         x0_hat = (torch.softmax(logits, -1) * centres).sum(-1)
         return (x - x0_hat) / tb
@@ -194,3 +196,12 @@ def test_resolved_sampler_keeps_only_what_the_solver_uses():
         "solver": "rk45",
         "rtol": 1e-3,
     }
+
+
+def test_packaged_sampler_configs_default_and_ode_are_accepted_and_ddim_is_refused():
+    conf = Path(genbench.conf.__file__).parent / "sampler"
+    for name in ("default", "ode"):
+        FlowMatching.validate_sampler(yaml.safe_load((conf / f"{name}.yaml").read_text()), {})
+    with pytest.raises(OptionError, match="expected one of ode") as err:
+        FlowMatching.validate_sampler(yaml.safe_load((conf / "ddim.yaml").read_text()), {})
+    assert err.value.key == "sampler.name"
