@@ -202,8 +202,9 @@ class FlowMatching(GenerativeModel):
         return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
 
     def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """v_θ(x_t, t) ``[N, C, H, W]`` at x_t ``[N, C, H, W]`` and times t ``[N]`` in [0, 1]."""
-        return self.net(x_t, t.to(x_t.dtype) * NET_TIME_SCALE)
+        """v_θ(x_t, t) ``[N, C, H, W]`` at x_t ``[N, C, H, W]`` and times t ``[N]`` in [0, 1]; the
+        network gets float32 times 1000 t (as DDPM's network times, whatever the precision)."""
+        return self.net(x_t, (t.double() * NET_TIME_SCALE).float())
 
     def denoise(self, y: Tensor, sigma: Tensor) -> Tensor:
         """x̂_0 ``[N, C, H, W]`` in VE coordinates: y = x_t / (1 - t) ``[N, C, H, W]`` at noise
