@@ -32,6 +32,7 @@ SHRINK: dict[str, list[str]] = {
     "glow": ["model.hidden=8", "model.steps=2"],
     "ddpm": ["model.ch=8", "model.norm_groups=4", "model.num_res_blocks=1"],
     "edm": ["model.ch=8", "model.norm_groups=4", "model.num_res_blocks=1"],
+    "flow_matching": ["model.ch=8", "model.norm_groups=4", "model.num_res_blocks=1"],
     "dcgan": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
     "sngan": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
     "wgan_gp": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
@@ -114,6 +115,7 @@ def test_paper_preset_states_published_numbers(experiment, tmp_path):
 PAPER_SCHEDULES = {
     "ddpm_cifar10": ("ConstantLR", 5000, ["hflip"]),  # Ho et al. 2020: warm-up 5000, flips
     "edm_cifar10": ("ConstantLR", 19531, []),  # released code: 10 Mimg ramp-up, batch 512
+    "flow_matching_cifar10": ("LinearLR", 45000, []),  # Lipman et al. 2023: warm-up 45k, decay
     "glow_cifar10": ("ConstantLR", 1000, ["translate"]),  # released code: warm-up, --dal 1
     "pixelcnnpp_cifar10": ("ExponentialLR", 0, []),  # released code: lr x 0.999995 per step
     "realnvp_cifar10": ("ConstantLR", 0, ["hflip"]),  # Dinh et al. 2017: flips

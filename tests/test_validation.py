@@ -66,6 +66,7 @@ def test_sample_refuses_what_validate_sampler_refuses(model, tmp_path):
     key = {
         "DDPM": ("eta", "name"),
         "EDM": ("rho",),
+        "FlowMatching": ("rtol",),
         "DCGAN": ("truncation",),
         "SNGAN": ("truncation",),
         "WGANGP": ("truncation",),

@@ -34,9 +34,10 @@ from genbench.leaderboard.sections import (
 TAXONOMY: dict[str, tuple[str, str, str]] = {
     "autoregressive": ("explicit, tractable density", "exact NLL", "D sequential network calls"),
     "flow": (
-        "explicit, tractable density",
-        "exact density of dequantized data (≤ discrete NLL)",
-        "1 network call",
+        "explicit, tractable density (discrete flows, and continuous ones whose sampling is an "
+        "ODE solve, e.g. flow matching)",
+        "exact density of dequantized data (≤ discrete NLL); ODE estimate (≈) for continuous flows",
+        "1 network call (discrete); one per ODE solver step (continuous)",
     ),
     "vae": ("explicit, approximate density", "ELBO / IWAE bound (≤)", "1 network call"),
     "gan": ("implicit density", "none", "1 network call"),

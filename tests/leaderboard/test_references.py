@@ -22,6 +22,7 @@ PUBLISHED = {
     ("cifar10", "DDPM"): {"bpd": 3.70, "fid": 3.17, "is": 9.46},
     ("cifar10", "DDIM (100 steps)"): {"fid": 4.16},
     ("cifar10", "EDM"): {"fid": 1.97},
+    ("cifar10", "Flow Matching (OT path)"): {"bpd": 2.99, "fid": 6.35},
     ("cifar10", "SNGAN"): {"is": 8.22, "fid": 21.7},
     ("cifar10", "WGAN-GP"): {"is": 7.86},
     ("mnist", "RealNVP"): {"bpd": 1.06},
@@ -38,13 +39,14 @@ def test_packaged_file_holds_the_published_values():
         assert refs[key].paper and refs[key].table, key
     assert refs["cifar10", "DDIM (100 steps)"].metrics["nfe"] == 100
     assert refs["cifar10", "EDM"].metrics["nfe"] == 35 and refs["cifar10", "EDM"].table == "Table 2"
+    assert refs["cifar10", "Flow Matching (OT path)"].metrics["nfe"] == 142
     assert "Ho, Jain & Abbeel" in refs["cifar10", "DDPM"].source
     assert "50,000" in refs["cifar10", "DDPM"].protocol
 
 
 def test_rows_keep_the_likelihood_kind_and_name_the_extractor():
     runs = {r["model"]: r for r in reference_runs({"cifar10"})}
-    assert len(runs) == 10 and all(
+    assert len(runs) == 11 and all(
         r["status"] == "published" and r["published"] for r in runs.values()
     )
     kinds = {name: {m["name"]: m["kind"] for m in r["metrics"]} for name, r in runs.items()}
@@ -53,13 +55,14 @@ def test_rows_keep_the_likelihood_kind_and_name_the_extractor():
     assert kinds["DDPM (paper)"]["bpd"] == "bound"
     assert kinds["DDPM (paper)"]["fid@inception-v3"] == "measured"
     assert runs["SNGAN (paper)"]["likelihood"] == "none"
+    assert kinds["Flow Matching (OT path) (paper)"]["bpd"] == "estimate"  # ODE: ≈
     assert [r["model"] for r in reference_runs({"mnist"}, family="flow")] == [
         "RealNVP (paper)",
         "Glow (paper)",
     ]
     assert reference_runs({"digits"}) == [] and reference_runs({"cifar10"}, family="vae") == []
     notes = reference_notes(list(runs.values()))
-    assert "never ranked" in notes[0] and len(notes) == 11
+    assert "never ranked" in notes[0] and len(notes) == 12
 
 
 GOOD = """

@@ -1,0 +1,308 @@
+"""Flow matching (Lipman et al. 2023): a continuous normalizing flow trained by regression.
+
+Time convention: **t = 0 is data, t = 1 is noise**. The conditional path is the linear one
+(Lipman et al.'s optimal-transport path with σ_min = 0, the rectified flow of Liu et al. 2023),
+
+    x_t = (1 - t) x_0 + t ε,   ε ~ N(0, I),   u = dx_t/dt = ε - x_0,
+
+with x_0 the data scaled to ``[-1, 1]`` (level k ↦ 2k/(K-1) - 1, as for DDPM). The network
+v_θ(x_t, t) regresses u: the loss of an example is mean_dims (v_θ(x_t, t) - (ε - x_0))² with
+t ~ U(0, 1) or, with ``time_dist=logit_normal``, t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024).
+Its minimizer is the marginal velocity v(x, t) = E[ε - x_0 | x_t = x], whose ODE dx/dt = v carries
+the data distribution at t = 0 to N(0, I) at t = 1. Sampling integrates it from t = 1 to 0.
+
+Network time: the U-Net / MLP of :mod:`genbench.models.diffusion.unet` embeds time with sinusoids
+of frequencies 1 ... 10⁻⁴ per unit, made for DDPM's step indices 0..999; the network gets
+``NET_TIME_SCALE`` · t = 1000 t, so t ∈ [0, 1] spans the same range.
+
+VE coordinates (for solvers written in σ): y = x_t / (1 - t) = x_0 + σ ε with σ = t / (1 - t);
+the denoiser is x̂_0 = x_t - t v(x_t, t) (:meth:`FlowMatching.denoise`).
+
+Likelihood (``likelihood = "ode"``): the gaussian-dequantization ODE bound of
+:mod:`.cnf_likelihood`, stopped at σ_0 = max(Δ/4, 10⁻⁴), exact trace when D ≤ 16 by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from genbench.models.base import (
+    GenerativeModel,
+    LikelihoodEstimator,
+    NllEstimate,
+    Sampled,
+    check_sampler_options,
+)
+from genbench.models.diffusion.samplers import Solver, integrate_fixed, integrate_rk45
+from genbench.models.diffusion.unet import NetKind, build_denoiser
+from genbench.models.flows.cnf_likelihood import SOLVERS, Velocity, ode_nll
+from genbench.models.options import bad_option, option_choice, option_number
+from genbench.nn.random import Generator, randn
+
+TimeDist = Literal["uniform", "logit_normal"]
+TIME_DISTS: tuple[str, ...] = ("uniform", "logit_normal")
+SAMPLER_NAMES: tuple[str, ...] = ("ode",)
+SAMPLER_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol")
+#: options of the ``ode`` likelihood (``model.nll_options`` and ``eval.estimator_options.ode``)
+ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes")
+DEFAULT_SAMPLER: dict[str, Any] = {"name": "ode", "solver": "heun", "steps": 20}
+DEFAULT_NLL: dict[str, Any] = {"solver": "rk45", "rtol": 1e-5, "atol": 1e-5, "probes": None}
+#: network time = NET_TIME_SCALE · t (the embedding was made for DDPM's indices 0..999)
+NET_TIME_SCALE = 1000.0
+#: data sizes up to which the likelihood's trace is exact by default
+EXACT_TRACE_MAX_DIMS = 16
+
+
+def sample_time(n: int, dist: TimeDist, *, device: torch.device | str | None = None) -> Tensor:
+    """``[n]`` float64 training times (global RNG): U[0, 1) or sigmoid(N(0, 1)) (logit-normal,
+    mean 0, std 1; Esser et al. 2024)."""
+    if dist == "uniform":
+        return torch.rand(n, dtype=torch.float64, device=device)
+    if dist == "logit_normal":
+        return torch.sigmoid(torch.randn(n, dtype=torch.float64, device=device))
+    raise ValueError(f"time_dist must be one of {TIME_DISTS}, got {dist!r}")
+
+
+def flow_matching_loss(velocity: Velocity, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """``[N]``: mean over dims of (v(x_t, t) - (ε - x_0))² with x_t = (1 - t) x_0 + t ε, for data
+    x_0 and noise ε ``[N, C, H, W]`` and times t ``[N]``."""
+    tb = t.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    x_t = (1 - tb) * x0 + tb * eps
+    return (velocity(x_t, t) - (eps - x0)).square().flatten(1).mean(1)
+
+
+def ode_sample(
+    velocity: Velocity,
+    x1: Tensor,
+    *,
+    solver: Solver = "heun",
+    steps: int = 20,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Integrate dx/dt = v from noise x_1 ``[N, ...]`` at t = 1 to t = 0. ``euler``/``heun``:
+    ``steps`` uniform steps (NFE ``steps`` / ``2 steps``; Heun's last corrector evaluates v at
+    t = 0); ``rk45``: adaptive per row (``rtol``/``atol``). Returns x_0 (data scale, unclipped)
+    and the velocity evaluations per row ``[N]`` float64."""
+    shape = x1.shape
+
+    def drift(t: Tensor, state: Tensor, rows: Tensor) -> Tensor:
+        """v ``[n, D]`` at flat states ``[n, D]`` and times ``t`` ``[n]``."""
+        return velocity(state.view(-1, *shape[1:]), t).flatten(1)
+
+    if solver == "rk45":
+        x, nfe = integrate_rk45(drift, x1.flatten(1), 1.0, 0.0, rtol=rtol, atol=atol)
+    elif solver in ("euler", "heun"):
+        grid = [1.0 - i / int(steps) for i in range(int(steps) + 1)]
+        x, n = integrate_fixed(drift, x1.flatten(1), grid, solver)
+        nfe = torch.full((x.shape[0],), n, dtype=torch.float64, device=x.device)
+    else:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return x.view(shape), nfe.double()
+
+
+def check_options(options: Mapping[str, Any], prefix: str) -> None:
+    """Values of sampler / likelihood options under config key ``prefix`` (``None`` = unset):
+    ``solver`` euler | heun | rk45, ``steps`` an integer >= 1, ``rtol``/``atol`` > 0, ``probes``
+    an integer >= 0."""
+    checks = {
+        "solver": lambda k, v: option_choice(k, v, SOLVERS),
+        "steps": lambda k, v: option_number(k, v, low=1, integer=True),
+        "rtol": lambda k, v: option_number(k, v, low=0, low_open=True),
+        "atol": lambda k, v: option_number(k, v, low=0, low_open=True),
+        "probes": lambda k, v: option_number(k, v, low=0, integer=True),
+    }
+    for name, value in options.items():
+        if value is not None and name in checks:
+            checks[name](f"{prefix}.{name}", value)
+
+
+def _ode_options(options: Any, key: str) -> dict[str, Any]:  # noqa: ANN401
+    """Likelihood options over ``DEFAULT_NLL``, checked under config key ``key``."""
+    if options is not None and not isinstance(options, Mapping):
+        raise bad_option(key, options, "a mapping of options such as {solver: rk45}")
+    options = dict(options or {})
+    check_sampler_options(options, ODE_OPTIONS, "the flow-matching ODE likelihood", prefix=key)
+    check_options(options, key)
+    return {**DEFAULT_NLL, **{k: v for k, v in options.items() if v is not None}}
+
+
+class FlowMatching(GenerativeModel):
+    """Conditional flow matching on the linear path (module docstring).
+
+    Args:
+        shape, levels: data shape ``(C, H, W)`` and levels K (from the runner).
+        net, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, norm_groups, mlp_hidden,
+            mlp_blocks: the velocity network, built as DDPM's denoiser
+            (:func:`~genbench.models.diffusion.unet.build_denoiser`; MLP for H = W = 1).
+        time_dist: training times, ``uniform`` or ``logit_normal``.
+        nll_seed: seed of the likelihood's noise when no generator is given.
+        nll_options: options of the ODE likelihood behind ``nll`` (``solver``, ``steps``,
+            ``rtol``, ``atol``, ``probes``; ``probes: null`` = exact trace when D ≤ 16, else 1).
+        sampler: default sampler options: ``name: ode``, ``solver`` (euler | heun | rk45),
+            ``steps`` (fixed-step solvers), ``rtol``/``atol`` (rk45); options given to
+            ``sample`` are merged over them.
+    """
+
+    family = "flow"
+    likelihood = "ode"
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        *,
+        net: NetKind = "auto",
+        ch: int = 16,
+        ch_mult: Sequence[int] = (1, 2, 4),
+        num_res_blocks: int = 1,
+        attn_resolutions: Sequence[int] = (4,),
+        dropout: float = 0.1,
+        norm_groups: int = 8,
+        mlp_hidden: int = 256,
+        mlp_blocks: int = 3,
+        time_dist: TimeDist = "uniform",
+        nll_seed: int = 0,
+        nll_options: Mapping[str, Any] | None = None,
+        sampler: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(shape, levels)
+        self.net = build_denoiser(
+            self.shape,
+            net,
+            ch=ch,
+            ch_mult=list(ch_mult),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=list(attn_resolutions),
+            dropout=dropout,
+            norm_groups=norm_groups,
+            mlp_hidden=mlp_hidden,
+            mlp_blocks=mlp_blocks,
+        )
+        self.time_dist: TimeDist = option_choice("model.time_dist", time_dist, TIME_DISTS)
+        self.nll_seed = int(nll_seed)
+        self.nll_options = _ode_options(nll_options, "model.nll_options")
+        self.sampler_defaults: dict[str, Any] = dict(sampler or DEFAULT_SAMPLER)
+        self._merge_sampler({}, self.sampler_defaults)  # validate the defaults
+
+    # ---- network ----------------------------------------------------------------------
+    def _param(self) -> Tensor:
+        return next(self.parameters())
+
+    def to_unit(self, x: Tensor) -> Tensor:
+        """Levels ``[N, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
+        return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def to_levels(self, x: Tensor) -> Tensor:
+        """``[-1, 1]`` floats → int64 levels in ``[0, K)`` (rounded, clamped)."""
+        return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
+
+    def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """v_θ(x_t, t) ``[N, C, H, W]`` at x_t ``[N, C, H, W]`` and times t ``[N]`` in [0, 1]; the
+        network gets float32 times 1000 t (as DDPM's network times, whatever the precision)."""
+        return self.net(x_t, (t.double() * NET_TIME_SCALE).float())
+
+    def denoise(self, y: Tensor, sigma: Tensor) -> Tensor:
+        """x̂_0 ``[N, C, H, W]`` in VE coordinates: y = x_t / (1 - t) ``[N, C, H, W]`` at noise
+        level σ = t / (1 - t) ``[N]``; x̂_0 = x_t - t v(x_t, t) with t = σ / (1 + σ)."""
+        t = sigma.double() / (1 + sigma.double())
+        tb = t.to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
+        x_t = y * (1 - tb)
+        return x_t - tb * self.velocity(x_t, t)
+
+    # ---- training and likelihood ------------------------------------------------------
+    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+        """``{"loss": [N]}``: mean_dims (v_θ(x_t, t) - (ε - x_0))², t from ``time_dist`` then
+        ε ~ N(0, I), both from the global RNG."""
+        x0 = self.to_unit(x)
+        t = sample_time(x0.shape[0], self.time_dist, device=x0.device)
+        return {"loss": flow_matching_loss(self.velocity, x0, t, torch.randn_like(x0))}
+
+    def ode_likelihood(
+        self,
+        x: Tensor,
+        *,
+        generator: Generator = None,
+        solver: Solver = "rk45",
+        steps: int = 100,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        probes: int | None = None,
+    ) -> NllEstimate:
+        """The ODE bound (:func:`ode_nll`) of levels ``x`` ``[N, C, H, W]``: ``nll`` ``[N]``
+        nats, ``nfe`` ``[N]`` and settings. ``probes=None``: exact trace when D ≤ 16, else one
+        Rademacher probe. Noise from ``generator`` (default one seeded ``nll_seed``)."""
+        opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
+        check_options(opts, "eval.estimator_options.ode")
+        if probes is None:
+            opts["probes"] = 0 if self.dims <= EXACT_TRACE_MAX_DIMS else 1
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(self.nll_seed)
+        return ode_nll(
+            self.velocity, x, self.levels, generator=generator, dtype=self._param().dtype, **opts
+        )
+
+    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+        """``[N]`` nats: :meth:`ode_likelihood` with ``nll_options``."""
+        return self.ode_likelihood(x, generator=generator, **self.nll_options).nll
+
+    def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
+        """``ode``: :meth:`ode_likelihood` with options from ``eval.estimator_options.ode``."""
+        return {"ode": LikelihoodEstimator("estimate", self.ode_likelihood)}
+
+    @classmethod
+    def validate_estimator(
+        cls, name: str, options: Mapping[str, Any], hparams: Mapping[str, Any], *, key: str
+    ) -> None:
+        """``ode``: options ``solver``, ``steps``, ``rtol``, ``atol``, ``probes``."""
+        if name == "ode":
+            _ode_options(options, key)
+
+    # ---- sampling -----------------------------------------------------------------------
+    @staticmethod
+    def _merge_sampler(
+        sampler: Mapping[str, Any], defaults: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Options ``sampler`` over ``defaults`` (``None`` = unset), each checked, with ``name``;
+        the options a solver does not use are dropped (``steps`` for rk45, tolerances for the
+        fixed-step solvers)."""
+        if defaults is not None and not isinstance(defaults, Mapping):
+            raise bad_option("model.sampler", defaults, "a mapping of sampler options")
+        merged: dict[str, Any] = {}
+        for opts, prefix in ((defaults or DEFAULT_SAMPLER, "model.sampler"), (sampler, "sampler")):
+            opts = {k: v for k, v in opts.items() if v is not None}
+            option_choice(f"{prefix}.name", opts.pop("name", "ode"), SAMPLER_NAMES)
+            check_sampler_options(opts, SAMPLER_OPTIONS, "the flow-matching sampler", prefix=prefix)
+            check_options(opts, prefix)
+            merged.update(opts)
+        solver = merged.setdefault("solver", DEFAULT_SAMPLER["solver"])
+        unused = ("steps",) if solver == "rk45" else ("rtol", "atol")
+        used = {k: v for k, v in merged.items() if k not in unused}
+        if solver != "rk45":
+            used.setdefault("steps", DEFAULT_SAMPLER["steps"])
+        return {"name": "ode", **used}
+
+    @classmethod
+    def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+        """The options of :class:`FlowMatching`'s ``sampler``, over ``hparams["sampler"]``."""
+        cls._merge_sampler(sampler, hparams.get("sampler"))
+
+    def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
+        """The options ``sample(**sampler)`` uses, with ``name`` (recorded in protocols)."""
+        return self._merge_sampler(sampler, self.sampler_defaults)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+        """``[n, C, H, W]`` int64 levels from x_1 ~ N(0, I) (drawn from ``generator``, one row
+        per generator when it is a sequence) through the ODE to t = 0. NFE per image: ``steps``
+        (euler), ``2 steps`` (heun) or what rk45 took for that image."""
+        opts = self.resolve_sampler(**sampler)
+        opts.pop("name")
+        p = self._param()
+        x1 = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
+        x0, nfe = ode_sample(self.velocity, x1, **opts)
+        return Sampled(self.to_levels(x0), nfe)
