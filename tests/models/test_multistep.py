@@ -233,6 +233,9 @@ def test_grids_and_bad_input():
             dpmpp_2m(denoise, x_T(), bad)
     with pytest.raises(ValueError, match="order"):
         unipc(denoise, x_T(), [2.0, 1.0, 0.0], order=4)
+    for steps in (999, 1000):  # strictly decreasing up to steps = T
+        ts = ddpm_timesteps(T, steps)
+        assert len(set(ts)) == steps and ts == sorted(ts, reverse=True) and ts[0] == T - 1
     with pytest.raises(ValueError, match="spacing"):
         ddpm_timesteps(T, 10, "leading")
 
@@ -256,3 +259,33 @@ def test_genbench_never_imports_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_flow_matching_network_in_the_same_coordinates():
+    """A flow-matching velocity model, x_t = (1-t) x_0 + t ε and v = ε - x_0, enters through
+    y = x_t / (1-t), σ = t / (1-t), x̂_0 = x_t - t v̂. For the exact model of N(MU, S²) its
+    denoiser is the VP one, so both solves agree (to 1e-7: the VP adapter hands the network
+    float32 times; measured 5.7e-9), and 40 UniPC steps land within 2e-3 (measured 1.2e-3)
+    of the closed-form flow y(σ_min) = MU + (y_max - MU) √((S² + σ_min²) / (S² + σ_max²))."""
+    mu, s2 = MU.view(1, -1, 1, 1), S.view(1, -1, 1, 1) ** 2
+
+    def velocity(x_t, t):
+        t = t.view(-1, 1, 1, 1)
+        x0 = mu + (1 - t) * s2 / ((1 - t) ** 2 * s2 + t**2) * (x_t - (1 - t) * mu)
+        return (x_t - (1 - t) * x0) / t - x0
+
+    def flow_denoise(y, sigma):
+        t = sigma / (1 + sigma)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * y
+        return x_t - t.view(-1, 1, 1, 1) * velocity(x_t, t)
+
+    p = GaussianDiffusion.from_schedule("linear", T)
+    s_max, s_min = 150.0, 0.02  # inside the VP process range (its network time is clamped)
+    grid = logsnr_sigmas(s_min, s_max, 40)
+    y0 = torch.randn(64, 3, 1, 1, generator=torch.Generator().manual_seed(1)) * s_max
+    for fn in (dpmpp_2m, unipc):
+        flow, _ = fn(flow_denoise, y0, grid)
+        vp, _ = fn(vp_denoiser(gaussian_eps_net(p), p), y0, grid)
+        assert float((flow - vp).abs().max()) < 1e-7, float((flow - vp).abs().max())
+    exact = mu + (y0 - mu) * ((s2 + s_min**2) / (s2 + s_max**2)).sqrt()
+    assert float((flow - exact).abs().max()) < 2e-3, float((flow - exact).abs().max())

@@ -185,9 +185,18 @@ def ddpm_timesteps(timesteps: int, steps: int, spacing: Spacing = "linspace") ->
     """The ``steps`` decreasing integer timesteps (code indices ``0..T-1``) of diffusers'
     ``timestep_spacing``: ``linspace`` rounds ``steps + 1`` points evenly spaced over [0, T-1]
     and drops the 0 (half-to-even rounding, as numpy); ``trailing`` counts down from T in
-    strides of T / steps, minus one."""
+    strides of T / steps, minus one. With ``linspace``, ``steps = T`` (where rounding would
+    repeat an index) gives every index once.
+
+    >>> ddpm_timesteps(1000, 5)
+    [999, 799, 599, 400, 200]
+    >>> ddpm_timesteps(1000, 5, "trailing")
+    [999, 799, 599, 399, 199]
+    """
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+    if spacing == "linspace" and steps == timesteps:
+        return list(range(timesteps - 1, -1, -1))
     if spacing == "linspace":
         points = np.linspace(0, timesteps - 1, steps + 1).round()[::-1][:-1]
     elif spacing == "trailing":
