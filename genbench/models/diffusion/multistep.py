@@ -76,13 +76,9 @@ def dpmpp_2m(
     for i in range(steps):
         s, t = grid[i], grid[i + 1]
         d = denoise(y, _sigma(y, s))
-        last = i == steps - 1
+        last = i == steps - 1 and lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
         drift = d
-        if not (
-            d_prev is None
-            or t == 0
-            or (last and lower_order_final and steps < LOWER_ORDER_FINAL_BELOW)
-        ):
+        if not (d_prev is None or t == 0 or last):  # else first order
             h, h_prev = math.log(s / t), math.log(grid[i - 1] / s)
             drift = d + (0.5 * h / h_prev) * (d - d_prev)
         y = (t / s) * y + (1 - t / s) * drift
@@ -92,9 +88,13 @@ def dpmpp_2m(
 
 def _uni_weights(h: float, rks: Sequence[float], corrector: bool) -> list[float]:
     """UniPC's ρ for B(h) = e^h - 1 (bh2) on a step of log-SNR length h (in λ = -log σ, h > 0),
-    with the older evaluations at relative positions ``rks`` (r_k = (λ_k - λ_s) / h < 0).
-    The predictor of order p = len(rks) + 1 gets p - 1 weights (for the differences
-    (D_k - D_s) / r_k), the corrector p + 1 (the last for D_t - D_s)."""
+    with the older evaluations at relative positions ``rks`` (r_k = (λ_k - λ_s) / h < 0), for
+    order p = len(rks) + 1. The predictor gets p - 1 weights (for the differences
+    (D_k - D_s) / r_k), the corrector p (the last for D_t - D_s). They solve the order
+    conditions of Zhao et al. (2023), Σ_k ρ_k r_k^(i-1) = b_i with b_i = i! (-h) φ_{i+1}(-h) / B(h)
+    and φ the exponential integrator's functions (φ_{k+1}(z) = (φ_k(z) - 1/k!) / z); the
+    predictor of order 2 and the corrector of order 1 use the closed form 1/2 instead, as
+    UniPC's reference code does."""
     p = len(rks) + 1
     if not corrector and p == 1:
         return []
@@ -104,7 +104,7 @@ def _uni_weights(h: float, rks: Sequence[float], corrector: bool) -> list[float]
         return [0.5]
     hh = -h  # the solver's variable for the data-prediction form
     big_b = math.expm1(hh)
-    g, fact, rhs = big_b / hh - 1, 1, []
+    g, fact, rhs = big_b / hh - 1, 1, []  # g_k = hh φ_{k+1}(hh), from g_1 = φ_1(hh) - 1
     for k in range(1, p + 1):
         rhs.append(g * fact / big_b)
         fact *= k + 1
