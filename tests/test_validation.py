@@ -13,7 +13,7 @@ from genbench.models.base import GenerativeModel
 from genbench.models.options import OptionError
 from genbench.validation import validate
 
-SAMPLERS = ["default", "ancestral", "ddim", "ode"]
+SAMPLERS = ["default", "ancestral", "ddim", "ode", "dpmpp", "unipc"]
 
 
 def _hparams(cfg) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_lib import common, ddp, evaluation, gpu, memory, runner, sampling, sweeps, threads
+from bench_lib import common, ddp, evaluation, gpu, memory, ode, runner, sampling, sweeps, threads
 from bench_lib.common import ROOT, Result, log, machine, table, verdict
 
 SECTIONS = {
@@ -29,6 +29,7 @@ SECTIONS = {
     "gpu": gpu.run,
     "ddp": ddp.run,
     "memory": memory.run,
+    "ode": ode.run,
 }
 
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from genbench.models.diffusion.ddpm import DDPM
 from genbench.models.diffusion.unet import MLPDenoiser, UNet, build_denoiser
+from genbench.models.options import OptionError
 from genbench.nn.random import per_sample_generators
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -77,6 +78,8 @@ def test_digits_default_size():
         {"name": "ddim", "steps": 5, "eta": 0.5},
         {"name": "ode", "solver": "heun", "steps": 4},
         {"name": "ode", "solver": "rk45", "rtol": 1e-3, "atol": 1e-3},
+        {"name": "dpmpp", "steps": 4},
+        {"name": "unipc", "steps": 5, "order": 3, "grid": "karras"},
     ],
 )
 def test_sample_is_per_sample_deterministic(opts):
@@ -110,6 +113,8 @@ def network_calls(m, **opts):
         ({"name": "ancestral", "steps": 25}, 25),
         ({"name": "ode", "solver": "heun", "steps": 10}, 19),
         ({"name": "ode", "solver": "euler", "steps": 10}, 10),
+        ({"name": "dpmpp", "steps": 7}, 7),
+        ({"name": "unipc", "steps": 6, "grid": "time"}, 6),  # the corrector reuses each call
         ({"name": "ode", "rtol": 1e-3, "atol": 1e-3}, None),  # rk45: whatever steps it took
     ],
 )
@@ -142,7 +147,26 @@ def test_sampler_defaults_merge_and_validation():
         tiny(sampler={"name": "ddim", "foo": 1})
 
 
-@pytest.mark.parametrize("name", ["default", "ancestral", "ddim", "ode"])
+def test_multistep_options_are_checked():
+    """``order`` (1..3, unipc only) and ``grid`` are validated by name, with the choices."""
+    for bad, match in (
+        (
+            {"name": "unipc", "order": 4},
+            r"sampler\.order=4 is invalid: expected an integer in \[1, 3\]",
+        ),
+        ({"name": "unipc", "order": 1.5}, r"sampler\.order=1\.5"),
+        ({"name": "dpmpp", "grid": "cosine"}, r"sampler\.grid='cosine'.*logsnr, time, karras"),
+        ({"name": "dpmpp", "order": 2}, r"sampler\.order"),  # DPM-Solver++ is 2M only
+        ({"name": "unipc", "steps": 51}, r"sampler\.steps=51"),
+    ):
+        with pytest.raises(OptionError, match=match):
+            DDPM.validate_sampler(bad, {"timesteps": 50})
+        with pytest.raises(OptionError, match=match):
+            tiny(timesteps=50).sample(1, **bad)
+    DDPM.validate_sampler({"name": "unipc", "order": 3, "grid": "time"}, {"timesteps": 50})
+
+
+@pytest.mark.parametrize("name", ["default", "ancestral", "ddim", "ode", "dpmpp", "unipc"])
 def test_sampler_yamls_are_accepted(name):
     opts = OmegaConf.to_container(OmegaConf.load(CONF / "sampler" / f"{name}.yaml"))
     m = tiny(timesteps=50)

@@ -192,3 +192,38 @@ def test_golden_full_loops(name):
     total, mean = GOLDEN[name]
     assert float(x.abs().sum()) == pytest.approx(total, rel=1e-9), float(x.abs().sum())
     assert float(x.abs().mean()) == pytest.approx(mean, rel=1e-9), float(x.abs().mean())
+
+
+def test_rk45_agrees_with_torchdiffeq_dopri5():
+    """dy/ds = -k y + cos s per row, y(s) = (y_0 - k/(k²+1)) e^{-ks} + (k cos s + sin s)/(k²+1):
+    genbench's RK45 and torchdiffeq's dopri5 (the reference; tests only) at rtol = atol = 1e-8
+    both land within 1e-7 of the closed form and of each other, and the own solver's per-row
+    evaluations are within 25% of dopri5 solving that row alone (same tableau, slightly
+    different step-size controllers; measured 109/104, 301/290, 637/602)."""
+    from torchdiffeq import odeint
+
+    k = torch.tensor([0.5, 3.0, 12.0])
+    y0 = torch.tensor([[1.0, -2.0], [0.5, 0.0], [2.0, 1.0]])
+
+    def f(s, y, rows):
+        return -k[rows, None] * y + torch.cos(s)[:, None]
+
+    def exact(s):
+        kk = k[:, None]
+        return (y0 - kk / (kk**2 + 1)) * torch.exp(-kk * s) + (kk * math.cos(s) + math.sin(s)) / (
+            kk**2 + 1
+        )
+
+    ours, nfe = integrate_rk45(f, y0, 0.0, 3.0, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(ours, exact(3.0), atol=1e-7, rtol=0), ours - exact(3.0)
+    for i in range(3):
+        calls = [0]
+
+        def g(s, y, i=i, calls=calls):
+            calls[0] += 1
+            return f(s.expand(1), y, torch.tensor([i]))
+
+        ref = odeint(g, y0[i : i + 1], torch.tensor([0.0, 3.0]), rtol=1e-8, atol=1e-8)[-1]
+        assert torch.allclose(ref, exact(3.0)[i : i + 1], atol=1e-7, rtol=0)
+        assert torch.allclose(ours[i : i + 1], ref, atol=1e-7, rtol=0)
+        assert 0.8 < float(nfe[i]) / calls[0] < 1.25, (float(nfe[i]), calls[0])

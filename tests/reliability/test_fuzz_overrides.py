@@ -174,7 +174,7 @@ TRAIN_KEYS: dict[str, st.SearchStrategy[str]] = {
 SAMPLER_KEYS: dict[tuple[str, str], st.SearchStrategy[str]] = {
     ("ddpm", "+sampler.eta"): numbers(0, 1),
     ("ddpm", "+sampler.steps"): counts(1, bound=T),
-    ("ddpm", "+sampler.name"): choices("ancestral", "ddim", "ode"),
+    ("ddpm", "+sampler.name"): choices("ancestral", "ddim", "ode", "dpmpp", "unipc"),
     ("ddpm", "+sampler.clip"): bools,
     ("ddpm", "model.sampler.eta"): numbers(0, 1),
     ("ddpm", "model.sampler.steps"): counts(1, bound=T),

@@ -10,11 +10,13 @@ it to the evaluator as the likelihood estimator ``ode`` (``eval.estimators=[ode]
 
 Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample``):
 
-- ``name``: ``ancestral`` | ``ddim`` | ``ode``.
+- ``name``: ``ancestral`` | ``ddim`` | ``ode`` | ``dpmpp`` | ``unipc``.
 - ancestral: ``steps`` (default T; fewer respaces the process), ``variance`` (small|large,
   or learned with ``learn_sigma``; default the model's), ``clip``.
 - ddim: ``steps`` (default T), ``eta`` (0 = deterministic, 1 = DDPM variance), ``clip``.
 - ode: ``solver`` (rk45|heun|euler), ``steps`` (fixed-step solvers), ``rtol``, ``atol``.
+- dpmpp: DPM-Solver++(2M) (:mod:`.multistep`), ``steps`` (= NFE), ``grid`` (logsnr|time|karras).
+- unipc: UniPC-bh2 (:mod:`.multistep`), ``steps`` (= NFE), ``order`` (1..3), ``grid``.
 
 The constructor's ``sampler`` dict gives the defaults; options given without ``name`` (or with
 the same name) are merged over them, a different ``name`` starts from that sampler's defaults.
@@ -38,6 +40,7 @@ from genbench.models.base import (
 from genbench.models.diffusion.importance import LossAwareTimesteps
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, Dequantization
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
+from genbench.models.diffusion.multistep import GRIDS, multistep_sample
 from genbench.models.diffusion.process import (
     HYBRID_WEIGHT,
     GaussianDiffusion,
@@ -61,7 +64,11 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "ancestral": ("steps", "variance", "clip"),
     "ddim": ("steps", "eta", "clip"),
     "ode": ("solver", "steps", "rtol", "atol"),
+    "dpmpp": ("steps", "grid"),
+    "unipc": ("steps", "order", "grid"),
 }
+#: highest UniPC order (``sampler.order``)
+MAX_ORDER = 3
 SOLVERS: tuple[str, ...] = ("rk45", "heun", "euler")
 Objective = Literal["simple", "vlb"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
@@ -73,7 +80,8 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
     """Check the values of sampler / ODE options (``None`` = unset) under config key ``prefix``:
     ``steps`` an integer in [1, T] (any >= 1 for ``rk45``, which does not use it), ``eta`` in
     [0, 1], ``variance`` small | large, ``clip`` a bool, ``solver`` rk45 | heun | euler,
-    ``rtol``/``atol`` > 0, ``probes`` an integer >= 0."""
+    ``rtol``/``atol`` > 0, ``probes`` an integer >= 0, ``order`` an integer in [1, 3], ``grid``
+    logsnr | time | karras."""
     high = None if options.get("solver") == "rk45" else timesteps
     checks = {
         "steps": lambda k, v: option_number(k, v, low=1, high=high, integer=True),
@@ -85,6 +93,8 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
         "atol": lambda k, v: option_number(k, v, low=0, low_open=True),
         "probes": lambda k, v: option_number(k, v, low=0, integer=True),
         "dequantization": lambda k, v: option_choice(k, v, DEQUANTIZATIONS),
+        "order": lambda k, v: option_number(k, v, low=1, high=MAX_ORDER, integer=True),
+        "grid": lambda k, v: option_choice(k, v, GRIDS),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -409,8 +419,9 @@ class DDPM(GenerativeModel):
     def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
         """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``.
 
-        NFE per image: T or ``steps`` (ancestral, DDIM); for the ODE ``steps`` (euler),
-        ``2 steps - 1`` (heun), or the steps the adaptive ``rk45`` took for that image, plus one.
+        NFE per image: T or ``steps`` (ancestral, DDIM, dpmpp, unipc); for the ODE ``steps``
+        (euler), ``2 steps - 1`` (heun), or the steps the adaptive ``rk45`` took for that
+        image, plus one.
         """
         name, opts = self._sampler_options(sampler)
         p = self._param()
@@ -418,6 +429,9 @@ class DDPM(GenerativeModel):
         if name == "ode":
             x0, nfe_rows = ode_sample(self._pred_net, self.process, x_T, **opts)
             return Sampled(self.to_levels(x0), nfe_rows)
+        if name in ("dpmpp", "unipc"):
+            x0, nfe = multistep_sample(self._pred_net, self.process, x_T, solver=name, **opts)
+            return Sampled.constant(self.to_levels(x0), nfe)
         fn, net = ddim_sample, self._pred_net
         if name == "ancestral":
             fn = ancestral_sample
