@@ -48,7 +48,7 @@ def iwae_one_shot(m: VAE, x: torch.Tensor) -> torch.Tensor:
     """The IWAE bound as it was computed before chunking: all k B decoder rows at once."""
     k, b = m.iwae_samples, x.shape[0]
     mu, log_std = m.encode(x)
-    eps = torch.randn(k, *mu.shape, device=mu.device)
+    eps = torch.randn(b, k, mu.shape[1], device=mu.device).transpose(0, 1)  # example-major draws
     z = mu + log_std.exp() * eps
     log_q = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     log_p = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)

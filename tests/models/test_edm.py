@@ -13,6 +13,7 @@ from torch import nn
 
 from genbench.models.diffusion.edm import EDM, VP_M, vp_sigma, vp_time
 from genbench.models.diffusion.likelihood import decoder_log_normalizer, flow_log_density
+from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
 from genbench.models.diffusion.samplers import edm_sample, karras_sigmas
 from genbench.models.options import OptionError
 from genbench.nn.random import per_sample_generators, randn
@@ -291,3 +292,28 @@ def test_cifar10_preset_samples_with_35_nfe():
     m = tiny((2, 1, 1), 8, sampler=OmegaConf.to_container(exp.model.sampler))
     with torch.inference_mode():
         assert m.sample(1).nfe.tolist() == [35.0]
+
+
+@pytest.mark.parametrize("name", ["dpmpp", "unipc"])
+@pytest.mark.parametrize("grid", ["logsnr", "karras"])
+def test_multistep_samplers_run_on_edms_coordinates_and_converge_to_the_flow(name, grid):
+    """``sampler=dpmpp|unipc`` is the solver of :mod:`.multistep` on EDM's own coordinates from
+    σ_max over ``steps`` levels of ``grid`` then to 0 (same levels as calling it directly, NFE =
+    steps); with the exact denoiser its end approaches the exact flow's x_T S / √(S² + σ_max²)
+    as the steps double (at least 2.5x closer from 20 to 40 calls; 1.7 % off at 20 on logsnr)."""
+    m = exact("edm", levels=33)
+    solve = {"dpmpp": dpmpp_2m, "unipc": unipc}[name]
+    levels = {"logsnr": logsnr_sigmas, "karras": karras_sigmas}[grid]
+    n = 64
+    got = m.sample(n, generator=per_sample_generators(0, 0, n), name=name, steps=20, grid=grid)
+    assert got.nfe.tolist() == [20.0] * n
+    x_T = 80 * randn((n, 2, 1, 1), generator=per_sample_generators(0, 0, n), dtype=torch.float64)
+    direct, _ = solve(m.denoise, x_T, [*levels(0.002, 80.0, 20), 0.0])
+    assert torch.equal(got.x, m.to_levels(direct))
+    x = torch.full((1, 2, 1, 1), 80.0, dtype=torch.float64)
+    end = 80 * S / math.sqrt(S**2 + 80**2)
+    err = [
+        abs(float(solve(m.denoise, x, [*levels(0.002, 80.0, k), 0.0])[0][0, 0]) / end - 1)
+        for k in (20, 40)
+    ]
+    assert err[1] < err[0] / 2.5 and err[0] < 0.06, err

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
 from genbench.models.flows.cnf_likelihood import decoder_sigma, ode_log_density
 from genbench.models.flows.flow_matching import (
     NET_TIME_SCALE,
@@ -22,7 +23,7 @@ from genbench.models.flows.flow_matching import (
     sample_time,
 )
 from genbench.models.options import OptionError
-from genbench.nn.random import per_sample_generators
+from genbench.nn.random import per_sample_generators, randn
 
 S = 0.5  # std of the Gaussian data
 
@@ -206,3 +207,26 @@ def test_packaged_sampler_configs_default_and_ode_are_accepted_and_ddim_is_refus
     with pytest.raises(OptionError, match="expected one of ode") as err:
         FlowMatching.validate_sampler(yaml.safe_load((conf / "ddim.yaml").read_text()), {})
     assert err.value.key == "sampler.name"
+
+
+@pytest.mark.parametrize("name", ["dpmpp", "unipc"])
+def test_multistep_samplers_follow_the_exact_flow(name):
+    """DPM-Solver++ / UniPC in the VE coordinates y = x_t / (1 - t) with the exact Gaussian
+    velocity: the levels equal the solver's run on the log-SNR grid from σ = 999 (y = 1000 x_1)
+    to 0, and 40 calls land within 1 % of the exact flow's end S x_1."""
+    m = exact_model((2, 1, 1), 33, gaussian_velocity)
+    n = 64
+    got = m.sample(n, generator=per_sample_generators(0, 0, n), name=name, steps=20)
+    assert got.nfe.tolist() == [20.0] * n
+    x1 = randn((n, 2, 1, 1), generator=per_sample_generators(0, 0, n), dtype=torch.float64)
+    solve = {"dpmpp": dpmpp_2m, "unipc": unipc}[name]
+    direct, _ = solve(m.denoise, 1000 * x1, [*logsnr_sigmas(0.002, 999.0, 20), 0.0])
+    assert torch.equal(got.x, m.to_levels(direct))
+    far, _ = solve(m.denoise, 1000 * x1, [*logsnr_sigmas(0.002, 999.0, 40), 0.0])
+    assert float(((far - S * x1).abs() / (S * x1).abs().clamp(min=0.05)).max()) < 1e-2
+    assert m.resolve_sampler(name=name) == {
+        "name": name,
+        "steps": 20,
+        "grid": "logsnr",
+        **({"order": 2} if name == "unipc" else {}),
+    }

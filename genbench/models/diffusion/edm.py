@@ -22,8 +22,10 @@ D(x; σ) = x + σ² ∇ log p_σ(x), so ``score(x, σ) = (D(x; σ) - x) / σ²``
 
 Sampler options (``sampler.*``; the constructor's ``sampler`` dict gives the defaults, merged as
 DDPM merges them): ``name`` ``heun`` (Algorithm 1; NFE 2·steps - 1) | ``euler`` (NFE steps) |
-``stochastic`` (Algorithm 2: ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``); ``steps`` noise
-levels between σ_max and σ_min spaced by ``rho`` (eq. 5), then σ = 0. σ_min = 0.002 and
+``stochastic`` (Algorithm 2: ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``) | ``dpmpp``
+(DPM-Solver++(2M)) | ``unipc`` (UniPC-bh2, ``order`` 1..3) of :mod:`.multistep`, NFE steps, on
+``grid`` ``logsnr`` (λ = -log σ uniform) or ``karras``; ``steps`` noise levels between σ_max and
+σ_min spaced by ``rho`` (eq. 5; or log-SNR for the multistep solvers), then σ = 0. σ_min = 0.002 and
 σ_max = 80 (the paper's, for data in [-1, 1]: σ_max is 160 data standard deviations) are model
 hyperparameters, shared by sampling and the likelihood.
 
@@ -52,6 +54,7 @@ from genbench.models.base import (
     check_sampler_options,
 )
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, ProbabilityFlow, flow_nll
+from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
 from genbench.models.diffusion.samplers import Solver, edm_sample, karras_sigmas
 from genbench.models.diffusion.unet import NetKind, build_denoiser
 from genbench.models.options import OptionError, bad_option, option_choice, option_number
@@ -67,6 +70,8 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "heun": ("steps", "rho"),
     "euler": ("steps", "rho"),
     "stochastic": ("steps", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"),
+    "dpmpp": ("steps", "grid", "rho"),
+    "unipc": ("steps", "order", "grid", "rho"),
 }
 #: defaults of every sampler option (stochastic: the paper's CIFAR-10 VP row of Table 5)
 SAMPLER_DEFAULTS: dict[str, Any] = {
@@ -76,6 +81,8 @@ SAMPLER_DEFAULTS: dict[str, Any] = {
     "s_tmin": 0.01,
     "s_tmax": 1.0,
     "s_noise": 1.007,
+    "order": 2,
+    "grid": "logsnr",
 }
 NLL_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes", "dequantization")
 NLL_DEFAULTS: dict[str, Any] = {
@@ -110,6 +117,8 @@ def check_options(options: Mapping[str, Any], prefix: str) -> None:
         "s_tmin": lambda k, v: option_number(k, v, low=0),
         "s_tmax": lambda k, v: option_number(k, v, low=0),
         "s_noise": lambda k, v: option_number(k, v, **positive),
+        "order": lambda k, v: option_number(k, v, low=1, high=3, integer=True),
+        "grid": lambda k, v: option_choice(k, v, ("logsnr", "karras")),
         "solver": lambda k, v: option_choice(k, v, ("rk45", "heun", "euler")),
         "rtol": lambda k, v: option_number(k, v, **positive),
         "atol": lambda k, v: option_number(k, v, **positive),
@@ -367,10 +376,20 @@ class EDM(GenerativeModel):
         (euler)."""
         name, opts = merge_sampler(sampler, self.sampler_defaults)
         p = self._param()
-        sigmas = karras_sigmas(self.sigma_min, self.sigma_max, int(opts["steps"]), opts["rho"])
+        steps = int(opts["steps"])
+        sigmas = karras_sigmas(self.sigma_min, self.sigma_max, steps, opts["rho"])
         x_T = self.sigma_max * randn(
             (n, *self.shape), generator=generator, device=p.device, dtype=p.dtype
         )
+        if name in ("dpmpp", "unipc"):  # multistep solvers on EDM's own (VE) coordinates
+            if opts["grid"] == "logsnr":
+                sigmas = logsnr_sigmas(self.sigma_min, self.sigma_max, steps)
+            grid = [*sigmas, 0.0]  # steps network calls, the last step to σ = 0
+            if name == "dpmpp":
+                x0, nfe = dpmpp_2m(self.denoise, x_T, grid)
+            else:
+                x0, nfe = unipc(self.denoise, x_T, grid, order=int(opts["order"]))
+            return Sampled.constant(self.to_levels(x0), nfe)
         kw: dict[str, Any] = {"second_order": name != "euler", "generator": generator}
         if name == "stochastic":
             kw.update(

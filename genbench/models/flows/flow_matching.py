@@ -18,6 +18,11 @@ of frequencies 1 ... 10⁻⁴ per unit, made for DDPM's step indices 0..999; the
 VE coordinates (for solvers written in σ): y = x_t / (1 - t) = x_0 + σ ε with σ = t / (1 - t);
 the denoiser is x̂_0 = x_t - t v(x_t, t) (:meth:`FlowMatching.denoise`).
 
+Samplers (``sampler.name``): ``ode`` (``solver`` euler | heun | rk45, ``steps``, ``rtol``,
+``atol``) in t, or the multistep solvers ``dpmpp`` (DPM-Solver++(2M)) and ``unipc`` (``order``
+1..3) of :mod:`genbench.models.diffusion.multistep` in the VE coordinates, ``steps`` network calls
+on a ``logsnr`` or ``karras`` grid from σ = 999 (t = 0.999) to 0.002, then to 0.
+
 Likelihood (``likelihood = "ode"``): the gaussian-dequantization ODE bound of
 :mod:`.cnf_likelihood`, stopped at σ_0 = max(Δ/4, 10⁻⁴), exact trace when D ≤ 16 by default.
 """
@@ -37,7 +42,13 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
-from genbench.models.diffusion.samplers import Solver, integrate_fixed, integrate_rk45
+from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
+from genbench.models.diffusion.samplers import (
+    Solver,
+    integrate_fixed,
+    integrate_rk45,
+    karras_sigmas,
+)
 from genbench.models.diffusion.unet import NetKind, build_denoiser
 from genbench.models.flows.cnf_likelihood import SOLVERS, Velocity, ode_nll
 from genbench.models.options import bad_option, option_choice, option_number
@@ -45,8 +56,17 @@ from genbench.nn.random import Generator, randn
 
 TimeDist = Literal["uniform", "logit_normal"]
 TIME_DISTS: tuple[str, ...] = ("uniform", "logit_normal")
-SAMPLER_NAMES: tuple[str, ...] = ("ode",)
+SAMPLER_NAMES: tuple[str, ...] = ("ode", "dpmpp", "unipc")
 SAMPLER_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol")
+#: options of the multistep solvers (:mod:`genbench.models.diffusion.multistep`)
+MULTISTEP_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dpmpp": ("steps", "grid"),
+    "unipc": ("steps", "order", "grid"),
+}
+MULTISTEP_DEFAULTS: dict[str, Any] = {"steps": 20, "order": 2, "grid": "logsnr"}
+#: noise-to-signal range σ = t / (1 - t) of the multistep solvers: from t = 0.999 (x_t taken to
+#: be the prior draw x_1, off by (1 - t)(x_0 - ε)) down to σ = 0.002 (then a last step to 0)
+MULTISTEP_SIGMA_MAX, MULTISTEP_SIGMA_MIN = 999.0, 0.002
 #: options of the ``ode`` likelihood (``model.nll_options`` and ``eval.estimator_options.ode``)
 ODE_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes")
 DEFAULT_SAMPLER: dict[str, Any] = {"name": "ode", "solver": "heun", "steps": 20}
@@ -115,6 +135,8 @@ def check_options(options: Mapping[str, Any], prefix: str) -> None:
         "rtol": lambda k, v: option_number(k, v, low=0, low_open=True),
         "atol": lambda k, v: option_number(k, v, low=0, low_open=True),
         "probes": lambda k, v: option_number(k, v, low=0, integer=True),
+        "order": lambda k, v: option_number(k, v, low=1, high=3, integer=True),
+        "grid": lambda k, v: option_choice(k, v, ("logsnr", "karras")),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -273,12 +295,23 @@ class FlowMatching(GenerativeModel):
         if defaults is not None and not isinstance(defaults, Mapping):
             raise bad_option("model.sampler", defaults, "a mapping of sampler options")
         merged: dict[str, Any] = {}
+        default = (defaults or DEFAULT_SAMPLER).get("name") or "ode"
         for opts, prefix in ((defaults or DEFAULT_SAMPLER, "model.sampler"), (sampler, "sampler")):
             opts = {k: v for k, v in opts.items() if v is not None}
-            option_choice(f"{prefix}.name", opts.pop("name", "ode"), SAMPLER_NAMES)
-            check_sampler_options(opts, SAMPLER_OPTIONS, "the flow-matching sampler", prefix=prefix)
+            name = opts.pop("name", default)
+            option_choice(f"{prefix}.name", name, SAMPLER_NAMES)
+            allowed = MULTISTEP_OPTIONS.get(name, SAMPLER_OPTIONS)
+            check_sampler_options(
+                opts, allowed, f"the flow-matching sampler {name!r}", prefix=prefix
+            )
             check_options(opts, prefix)
+            if prefix == "sampler" and name != default:  # another sampler: its own defaults
+                merged = {}
             merged.update(opts)
+        name = sampler.get("name") or default
+        if name in MULTISTEP_OPTIONS:
+            keys = MULTISTEP_OPTIONS[name]
+            return {"name": name, **{k: merged.get(k, MULTISTEP_DEFAULTS[k]) for k in keys}}
         solver = merged.setdefault("solver", DEFAULT_SAMPLER["solver"])
         unused = ("steps",) if solver == "rk45" else ("rtol", "atol")
         used = {k: v for k, v in merged.items() if k not in unused}
@@ -301,8 +334,18 @@ class FlowMatching(GenerativeModel):
         per generator when it is a sequence) through the ODE to t = 0. NFE per image: ``steps``
         (euler), ``2 steps`` (heun) or what rk45 took for that image."""
         opts = self.resolve_sampler(**sampler)
-        opts.pop("name")
+        name = opts.pop("name")
         p = self._param()
         x1 = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
+        if name in MULTISTEP_OPTIONS:  # in VE coordinates y = x_t / (1 - t), σ = t / (1 - t)
+            steps, lo, hi = int(opts["steps"]), MULTISTEP_SIGMA_MIN, MULTISTEP_SIGMA_MAX
+            levels = logsnr_sigmas(lo, hi, steps) if opts["grid"] == "logsnr" else None
+            grid = [*(levels or karras_sigmas(lo, hi, steps)), 0.0]
+            y = x1 * (1 + hi)  # x_t / (1 - t) at t = hi / (1 + hi)
+            if name == "dpmpp":
+                x0, nfe = dpmpp_2m(self.denoise, y, grid)
+            else:
+                x0, nfe = unipc(self.denoise, y, grid, order=int(opts["order"]))
+            return Sampled.constant(self.to_levels(x0), nfe)
         x0, nfe = ode_sample(self.velocity, x1, **opts)
         return Sampled(self.to_levels(x0), nfe)
