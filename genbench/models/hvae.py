@@ -59,6 +59,7 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[N, ch, h, w]`` → ``[N, ch, h, w]``."""
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
 
 

@@ -326,6 +326,7 @@ def _check_nll_batch_independent(m: GenerativeModel, x: torch.Tensor) -> None:
     n = x.shape[0]
 
     def scored(rows: slice) -> dict[str, torch.Tensor]:
+        """``nll`` and bound terms, each ``[n]`` float64, of the examples ``x[rows]``."""
         start, stop = rows.indices(n)[:2]
         out = {}
         with torch.inference_mode():

@@ -96,12 +96,14 @@ NLL_DEFAULTS: dict[str, Any] = {
 
 
 def vp_sigma(t: Tensor) -> Tensor:
-    """VP noise level σ(t) = √(exp(½ β_d t² + β_min t) - 1) of times ``t`` (any shape)."""
+    """VP noise level σ(t) = √(exp(½ β_d t² + β_min t) - 1) of times ``t`` ``[N]`` (any shape;
+    σ has the shape of ``t``)."""
     return torch.expm1(0.5 * VP_BETA_D * t**2 + VP_BETA_MIN * t).sqrt()
 
 
 def vp_time(sigma: Tensor) -> Tensor:
-    """Inverse of :func:`vp_sigma`: t = (√(β_min² + 2 β_d ln(1 + σ²)) - β_min) / β_d."""
+    """Inverse of :func:`vp_sigma`: t = (√(β_min² + 2 β_d ln(1 + σ²)) - β_min) / β_d, of the
+    shape of ``sigma`` (e.g. ``[N]``)."""
     return (
         (VP_BETA_MIN**2 + 2 * VP_BETA_D * torch.log1p(sigma**2)).sqrt() - VP_BETA_MIN
     ) / VP_BETA_D
@@ -254,8 +256,8 @@ class EDM(GenerativeModel):
         return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(c_skip, c_out, c_in, c_noise) of Table 1 at noise levels ``sigma`` (any shape;
-        computed in float64)."""
+        """(c_skip, c_out, c_in, c_noise) of Table 1 at noise levels ``sigma`` ``[N]`` (or any
+        shape; each coefficient float64 of that shape)."""
         s = sigma.double()
         one = torch.ones_like(s)
         if self.precond == "vp":
@@ -271,7 +273,7 @@ class EDM(GenerativeModel):
         )
 
     def loss_weight(self, sigma: Tensor) -> Tensor:
-        """λ(σ) of Table 1 (float64, the shape of ``sigma``)."""
+        """λ(σ) of Table 1 at ``sigma`` ``[N]`` (float64 ``[N]``, or the shape of ``sigma``)."""
         s = sigma.double()
         if self.precond == "edm":
             return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
@@ -321,6 +323,7 @@ class EDM(GenerativeModel):
         N(0, σ_max² I), fixed-step grids on the ρ = 7 spacing."""
 
         def eps(y: Tensor, sigma: Tensor) -> Tensor:
+            """ε̂ ``[N, C, H, W]`` = (y - D(y; σ)) / σ at ``y`` ``[N, C, H, W]``, σ ``[N]``."""
             return (y - self.denoise(y, sigma)) / sigma.to(y.dtype).view(-1, *([1] * (y.ndim - 1)))
 
         def grid(steps: int, solver: Solver, start: float | None) -> list[float]:

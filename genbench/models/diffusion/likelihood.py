@@ -140,7 +140,8 @@ def _drift_with_trace(
 def ode_log_density(
     net: NetFn, process: GaussianDiffusion, y: Tensor, **options: Any
 ) -> tuple[Tensor, Tensor]:
-    """:func:`flow_log_density` of DDPM's ODE (``net`` an ε- or v-network over ``process``)."""
+    """:func:`flow_log_density` of DDPM's ODE (``net`` an ε- or v-network over ``process``):
+    log p ``[N]`` nats of ``y`` ``[N, ...]`` and the NFE ``[N]``."""
     return flow_log_density(ProbabilityFlow.of_process(net, process), y, **options)
 
 
@@ -212,7 +213,8 @@ def decoder_log_normalizer(z: Tensor, levels: int, sigma0: float) -> Tensor:
 def ode_nll(
     net: NetFn, process: GaussianDiffusion, x: Tensor, levels: int, **options: Any
 ) -> NllEstimate:
-    """:func:`flow_nll` of DDPM's ODE (``net`` an ε- or v-network over ``process``)."""
+    """:func:`flow_nll` of DDPM's ODE (``net`` an ε- or v-network over ``process``) for levels
+    ``x`` ``[N, C, H, W]``: nats ``[N]`` and NFE ``[N]``."""
     return flow_nll(ProbabilityFlow.of_process(net, process), x, levels, **options)
 
 

@@ -229,6 +229,7 @@ def vp_denoiser(net: NetFn, process: GaussianDiffusion) -> Denoiser:
     (:meth:`GaussianDiffusion.t_at`)."""
 
     def denoise(y: Tensor, sigma: Tensor) -> Tensor:
+        """x̂_0 ``[N, ...]`` at y = x / √ᾱ ``[N, ...]`` and σ ``[N]``."""
         ab = (1 / (1 + sigma.double() ** 2)).to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
         x = y * ab.sqrt()
         out = net(x, process.net_time_at(process.t_at(sigma)))

@@ -48,7 +48,7 @@ SIGMA0_FLOOR = 1e-4
 
 
 def _with_divergence(velocity: Velocity, shape: tuple[int, ...], probes: Tensor | None) -> Drift:
-    """Augmented drift (v, tr ∂v/∂x) over states ``[N, D + 1]``; ``probes`` ``[B, P, D]``
+    """Augmented drift (v, tr ∂v/∂x) over states ``[N, D + 1]``; ``probes`` ``[N, P, D]``
     Rademacher vectors of the batch rows (``None``: exact trace, D backward passes)."""
 
     def drift(t: Tensor, state: Tensor, rows: Tensor) -> Tensor:

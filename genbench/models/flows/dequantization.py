@@ -115,7 +115,8 @@ class VariationalDequantizer(nn.Module):
     def sample(
         self, x: Tensor, *, generator: Generator = None, dtype: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``(u, log q(u | x))`` with ε drawn from ``generator`` (one per row when a sequence)."""
+        """``(u [N, C, H, W], log q(u | x) [N])`` for levels ``x`` ``[N, C, H, W]``, with ε drawn
+        from ``generator`` (one per row when a sequence)."""
         dtype = dtype or next(self.parameters()).dtype
         eps = randn(x.shape, generator=generator, device=x.device, dtype=dtype)
         return self(x, eps)
