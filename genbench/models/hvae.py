@@ -15,9 +15,11 @@ importance-weighted bound with ``iwae_samples`` draws of the whole hierarchy (Bu
 log w = log p(x | z) + Σ_l log p(z_l | z_<l) - Σ_l log q(z_l | x, z_<l); both are upper bounds
 on the discrete NLL (``likelihood = "elbo"``).
 
-Shapes: the ladder has one resolution per stride-2 stage that keeps maps at least 4 pixels wide
-(8x8 digits: 8 and 4; 28x28: 28, 14, 7); data with no spatial extent (2-D toys, ``(C, 1, 1)``)
-get one 1x1 resolution, where the 3x3 convolutions act as dense layers.
+Shapes: the ladder halves the resolution while both sides are even and above ``min_size``
+(8x8 digits: 8, 4, 2, 1; 28x28: 28, 14, 7), with latent groups below the data's resolution (a
+latent map as large as the data mostly copies it at a high KL price); data with no spatial extent
+(2-D toys, ``(C, 1, 1)``) get one 1x1 resolution with the latents, where the 3x3 convolutions
+act as dense layers.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.options import option_number
-from genbench.models.vae import DECODERS, Decoder, _stages, level_log_probs
+from genbench.models.vae import DECODERS, Decoder, level_log_probs
 from genbench.nn.chunks import rows_per_chunk
 from genbench.nn.random import categorical, randn
 
@@ -109,7 +111,11 @@ class HVAE(GenerativeModel):
         shape, levels: data shape ``(C, H, W)`` and levels K (from the runner).
         hidden: channels of every feature map.
         zdim: channels of every latent group.
-        groups: latent groups per resolution (the ladder has ``groups`` × resolutions groups).
+        groups: latent groups per resolution.
+        min_size: the ladder halves the resolution while both sides are even and larger than
+            this (8x8: 8, 4, 2, 1; 28x28: 28, 14, 7).
+        data_latents: latent groups at the data's own resolution too (default: only below it,
+            unless the ladder has a single resolution).
         blocks: residual blocks per resolution, in each direction.
         decoder: ``categorical`` or ``logistic`` (as the VAE's).
         iwae_samples: k of the importance-weighted bound reported as ``nll``.
@@ -129,6 +135,8 @@ class HVAE(GenerativeModel):
         blocks: int = 1,
         decoder: Decoder = "categorical",
         iwae_samples: int = 64,
+        min_size: int = 1,
+        data_latents: bool = False,
     ) -> None:
         super().__init__(shape, levels)
         if decoder not in DECODERS:
@@ -141,9 +149,18 @@ class HVAE(GenerativeModel):
                 f"model.blocks={blocks!r} must be >= 0 and model.iwae_samples={iwae_samples!r} >= 1"
             )
         c, h, w = self.shape
-        stages = 0 if h * w == 1 else min(_stages(h), _stages(w))
+        if int(min_size) < 1:
+            raise ValueError(f"model.min_size={min_size!r}: expected an integer >= 1")
+        stages = 0
+        while (h >> stages) % 2 == 0 and (w >> stages) % 2 == 0 and min(h, w) >> stages > min_size:
+            stages += 1
         #: (h, w) of every resolution, lowest (top of the ladder) first
         self.sizes = [(h >> s, w >> s) for s in reversed(range(stages + 1))]
+        #: latent groups at every resolution (none at the data's own unless asked, or alone)
+        self.group_counts = [
+            int(groups) if (i < stages or data_latents or stages == 0) else 0
+            for i in range(stages + 1)
+        ]
         self.decoder_kind: Decoder = decoder
         self.zdim, self.groups, self.iwae_samples = int(zdim), int(groups), int(iwae_samples)
         self.out_per_dim = levels if decoder == "categorical" else 2
@@ -157,8 +174,8 @@ class HVAE(GenerativeModel):
         self.h_top = nn.Parameter(torch.zeros(1, hidden, hl, wl))
         self.latents = nn.ModuleList(
             [
-                nn.ModuleList([LatentGroup(hidden, self.zdim) for _ in range(self.groups)])
-                for _ in self.sizes
+                nn.ModuleList([LatentGroup(hidden, self.zdim) for _ in range(count)])
+                for count in self.group_counts
             ]
         )
         self.down = nn.ModuleList([stack() for _ in self.sizes])  # top-down, lowest first
@@ -170,7 +187,11 @@ class HVAE(GenerativeModel):
 
     def noise_shapes(self) -> list[tuple[int, int, int]]:
         """``(zdim, h, w)`` of every latent group, in top-down order."""
-        return [(self.zdim, hh, ww) for hh, ww in self.sizes for _ in range(self.groups)]
+        return [
+            (self.zdim, hh, ww)
+            for (hh, ww), count in zip(self.sizes, self.group_counts)
+            for _ in range(count)
+        ]
 
     def _features(self, x: Tensor) -> list[Tensor]:
         """Bottom-up features of levels ``x`` ``[N, C, H, W]``, one map per resolution (lowest

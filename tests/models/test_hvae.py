@@ -25,18 +25,19 @@ def trained(shape=(1, 8, 8), levels=5, steps=30, **kw):
 
 
 @pytest.mark.parametrize(
-    "shape,sizes",
+    "shape,kw,sizes,groups",
     [
-        ((1, 8, 8), [(4, 4), (8, 8)]),
-        ((1, 28, 28), [(7, 7), (14, 14), (28, 28)]),
-        ((2, 1, 1), [(1, 1)]),
-        ((3, 6, 6), [(6, 6)]),
+        ((1, 8, 8), {}, [(1, 1), (2, 2), (4, 4), (8, 8)], [2, 2, 2, 0]),
+        ((1, 8, 8), {"min_size": 4, "data_latents": True}, [(4, 4), (8, 8)], [2, 2]),
+        ((1, 28, 28), {}, [(7, 7), (14, 14), (28, 28)], [2, 2, 0]),
+        ((2, 1, 1), {}, [(1, 1)], [2]),
+        ((3, 6, 6), {}, [(3, 3), (6, 6)], [2, 0]),
     ],
 )
-def test_the_ladder_has_one_resolution_per_stage(shape, sizes):
-    m = HVAE(shape, 4, hidden=4, zdim=2, groups=2)
-    assert m.sizes == sizes
-    assert len(m.noise_shapes()) == 2 * len(sizes)
+def test_the_ladder_halves_the_resolution_with_latents_below_the_datas(shape, kw, sizes, groups):
+    m = HVAE(shape, 4, hidden=4, zdim=2, groups=2, **kw)
+    assert m.sizes == sizes and m.group_counts == groups
+    assert len(m.noise_shapes()) == sum(groups)
 
 
 def test_a_fresh_model_is_uniform_with_zero_kl():
