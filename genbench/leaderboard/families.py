@@ -34,8 +34,10 @@ from genbench.leaderboard.sections import (
 TAXONOMY: dict[str, tuple[str, str, str]] = {
     "autoregressive": ("explicit, tractable density", "exact NLL", "D sequential network calls"),
     "flow": (
-        "explicit, tractable density (discrete flows, and continuous ones whose sampling is an "
-        "ODE solve, e.g. flow matching)",
+        "explicit, tractable density (discrete flows, and continuous ones: flow matching is a "
+        "continuous normalizing flow - an invertible ODE map from noise to data with a density by "
+        "the change of variables - trained by regressing its velocity field instead of by "
+        "maximum likelihood)",
         "exact density of dequantized data (≤ discrete NLL); ODE estimate (≈) for continuous flows",
         "1 network call (discrete); one per ODE solver step (continuous)",
     ),
