@@ -119,22 +119,28 @@ def _drift_with_trace(
             f = flow.eps(y.view(-1, *shape), sigma).flatten(1)
             if log_time:
                 f = sigma.to(f.dtype)[:, None] * f
-            if probes is None:  # exact trace: one backward pass per dimension
-                div = sum(
-                    torch.autograd.grad(f[:, i].sum(), y, retain_graph=True)[0][:, i]
-                    for i in range(f.shape[1])
-                )
-            else:
-                z = probes[rows].clone()  # [N, P, D]
-                div = torch.zeros(y.shape[0], dtype=f.dtype, device=f.device)
-                for k in range(z.shape[1]):
-                    (g,) = torch.autograd.grad(
-                        (f * z[:, k]).sum(), y, retain_graph=k < z.shape[1] - 1
-                    )
-                    div = div + (g * z[:, k]).sum(1) / z.shape[1]
+            div = jacobian_trace(f, y, None if probes is None else probes[rows].clone())
         return torch.cat([f.detach(), div.detach()[:, None]], dim=1)
 
     return drift
+
+
+def jacobian_trace(f: Tensor, y: Tensor, probes: Tensor | None) -> Tensor:
+    """tr ∂f/∂y ``[N]`` of outputs ``f`` ``[N, D]`` computed from ``y`` ``[N, D]`` (which requires
+    grad): exact with ``probes=None`` (D backward passes), else Hutchinson's estimate, the mean of
+    zᵀ (∂f/∂y) z over the ``probes`` ``[N, P, D]`` (one backward pass each)."""
+    if probes is None:
+        return sum(
+            torch.autograd.grad(f[:, i].sum(), y, retain_graph=True)[0][:, i]
+            for i in range(f.shape[1])
+        )
+    div = torch.zeros(y.shape[0], dtype=f.dtype, device=f.device)
+    for k in range(probes.shape[1]):
+        (g,) = torch.autograd.grad(
+            (f * probes[:, k]).sum(), y, retain_graph=k < probes.shape[1] - 1
+        )
+        div = div + (g * probes[:, k]).sum(1) / probes.shape[1]
+    return div
 
 
 def ode_log_density(

@@ -36,7 +36,11 @@ import torch
 from torch import Tensor
 
 from genbench.models.base import NllEstimate
-from genbench.models.diffusion.likelihood import DECODER_SIGMA_FRACTION, decoder_log_normalizer
+from genbench.models.diffusion.likelihood import (
+    DECODER_SIGMA_FRACTION,
+    decoder_log_normalizer,
+    jacobian_trace,
+)
 from genbench.models.diffusion.samplers import Drift, Solver, integrate_fixed, integrate_rk45
 from genbench.nn.random import Generator, rand, randn
 
@@ -57,19 +61,7 @@ def _with_divergence(velocity: Velocity, shape: tuple[int, ...], probes: Tensor 
             # clones: tensors made under inference_mode cannot enter an autograd graph
             x = state[:, :-1].detach().clone().requires_grad_(True)
             v = velocity(x.view(-1, *shape), t.clone()).flatten(1)
-            if probes is None:
-                div = sum(
-                    torch.autograd.grad(v[:, i].sum(), x, retain_graph=True)[0][:, i]
-                    for i in range(v.shape[1])
-                )
-            else:
-                z = probes[rows].clone()  # [n, P, D]
-                div = torch.zeros(x.shape[0], dtype=v.dtype, device=v.device)
-                for k in range(z.shape[1]):
-                    (g,) = torch.autograd.grad(
-                        (v * z[:, k]).sum(), x, retain_graph=k < z.shape[1] - 1
-                    )
-                    div = div + (g * z[:, k]).sum(1) / z.shape[1]
+            div = jacobian_trace(v, x, None if probes is None else probes[rows].clone())
         return torch.cat([v.detach(), div.detach()[:, None]], dim=1)
 
     return drift
