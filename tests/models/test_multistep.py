@@ -289,3 +289,19 @@ def test_flow_matching_network_in_the_same_coordinates():
         assert float((flow - vp).abs().max()) < 1e-7, float((flow - vp).abs().max())
     exact = mu + (y0 - mu) * ((s2 + s_min**2) / (s2 + s_max**2)).sqrt()
     assert float((flow - exact).abs().max()) < 2e-3, float((flow - exact).abs().max())
+
+
+@pytest.mark.parametrize("solver", ["dpmpp", "unipc"])
+def test_clip_keeps_the_data_prediction_and_the_sample_in_the_data_range(solver):
+    """An ε-network that overshoots (x̂_0 far outside [-1, 1]) ends outside the data range
+    unclipped and inside it with ``clip`` (the last step to σ = 0 returns x̂_0), as DDIM's clip."""
+    process = GaussianDiffusion.from_schedule("linear", 1000)
+    x_T = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def net(x, t):
+        return -3.0 * x
+
+    free, _ = multistep_sample(net, process, x_T, solver=solver, steps=10)
+    clipped, _ = multistep_sample(net, process, x_T, solver=solver, steps=10, clip=True)
+    assert float(free.abs().max()) > 1.5
+    assert float(clipped.abs().max()) <= 1.0

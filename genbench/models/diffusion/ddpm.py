@@ -15,8 +15,9 @@ Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample
   or learned with ``learn_sigma``; default the model's), ``clip``.
 - ddim: ``steps`` (default T), ``eta`` (0 = deterministic, 1 = DDPM variance), ``clip``.
 - ode: ``solver`` (rk45|heun|euler), ``steps`` (fixed-step solvers), ``rtol``, ``atol``.
-- dpmpp: DPM-Solver++(2M) (:mod:`.multistep`), ``steps`` (= NFE), ``grid`` (logsnr|time|karras).
-- unipc: UniPC-bh2 (:mod:`.multistep`), ``steps`` (= NFE), ``order`` (1..3), ``grid``.
+- dpmpp: DPM-Solver++(2M) (:mod:`.multistep`), ``steps`` (= NFE), ``grid`` (logsnr|time|karras),
+  ``clip`` (x̂_0 clamped to [-1, 1], default ``clip_denoised`` as for DDIM).
+- unipc: UniPC-bh2 (:mod:`.multistep`), ``steps`` (= NFE), ``order`` (1..3), ``grid``, ``clip``.
 
 The constructor's ``sampler`` dict gives the defaults; options given without ``name`` (or with
 the same name) are merged over them, a different ``name`` starts from that sampler's defaults.
@@ -64,8 +65,8 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
     "ancestral": ("steps", "variance", "clip"),
     "ddim": ("steps", "eta", "clip"),
     "ode": ("solver", "steps", "rtol", "atol"),
-    "dpmpp": ("steps", "grid"),
-    "unipc": ("steps", "order", "grid"),
+    "dpmpp": ("steps", "grid", "clip"),
+    "unipc": ("steps", "order", "grid", "clip"),
 }
 #: highest UniPC order (``sampler.order``)
 MAX_ORDER = 3
@@ -430,6 +431,7 @@ class DDPM(GenerativeModel):
             x0, nfe_rows = ode_sample(self._pred_net, self.process, x_T, **opts)
             return Sampled(self.to_levels(x0), nfe_rows)
         if name in ("dpmpp", "unipc"):
+            opts.setdefault("clip", self.clip_denoised)
             x0, nfe = multistep_sample(self._pred_net, self.process, x_T, solver=name, **opts)
             return Sampled.constant(self.to_levels(x0), nfe)
         fn, net = ddim_sample, self._pred_net

@@ -223,17 +223,19 @@ def multistep_grid(process: GaussianDiffusion, steps: int, grid: Grid = "logsnr"
 
 
 # ---- DDPM --------------------------------------------------------------------------------
-def vp_denoiser(net: NetFn, process: GaussianDiffusion) -> Denoiser:
+def vp_denoiser(net: NetFn, process: GaussianDiffusion, clip: bool = False) -> Denoiser:
     """x̂_0 from an ε- or v-network of a DDPM process at y = x_t / √ᾱ ``[N, ...]`` and any σ
     ``[N]`` (float64): x_t = y √ᾱ with ᾱ = 1 / (1 + σ²), at the fractional network time of σ
-    (:meth:`GaussianDiffusion.t_at`)."""
+    (:meth:`GaussianDiffusion.t_at`); ``clip`` clamps x̂_0 to the data range [-1, 1], as DDIM's
+    ``clip`` does (the data-prediction solvers then stay inside it)."""
 
     def denoise(y: Tensor, sigma: Tensor) -> Tensor:
         """x̂_0 ``[N, ...]`` at y = x / √ᾱ ``[N, ...]`` and σ ``[N]``."""
         ab = (1 / (1 + sigma.double() ** 2)).to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
         x = y * ab.sqrt()
         out = net(x, process.net_time_at(process.t_at(sigma)))
-        return process.split(out, x, ab)[1]
+        x0 = process.split(out, x, ab)[1]
+        return x0.clamp(-1, 1) if clip else x0
 
     return denoise
 
@@ -247,13 +249,14 @@ def multistep_sample(
     steps: int = 10,
     order: int = 2,
     grid: Grid = "logsnr",
+    clip: bool = False,
 ) -> tuple[Tensor, float]:
     """DPM-Solver++(2M) or UniPC-``order`` from x_T ``[N, ...]`` ~ N(0, I) (deterministic) on
-    ``steps`` noise levels of :func:`multistep_grid`. Returns (x_0 ``[N, ...]`` in the data
-    scale, unclipped; NFE per image = ``steps``)."""
+    ``steps`` noise levels of :func:`multistep_grid`, with x̂_0 clamped to [-1, 1] when ``clip``.
+    Returns (x_0 ``[N, ...]`` in the data scale; NFE per image = ``steps``)."""
     sigmas = multistep_grid(process, int(steps), grid)
     y = x_T * math.sqrt(1 + sigmas[0] ** 2)
-    denoise = vp_denoiser(net, process)
+    denoise = vp_denoiser(net, process, clip=clip)
     if solver == "dpmpp":
         y, nfe = dpmpp_2m(denoise, y, sigmas)
     elif solver == "unipc":
