@@ -345,8 +345,8 @@ class EDM(GenerativeModel):
 
     def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
         """``[N]`` nats: a one-draw estimate of the ODE bound on -log P(x) (see the module
-        docstring); noise from ``generator`` (per example for batch-independent numbers) or,
-        when ``None``, the global RNG (which the evaluator seeds per batch)."""
+        docstring); noise from ``generator`` (the evaluator passes one per test image, so an
+        image's number does not depend on its batch) or, when ``None``, the global RNG."""
         return self.ode_likelihood(x, generator=generator).nll
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
