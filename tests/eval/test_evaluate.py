@@ -325,3 +325,25 @@ def test_nll_settings_travel_in_the_protocol_and_split_the_leaderboard(tmp_path)
         "toyimg [iwae_samples=8]",
         "toyimg [other likelihood settings]",
     ]
+
+
+def test_eval_dequant_samples_reaches_the_flows_bound_and_its_protocol(tmp_path):
+    """``eval.dequant_samples=k`` is passed to a flow's ``nll`` (k importance-weighted draws,
+    recorded as ``nll_settings``) and ignored by a model whose ``nll`` does not take it."""
+    from genbench.models.flows.realnvp import RealNVP
+
+    data = toy_data()
+    flow = RealNVP(SHAPE, K, hidden=4, flat_couplings=2)
+    got = {}
+    for k in (None, 8):
+        cfg = eval_cfg(tmp_path, dequant_samples=k)
+        ctx = EvalContext(flow, data, cfg, {}, torch.device("cpu"), tmp_path)
+        rows = rows_by_name(registry.registered()["likelihood"](ctx))
+        assert rows["bpd"].protocol["nll_settings"] == {"dequant_samples": k or 1}
+        got[k] = ctx.per_example["nll"]
+        toy = EvalContext(Toy(), data, cfg, {}, torch.device("cpu"), tmp_path)
+        assert (
+            "nll_settings"
+            not in rows_by_name(registry.registered()["likelihood"](toy))["bpd"].protocol
+        )
+    assert got[8].mean() < got[None].mean()  # the k = 8 bound is tighter on average
