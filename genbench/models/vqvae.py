@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from genbench.models.autoregressive.pixelcnn import PixelCNN
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.hvae import ResBlock
-from genbench.models.options import option_number
+from genbench.models.options import option_choice, option_number
 from genbench.models.vae import DECODERS, Decoder, level_log_probs
 from genbench.nn.chunks import map_rows
 from genbench.nn.random import categorical
@@ -72,8 +72,7 @@ class VQVAE(GenerativeModel):
         prior_layers: int = 4,
     ) -> None:
         super().__init__(shape, levels)
-        if decoder not in DECODERS:
-            raise ValueError(f"model.decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
+        option_choice("model.decoder", decoder, DECODERS)
         for key, value, low in (
             ("hidden", hidden, 1),
             ("code_dim", code_dim, 1),
@@ -83,10 +82,8 @@ class VQVAE(GenerativeModel):
             ("downsample", downsample, 0),
             ("blocks", blocks, 0),
         ):
-            if int(value) < low:
-                raise ValueError(f"model.{key}={value!r}: expected an integer >= {low}")
-        if not float(beta) >= 0:
-            raise ValueError(f"model.beta={beta!r}: expected a number >= 0")
+            option_number(f"model.{key}", value, low=low, integer=True)
+        beta = option_number("model.beta", beta, low=0)
         c, h, w = self.shape
         stages = 0
         while stages < int(downsample) and (h >> stages) % 2 == 0 and (w >> stages) % 2 == 0:
