@@ -2,13 +2,13 @@
 PixelCNN prior over its code map, both trained in one run.
 
 Encoder: levels scaled to [-1, 1] → convolutions with ``downsample`` stride-2 halvings (while both
-sides are even) → ``z_e`` ``[N, code_dim, h, w]``; 8x8 digits give a 4x4 code map by default,
-28x28 gives 7x7 with ``downsample: 2``, and data with no spatial extent (2-D toys, ``(C, 1, 1)``)
+sides are even) → ``z_e`` ``[N, code_dim, h, w]``; 8x8 digits give a 2x2 code map by default (4x4
+with ``downsample: 1``), 28x28 gives 7x7, and data with no spatial extent (2-D toys, ``(C, 1, 1)``)
 a 1x1 map, where the 3x3 convolutions act as dense layers. Every position is replaced by its
 nearest codebook vector (Euclidean), ``z_q``; gradients pass from ``z_q`` to ``z_e`` straight
 through. The codebook is a parameter trained by the paper's loss, ||sg(z_e) - e||² + β ||z_e -
-sg(e)||² (β = ``beta``, 0.25), summed over the code map; no EMA updates, so the whole state is
-in ``parameters()`` and checkpoints, weight averages and resume need nothing special.
+sg(e)||² (β = ``beta``, 0.25), summed over the code map; no EMA updates, so the whole state is in
+``parameters()`` and checkpoints, weight averages and resume need nothing special.
 Decoder: ``z_q`` → transposed convolutions back to ``(C, H, W)`` → the VAE's categorical or
 discretized-logistic distribution over the K levels of every sub-pixel. Prior: a gated PixelCNN
 (:class:`~genbench.models.autoregressive.pixelcnn.PixelCNN`) over the code indices as a
@@ -64,7 +64,7 @@ class VQVAE(GenerativeModel):
         hidden: int = 32,
         code_dim: int = 8,
         codebook_size: int = 64,
-        downsample: int = 1,
+        downsample: int = 2,
         blocks: int = 1,
         beta: float = 0.25,
         decoder: Decoder = "categorical",
