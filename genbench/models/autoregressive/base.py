@@ -37,6 +37,17 @@ from genbench.nn.random import rand
 SAMPLER_OPTIONS = ("temperature", "incremental")
 
 
+def exact_nll_terms(nll: Tensor, dims: int) -> dict[str, Tensor]:
+    """Training terms of an exact model from its NLL ``[N]`` nats of examples of ``dims``
+    sub-pixels: ``loss`` nats per sub-pixel, ``nll`` nats per example and ``bpd`` bits per
+    sub-pixel (``nll`` and ``bpd`` detached), each ``[N]``."""
+    return {
+        "loss": nll / dims,
+        "nll": nll.detach(),
+        "bpd": nll.detach() / (dims * math.log(2)),
+    }
+
+
 def inverse_cdf(logits: Tensor, u: Tensor) -> Tensor:
     """Categorical draw ``[N]`` from ``logits`` ``[N, K]`` and uniforms ``u`` ``[N]`` in ``[0, 1)``,
     by the rule of :func:`genbench.nn.random.categorical` (which draws its own uniforms)."""
@@ -123,12 +134,7 @@ class AutoregressiveModel(GenerativeModel):
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
         """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
         per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
-        nll = self.nll(x)
-        return {
-            "loss": nll / self.dims,
-            "nll": nll.detach(),
-            "bpd": nll.detach() / (self.dims * math.log(2)),
-        }
+        return exact_nll_terms(self.nll(x), self.dims)
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:

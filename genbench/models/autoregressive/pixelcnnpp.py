@@ -35,7 +35,6 @@ is anchored at the top), the component drawn by inverse CDF, each channel a logi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genbench.models.autoregressive.base import inverse_cdf
+from genbench.models.autoregressive.base import exact_nll_terms, inverse_cdf
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.options import option_number
 from genbench.nn.chunks import map_rows
@@ -300,12 +299,7 @@ class PixelCNNpp(GenerativeModel):
     def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
         """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
         per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
-        nll = self.nll(x)
-        return {
-            "loss": nll / self.dims,
-            "nll": nll.detach(),
-            "bpd": nll.detach() / (self.dims * math.log(2)),
-        }
+        return exact_nll_terms(self.nll(x), self.dims)
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
