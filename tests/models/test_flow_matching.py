@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
+from genbench.models.diffusion.likelihood import decoder_sigma
 from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
-from genbench.models.flows.cnf_likelihood import decoder_sigma, ode_log_density
+from genbench.models.flows.cnf_likelihood import SIGMA0_FLOOR, ode_log_density
 from genbench.models.flows.flow_matching import (
     NET_TIME_SCALE,
     FlowMatching,
@@ -89,7 +90,7 @@ def test_dequantized_bound_of_uniform_levels_is_log2_k_bits_per_dim():
     bpd = out.nll / (2 * math.log(2))
     assert float(bpd.mean()) >= math.log2(k) - 1e-4
     assert float((bpd - math.log2(k)).abs().max()) < 2e-3, float(bpd.mean())
-    assert out.settings["sigma0"] == decoder_sigma(k) == pytest.approx(2 / 15 / 4)
+    assert out.settings["sigma0"] == decoder_sigma(SIGMA0_FLOOR, k) == pytest.approx(2 / 15 / 4)
 
 
 def test_denoise_is_the_posterior_mean_in_ve_coordinates():

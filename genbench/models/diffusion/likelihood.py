@@ -143,6 +143,37 @@ def jacobian_trace(f: Tensor, y: Tensor, probes: Tensor | None) -> Tensor:
     return div
 
 
+def rademacher_probes(x: Tensor, probes: int, generator: Generator) -> Tensor | None:
+    """``[N, probes, D]`` Rademacher vectors (±1, dtype of ``x``) for the rows of ``x``
+    ``[N, ...]`` (D = its sub-pixels), drawn from ``generator`` (one per row when a sequence);
+    ``None`` for ``probes=0`` (the exact trace)."""
+    if probes <= 0:
+        return None
+    shape = (x.shape[0], probes, math.prod(x.shape[1:]))
+    u = rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.where(u < 0.5, -1.0, 1.0).to(x.dtype)
+
+
+def augmented(x: Tensor) -> Tensor:
+    """The ODE state ``[N, D + 1]`` of ``x`` ``[N, ...]``: its flattened values and a zero
+    column that integrates the Jacobian trace."""
+    return torch.cat([x.flatten(1), torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
+
+
+def ode_settings(
+    probes: int, solver: str, dequantization: str, rtol: float, atol: float, steps: int
+) -> dict[str, Any]:
+    """Protocol fields of an ODE likelihood: the trace estimator, ``probes``, ``solver``,
+    ``dequantization`` and the solver's tolerances (``rk45``) or ``steps`` (fixed-step)."""
+    return {
+        "estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
+        "probes": probes,
+        "solver": solver,
+        "dequantization": dequantization,
+        **({"rtol": rtol, "atol": atol} if solver == "rk45" else {"steps": steps}),
+    }
+
+
 def ode_log_density(
     net: NetFn, process: GaussianDiffusion, y: Tensor, **options: Any
 ) -> tuple[Tensor, Tensor]:
@@ -174,12 +205,8 @@ def flow_log_density(
     trace.
     """
     shape, b = tuple(y.shape[1:]), y.shape[0]
-    d = math.prod(shape)
-    z = None
-    if probes > 0:
-        u = rand((b, probes, d), generator=generator, device=y.device, dtype=y.dtype)
-        z = torch.where(u < 0.5, -1.0, 1.0).to(y.dtype)
-    state = torch.cat([y.flatten(1), torch.zeros(b, 1, dtype=y.dtype, device=y.device)], 1)
+    z = rademacher_probes(y, probes, generator)
+    state = augmented(y)
     if solver == "rk45":
         drift = _drift_with_trace(flow, shape, z, log_time=True)
         lo = math.log(flow.sigma_min if sigma_min is None else sigma_min)
@@ -247,12 +274,7 @@ def flow_nll(
     dequantization and, for ``gaussian``, σ_0).
     """
     d = math.prod(x.shape[1:])
-    settings: dict = {
-        "estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
-        "probes": probes,
-        "solver": solver,
-        "dequantization": dequantization,
-    }
+    settings = ode_settings(probes, solver, dequantization, rtol, atol, steps)
     options = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
     if dequantization == "uniform":
         u = dequantize(x, levels, generator=generator, dtype=dtype)
@@ -267,5 +289,4 @@ def flow_nll(
         settings["sigma0"] = sigma0
     else:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
-    settings.update({"rtol": rtol, "atol": atol} if solver == "rk45" else {"steps": steps})
     return NllEstimate(nll=nll, nfe=nfe, settings=settings)

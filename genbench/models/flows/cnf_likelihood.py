@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from genbench.models.base import NllEstimate
 from genbench.models.diffusion.likelihood import (
-    DECODER_SIGMA_FRACTION,
+    augmented,
     decoder_log_normalizer,
+    decoder_sigma,
     jacobian_trace,
+    ode_settings,
+    rademacher_probes,
 )
 from genbench.models.diffusion.samplers import Drift, Solver, integrate_fixed, integrate_rk45
-from genbench.nn.random import Generator, rand, randn
+from genbench.nn.random import Generator, randn
 
 #: (x_t ``[N, C, H, W]``, t ``[N]`` float64 in [0, 1]) -> velocity ``[N, C, H, W]``
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -84,13 +86,8 @@ def ode_log_density(
     ``euler``/``heun`` on ``steps`` uniform steps) and add log N(x_1; 0, I). ``probes``:
     Rademacher vectors per example from ``generator`` (0: exact trace)."""
     shape, b = tuple(x.shape[1:]), x.shape[0]
-    d = math.prod(shape)
-    z = None
-    if probes > 0:
-        u = rand((b, probes, d), generator=generator, device=x.device, dtype=x.dtype)
-        z = torch.where(u < 0.5, -1.0, 1.0).to(x.dtype)
-    state = torch.cat([x.flatten(1), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], 1)
-    drift = _with_divergence(velocity, shape, z)
+    state = augmented(x)
+    drift = _with_divergence(velocity, shape, rademacher_probes(x, probes, generator))
     if solver == "rk45":
         state, nfe = integrate_rk45(drift, state, float(t0), 1.0, rtol=rtol, atol=atol)
     elif solver in ("euler", "heun"):
@@ -102,11 +99,6 @@ def ode_log_density(
     x1, divergence = state[:, :-1].double(), state[:, -1].double()
     log_prior = (-0.5 * x1.square() - 0.5 * math.log(2 * math.pi)).sum(1)
     return log_prior + divergence, nfe.double()
-
-
-def decoder_sigma(levels: int) -> float:
-    """σ_0 = max(Δ/4, ``SIGMA0_FLOOR``) with Δ = 2/(K-1): where the likelihood stops the ODE."""
-    return max(DECODER_SIGMA_FRACTION * 2 / (levels - 1), SIGMA0_FLOOR)
 
 
 def ode_nll(
@@ -126,19 +118,12 @@ def ode_nll(
     ``[N, C, H, W]``: ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` (each also runs max(probes, 1) or D
     backward passes) and the settings. Per example, ``generator`` draws ε, then the probes."""
     d = math.prod(x.shape[1:])
-    sigma0 = decoder_sigma(levels)
+    sigma0 = decoder_sigma(SIGMA0_FLOOR, levels)
     t0 = sigma0 / (1 + sigma0)
     centres = x.to(dtype) * (2 / (levels - 1)) - 1
     z = centres + sigma0 * randn(x.shape, generator=generator, device=x.device, dtype=dtype)
     opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
     logp, nfe = ode_log_density(velocity, (1 - t0) * z, t0, generator=generator, **opts)
     nll = -logp - d * math.log1p(-t0) + decoder_log_normalizer(z, levels, sigma0)
-    settings: dict[str, Any] = {
-        "estimator": "hutchinson-rademacher" if probes > 0 else "exact-trace",
-        "probes": probes,
-        "solver": solver,
-        "dequantization": "gaussian",
-        "sigma0": sigma0,
-    }
-    settings.update({"rtol": rtol, "atol": atol} if solver == "rk45" else {"steps": steps})
+    settings = {**ode_settings(probes, solver, "gaussian", rtol, atol, steps), "sigma0": sigma0}
     return NllEstimate(nll=nll, nfe=nfe, settings=settings)
