@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
-from genbench.models.options import option_number
+from genbench.models.options import option_choice, option_number
 from genbench.models.vae import DECODERS, Decoder, level_log_probs
 from genbench.nn.chunks import rows_per_chunk
 from genbench.nn.random import categorical, randn
@@ -139,18 +139,17 @@ class HVAE(GenerativeModel):
         data_latents: bool = False,
     ) -> None:
         super().__init__(shape, levels)
-        if decoder not in DECODERS:
-            raise ValueError(f"model.decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
-        for key, value in (("hidden", hidden), ("zdim", zdim), ("groups", groups)):
-            if int(value) < 1:
-                raise ValueError(f"model.{key}={value!r}: expected an integer >= 1")
-        if int(blocks) < 0 or int(iwae_samples) < 1:
-            raise ValueError(
-                f"model.blocks={blocks!r} must be >= 0 and model.iwae_samples={iwae_samples!r} >= 1"
-            )
+        option_choice("model.decoder", decoder, DECODERS)
+        for key, value, low in (
+            ("hidden", hidden, 1),
+            ("zdim", zdim, 1),
+            ("groups", groups, 1),
+            ("blocks", blocks, 0),
+            ("iwae_samples", iwae_samples, 1),
+            ("min_size", min_size, 1),
+        ):
+            option_number(f"model.{key}", value, low=low, integer=True)
         c, h, w = self.shape
-        if int(min_size) < 1:
-            raise ValueError(f"model.min_size={min_size!r}: expected an integer >= 1")
         stages = 0
         while (h >> stages) % 2 == 0 and (w >> stages) % 2 == 0 and min(h, w) >> stages > min_size:
             stages += 1
