@@ -51,6 +51,7 @@ from genbench.models.diffusion.process import (
     discretized_gaussian_log_likelihood,
 )
 from genbench.models.diffusion.samplers import Solver, ancestral_sample, ddim_sample, ode_sample
+from genbench.models.diffusion.scaling import SignedUnitLevels
 from genbench.models.diffusion.unet import NetKind, build_denoiser
 from genbench.models.options import (
     OptionError,
@@ -109,7 +110,7 @@ def _timesteps(hparams: Mapping[str, Any]) -> int | None:
     return t if isinstance(t, int) and not isinstance(t, bool) and t >= 1 else None
 
 
-class DDPM(GenerativeModel):
+class DDPM(SignedUnitLevels, GenerativeModel):
     """Denoising diffusion probabilistic model.
 
     Args:
@@ -204,18 +205,7 @@ class DDPM(GenerativeModel):
         self.sampler_defaults: dict[str, Any] = dict(sampler or {"name": "ancestral"})
         self._sampler_options({})  # validate the defaults
 
-    # ---- scaling ----------------------------------------------------------------------
-    def _param(self) -> Tensor:
-        return next(self.parameters())
-
-    def to_unit(self, x: Tensor) -> Tensor:
-        """Levels ``[N, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
-        return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
-
-    def to_levels(self, x: Tensor) -> Tensor:
-        """``[-1, 1]`` floats → int64 levels in ``[0, K)`` (rounded, clamped)."""
-        return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
-
+    # ---- networks (the data scale comes from SignedUnitLevels) ----------------------------
     def _net(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The whole network output (with learned variances: prediction and variance)."""
         return self.net(x_t, t)

@@ -56,6 +56,7 @@ from genbench.models.base import (
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, ProbabilityFlow, flow_nll
 from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
 from genbench.models.diffusion.samplers import Solver, edm_sample, karras_sigmas
+from genbench.models.diffusion.scaling import SignedUnitLevels
 from genbench.models.diffusion.unet import NetKind, build_denoiser
 from genbench.models.options import OptionError, bad_option, option_choice, option_number
 from genbench.nn.random import Generator, randn
@@ -174,7 +175,7 @@ def merge_nll_options(options: Mapping[str, Any], defaults: Mapping[str, Any], k
     return merged
 
 
-class EDM(GenerativeModel):
+class EDM(SignedUnitLevels, GenerativeModel):
     """Preconditioned denoiser D(x; σ) of Karras et al. (2022).
 
     Args:
@@ -243,17 +244,7 @@ class EDM(GenerativeModel):
         self.nll_defaults: dict[str, Any] = dict(nll_options or {})
         merge_nll_options({}, self.nll_defaults, "model.nll_options")
 
-    # ---- scaling and preconditioning --------------------------------------------------
-    def _param(self) -> Tensor:
-        return next(self.parameters())
-
-    def to_unit(self, x: Tensor) -> Tensor:
-        """Levels ``[N, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
-        return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
-
-    def to_levels(self, x: Tensor) -> Tensor:
-        """``[-1, 1]`` floats → int64 levels in ``[0, K)`` (rounded, clamped)."""
-        return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
+    # ---- preconditioning (the data scale comes from SignedUnitLevels) -----------------
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in, c_noise) of Table 1 at noise levels ``sigma`` ``[N]`` (or any

@@ -49,6 +49,7 @@ from genbench.models.diffusion.samplers import (
     integrate_rk45,
     karras_sigmas,
 )
+from genbench.models.diffusion.scaling import SignedUnitLevels
 from genbench.models.diffusion.unet import NetKind, build_denoiser
 from genbench.models.flows.cnf_likelihood import SOLVERS, Velocity, ode_nll
 from genbench.models.options import bad_option, option_choice, option_number
@@ -153,7 +154,7 @@ def _ode_options(options: Any, key: str) -> dict[str, Any]:  # noqa: ANN401
     return {**DEFAULT_NLL, **{k: v for k, v in options.items() if v is not None}}
 
 
-class FlowMatching(GenerativeModel):
+class FlowMatching(SignedUnitLevels, GenerativeModel):
     """Conditional flow matching on the linear path (module docstring).
 
     Args:
@@ -212,16 +213,6 @@ class FlowMatching(GenerativeModel):
         self._merge_sampler({}, self.sampler_defaults)  # validate the defaults
 
     # ---- network ----------------------------------------------------------------------
-    def _param(self) -> Tensor:
-        return next(self.parameters())
-
-    def to_unit(self, x: Tensor) -> Tensor:
-        """Levels ``[N, C, H, W]`` → floats (the parameters' dtype) in ``[-1, 1]``: 2k/(K-1) - 1."""
-        return x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0
-
-    def to_levels(self, x: Tensor) -> Tensor:
-        """``[-1, 1]`` floats → int64 levels in ``[0, K)`` (rounded, clamped)."""
-        return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1).long()
 
     def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:
         """v_θ(x_t, t) ``[N, C, H, W]`` at x_t ``[N, C, H, W]`` and times t ``[N]`` in [0, 1]; the
