@@ -49,6 +49,8 @@ def config_hash(cfg: DictConfig) -> str:
     if not trainer.get("eval_at"):  # no anytime curve: the probe's settings change nothing
         trainer.pop("eval_at", None)
         trainer.pop("probe", None)
+    if not c.get("model", {}).get("conditional", True):  # unconditional: hashed as before the key
+        c["model"].pop("conditional")
     for key in ("threads", "channels_last"):  # speed only (float rounding aside)
         c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -64,6 +66,19 @@ def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"could not build {key} from {node.get('_target_')}: {cause or err}"
         ) from None
+
+
+def model_node(node: DictConfig) -> tuple[DictConfig, bool]:
+    """``cfg.model`` without its ``conditional`` key, and that key's value (default false): the
+    runner turns ``model.conditional=true`` into the constructor's ``num_classes`` (the
+    dataset's number of classes); the model class never sees the key."""
+    conditional = node.get("conditional", False)
+    if not isinstance(conditional, bool):
+        raise ConfigError(f"model.conditional={conditional!r} is invalid: expected true or false")
+    if "conditional" not in node:
+        return node, False
+    keep = [k for k in node if k != "conditional"]
+    return OmegaConf.masked_copy(node, keep), conditional
 
 
 def seed_everything(seed: int) -> None:
@@ -83,7 +98,26 @@ def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
             f"dataset._target_={cfg.dataset.get('_target_')!r} built a "
             f"{type(data).__name__}, not a genbench dataset (a Data record)"
         )
-    model = _instantiate(cfg.model, "model", shape=data.shape, levels=data.levels)
-    if not isinstance(model, GenerativeModel):
-        raise ConfigError(f"model._target_={cfg.model._target_!r} is not a GenerativeModel")
+    if model_node(cfg.model)[1] and not data.labelled:
+        raise ConfigError(
+            f"model.conditional=true needs class labels, and dataset {data.name!r} has none "
+            "(labelled: digits, mnist5k, mnist, fashion_mnist, cifar10, a folder with one "
+            "sub-folder per class, toy_8gaussians, toy_25gaussians, toy_moons, toy_rings)"
+        )
+    model = build_model(cfg.model, data.shape, data.levels, data.num_classes)
     return data.to(setup.device), setup.place_model(model, data.shape)
+
+
+def build_model(
+    node: DictConfig, shape: tuple[int, ...], levels: int, num_classes: int = 0
+) -> GenerativeModel:
+    """The model of ``cfg.model`` for data of ``shape`` ``(C, H, W)`` with ``levels`` levels;
+    with ``model.conditional=true``, conditional on ``num_classes`` classes (the dataset's)."""
+    node, conditional = model_node(node)
+    labels = {"num_classes": int(num_classes)} if conditional else {}
+    if conditional and num_classes < 1:
+        raise ConfigError("model.conditional=true needs a dataset with class labels")
+    model = _instantiate(node, "model", shape=shape, levels=levels, **labels)
+    if not isinstance(model, GenerativeModel):
+        raise ConfigError(f"model._target_={node.get('_target_')!r} is not a GenerativeModel")
+    return model

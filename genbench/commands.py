@@ -138,6 +138,8 @@ def _train(cfg: DictConfig, setup: Any, space: dict[str, str]) -> RunRecord | No
             scheduler=cfg.get("scheduler"),
             augment=data.augment,
             probe=probe,
+            train_labels=data.train_labels,
+            val_labels=data.val_labels,
         )
         if resuming:
             trainer.load_state_dict(run.load_checkpoint("last"))

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 #: Hydra's instantiation keys, not parameters of the target
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 #: constructor arguments genbench passes to a model itself (from the dataset)
-_RUNNER_ARGS = ("shape", "levels")
+_RUNNER_ARGS = ("shape", "levels", "num_classes")
+#: keys of ``model`` the runner reads itself (never constructor arguments)
+_MODEL_KEYS = ("conditional",)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -161,11 +163,30 @@ def check_arguments(cfg: DictConfig) -> None:
     _signature(
         _resolve(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset, "dataset"
     )
-    _signature(
-        _resolve(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model,
-        "model",
-        skip=_RUNNER_ARGS,
-    )
+    model = _resolve(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model
+    _signature(_without_model_keys(model), "model", skip=_RUNNER_ARGS)
+
+
+def _without_model_keys(model: Any) -> Any:  # noqa: ANN401
+    """``model`` without the keys the runner reads itself (:data:`_MODEL_KEYS`)."""
+    if not isinstance(model, dict):
+        return model
+    return {k: v for k, v in model.items() if k not in _MODEL_KEYS}
+
+
+def _check_conditional(cls: type, model: dict[str, Any]) -> None:
+    """``model.conditional``: a bool, true only for a class with a conditional mode."""
+    conditional = model.get("conditional", False)
+    if not isinstance(conditional, bool):
+        raise bad_value("model.conditional", conditional, "true or false")
+    if conditional and not getattr(cls, "conditional_support", False):
+        from genbench.leaderboard.families import registered_models
+
+        able = [n for n, c in registered_models().items() if c.conditional_support]
+        raise ConfigError(
+            f"model.conditional=true is invalid: {model['_target_']} has no conditional mode; "
+            f"models with one: {', '.join(able) or 'none'}"
+        )
 
 
 def _validate_model(plain: dict[str, Any]) -> None:
@@ -184,9 +205,10 @@ def _validate_model(plain: dict[str, Any]) -> None:
         if name in model:
             raise ConfigError(
                 f"model.{name}={model[name]!r} cannot be set: genbench passes the "
-                "model its data's shape and levels"
+                "model its data's shape, levels and number of classes (model.conditional=true)"
             )
-    hparams = _signature(model, "model", skip=_RUNNER_ARGS)
+    _check_conditional(cls, model)
+    hparams = _signature(_without_model_keys(model), "model", skip=_RUNNER_ARGS)
     sampler = plain.get("sampler") or {}
     if not isinstance(sampler, dict):
         raise bad_value("sampler", sampler, "a mapping of sampler options")

@@ -7,6 +7,8 @@ from conftest import CONF, DATASETS, EXPERIMENTS, MODELS, compose_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genbench.build import build_model
+
 BUNDLED = {"digits": ((1, 8, 8), 17), "mnist5k": ((1, 28, 28), 256)}
 TOYS = [d for d in DATASETS if d.startswith("toy_")]
 
@@ -73,7 +75,7 @@ def test_trainer_paths_and_scheduler_are_config_groups(tmp_path):
 def test_gans_name_their_discriminator_steps_d_steps(model, tmp_path):
     cfg = compose_cfg("train", [f"model={model}", "model.d_steps=3"], tmp_path)
     assert not {"n_dis", "n_critic"} & set(cfg.model)
-    built = instantiate(cfg.model, shape=(1, 8, 8), levels=17)
+    built = build_model(cfg.model, (1, 8, 8), 17)
     assert built.phases[0].repeat == 3 and built.d_steps == 3
 
 
@@ -83,10 +85,10 @@ def test_old_spellings_of_d_steps_still_build_with_a_warning(model, old, tmp_pat
     cfg = OmegaConf.to_container(compose_cfg("train", [f"model={model}"], tmp_path).model)
     del cfg["d_steps"]
     with pytest.warns(FutureWarning, match=f"model.{old} is deprecated.*model.d_steps"):
-        built = instantiate({**cfg, old: 4}, shape=(1, 8, 8), levels=17)
+        built = build_model(OmegaConf.create({**cfg, old: 4}), (1, 8, 8), 17)
     assert built.phases[0].repeat == 4
     with pytest.warns(FutureWarning), pytest.raises(Exception, match="disagree"):
-        instantiate({**cfg, old: 4, "d_steps": 2}, shape=(1, 8, 8), levels=17)
+        build_model(OmegaConf.create({**cfg, old: 4, "d_steps": 2}), (1, 8, 8), 17)
 
 
 def test_renamed_command_line_keys_are_rewritten(capsys):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 from conftest import DATASETS, MODELS, compose_cfg
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from genbench.build import build_model
 from genbench.errors import ConfigError
 from genbench.models.base import GenerativeModel
 from genbench.models.options import OptionError
@@ -74,7 +75,7 @@ def test_sample_refuses_what_validate_sampler_refuses(model, tmp_path):
     bad = {key[0]: float("nan"), **({"name": "ddim"} if len(key) > 1 else {})}
     with pytest.raises(OptionError, match=f"sampler.{key[0]}=nan"):
         cls.validate_sampler(bad, _hparams(cfg))
-    m = instantiate(cfg.model, shape=(2, 1, 1), levels=8)
+    m = build_model(cfg.model, (2, 1, 1), 8)
     with pytest.raises(OptionError, match=f"sampler.{key[0]}=nan"):
         m.sample(1, **bad)
     with pytest.raises(OptionError, match=f"sampler.{key[0]}=nan"):

@@ -26,8 +26,11 @@ class Data:
         levels: K, the number of levels of every sub-pixel; values are in ``{0, ..., K-1}``.
         train, val, test: ``[N, C, H, W]`` integer tensors (uint8 when K <= 256). ``val`` is a
             held-out part of the training split used for checkpoint selection.
-        train_labels, test_labels: ``[N]`` int64 class labels, or ``None`` (unlabelled data).
+        train_labels, val_labels, test_labels: ``[N]`` int64 class labels of each split, or
+            ``None`` (unlabelled data).
         num_classes: number of label classes (0 when unlabelled).
+        classes: class names, one per label (``("0", ..., "9")`` for digits; a ``folder``
+            dataset's sub-folder names); empty when unlabelled.
         density: for 2-D toys, the exact discrete distribution (see :mod:`genbench.data.toy2d`).
         augment: names of the transforms applied to training batches (``dataset.augment``, see
             :mod:`genbench.data.augment`); empty: none.
@@ -41,6 +44,8 @@ class Data:
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
     num_classes: int = 0
+    val_labels: Tensor | None = None
+    classes: tuple[str, ...] = ()
     density: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     augment: tuple[str, ...] = ()
@@ -58,6 +63,44 @@ class Data:
         lo, hi = int(self.train.min()), int(self.train.max())
         if lo < 0 or hi >= self.levels:
             raise DatasetError(f"{self.name}: values in [{lo}, {hi}] outside [0, {self.levels})")
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        given = [s for s in ("train", "val", "test") if self.split_labels(s) is not None]
+        if not given:
+            if self.num_classes:
+                raise DatasetError(f"{self.name}: num_classes={self.num_classes} but no labels")
+            return
+        if self.num_classes < 1:
+            raise DatasetError(f"{self.name}: labels given but num_classes={self.num_classes}")
+        if not self.classes:
+            self.classes = tuple(str(c) for c in range(self.num_classes))
+        if len(self.classes) != self.num_classes:
+            raise DatasetError(
+                f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
+        for split in ("train", "val", "test"):
+            y = self.split_labels(split)
+            if y is None:
+                raise DatasetError(f"{self.name}: {split} has no labels while {given} have")
+            if tuple(y.shape) != (len(self.split(split)),) or y.dtype.is_floating_point:
+                raise DatasetError(f"{self.name}: {split} labels must be [N] integers")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise DatasetError(
+                    f"{self.name}: {split} labels in [{int(y.min())}, {int(y.max())}] "
+                    f"outside [0, {self.num_classes})"
+                )
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every split has class labels (``num_classes > 0``)."""
+        return self.num_classes > 0
+
+    def split_labels(self, name: str) -> Tensor | None:
+        """The ``[N]`` labels of split ``train``, ``val`` or ``test``, or ``None``."""
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"unknown split {name!r}; valid: train, val, test")
+        return getattr(self, f"{name}_labels")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,9 +126,12 @@ class Data:
         return getattr(self, name)
 
     def to(self, device: torch.device | str) -> Data:
-        """Move the image tensors to ``device`` (small datasets live on the training device)."""
+        """Move the image and label tensors to ``device`` (small datasets live on the training
+        device)."""
         for split in ("train", "val", "test"):
             setattr(self, split, getattr(self, split).to(device))
+            if (y := self.split_labels(split)) is not None:
+                setattr(self, f"{split}_labels", y.to(device))
         return self
 
 
@@ -139,22 +185,27 @@ def split_train_val_test(
         "val": images[idx_val],
         "test": images[idx_test],
     }
-    out["train_labels"] = labels[idx_train] if labels is not None else None
-    out["test_labels"] = labels[idx_test] if labels is not None else None
+    for name, idx in (("train", idx_train), ("val", idx_val), ("test", idx_test)):
+        out[f"{name}_labels"] = labels[idx] if labels is not None else None
     return out
 
 
 def hold_out_val(
     train: Tensor, labels: Tensor | None, val_fraction: float, seed: int
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Split a fixed training split ``[N, C, H, W]`` (labels ``[N]``) into (train, train_labels,
-    val) with a seeded permutation."""
+) -> dict[str, Tensor | None]:
+    """Split a fixed training split ``[N, C, H, W]`` (labels ``[N]``) into ``train``,
+    ``train_labels``, ``val`` and ``val_labels`` with a seeded permutation."""
     val_fraction = check_fraction("val_fraction", val_fraction)
     n = train.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * val_fraction))
     keep, val = perm[n_val:], perm[:n_val]
-    return train[keep], (labels[keep] if labels is not None else None), train[val]
+    return {
+        "train": train[keep],
+        "train_labels": labels[keep] if labels is not None else None,
+        "val": train[val],
+        "val_labels": labels[val] if labels is not None else None,
+    }
 
 
 class Batches:
@@ -171,6 +222,7 @@ class Batches:
 
     ``augment`` names the transforms of :mod:`genbench.data.augment` applied to every batch; each
     example's draw is seeded from (seed, epoch, row), so augmented batches resume exactly too.
+    ``labels`` (``[N]``, optional) travel with their examples: :meth:`next` returns both.
     """
 
     def __init__(
@@ -182,6 +234,7 @@ class Batches:
         rank: int = 0,
         world: int = 1,
         augment: Sequence[str] = (),
+        labels: Tensor | None = None,
     ) -> None:
         if batch_size < 1:
             raise DatasetError(f"trainer.batch_size must be >= 1, got {batch_size}")
@@ -195,7 +248,9 @@ class Batches:
                 f"trainer.batch_size={batch_size} is invalid: expected an integer "
                 f"<= {data.shape[0]:,}, the size of the training split"
             )
-        self.data, self.seed = data, seed
+        if labels is not None and tuple(labels.shape) != (data.shape[0],):
+            raise DatasetError(f"labels must be [N] = [{data.shape[0]}], got {tuple(labels.shape)}")
+        self.data, self.labels, self.seed = data, labels, seed
         self.batch_size = batch_size  # global
         self.rank, self.local_batch_size = rank, self.batch_size // world
         self.epoch, self.index = 0, 0
@@ -208,17 +263,18 @@ class Batches:
             self._perm = torch.randperm(self.data.shape[0], generator=g).to(self.data.device)
         return self._perm
 
-    def next(self) -> Tensor:
+    def next(self) -> tuple[Tensor, Tensor | None]:
         """The next ``[N / world, C, H, W]`` int64 batch of levels (this rank's slice of a global
-        batch of N)."""
+        batch of N) and its ``[N / world]`` int64 labels (``None`` without labels)."""
         if self.index + self.batch_size > self.data.shape[0]:
             self.epoch, self.index, self._perm = self.epoch + 1, 0, None
         lo = self.index + self.rank * self.local_batch_size
         idx = self._permutation()[lo : lo + self.local_batch_size]
         self.index += self.batch_size
+        y = self.labels[idx].long() if self.labels is not None else None
         if self.augment:
-            return self.augment(self.data[idx], self.epoch, idx).long()
-        return self.data[idx].long()
+            return self.augment(self.data[idx], self.epoch, idx).long(), y
+        return self.data[idx].long(), y
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

@@ -29,7 +29,11 @@ def _bundled(
     parts = split_train_val_test(
         x, y, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
     )
-    return Data(name=name, levels=levels, num_classes=int(y.max()) + 1, augment=augment, **parts)
+    n_classes = int(y.max()) + 1
+    classes = tuple(str(c) for c in range(n_classes))
+    return Data(
+        name=name, levels=levels, num_classes=n_classes, classes=classes, augment=augment, **parts
+    )
 
 
 def digits(

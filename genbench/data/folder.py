@@ -57,14 +57,40 @@ def image_folder(
     if not path.is_dir():
         raise DatasetError(f"dataset.root={str(path)!r} is not a directory of images")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
-    arrays = [a for a in (_read(f, size, channels, levels) for f in files) if a is not None]
+    read = [(f, a) for f in files if (a := _read(f, size, channels, levels)) is not None]
+    arrays = [a for _, a in read]
     if len(arrays) < 3:
         raise DatasetError(
             f"dataset.root={str(path)!r} holds {len(arrays)} readable images "
             f"({', '.join(EXTENSIONS)}); at least 3 are needed"
         )
     x = torch.from_numpy(np.stack(arrays))  # uint8 levels (levels <= 256)
+    classes, labels = folder_labels([f.relative_to(path) for f, _ in read])
     parts = split_train_val_test(
-        x, None, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+        x, labels, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
     )
-    return Data(name=f"folder:{path.name}", levels=levels, augment=augment, **parts)
+    return Data(
+        name=f"folder:{path.name}",
+        levels=levels,
+        augment=augment,
+        num_classes=len(classes),
+        classes=classes,
+        **parts,
+    )
+
+
+def folder_labels(relative: Sequence[Path]) -> tuple[tuple[str, ...], torch.Tensor | None]:
+    """One class per first-level sub-folder: ``(class names, [N] int64 labels)`` for image paths
+    relative to the root, classes in sorted name order. Images directly under the root, or a
+    single sub-folder, make the dataset unlabelled: ``((), None)``.
+
+    >>> folder_labels([Path("cat/1.png"), Path("dog/a/2.png"), Path("cat/3.png")])[1].tolist()
+    [0, 1, 0]
+    """
+    if not relative or any(len(p.parts) < 2 for p in relative):
+        return (), None
+    classes = tuple(sorted({p.parts[0] for p in relative}))
+    if len(classes) < 2:
+        return (), None
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, torch.tensor([index[p.parts[0]] for p in relative], dtype=torch.int64)

@@ -7,7 +7,9 @@ distribution is known exactly: its entropy is the best NLL any model can reach o
 
 An example has shape ``[2, 1, 1]`` (two channels: the x and y level), values in ``[0, K)``.
 Mixtures also declare their modes (centres, in level units) and component std for the
-mode-coverage measures of Srivastava et al. 2017 (VEEGAN).
+mode-coverage measures of Srivastava et al. 2017 (VEEGAN). The mixtures are labelled (see
+:data:`CLASSES`): each point carries a class drawn from its exact posterior p(class | cell), so the
+Bayes classifier is known exactly.
 """
 
 from __future__ import annotations
@@ -79,6 +81,38 @@ DENSITIES = {
     "checkerboard": (density_checkerboard, 2.5),
 }
 
+
+def _circle(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    s = torch.arange(n, dtype=dtype) * (2 * math.pi / n)
+    return torch.stack([s.cos(), s.sin()], -1)
+
+
+def _moons(dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    s = torch.linspace(0, math.pi, 100, dtype=dtype)
+    upper = torch.stack([s.cos() - 0.5, s.sin() - 0.25], -1)
+    lower = torch.stack([0.5 - s.cos(), 0.25 - s.sin()], -1)
+    return [1.5 * upper, 1.5 * lower]
+
+
+#: the classes of the labelled toys: (kernel centres of each class ``[n_c, 2]``, kernel std); the
+#: toy's density is the equal-weight mixture of Gaussian kernels over all centres, so class c
+#: holds the share n_c / n of it (a mixture component for the Gaussian mixtures, one half circle
+#: for moons, one circle for rings); checkerboard is unlabelled
+CLASSES = {
+    "8gaussians": (lambda: list((2.0 * _circle(8)).split(1)), 0.15),
+    "25gaussians": (
+        lambda: list(
+            torch.cartesian_prod(
+                torch.linspace(-2, 2, 5, dtype=torch.float64),
+                torch.linspace(-2, 2, 5, dtype=torch.float64),
+            ).split(1)
+        ),
+        0.1,
+    ),
+    "moons": (_moons, 0.1),
+    "rings": (lambda: [r * _circle(128) for r in (0.75, 1.5, 2.25)], 0.08),
+}
+
 MODES = {
     "8gaussians": (
         lambda: (
@@ -109,6 +143,9 @@ class ToyDensity:
         radius: the grid covers ``[-radius, radius]^2``.
         modes: ``[M, 2]`` mode centres in level units, or ``None`` for non-mixtures.
         mode_std: component std in level units (0 when there are no modes).
+        class_probs: ``[L, K, K]`` float64 joint probabilities p(cell, class) of the labelled
+            toys (:data:`CLASSES`; summing over the classes gives ``probs``), or ``None``. The
+            Bayes classifier of a cell is ``argmax_c class_probs[c, cell]``.
     """
 
     name: str
@@ -116,6 +153,24 @@ class ToyDensity:
     radius: float
     modes: Tensor | None
     mode_std: float
+    class_probs: Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes L (0 when unlabelled)."""
+        return 0 if self.class_probs is None else self.class_probs.shape[0]
+
+    def class_posterior(self, x: Tensor) -> Tensor:
+        """``[N, L]`` exact p(class | cell) of levels ``x`` ``[N, 2, 1, 1]`` (labelled toys)."""
+        if self.class_probs is None:
+            raise ValueError(f"toy {self.name!r} has no classes")
+        x = x.reshape(-1, 2).long().cpu()
+        joint = self.class_probs[:, x[:, 0], x[:, 1]].T  # [N, L]
+        return joint / joint.sum(-1, keepdim=True)
+
+    def sample_labels(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """``[N]`` int64 labels drawn from p(class | cell) for levels ``x`` ``[N, 2, 1, 1]``."""
+        return torch.multinomial(self.class_posterior(x), 1, generator=generator)[:, 0]
 
     @property
     def levels(self) -> int:
@@ -153,14 +208,24 @@ def toy_density(name: str, levels: int) -> ToyDensity:
     cell = 2 * radius / levels
     offs = (torch.arange(levels * _SUB, dtype=torch.float64) + 0.5) * (cell / _SUB) - radius
     grid = torch.cartesian_prod(offs, offs)  # [(K*S)^2, 2], x-major
-    dens = fn(grid).reshape(levels, _SUB, levels, _SUB).sum((1, 3))
+
+    def cells(d: Tensor) -> Tensor:
+        return d.reshape(levels, _SUB, levels, _SUB).sum((1, 3))
+
+    dens = cells(fn(grid))
     probs = dens / dens.sum()
-    modes, std = None, 0.0
+    modes, std, class_probs = None, 0.0, None
     if name in MODES:
         centers, s = MODES[name]
         modes = (centers().double() + radius) / cell - 0.5
         std = s / cell
-    return ToyDensity(name, probs, radius, modes, std)
+    if name in CLASSES:
+        groups, kernel = CLASSES[name]
+        points = groups()
+        total = sum(len(p) for p in points)
+        joint = torch.stack([cells(_arc_mix(grid, p, kernel)) * (len(p) / total) for p in points])
+        class_probs = joint / dens.sum()
+    return ToyDensity(name, probs, radius, modes, std, class_probs)
 
 
 def toy(
@@ -176,8 +241,20 @@ def toy(
         raise DatasetError(f"dataset.levels must be in [2, 256], got {levels}")
     d = toy_density(density, levels)
     g = torch.Generator().manual_seed(seed)
-    parts = {
+    parts: dict[str, Tensor] = {
         s: to_levels(d.sample(n, g), levels)
         for s, n in (("train", n_train), ("val", n_val), ("test", n_test))
     }
-    return Data(name=f"toy_{density}", levels=levels, density=d, **parts)
+    if d.num_classes:  # labels from their own stream: the points are those of an unlabelled draw
+        g_labels = torch.Generator().manual_seed(seed * 7919 + 17)
+        for split in ("train", "val", "test"):
+            parts[f"{split}_labels"] = d.sample_labels(parts[split], g_labels)
+    classes = tuple(str(c) for c in range(d.num_classes))
+    return Data(
+        name=f"toy_{density}",
+        levels=levels,
+        density=d,
+        num_classes=d.num_classes,
+        classes=classes,
+        **parts,
+    )

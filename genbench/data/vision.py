@@ -54,18 +54,18 @@ def _load(
         """int64 ``[N]`` class indices in ``[0, 10)``."""
         return torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
 
-    train, train_y, val = hold_out_val(
-        images(splits[True]), labels(splits[True]), val_fraction, seed
-    )
+    parts = hold_out_val(images(splits[True]), labels(splits[True]), val_fraction, seed)
     return Data(
         name=name,
         levels=256,
-        train=to_levels(train, 256),
-        val=to_levels(val, 256),
+        train=to_levels(parts["train"], 256),
+        val=to_levels(parts["val"], 256),
         test=to_levels(images(splits[False]), 256),
-        train_labels=train_y,
+        train_labels=parts["train_labels"],
+        val_labels=parts["val_labels"],
         test_labels=labels(splits[False]),
         num_classes=10,
+        classes=tuple(str(c) for c in getattr(splits[True], "classes", range(10))),
         augment=augment,
     )
 

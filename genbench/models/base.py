@@ -8,6 +8,13 @@ Nothing else is required; a model may declare further likelihood estimators
 Data cross this boundary as integer levels: ``x`` is a ``[N, C, H, W]`` integer tensor with values
 in ``{0, ..., levels - 1}``. Each family owns its own preprocessing (dequantization, scaling to
 ``[-1, 1]``, one-hot ...) and documents it.
+
+A model built with ``num_classes > 0`` (``model.conditional=true``: the runner fills in the
+dataset's number of classes) is *conditional*: ``training_losses``, ``sample``, ``nll`` and
+``bound_terms`` take the class labels ``y`` (``[N]`` int64 in ``[0, num_classes)``) as the keyword
+``y`` and model p(x | y). Unconditional models (``num_classes = 0``, the default) are called
+exactly as before, without ``y``. A class declares that it can be built conditional with
+``conditional_support = True``.
 """
 
 from __future__ import annotations
@@ -97,7 +104,8 @@ class NllEstimate:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: ``fn(x, *, generator, **options) -> NllEstimate``: x is ``[N, C, H, W]`` levels; every random
+#: ``fn(x, *, generator, **options) -> NllEstimate`` (and ``y=`` labels ``[N]`` for a conditional
+#: model): x is ``[N, C, H, W]`` levels; every random
 #: draw comes from ``generator`` (one per example from the evaluator, so results do not depend
 #: on the batch); ``options`` come from ``eval.estimator_options.<name>``
 EstimatorFn = Callable[..., NllEstimate]
@@ -157,7 +165,10 @@ class GenerativeModel(nn.Module, abc.ABC):
     #: generator loss says nothing about quality, so GANs keep the last weights)
     select_best: ClassVar[bool] = True
 
-    def __init__(self, shape: Sequence[int], levels: int) -> None:
+    #: whether the class can be built conditional (``num_classes > 0``); see the module docstring
+    conditional_support: ClassVar[bool] = False
+
+    def __init__(self, shape: Sequence[int], levels: int, num_classes: int = 0) -> None:
         super().__init__()
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -166,6 +177,12 @@ class GenerativeModel(nn.Module, abc.ABC):
             raise ValueError(f"levels must be >= 2, got {levels}")
         self.shape: tuple[int, int, int] = shape  # (C, H, W)
         self.levels: int = int(levels)
+        if int(num_classes) < 0 or (int(num_classes) and not self.conditional_support):
+            raise ValueError(
+                f"{type(self).__name__} cannot be built conditional (num_classes={num_classes}): "
+                "it has no conditional mode"
+            )
+        self.num_classes: int = int(num_classes)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -183,6 +200,39 @@ class GenerativeModel(nn.Module, abc.ABC):
         return c * h * w
 
     @property
+    def conditional(self) -> bool:
+        """Whether the model is conditional: it models p(x | y) and takes labels ``y``."""
+        return self.num_classes > 0
+
+    def labels(
+        self, y: Tensor | None, n: int, device: torch.device | str | None = None
+    ) -> Tensor | None:
+        """Check the labels ``y`` of a batch of ``n`` examples: ``[n]`` int64 in
+        ``[0, num_classes)`` on ``device`` for a conditional model, ``None`` for an unconditional
+        one. Raises ``ValueError`` when an unconditional model gets labels or a conditional one
+        gets none."""
+        if not self.conditional:
+            if y is not None:
+                raise ValueError(f"{type(self).__name__} is unconditional: it takes no labels y")
+            return None
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} is conditional ({self.num_classes} classes): "
+                "labels y are required"
+            )
+        y = torch.as_tensor(y)
+        if tuple(y.shape) != (n,) or y.dtype.is_floating_point:
+            raise ValueError(
+                f"labels y must be [N] = [{n}] integers, got {tuple(y.shape)} {y.dtype}"
+            )
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels y must lie in [0, {self.num_classes}), "
+                f"got [{int(y.min())}, {int(y.max())}]"
+            )
+        return y.to(device=device, dtype=torch.long)
+
+    @property
     def phases(self) -> tuple[Phase, ...]:
         """Optimizers of this model, in the order the runner steps them."""
         return (Phase("main"),)
@@ -192,12 +242,13 @@ class GenerativeModel(nn.Module, abc.ABC):
         return self.parameters()
 
     @abc.abstractmethod
-    def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+    def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """Per-example training terms.
 
         Args:
             x: ``[N, C, H, W]`` integer levels in ``[0, K)``.
             phase: one of ``self.phases``' names.
+            y: ``[N]`` class labels of a conditional model (``None``, and not passed, otherwise).
 
         Returns:
             dict of ``[N]`` tensors; ``"loss"`` is required (the runner optimizes its mean), every
@@ -205,11 +256,14 @@ class GenerativeModel(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """Draw ``n`` samples and count what they cost.
 
         Args:
             n: number of samples.
+            y: ``[n]`` class labels to condition on (conditional models; ``None`` otherwise).
             generator: ``None`` (global RNG), one ``torch.Generator``, or a sequence of ``n``
                 generators, one per sample, so sample *i* does not depend on the batch size (draw
                 through :mod:`genbench.nn.random`).
@@ -223,10 +277,10 @@ class GenerativeModel(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
         """``[N]`` negative log-likelihood of the discrete ``x`` in nats (exact or an upper bound,
-        as ``likelihood`` says). Models with ``likelihood = "none"`` raise
-        ``NotImplementedError``.
+        as ``likelihood`` says); for a conditional model -log p(x | y) with labels ``y`` ``[N]``.
+        Models with ``likelihood = "none"`` raise ``NotImplementedError``.
 
         ``generator``: where a stochastic bound draws its noise (dequantization, latents,
         timesteps): ``None`` (global RNG), one generator, or one per example (the evaluator
@@ -244,10 +298,12 @@ class GenerativeModel(nn.Module, abc.ABC):
         field together. Default: none."""
         return {}
 
-    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
+    def bound_terms(
+        self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None
+    ) -> dict[str, Tensor]:
         """Extra per-example likelihood terms, ``[N]`` in nats, reported beside ``nll`` for levels
-        ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``), with noise from
-        ``generator`` as in :meth:`nll`. Default: none."""
+        ``x`` ``[N, C, H, W]`` (e.g. a VAE's ``neg_elbo``, ``recon`` and ``kl``; labels ``y`` of a
+        conditional model), with noise from ``generator`` as in :meth:`nll`. Default: none."""
         return {}
 
     @classmethod
@@ -287,6 +343,17 @@ class GenerativeModel(nn.Module, abc.ABC):
         """Optional likelihood estimators by name (a lowercase identifier, e.g. ``ode``), run by
         the evaluator when ``eval.estimators`` names them. Default: none."""
         return {}
+
+
+def with_labels(model: GenerativeModel, y: Tensor | None) -> dict[str, Tensor]:
+    """Keyword arguments that pass labels ``y`` to a conditional ``model`` (``{"y": y}``) and
+    nothing to an unconditional one (``{}``), so callers stay family-agnostic and unconditional
+    models are called exactly as before. A conditional model without labels is an error."""
+    if not getattr(model, "conditional", False):
+        return {}
+    if y is None:
+        raise ValueError(f"{type(model).__name__} is conditional: labels y are required")
+    return {"y": y}
 
 
 def check_sampler_options(

@@ -29,7 +29,9 @@ def from_config(name: str, overrides: Sequence[str] = ()) -> Callable[..., Gener
         cfg = compose(
             "train", overrides=[*([search] if search else []), f"model={name}", *overrides]
         )
-    node = cfg.model
+    from genbench.build import model_node
+
+    node, _ = model_node(cfg.model)
 
     def build(shape: Sequence[int], levels: int, **kwargs: Any) -> GenerativeModel:
         return instantiate(node, shape=shape, levels=levels, **kwargs)

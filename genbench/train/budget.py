@@ -182,9 +182,11 @@ def count_flops(
     phases: Sequence[Phase],
     x: torch.Tensor,
     autocast: Callable[[], AbstractContextManager[Any]] | None = None,
+    labels: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """FLOPs of one optimizer step of each phase on the batch ``x`` (``[N, C, H, W]`` levels, or
-    ``[N, D]`` for toys): the forward pass of ``training_losses(x, phase)["loss"].mean()`` and its
+    ``[N, D]`` for toys; ``labels``: ``{"y": [N] labels}`` for a conditional model): the forward
+    pass of ``training_losses(x, phase, **labels)["loss"].mean()`` and its
     backward, as :class:`FlopCounterMode` counts them (matrix products and convolutions; a
     linear layer ``in -> out`` on N rows costs ``2 N in out`` forward, and its backward
     ``2 N in out`` for the weight gradient plus ``2 N in out`` for the input gradient when the
@@ -202,7 +204,8 @@ def count_flops(
             counter.mod_tracker = _TotalOnly()  # type: ignore[assignment]
             with counter:
                 with autocast() if autocast is not None else contextlib.nullcontext():
-                    loss = work.training_losses(x, phase.name)["loss"].float().mean()
+                    terms = work.training_losses(x, phase.name, **(labels or {}))
+                    loss = terms["loss"].float().mean()
                 loss.backward()
             out[phase.name] = float(counter.get_total_flops())
     return out

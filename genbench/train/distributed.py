@@ -96,18 +96,20 @@ def adopt_run_dir(own: Path, shared: Path) -> None:
 
 # -- gradients -----------------------------------------------------------------------------------
 class PhaseLosses(nn.Module):
-    """``forward(x, phase)`` = ``model.training_losses(x, phase)``; the module's own parameters
-    are ``params`` (the phase's trainable ones), so ``DistributedDataParallel`` around it reduces
-    the gradients of exactly those. The model is referenced, not registered as a submodule."""
+    """``forward(x, phase, **labels)`` = ``model.training_losses(x, phase, **labels)``; the
+    module's own parameters are ``params`` (the phase's trainable ones), so
+    ``DistributedDataParallel`` around it reduces the gradients of exactly those. The model is
+    referenced, not registered as a submodule."""
 
     def __init__(self, model: nn.Module, params: Sequence[nn.Parameter]) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # hidden from parameters() / buffers()
         self.params = nn.ParameterList(params)
 
-    def forward(self, x: Tensor, phase: str) -> dict[str, Tensor]:
-        """``x``: ``[N, C, H, W]`` levels; returns the model's ``[N]`` loss terms."""
-        return self.model.training_losses(x, phase)
+    def forward(self, x: Tensor, phase: str, **labels: Tensor) -> dict[str, Tensor]:
+        """``x``: ``[N, C, H, W]`` levels (``y=`` labels ``[N]`` for a conditional model);
+        returns the model's ``[N]`` loss terms."""
+        return self.model.training_losses(x, phase, **labels)
 
 
 def loss_functions(

@@ -36,7 +36,7 @@ from genbench import distributed as ddp
 from genbench.data.base import Batches
 from genbench.errors import ConfigError, Interrupted
 from genbench.eval.metric import CurvePoint, Metric
-from genbench.models.base import GenerativeModel, Phase
+from genbench.models.base import GenerativeModel, Phase, with_labels
 from genbench.rundir import RunDir
 from genbench.tracking import Tracker
 from genbench.train import budget as budgets
@@ -148,7 +148,9 @@ class Trainer:
     training step; ``None``: constant lr) and ``augment`` the ``dataset.augment`` transforms
     applied to training batches (:mod:`genbench.data.augment`). ``probe`` is called on the
     evaluation weights when the spent share of the budget first reaches each ``trainer.eval_at``
-    value; ``clock`` (seconds) times the training steps."""
+    value; ``clock`` (seconds) times the training steps. ``train_labels`` and ``val_labels``
+    (``[N]``) are passed to a conditional model as ``y`` (:func:`with_labels`); an unconditional
+    model never sees them."""
 
     def __init__(
         self,
@@ -167,8 +169,14 @@ class Trainer:
         augment: Sequence[str] = (),
         probe: Probe | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        train_labels: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
     ) -> None:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
+        conditional = model.conditional
+        if conditional and (train_labels is None or val_labels is None):
+            raise ValueError(f"{type(model).__name__} is conditional: the data need labels")
+        self.val_labels = val_labels if conditional else None
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.seed = seed
         self.batches = Batches(
@@ -178,6 +186,7 @@ class Trainer:
             rank=ddp.rank(),
             world=ddp.world_size(),
             augment=augment,
+            labels=train_labels if conditional else None,
         )
         params = {
             p.name: [q for q in model.parameters_for(p.name) if q.requires_grad]
@@ -191,8 +200,11 @@ class Trainer:
         self.probe, self.clock = probe, clock
         self._agreed_seconds = 0.0  # the ranks' mean training seconds, as of the last _done()
         x = train[: self.batches.local_batch_size].long()
+        y = train_labels[: len(x)].long() if conditional else None
         try:
-            per_phase = budgets.count_flops(model, model.phases, x, setup.autocast)
+            per_phase = budgets.count_flops(
+                model, model.phases, x, setup.autocast, with_labels(model, y)
+            )
         except RuntimeError as err:  # a step FlopCounterMode cannot follow: no FLOP numbers
             log.warning("could not count a training step's FLOPs (%s): recorded as 0", err)
             per_phase = {p.name: 0.0 for p in model.phases}
@@ -277,8 +289,12 @@ class Trainer:
         with torch.random.fork_rng(devices=[]), eval_mode(model):
             for i, j in ddp.my_batches(n, int(self.cfg.batch_size)):
                 torch.manual_seed((self.seed + 1) * 1_000_003 + i)
+                y = self.val_labels[i:j] if self.val_labels is not None else None
                 with self.setup.autocast():
-                    loss = model.training_losses(self.val[i:j].long(), phase)["loss"]
+                    terms = model.training_losses(
+                        self.val[i:j].long(), phase, **with_labels(model, y)
+                    )
+                    loss = terms["loss"]
                 total += loss.float().sum()
         return float(ddp.reduce_sum(total)) / max(n, 1)
 
@@ -304,10 +320,10 @@ class Trainer:
         self, name: str, terms_acc: dict[str, torch.Tensor], repeat: int = 1
     ) -> torch.Tensor:
         opt, scaler = self.optimizers[name], self.scalers[name]
-        x = self.batches.next()
+        x, y = self.batches.next()
         self.model.zero_grad(set_to_none=True)
         with self.setup.autocast():
-            terms = self.losses[name](x, name)
+            terms = self.losses[name](x, name, **with_labels(self.model, y))
         loss = terms["loss"].float().mean()
         scaler.scale(loss).backward()  # several ranks: DDP leaves the mean gradient over ranks
         if self._grad_clip > 0:

@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from genbench.build import build_model as genbench_model
 from genbench.cli import SPIN
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import build_optimizer
@@ -164,7 +165,7 @@ def build_model(cfg: DictConfig, data: Any, device: torch.device, seed: int = 0)
     """``cfg.model`` for ``data``'s shape and levels, initialized from ``seed``, placed as
     genbench places it (``device.channels_last=auto``)."""
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, shape=data.shape, levels=data.levels)
+    model = genbench_model(cfg.model, data.shape, data.levels)
     return DeviceSetup(torch.device(device), "fp32", False, 1).place_model(model, data.shape)
 
 

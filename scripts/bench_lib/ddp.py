@@ -100,7 +100,7 @@ def child(models: list[str], steps: int, repeats: int, out: Path) -> None:
             model, params, fns, opts, batches = runs[kind]
             for phase in model.phases:
                 for _ in range(phase.repeat):
-                    x = batches.next()
+                    x, _ = batches.next()
                     model.zero_grad(set_to_none=True)
                     fns[phase.name](x, phase.name)["loss"].float().mean().backward()
                     if kind == "hand":

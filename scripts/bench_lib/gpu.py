@@ -20,10 +20,10 @@ from typing import Any
 
 import rich
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bench_lib.common import NOT_MEASURED, Check, Result, compose_train, log, table
+from genbench.build import build_model
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import Trainer
 
@@ -63,7 +63,7 @@ def measure(
     cfg = compose_train("experiment=ddpm_cifar10", *overrides)
     shape, levels = (3, 32, 32), 256
     torch.manual_seed(0)
-    model = instantiate(cfg.model, shape=shape, levels=levels)
+    model = build_model(cfg.model, shape, levels)
     precision = "bf16" if device.type == "cuda" else "fp32"
     setup = DeviceSetup(device, precision, compile_, torch.get_num_threads())
     model = setup.place_model(model, shape)

@@ -51,7 +51,7 @@ def child(steps: int) -> dict[str, float]:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        model.training_losses(batches.next(), "main")["loss"].mean().backward()
+        model.training_losses(batches.next()[0], "main")["loss"].mean().backward()
         opt.step()
 
     out = {}

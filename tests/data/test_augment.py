@@ -47,9 +47,9 @@ def test_batches_augment_alike_at_any_batch_size_and_rank_count():
     single = Batches(x, 8, seed=5, augment=["hflip"])
     ranks = [Batches(x, 8, seed=5, rank=r, world=2, augment=["hflip"]) for r in range(2)]
     for _ in range(12):  # two epochs
-        assert torch.equal(single.next(), torch.cat([b.next() for b in ranks]))
+        assert torch.equal(single.next()[0], torch.cat([b.next()[0] for b in ranks]))
     plain, flipped = Batches(x, 8, seed=5), Batches(x, 8, seed=5, augment=["hflip"])
-    a, b = plain.next(), flipped.next()
+    a, b = plain.next()[0], flipped.next()[0]
     assert a.dtype == b.dtype == torch.int64 and not torch.equal(a, b)
     assert bool(((b == a) | (b == a.flip(-1))).flatten(1).all(1).all())
 

@@ -59,14 +59,14 @@ def test_folder_skips_unreadable_files(tmp_path, caplog):
 def test_batches_resume_at_the_same_position():
     data = torch.arange(50).reshape(50, 1, 1, 1)
     a = Batches(data, 8, seed=3)
-    first = [a.next() for _ in range(9)]  # crosses an epoch boundary
+    first = [a.next()[0] for _ in range(9)]  # crosses an epoch boundary
     b = Batches(data, 8, seed=3)
     for _ in range(4):
         b.next()
     c = Batches(data, 8, seed=3)
     c.load_state_dict(b.state_dict())
     for i in range(4, 9):
-        assert torch.equal(c.next(), first[i])
+        assert torch.equal(c.next()[0], first[i])
     epoch0 = torch.cat(first[:6]).flatten()
     assert len(set(epoch0.tolist())) == 48  # no repeats within an epoch
 
@@ -76,3 +76,16 @@ def test_toy_data_are_told_from_images_by_one_rule():
     assert points.is_toy and points.density is not None and is_toy(points.test.shape[1:])
     images = Data("img", 4, *(torch.zeros(4, 1, 8, 8, dtype=torch.uint8) for _ in range(3)))
     assert not images.is_toy and not is_toy((3, 32, 32)) and not is_toy((1, 1, 8))
+
+
+def test_batches_carry_their_labels_and_resume_with_them():
+    data = torch.arange(50).reshape(50, 1, 1, 1)
+    labels = torch.arange(50) * 3
+    a = Batches(data, 8, seed=3, labels=labels)
+    for _ in range(9):  # crosses an epoch boundary
+        x, y = a.next()
+        assert torch.equal(y, x.flatten() * 3)
+    b = Batches(data, 8, seed=3, labels=labels)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.next()[1], b.next()[1])
+    assert Batches(data, 8, seed=3).next()[1] is None

@@ -291,10 +291,10 @@ def test_short_training_on_digits_reduces_the_loss(name, digits_data):
 def test_configs_build_the_model_and_state_published_references(name):
     from importlib.resources import files
 
-    from hydra.utils import instantiate
+    from genbench.build import build_model
 
     conf = files("genbench.conf")
-    model = instantiate(OmegaConf.load(conf / "model" / f"{name}.yaml"), shape=(2, 1, 1), levels=64)
+    model = build_model(OmegaConf.load(conf / "model" / f"{name}.yaml"), (2, 1, 1), 64)
     assert isinstance(model, MODELS[name])
     exp = OmegaConf.load(conf / "experiment" / f"{name}_mnist.yaml")
     assert OmegaConf.to_container(exp.defaults) == [

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genbench.build import build_model
 from genbench.models.diffusion.ddpm import DDPM
 from genbench.models.diffusion.unet import MLPDenoiser, UNet, build_denoiser
 from genbench.models.options import OptionError
@@ -55,7 +56,7 @@ def test_cifar10_experiment_settings():
 )
 def test_default_yaml_instantiates_and_trains(shape, levels, kind):
     cfg = OmegaConf.load(CONF / "model" / "ddpm.yaml")
-    m = instantiate(cfg, shape=shape, levels=levels)
+    m = build_model(cfg, shape, levels)
     assert isinstance(m, DDPM) and isinstance(m.net, kind)
     assert m.family == "diffusion" and m.likelihood == "vlb"
     x = torch.randint(0, levels, (3, *shape))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genbench.build import build_model
 from genbench.data.toy2d import toy
 from genbench.eval.toy import mode_metrics, sample_log_likelihood
 from genbench.models.base import Phase
@@ -256,7 +256,7 @@ def test_arch_switch_resolves_auto_and_offers_resnet_only_with_a_pool():
 @pytest.mark.parametrize("name", ["dcgan", "wgan_gp", "sngan"])
 def test_model_configs_instantiate(name):
     cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-    model = instantiate(cfg, shape=(1, 8, 8), levels=17)
+    model = build_model(cfg, (1, 8, 8), 17)
     d, g = model.phases
     assert (d.name, g.name) == ("d", "g") and d.repeat >= 1
     assert d.optimizer["lr"] == cfg.d_optimizer.lr and isinstance(d.optimizer["betas"], tuple)
@@ -304,7 +304,7 @@ def test_paper_experiments_compose(name, expected):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("train", overrides=[f"experiment={name}"])
     assert dict(cfg.expected) == expected and cfg.trainer.batch_size == 64
-    model = instantiate(cfg.model, shape=(3, 32, 32), levels=256)
+    model = build_model(cfg.model, (3, 32, 32), 256)
     d, g = model.phases
     assert d.repeat == 5 and d.optimizer == g.optimizer == {"lr": 2e-4, "betas": (0.0, 0.9)}
     assert model.arch == "resnet" and model.z_dim == 128

@@ -50,9 +50,9 @@ def test_batches_deal_each_rank_its_slice_of_the_global_batch(world):
     single = Batches(data, 8, seed=3)
     ranks = [Batches(data, 8, seed=3, rank=r, world=world) for r in range(world)]
     for _ in range(20):  # 6 batches per epoch: crosses two epoch boundaries
-        parts = [b.next() for b in ranks]
+        parts = [b.next()[0] for b in ranks]
         assert all(p.shape[0] == 8 // world for p in parts)
-        assert torch.equal(torch.cat(parts), single.next())
+        assert torch.equal(torch.cat(parts), single.next()[0])
     assert all(b.state_dict() == single.state_dict() for b in ranks)
 
 
@@ -189,6 +189,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from genbench import distributed as ddp
+from genbench.build import build_model
 from genbench.train import distributed as ddp_train
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import Trainer
@@ -208,7 +209,7 @@ def phase_params(model):
 x = torch.randint(0, levels, (4, *shape), generator=torch.Generator().manual_seed(10 + r))
 for name, cfg in cfgs.items():
     torch.manual_seed(0)
-    ref = instantiate(cfg.model, shape=shape, levels=levels)
+    ref = build_model(cfg.model, shape, levels)
     model = copy.deepcopy(ref)
     ref_params, params = phase_params(ref), phase_params(model)
     fns = ddp_train.loss_functions(model, params)
@@ -235,7 +236,7 @@ for name in ("glow", "dcgan"):
     for sync in (True, False):
         cfg = cfgs[name]
         torch.manual_seed(0)
-        model = instantiate(cfg.model, shape=shape, levels=levels)
+        model = build_model(cfg.model, shape, levels)
         ddp_train.seed_rank(0)
         run_dir = tmp / f"{name}-{sync}"
         run_dir.mkdir(exist_ok=True)
