@@ -9,7 +9,8 @@ model as a classifier, and the guidance trade-off. Runs for conditional models o
 - ``intra_fid@<extractor>``: FID of each class's samples against that class's reference images,
   averaged over the classes (Miyato & Koyama 2018); the per-class counts are in the protocol.
 - ``gen_class_accuracy``: the model as a classifier, argmax_y [log p(x | y) + log p(y)] with p(y)
-  the training split's class shares, on the test split (``eval.classify_examples``). Exact for
+  the training split's class shares, on the first ``eval.classify_examples`` test images
+  (default ``eval.nll_examples``). Exact for
   exact likelihoods; computed from bounds or estimates otherwise (kind ``estimate``, printed
   ``≈``): a bound's gap may differ between classes. Every class's score uses the same noise
   (one generator per example), so the comparison between classes is paired.
@@ -235,8 +236,10 @@ def class_scores(ctx: EvalContext, n: int) -> Tensor:
 
 def classification_metrics(ctx: EvalContext, clf: Classifier) -> list[Metric]:
     """``gen_class_accuracy`` (models with a likelihood) and the baseline
-    ``classifier_accuracy@<classifier>`` on the first ``eval.classify_examples`` test images."""
+    ``classifier_accuracy@<classifier>`` on the first ``eval.classify_examples`` test images
+    (null: ``eval.nll_examples``; both null: the whole test split)."""
     limit = ctx.cfg.get("classify_examples")
+    limit = ctx.cfg.get("nll_examples") if limit is None else limit
     n = len(ctx.data.test) if limit is None else min(len(ctx.data.test), int(limit))
     labels = ctx.data.test_labels[:n].cpu()
     proto = {"seed": ctx.seed, "conditional": ctx.model.num_classes, "examples": n}
