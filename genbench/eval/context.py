@@ -58,6 +58,8 @@ class EvalContext:
     #: per-example values a stage keeps for the run folder (``nll``: ``[n]`` nats, test order)
     per_example: dict[str, np.ndarray] = field(default_factory=dict)
     _samples: dict[str, Samples] = field(default_factory=dict)
+    #: a conditional model's samples all for this class (None: every class in turn)
+    label: int | None = None
 
     def sweep(self) -> list[dict[str, Any]]:
         """The run's sampler, then one per ``eval.sampler_sweep`` step count."""
@@ -126,6 +128,8 @@ class EvalContext:
         device), ``None`` for an unconditional one."""
         if not self.model.conditional:
             return None
+        if self.label is not None:
+            return torch.full((n,), int(self.label), dtype=torch.long, device=self.device)
         return sample_labels(start, n, self.model.num_classes).to(self.device)
 
     def _check(self, x: Tensor) -> None:
