@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from genbench.data.toy2d import toy
 from genbench.models.diffusion.ddpm import DDPM
 from genbench.models.diffusion.edm import EDM
 from genbench.models.diffusion.samplers import ddim_sample, edm_sample, karras_sigmas
@@ -322,3 +323,49 @@ def test_ddpm_bound_terms_and_ode_estimator_take_labels():
         e0 = estimator.fn(X, y=zeros, generator=per_sample_generators(3, 0, 3), **kw)
         e1 = estimator.fn(X, y=ones, generator=per_sample_generators(3, 0, 3), **kw)
     assert (e0.nll - e1.nll).abs().max() > 1e-3 and torch.equal(e0.nfe, e1.nfe)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    """toy_moons on a 32 x 32 grid (2 classes; labels drawn from the exact posterior)."""
+    return toy("moons", levels=32, n_train=4000, n_val=10, n_test=10, seed=0)
+
+
+def sample_accuracy(m, data, w, n=1000):
+    """Share of n samples (half per class) whose Bayes class under the toy's exact posterior is
+    the label they were drawn for (samples off the support count as wrong)."""
+    y = torch.arange(n) % 2
+    with torch.no_grad():
+        x = m.sample(n, y=y, generator=torch.Generator().manual_seed(2), guidance=w).x
+    posterior = data.density.class_posterior(x).nan_to_num(0.0)
+    return (posterior.argmax(1) == y).float().mean().item()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "flow_matching",
+        pytest.param("ddpm", marks=pytest.mark.slow),
+        pytest.param("edm", marks=pytest.mark.slow),
+    ],
+)
+def test_short_training_on_moons_draws_the_asked_class(name, moons):
+    """600 Adam steps on toy_moons: the exact posterior gives the asked class to >= 90 % of
+    the samples without guidance (measured: ddpm 0.941, edm 0.989, flow matching 0.943) and
+    guidance w = 2 does not lower it (measured: 0.998-1.000)."""
+    cls, kwargs, _, _ = CASES[name]
+    kwargs = {"timesteps": 100, "sampler": {"name": "ddim", "steps": 20}} if name == "ddpm" else {}
+    torch.manual_seed(0)
+    m = cls((2, 1, 1), 32, num_classes=2, mlp_hidden=64, mlp_blocks=2, dropout=0.0, **kwargs)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(600):
+        idx = torch.randint(0, len(moons.train), (256,), generator=g)
+        y = moons.train_labels[idx]
+        loss = m.training_losses(moons.train[idx], "main", y=y)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    plain, guided = sample_accuracy(m, moons, 0.0), sample_accuracy(m, moons, 2.0)
+    assert plain >= 0.9 and guided >= plain, (plain, guided)
