@@ -246,6 +246,9 @@ def test_guidance_needs_a_conditional_model(name):
     assert plain.sample(2, guidance=0, **opts).x.shape == (2, 2, 1, 1)  # 0: plain sampling
     with pytest.raises(OptionError, match=r"sampler\.guidance"):
         cls.validate_sampler({"guidance": 2.0}, {**kwargs, "num_classes": 0})
+    with pytest.raises(OptionError, match=r"sampler\.guidance"):
+        cls.validate_sampler({"guidance": 2.0}, {**kwargs, "conditional": False})
+    cls.validate_sampler({"guidance": 2.0}, {**kwargs, "conditional": True})
     cls.validate_sampler({"guidance": 2.0}, kwargs)  # conditional or not is unknown here
     with pytest.raises(OptionError, match=r"sampler\.guidance=-1"):
         cls.validate_sampler({"guidance": -1}, kwargs)

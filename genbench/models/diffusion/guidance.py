@@ -57,9 +57,13 @@ def check_p_uncond(value: Any) -> float:  # noqa: ANN401
 
 def conditional_of(hparams: Mapping[str, Any]) -> bool | None:
     """Whether the hyperparameters ``hparams`` (a model config, as ``validate_sampler`` gets it)
-    describe a conditional model: from ``num_classes`` when present, else ``None`` (unknown)."""
+    describe a conditional model: from ``num_classes`` or ``conditional`` when present, else
+    ``None`` (unknown: the runner's validation does not pass them yet)."""
     n = hparams.get("num_classes")
-    return None if n is None else int(n) > 0
+    if n is not None:
+        return int(n) > 0
+    flag = hparams.get("conditional")
+    return flag if isinstance(flag, bool) else None
 
 
 def guided_output(
