@@ -96,6 +96,7 @@ def guided_output(
 
 
 def guided_nfe(nfe: Tensor | float, guidance: float) -> Tensor | float:
-    """Network evaluations of a sampler that counted ``nfe`` calls of the (guided) network: each
-    guided call evaluates the network twice (conditional and unconditional)."""
+    """Network evaluations (a number, or ``[N]`` per sample) of a sampler that counted ``nfe``
+    calls of the (guided) network: each guided call evaluates the network twice (conditional
+    and unconditional)."""
     return nfe * 2 if guidance else nfe
