@@ -15,6 +15,14 @@ constant channel is in mask group ``-1`` (visible to every sub-pixel; it carries
 Sampling draws sub-pixel after sub-pixel. A subclass provides an incremental evaluation:
 ``begin_row`` refreshes whatever depends only on finished rows, and ``pixel_features`` computes the
 trunk features of one pixel from cached ones, touching one output position per layer.
+
+Class conditioning (``num_classes > 0``, van den Oord et al. 2016b, eq. 4): a label ``y`` is
+embedded into a conditioning vector ``h`` ``[N, F]`` (:class:`genbench.nn.condition.ClassEmbedding`)
+and every gated layer adds ``V_f h`` and ``V_g h`` to the pre-activations of its ``tanh`` and
+``sigmoid`` halves (a per-example bias, the same at every position, so causality is untouched). The
+model is then p(x | y) with the same exact factorization; the trunk and the incremental evaluation
+take ``h`` (``None`` for an unconditional model, which has no embedding and computes exactly what it
+computed before conditioning existed).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from torch import Tensor
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.options import option_bool, option_number
 from genbench.nn.chunks import map_rows
+from genbench.nn.condition import ClassEmbedding
 from genbench.nn.masked import MaskedOutputHead
 from genbench.nn.random import rand
 
@@ -48,6 +57,11 @@ def exact_nll_terms(nll: Tensor, dims: int) -> dict[str, Tensor]:
     }
 
 
+def plus(x: Tensor, bias: Tensor | None) -> Tensor:
+    """``x + bias``, or ``x`` itself when there is no ``bias`` (an unconditional layer)."""
+    return x if bias is None else x + bias
+
+
 def inverse_cdf(logits: Tensor, u: Tensor) -> Tensor:
     """Categorical draw ``[N]`` from ``logits`` ``[N, K]`` and uniforms ``u`` ``[N]`` in ``[0, 1)``,
     by the rule of :func:`genbench.nn.random.categorical` (which draws its own uniforms)."""
@@ -62,16 +76,28 @@ class AutoregressiveModel(GenerativeModel):
     Args:
         shape: ``(C, H, W)``.
         levels: K.
-        features: F, width of the subclass's trunk output, read by the masked output head.
+        features: F, width of the subclass's trunk output, read by the masked output head; also
+            the size of the class embedding ``h`` of a conditional model.
+        num_classes: classes of a conditional model (0: unconditional, no embedding).
     """
 
     family = "autoregressive"
     likelihood = "exact"
+    conditional_support = True
 
-    def __init__(self, shape: Sequence[int], levels: int, features: int) -> None:
-        super().__init__(shape, levels)
+    def __init__(
+        self, shape: Sequence[int], levels: int, features: int, num_classes: int = 0
+    ) -> None:
+        super().__init__(shape, levels, num_classes)
         self.features = int(features)
         self.head = MaskedOutputHead(self.features, self.shape[0], self.levels)
+        if self.conditional:
+            self.embedding = ClassEmbedding(self.num_classes, self.features)
+
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """``[N, F]`` conditioning vectors ``h`` of checked labels ``y`` ``[N]`` (``None`` for
+        ``None``: an unconditional model)."""
+        return None if y is None else self.embedding(y)
 
     @property
     def input_groups(self) -> list[int]:
@@ -85,24 +111,28 @@ class AutoregressiveModel(GenerativeModel):
         return torch.cat([u, torch.ones_like(u[:, :1])], 1)
 
     @abc.abstractmethod
-    def trunk(self, u: Tensor) -> Tensor:
-        """``[N, C + 1, H, W]`` encoded input -> ``[N, F, H, W]`` features (grouped by channel)."""
+    def trunk(self, u: Tensor, h: Tensor | None = None) -> Tensor:
+        """``[N, C + 1, H, W]`` encoded input -> ``[N, F, H, W]`` features (grouped by channel);
+        ``h`` ``[N, F]``: conditioning vectors (conditional models) or ``None``."""
 
-    def network(self, u: Tensor) -> Tensor:
-        """``[N, C + 1, H, W]`` encoded input -> ``[N, C * K, H, W]`` logits (channel-major)."""
-        return self.head(self.trunk(u))
+    def network(self, u: Tensor, h: Tensor | None = None) -> Tensor:
+        """``[N, C + 1, H, W]`` encoded input -> ``[N, C * K, H, W]`` logits (channel-major);
+        ``h`` as in :meth:`trunk`."""
+        return self.head(self.trunk(u, h))
 
     @abc.abstractmethod
-    def begin_row(self, u: Tensor, i: int, state: Any) -> Any:
+    def begin_row(self, u: Tensor, i: int, state: Any, h: Tensor | None = None) -> Any:
         """Sampling state for row ``i`` (``state`` is the one of row ``i - 1``, or ``None``).
 
         Called when rows ``< i`` of the encoded input ``u`` ``[N, C + 1, H, W]`` hold their final
-        values.
+        values; ``h`` (``[N, F]`` or ``None``) is the conditioning of :meth:`trunk` and must be
+        the same for every row (a state may keep what it needs of it).
         """
 
     @abc.abstractmethod
     def pixel_features(self, u: Tensor, state: Any, i: int, j: int) -> Tensor:
-        """``[N, F, 1, 1]`` trunk features at ``(i, j)``; equals ``trunk(u)[:, :, i:i+1, j:j+1]``.
+        """``[N, F, 1, 1]`` trunk features at ``(i, j)``; equals ``trunk(u, h)[:, :, i:i+1, j:j+1]``
+        for the ``h`` given to :meth:`begin_row`.
 
         ``u`` holds final values before ``(i, j)`` and the channels sampled so far of ``(i, j)``.
         Group ``c`` of every feature at ``(i, j)`` ignores ``x[>=c, i, j]``, so the features
@@ -110,31 +140,41 @@ class AutoregressiveModel(GenerativeModel):
         """
 
     def pixel_logits(self, u: Tensor, state: Any, i: int, j: int) -> Tensor:
-        """``[N, C * K]`` logits of pixel ``(i, j)``; equals ``network(u)[:, :, i, j]``."""
+        """``[N, C * K]`` logits of pixel ``(i, j)``; equals ``network(u, h)[:, :, i, j]``."""
         return self.head(self.pixel_features(u, state, i, j)).flatten(1)
 
-    def logits(self, x: Tensor) -> Tensor:
-        """``[N, C, H, W]`` levels -> ``[N, K, C, H, W]`` logits of each sub-pixel's categorical."""
-        n, (c, h, w) = x.shape[0], self.shape
-        return self.network(self.encode(x)).view(n, c, self.levels, h, w).transpose(1, 2)
+    def logits(self, x: Tensor, *, y: Tensor | None = None) -> Tensor:
+        """``[N, C, H, W]`` levels -> ``[N, K, C, H, W]`` logits of each sub-pixel's categorical
+        (given the labels ``y`` ``[N]`` of a conditional model)."""
+        return self._logits(x, self.labels(y, x.shape[0], x.device))
 
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
-        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats (deterministic:
-        ``generator`` is unused).
+    def _logits(self, x: Tensor, y: Tensor | None) -> Tensor:
+        n, (c, h, w) = x.shape[0], self.shape
+        logits = self.network(self.encode(x), self.condition(y))
+        return logits.view(n, c, self.levels, h, w).transpose(1, 2)
+
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
+        """``[N]`` exact negative log-likelihood of the levels ``x`` in nats, -log p(x | y) for a
+        conditional model with labels ``y`` ``[N]`` (deterministic: ``generator`` is unused).
 
         Without autograd (evaluation), rows run in chunks of a fixed size, at most 2^25 logits
         each (:func:`genbench.nn.chunks.map_rows`), so memory does not grow with N."""
-        return map_rows(self._nll, x, per_row=self.dims * self.levels)
+        y = self.labels(y, x.shape[0], x.device)
+        rows = (x,) if y is None else (x, y)
+        return map_rows(self._nll, *rows, per_row=self.dims * self.levels)
 
-    def _nll(self, x: Tensor) -> Tensor:
-        logits = self.logits(x)
+    def _nll(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        logits = self._logits(x, y)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no fp16 sums
         return F.cross_entropy(logits, x.long(), reduction="none").sum((1, 2, 3))
 
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
-        per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
-        return exact_nll_terms(self.nll(x), self.dims)
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """``[N]`` terms of levels ``x`` ``[N, C, H, W]`` (labels ``y`` ``[N]`` of a conditional
+        model): ``loss`` nats per sub-pixel, ``nll`` nats per example, ``bpd`` bits per sub-pixel
+        (``nll`` and ``bpd`` detached)."""
+        return exact_nll_terms(self.nll(x, y=y), self.dims)
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -144,8 +184,11 @@ class AutoregressiveModel(GenerativeModel):
         option_bool("sampler.incremental", sampler.get("incremental", True))
 
     @torch.inference_mode()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels, drawn one sub-pixel at a time; NFE = D per sample.
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
+        """``[n, C, H, W]`` int64 levels, drawn one sub-pixel at a time (from p(x | y) given the
+        labels ``y`` ``[n]`` of a conditional model); NFE = D per sample.
 
         Sampler options: ``temperature`` (default 1; logits are divided by it);
         ``incremental`` (default true; false runs the whole network for every sub-pixel, the
@@ -165,19 +208,20 @@ class AutoregressiveModel(GenerativeModel):
         c_, h_, w_ = self.shape
         k = self.levels
         device = next(self.parameters()).device
+        cond = self.condition(self.labels(y, n, device))
         x = torch.zeros(n, c_, h_, w_, dtype=torch.long, device=device)
         uniforms = rand((n, h_, w_, c_), generator=generator, device=device)  # sampling order
         u = self.encode(x)
         state = None
         for i in range(h_):
             if incremental:
-                state = self.begin_row(u, i, state)
+                state = self.begin_row(u, i, state, cond)
             for j in range(w_):
                 for c in range(c_):
                     logits = (
                         self.pixel_logits(u, state, i, j)
                         if incremental
-                        else self.network(u)[:, :, i, j]
+                        else self.network(u, cond)[:, :, i, j]
                     )[:, c * k : (c + 1) * k]
                     x[:, c, i, j] = inverse_cdf(logits / temperature, uniforms[:, i, j, c])
                     u[:, c, i, j] = x[:, c, i, j].to(u.dtype) * (2.0 / (k - 1)) - 1.0

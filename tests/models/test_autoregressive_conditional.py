@@ -1,0 +1,166 @@
+"""Class-conditional PixelCNN / PixelRNN / PixelCNN++: the label reaches every output, -log p(x | y)
+is a normalized distribution for each y, unconditional models are bit-for-bit what they were, and
+a short training on a two-class toy draws samples of the requested class."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from genbench.models.autoregressive.pixelcnn import PixelCNN
+from genbench.models.autoregressive.pixelcnnpp import PixelCNNpp
+from genbench.models.autoregressive.pixelrnn import PixelRNN
+from genbench.nn.random import per_sample_generators
+
+MODELS = {"pixelcnn": PixelCNN, "pixelrnn": PixelRNN, "pixelcnnpp": PixelCNNpp}
+TINY = {
+    "pixelcnn": {"features": 12, "layers": 3, "kernel": 3, "first_kernel": 3},
+    "pixelrnn": {"features": 12, "layers": 3, "kernel": 3, "first_kernel": 3},
+    "pixelcnnpp": {"nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 2, "scales": 2},
+}
+
+
+def tiny(name: str, shape, levels: int, num_classes: int = 0, seed: int = 0):
+    torch.manual_seed(seed)
+    return MODELS[name](shape, levels, num_classes=num_classes, **TINY[name]).double().eval()
+
+
+def spread(m, scale: float = 3.0):
+    """``m`` with every weight scaled: conditionals far from uniform, labels far apart."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(scale)
+    return m
+
+
+def every_image(shape, levels: int) -> torch.Tensor:
+    """``[K^D, C, H, W]`` every image of ``shape`` with ``levels`` levels."""
+    dims = shape[0] * shape[1] * shape[2]
+    return torch.tensor(list(itertools.product(range(levels), repeat=dims))).view(-1, *shape)
+
+
+# ----------------------------------------------------------------------------- unconditional
+
+#: computed with the classes of main at 4c47a0c (before conditioning): parameter count,
+#: state_dict entries, nll of levels_batch((2, 2, 3), 5, 2, seed 1) in nats, and the levels of
+#: sample(2, per_sample_generators(3, 0, 2)) (temperature 0.1 for PixelCNN / PixelRNN)
+GOLDEN = {
+    "pixelcnn": (
+        7882,
+        28,
+        [19.188712070047103, 19.891525906762634],
+        [0, 0, 0, 0, 2, 0, 4, 3, 4, 3, 4, 4, 0, 0, 0, 0, 0, 0, 3, 2, 4, 4, 4, 2],
+    ),
+    "pixelrnn": (
+        10018,
+        24,
+        [19.272569573523658, 19.93820773784682],
+        [0, 0, 0, 0, 3, 0, 4, 3, 4, 3, 4, 4, 0, 0, 0, 0, 1, 0, 3, 2, 4, 4, 4, 2],
+    ),
+    "pixelcnnpp": (
+        22620,
+        72,
+        [20.665411446238032, 22.256831867258462],
+        [2, 0, 1, 0, 0, 4, 4, 0, 0, 2, 3, 4, 2, 0, 2, 2, 4, 4, 2, 4, 2, 0, 4, 4],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_unconditional_models_compute_what_they_computed_before_conditioning(name):
+    shape, levels = (2, 2, 3), 5
+    m = tiny(name, shape, levels)
+    params, entries, nll, sample = GOLDEN[name]
+    assert not m.conditional and sum(p.numel() for p in m.parameters()) == params
+    assert len(m.state_dict()) == entries
+    assert not any("embedding" in k or "cond" in k for k in m.state_dict())
+    x = torch.randint(0, levels, (2, *shape), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(m.nll(x), torch.tensor(nll, dtype=torch.float64), rtol=1e-10, atol=0)
+    opts = {} if name == "pixelcnnpp" else {"temperature": 0.1}
+    drawn = m.sample(2, generator=per_sample_generators(3, 0, 2), **opts).x
+    assert drawn.flatten().tolist() == sample
+    with pytest.raises(ValueError, match="unconditional"):
+        m.nll(x, y=torch.zeros(2, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- conditional
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_label_changes_samples_and_nll(name):
+    shape, levels = (2, 2, 3), 5
+    m = spread(tiny(name, shape, levels, num_classes=3))
+    extra = sum(p.numel() for p in m.parameters()) - GOLDEN[name][0]
+    assert m.conditional and extra > 0  # the embedding and the V weights, nothing else changed
+    x = torch.randint(0, levels, (4, *shape), generator=torch.Generator().manual_seed(1))
+    nlls = [m.nll(x, y=torch.full((4,), c)) for c in range(3)]
+    for a, b in itertools.combinations(nlls, 2):
+        assert (a - b).abs().min() > 1e-6, "the label leaves some nll unchanged"
+    mixed = m.nll(x, y=torch.tensor([0, 1, 2, 0]))  # each row its own label
+    torch.testing.assert_close(mixed, torch.stack([nlls[0][0], nlls[1][1], nlls[2][2], nlls[0][3]]))
+    terms = m.training_losses(x, "main", torch.full((4,), 1))
+    torch.testing.assert_close(terms["nll"], nlls[1])
+    draws = [
+        m.sample(16, y=torch.full((16,), c), generator=per_sample_generators(3, 0, 16)).x
+        for c in range(3)
+    ]
+    for a, b in itertools.combinations(draws, 2):
+        assert not torch.equal(a, b), "samples with different labels are identical"
+    with pytest.raises(ValueError, match="labels y are required"):
+        m.nll(x)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        m.sample(2, y=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_conditional_nll_is_a_normalized_distribution_for_every_label(name):
+    """On a 2-D toy shape (2, 1, 1) with 6 levels: sum over all 36 x of p(x | y) = 1 for each
+    y, and the conditionals differ between labels."""
+    shape, levels, classes = (2, 1, 1), 6, 3
+    m = spread(tiny(name, shape, levels, num_classes=classes, seed=3))
+    x = every_image(shape, levels)
+    assert x.shape == (36, 2, 1, 1)
+    logp = torch.stack([-m.nll(x, y=torch.full((36,), c)) for c in range(classes)])
+    total = logp.logsumexp(1)
+    torch.testing.assert_close(total, torch.zeros(classes, dtype=torch.float64), rtol=0, atol=1e-9)
+    assert (logp[0].exp() - logp[1].exp()).abs().sum() > 0.05, "p(x | y) ignores y"
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.fixture(scope="module")
+def moons():
+    from genbench.data.toy2d import toy
+
+    return toy("moons", levels=16, n_train=4000, n_val=10, n_test=10, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_short_training_on_two_moons_draws_the_requested_class(name, moons):
+    """The toy's exact class posterior p(y | x) scores the samples: drawn with label c, they
+    should have p(c | x) near what samples from the true p(x | c) have."""
+    data, density = moons, moons.density
+    assert data.num_classes == 2
+    torch.manual_seed(0)
+    small = {"features": 16, "layers": 2} if name != "pixelcnnpp" else {"nr_filters": 16}
+    m = MODELS[name]((2, 1, 1), 16, num_classes=2, **{**TINY[name], **small})
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(0, len(data.train), (256,), generator=g)
+        loss = m.training_losses(data.train[idx].long(), "main", data.train_labels[idx])["loss"]
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    m.eval()
+    n = 500
+    y = torch.arange(2).repeat_interleave(n)
+    x = m.sample(2 * n, y=y, generator=torch.Generator().manual_seed(1)).x
+    acc = density.class_posterior(x)[torch.arange(2 * n), y].mean().item()
+    # the same score for exact draws from p(x | c): sum_x p(x | c) p(c | x), averaged over c
+    joint = density.class_probs.flatten(1)  # [2, K*K] p(c, x)
+    ideal = ((joint / joint.sum(1, keepdim=True)) * (joint / joint.sum(0))).sum(1).mean().item()
+    assert acc > ideal - 0.05, f"{name}: sample accuracy {acc:.3f}, exact draws {ideal:.3f}"
