@@ -301,8 +301,11 @@ def test_configs_build_the_model_and_state_published_references(name):
     from genbench.build import build_model
 
     conf = files("genbench.conf")
-    model = build_model(OmegaConf.load(conf / "model" / f"{name}.yaml"), (2, 1, 1), 64)
-    assert isinstance(model, MODELS[name])
+    node = OmegaConf.load(conf / "model" / f"{name}.yaml")
+    model = build_model(node, (2, 1, 1), 64)
+    assert isinstance(model, MODELS[name]) and not model.conditional
+    node.conditional = True
+    assert build_model(node, (2, 1, 1), 64, num_classes=2).num_classes == 2
     exp = OmegaConf.load(conf / "experiment" / f"{name}_mnist.yaml")
     assert OmegaConf.to_container(exp.defaults) == [
         {"override /model": name},

@@ -138,18 +138,36 @@ def moons():
     return toy("moons", levels=16, n_train=4000, n_val=10, n_test=10, seed=0)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+#: (hyperparameters, Adam learning rate, steps at batch 256) that reach high sample accuracy;
+#: measured on one loaded CPU thread: PixelRNN 0.990 in ~5 s, PixelCNN++ 0.966 in ~7 s, PixelCNN
+#: 0.997 in ~17 s (its additive conditioning needs longer to make x_2 depend on both x_1 and the
+#: label: 0.85-0.88 at 100-300 steps); exact draws score 1.000
+TRAINING = {
+    "pixelcnn": ({"features": 16, "layers": 2}, 1e-2, 600),
+    "pixelrnn": ({"features": 32, "layers": 2}, 2e-2, 200),
+    "pixelcnnpp": ({"nr_filters": 16}, 3e-3, 100),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("pixelcnn", marks=pytest.mark.slow),
+        "pixelrnn",
+        "pixelcnnpp",
+    ],
+)
 def test_short_training_on_two_moons_draws_the_requested_class(name, moons):
     """The toy's exact class posterior p(y | x) scores the samples: drawn with label c, they
     should have p(c | x) near what samples from the true p(x | c) have."""
     data, density = moons, moons.density
     assert data.num_classes == 2
+    hparams, lr, steps = TRAINING[name]
     torch.manual_seed(0)
-    small = {"features": 16, "layers": 2} if name != "pixelcnnpp" else {"nr_filters": 16}
-    m = MODELS[name]((2, 1, 1), 16, num_classes=2, **{**TINY[name], **small})
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    m = MODELS[name]((2, 1, 1), 16, num_classes=2, **{**TINY[name], **hparams})
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(steps):
         idx = torch.randint(0, len(data.train), (256,), generator=g)
         loss = m.training_losses(data.train[idx].long(), "main", data.train_labels[idx])["loss"]
         opt.zero_grad()
@@ -163,4 +181,5 @@ def test_short_training_on_two_moons_draws_the_requested_class(name, moons):
     # the same score for exact draws from p(x | c): sum_x p(x | c) p(c | x), averaged over c
     joint = density.class_probs.flatten(1)  # [2, K*K] p(c, x)
     ideal = ((joint / joint.sum(1, keepdim=True)) * (joint / joint.sum(0))).sum(1).mean().item()
+    assert ideal > 0.99  # moons on 16 x 16 cells: the classes barely overlap
     assert acc > ideal - 0.05, f"{name}: sample accuracy {acc:.3f}, exact draws {ideal:.3f}"
