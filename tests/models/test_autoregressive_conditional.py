@@ -12,7 +12,7 @@ import torch
 from genbench.models.autoregressive.pixelcnn import PixelCNN
 from genbench.models.autoregressive.pixelcnnpp import PixelCNNpp
 from genbench.models.autoregressive.pixelrnn import PixelRNN
-from genbench.nn.random import per_sample_generators
+from genbench.nn.random import categorical, per_sample_generators
 
 MODELS = {"pixelcnn": PixelCNN, "pixelrnn": PixelRNN, "pixelcnnpp": PixelCNNpp}
 TINY = {
@@ -183,3 +183,54 @@ def test_short_training_on_two_moons_draws_the_requested_class(name, moons):
     ideal = ((joint / joint.sum(1, keepdim=True)) * (joint / joint.sum(0))).sum(1).mean().item()
     assert ideal > 0.99  # moons on 16 x 16 cells: the classes barely overlap
     assert acc > ideal - 0.05, f"{name}: sample accuracy {acc:.3f}, exact draws {ideal:.3f}"
+
+
+# ----------------------------------------------------------------------------- guidance
+
+AR = ["pixelcnn", "pixelrnn"]
+
+
+@pytest.mark.parametrize("name", AR)
+def test_guided_samples_are_draws_from_the_guided_logits(name):
+    """Replaying the categorical draws on (1 + w) l(x, y) - w l(x, null) of the final sample
+    reproduces every sub-pixel; w = 0 is plain conditional sampling; NFE doubles."""
+    shape, levels, w = (2, 2, 3), 5, 1.5
+    m = spread(tiny(name, shape, levels, num_classes=3))
+    y = torch.tensor([0, 2, 1, 2])
+    plain = m.sample(4, y=y, generator=per_sample_generators(4, 0, 4))
+    zero = m.sample(4, y=y, generator=per_sample_generators(4, 0, 4), guidance=0.0)
+    assert torch.equal(plain.x, zero.x) and zero.nfe.tolist() == [12.0] * 4
+    out = m.sample(4, y=y, generator=per_sample_generators(4, 0, 4), guidance=w)
+    slow = m.sample(4, y=y, generator=per_sample_generators(4, 0, 4), guidance=w, incremental=False)
+    assert torch.equal(out.x, slow.x) and out.nfe.tolist() == [24.0] * 4
+    assert not torch.equal(out.x, plain.x), "guidance changed nothing"
+    with torch.no_grad():
+        cond = m.logits(out.x, y=y)  # [N, K, C, H, W]
+        null = m.network(m.encode(out.x), m.embedding.table(torch.full((4,), 3)))
+        null = null.view(4, 2, levels, 2, 3).transpose(1, 2)
+    logits = (1 + w) * cond - w * null
+    gens = per_sample_generators(4, 0, 4)
+    for i, j, c in itertools.product(range(2), range(3), range(2)):  # sampling order
+        draw = categorical(logits[:, :, c, i, j], generator=gens)
+        assert torch.equal(draw, out.x[:, c, i, j]), f"sub-pixel ({c},{i},{j}) differs"
+
+
+@pytest.mark.parametrize("name", AR)
+def test_guidance_needs_a_conditional_model_trained_with_label_dropout(name):
+    cls = MODELS[name]
+    with pytest.raises(ValueError, match="sampler.guidance"):
+        tiny(name, (1, 2, 2), 4).sample(1, guidance=1.0)
+    with pytest.raises(ValueError, match="model.p_uncond must be > 0"):
+        cls.validate_sampler({"guidance": 2.0}, {"p_uncond": 0.0})
+    with pytest.raises(ValueError, match="sampler.guidance"):
+        cls.validate_sampler({"guidance": -1.0}, {})
+    none = cls((1, 2, 2), 4, num_classes=2, p_uncond=0.0, **TINY[name])
+    with pytest.raises(ValueError, match="model.p_uncond must be > 0"):
+        none.sample(1, y=torch.tensor([1]), guidance=1.0)
+    with pytest.raises(ValueError, match="model.p_uncond"):
+        cls((1, 2, 2), 4, num_classes=2, p_uncond=1.0, **TINY[name])
+    m = cls((1, 2, 2), 4, num_classes=2, **TINY[name]).train()  # label dropout in training
+    torch.manual_seed(0)
+    y = torch.zeros(2000, dtype=torch.long)
+    dropped = (m.embedding.drop(y) == 2).float().mean().item()
+    assert m.p_uncond == 0.1 and abs(dropped - 0.1) < 0.03

@@ -23,6 +23,11 @@ and every gated layer adds ``V_f h`` and ``V_g h`` to the pre-activations of its
 model is then p(x | y) with the same exact factorization; the trunk and the incremental evaluation
 take ``h`` (``None`` for an unconditional model, which has no embedding and computes exactly what it
 computed before conditioning existed).
+
+Classifier-free guidance (Ho & Salimans 2022) on the logits: training replaces a label by the null
+label with probability ``p_uncond`` (``model.p_uncond``), so the network also gives unconditional
+logits; ``sampler.guidance=w`` draws each sub-pixel from ``softmax((1 + w) l(x_<d, y) - w l(x_<d))``
+(one batched pass over the labels and the null label: 2 network evaluations per sub-pixel).
 """
 
 from __future__ import annotations
@@ -37,13 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
-from genbench.models.options import option_bool, option_number
+from genbench.models.options import OptionError, option_bool, option_number
 from genbench.nn.chunks import map_rows
-from genbench.nn.condition import ClassEmbedding
+from genbench.nn.condition import ClassEmbedding, guided
 from genbench.nn.masked import MaskedOutputHead
 from genbench.nn.random import rand
 
-SAMPLER_OPTIONS = ("temperature", "incremental")
+SAMPLER_OPTIONS = ("temperature", "incremental", "guidance")
 
 
 def exact_nll_terms(nll: Tensor, dims: int) -> dict[str, Tensor]:
@@ -79,6 +84,8 @@ class AutoregressiveModel(GenerativeModel):
         features: F, width of the subclass's trunk output, read by the masked output head; also
             the size of the class embedding ``h`` of a conditional model.
         num_classes: classes of a conditional model (0: unconditional, no embedding).
+        p_uncond: label dropout rate of a conditional model (trains the null label that
+            classifier-free guidance needs; unused when unconditional).
     """
 
     family = "autoregressive"
@@ -86,18 +93,30 @@ class AutoregressiveModel(GenerativeModel):
     conditional_support = True
 
     def __init__(
-        self, shape: Sequence[int], levels: int, features: int, num_classes: int = 0
+        self,
+        shape: Sequence[int],
+        levels: int,
+        features: int,
+        num_classes: int = 0,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__(shape, levels, num_classes)
+        option_number("model.p_uncond", p_uncond, low=0, high=1)
+        if p_uncond >= 1:
+            raise OptionError("model.p_uncond", p_uncond, "model.p_uncond must be below 1")
+        self.p_uncond = float(p_uncond)
         self.features = int(features)
         self.head = MaskedOutputHead(self.features, self.shape[0], self.levels)
         if self.conditional:
-            self.embedding = ClassEmbedding(self.num_classes, self.features)
+            self.embedding = ClassEmbedding(self.num_classes, self.features, self.p_uncond)
 
-    def condition(self, y: Tensor | None) -> Tensor | None:
-        """``[N, F]`` conditioning vectors ``h`` of checked labels ``y`` ``[N]`` (``None`` for
-        ``None``: an unconditional model)."""
-        return None if y is None else self.embedding(y)
+    def condition(self, y: Tensor | None, *, dropout: bool = True) -> Tensor | None:
+        """``[N, F]`` conditioning vectors ``h`` of checked labels ``y`` ``[N]`` in
+        ``[0, num_classes]`` (``num_classes``: the null label), after label dropout in training
+        mode unless ``dropout=False`` (``None`` for ``None``: an unconditional model)."""
+        if y is None:
+            return None
+        return self.embedding(y) if dropout else self.embedding.table(y)
 
     @property
     def input_groups(self) -> list[int]:
@@ -178,10 +197,33 @@ class AutoregressiveModel(GenerativeModel):
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
-        """Options ``temperature`` (T > 0, default 1) and ``incremental`` (true or false)."""
+        """Options ``temperature`` (T > 0, default 1), ``incremental`` (true or false) and
+        ``guidance`` (w >= 0, default 0; w > 0 needs ``model.p_uncond > 0``)."""
         check_sampler_options(sampler, SAMPLER_OPTIONS, cls.__name__)
         option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0, low_open=True)
         option_bool("sampler.incremental", sampler.get("incremental", True))
+        w = option_number("sampler.guidance", sampler.get("guidance", 0.0), low=0)
+        if w and not hparams.get("p_uncond", 1.0):
+            raise OptionError(
+                "sampler.guidance",
+                w,
+                f"sampler.guidance={w!r} needs a null label trained by label dropout: "
+                "model.p_uncond must be > 0",
+            )
+
+    def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
+        """The options as given, checked against this model: guidance needs a conditional model
+        trained with label dropout."""
+        self.validate_sampler(sampler, {"p_uncond": self.p_uncond})
+        w = float(sampler.get("guidance", 0.0))
+        if w and not self.conditional:
+            raise OptionError(
+                "sampler.guidance",
+                w,
+                f"sampler.guidance={w!r} needs a conditional model (model.conditional=true); "
+                f"{type(self).__name__} is unconditional",
+            )
+        return dict(sampler)
 
     @torch.inference_mode()
     def sample(
@@ -195,6 +237,8 @@ class AutoregressiveModel(GenerativeModel):
         reference the cached path is checked and benchmarked against: same draws, D times the
         work). Sample ``r`` uses D uniforms from its own generator, drawn up front (one call per
         generator instead of one per sub-pixel) and consumed in sampling order by inverse CDF.
+        ``guidance`` (w >= 0, default 0; conditional models with ``p_uncond > 0``): the logits are
+        ``(1 + w) l(y) - w l(null)``, both from one pass over a doubled batch (NFE = 2D).
 
         NFE counts one (incremental) network evaluation per sub-pixel: each recomputes only the
         sampled pixel's position in every layer; the per-row refresh of ``begin_row``
@@ -202,16 +246,20 @@ class AutoregressiveModel(GenerativeModel):
         evaluations of a row and not counted separately. ``incremental=false`` does the same
         draws with D full passes, also counted D.
         """
-        self.validate_sampler(sampler, {})
+        self.resolve_sampler(**sampler)
         temperature = float(sampler.get("temperature", 1.0))
         incremental = bool(sampler.get("incremental", True))
+        w = float(sampler.get("guidance", 0.0))
         c_, h_, w_ = self.shape
         k = self.levels
         device = next(self.parameters()).device
-        cond = self.condition(self.labels(y, n, device))
+        y = self.labels(y, n, device)
+        if w:  # rows n.. of the batch: the same images under the null label
+            y = torch.cat([y, self.embedding.unconditional(y)])
+        cond = self.condition(y, dropout=False)
         x = torch.zeros(n, c_, h_, w_, dtype=torch.long, device=device)
         uniforms = rand((n, h_, w_, c_), generator=generator, device=device)  # sampling order
-        u = self.encode(x)
+        u = self.encode(x).repeat(2 if w else 1, 1, 1, 1)
         state = None
         for i in range(h_):
             if incremental:
@@ -223,6 +271,9 @@ class AutoregressiveModel(GenerativeModel):
                         if incremental
                         else self.network(u, cond)[:, :, i, j]
                     )[:, c * k : (c + 1) * k]
+                    if w:
+                        logits = guided(logits[:n], logits[n:], w)
                     x[:, c, i, j] = inverse_cdf(logits / temperature, uniforms[:, i, j, c])
-                    u[:, c, i, j] = x[:, c, i, j].to(u.dtype) * (2.0 / (k - 1)) - 1.0
-        return Sampled.constant(x, self.dims)
+                    level = x[:, c, i, j].to(u.dtype) * (2.0 / (k - 1)) - 1.0
+                    u[:, c, i, j] = level.repeat(2) if w else level
+        return Sampled.constant(x, self.dims * (2 if w else 1))

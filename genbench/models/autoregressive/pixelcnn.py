@@ -124,6 +124,8 @@ class PixelCNN(AutoregressiveModel):
         first_kernel: odd kernel width of the first layer (the paper uses 7).
         num_classes: classes of a conditional model p(x | y) (``model.conditional=true`` sets
             it; 0: unconditional). The class embedding has F entries.
+        p_uncond: label dropout rate of a conditional model (the null label of classifier-free
+            guidance, ``sampler.guidance``; unused when unconditional).
     """
 
     def __init__(
@@ -136,8 +138,9 @@ class PixelCNN(AutoregressiveModel):
         kernel: int = 3,
         first_kernel: int = 5,
         num_classes: int = 0,
+        p_uncond: float = 0.1,
     ) -> None:
-        super().__init__(shape, levels, features, num_classes)
+        super().__init__(shape, levels, features, num_classes, p_uncond)
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         c = self.shape[0]

@@ -113,6 +113,8 @@ class PixelRNN(AutoregressiveModel):
         first_kernel: odd size of the first masked convolution (the paper uses 7).
         num_classes: classes of a conditional model p(x | y) (``model.conditional=true`` sets
             it; 0: unconditional). The class embedding has F entries.
+        p_uncond: label dropout rate of a conditional model (the null label of classifier-free
+            guidance, ``sampler.guidance``; unused when unconditional).
     """
 
     def __init__(
@@ -125,8 +127,9 @@ class PixelRNN(AutoregressiveModel):
         kernel: int = 3,
         first_kernel: int = 5,
         num_classes: int = 0,
+        p_uncond: float = 0.1,
     ) -> None:
-        super().__init__(shape, levels, features, num_classes)
+        super().__init__(shape, levels, features, num_classes, p_uncond)
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         if first_kernel < 1 or first_kernel % 2 == 0:
