@@ -20,7 +20,10 @@ upper left and right on large images); it is causal, so the NLL is exact.
 Class conditioning (as in the gated PixelCNN, van den Oord et al. 2016b, eq. 4): with the
 conditioning vector ``h`` (a class embedding, see :mod:`genbench.models.autoregressive.base`) every
 Row LSTM adds ``V h`` ``[N, 4F]`` to its gate pre-activations, at every position; it joins the
-state-to-state term, so the cached sampler adds it once per row.
+state-to-state term, so the cached sampler adds it once per row. The first masked convolution
+gets its own ``V_0 h`` ``[N, F]``: it feeds the residual stream that reaches the head directly, so
+the label moves the logits by as much as the gates do (with the gates alone an untrained model's
+conditionals hardly depend on the label).
 
 Sampling keeps each layer's row state: drawing a sub-pixel evaluates one column per layer, and the
 state-to-state convolution runs once per row.
@@ -99,6 +102,7 @@ class _RowState:
     c: list[Tensor]  # per layer: [N, F, W] cell state of row i (being filled)
     rows: list[Tensor]  # per layer: [N, F, 1, W] layer input of row i (being filled)
     conds: list[Tensor | None]  # per layer: [N, 4F, 1] V h, or None (unconditional)
+    first: Tensor | None  # [N, F, 1, 1] V_0 h of the first convolution, or None
 
 
 class PixelRNN(AutoregressiveModel):
@@ -139,12 +143,18 @@ class PixelRNN(AutoregressiveModel):
             self.input_groups, feature_groups(features, c), first_kernel, "A"
         )
         cond_dim = features if self.conditional else 0
+        if cond_dim:  # V_0: conditioning of the first convolution's output
+            self.input_cond = nn.Linear(cond_dim, features, bias=False)
         self.layers = nn.ModuleList(RowLSTM(features, c, kernel, cond_dim) for _ in range(layers))
+
+    def first_condition(self, h: Tensor | None) -> Tensor | None:
+        """``V_0 h`` ``[N, F, 1, 1]`` of the conditioning vectors ``h`` ``[N, F]``, or ``None``."""
+        return None if h is None else self.input_cond(h)[:, :, None, None]
 
     def trunk(self, u: Tensor, h: Tensor | None = None) -> Tensor:
         """``[N, C + 1, H, W]`` encoded input -> ``[N, F, H, W]`` last Row LSTM output; ``h``
         ``[N, F]``: conditioning vectors or ``None``."""
-        x = self.input_conv(u)
+        x = plus(self.input_conv(u), self.first_condition(h))
         for layer in self.layers:
             x = layer(x, h)
         return x
@@ -159,8 +169,10 @@ class PixelRNN(AutoregressiveModel):
             h_prev, c_prev = u.new_zeros(size).unbind(), u.new_zeros(size).unbind()
             rows = u.new_zeros(size).unsqueeze(3).unbind()
             conds = [layer.condition(h) for layer in self.layers]
+            first = self.first_condition(h)
         else:
             h_prev, c_prev, rows, conds = state.h, state.c, state.rows, state.conds
+            first = state.first
         k_ss = [layer.state_term(h, bias) for layer, h, bias in zip(self.layers, h_prev, conds)]
         return _RowState(
             k_ss,
@@ -169,11 +181,12 @@ class PixelRNN(AutoregressiveModel):
             list(u.new_zeros(size).unbind()),
             list(rows),
             conds,
+            first,
         )
 
     def pixel_features(self, u: Tensor, state: _RowState, i: int, j: int) -> Tensor:
         """``[N, F, 1, 1]`` features at ``(i, j)``: one column of every layer."""
-        x = self.input_conv.at(u, i, j)  # [N, F, 1, 1]
+        x = plus(self.input_conv.at(u, i, j), state.first)  # [N, F, 1, 1]
         for n, layer in enumerate(self.layers):
             state.rows[n][..., j : j + 1] = x
             z = layer.input_to_state.at(state.rows[n], 0, j)[:, :, 0, 0] + state.k_ss[n][..., j]
