@@ -198,11 +198,19 @@ class AutoregressiveModel(GenerativeModel):
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """Options ``temperature`` (T > 0, default 1), ``incremental`` (true or false) and
-        ``guidance`` (w >= 0, default 0; w > 0 needs ``model.p_uncond > 0``)."""
+        ``guidance`` (w >= 0, default 0; w > 0 needs ``model.p_uncond > 0`` and a conditional
+        model, checked where ``hparams`` say: ``num_classes`` or ``conditional``)."""
         check_sampler_options(sampler, SAMPLER_OPTIONS, cls.__name__)
         option_number("sampler.temperature", sampler.get("temperature", 1.0), low=0, low_open=True)
         option_bool("sampler.incremental", sampler.get("incremental", True))
         w = option_number("sampler.guidance", sampler.get("guidance", 0.0), low=0)
+        if w and (hparams.get("num_classes") == 0 or hparams.get("conditional") is False):
+            raise OptionError(
+                "sampler.guidance",
+                w,
+                f"sampler.guidance={w!r} needs a conditional model (model.conditional=true); "
+                f"valid for an unconditional {cls.__name__}: 0",
+            )
         if w and not hparams.get("p_uncond", 1.0):
             raise OptionError(
                 "sampler.guidance",
@@ -214,15 +222,8 @@ class AutoregressiveModel(GenerativeModel):
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """The options as given, checked against this model: guidance needs a conditional model
         trained with label dropout."""
-        self.validate_sampler(sampler, {"p_uncond": self.p_uncond})
-        w = float(sampler.get("guidance", 0.0))
-        if w and not self.conditional:
-            raise OptionError(
-                "sampler.guidance",
-                w,
-                f"sampler.guidance={w!r} needs a conditional model (model.conditional=true); "
-                f"{type(self).__name__} is unconditional",
-            )
+        hparams = {"p_uncond": self.p_uncond, "num_classes": self.num_classes}
+        self.validate_sampler(sampler, hparams)
         return dict(sampler)
 
     @torch.inference_mode()
