@@ -115,14 +115,21 @@ def test_the_label_changes_samples_and_nll(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_conditional_nll_is_a_normalized_distribution_for_every_label(name):
-    """On a 2-D toy shape (2, 1, 1) with 6 levels: sum over all 36 x of p(x | y) = 1 for each
-    y, and the conditionals differ between labels."""
-    shape, levels, classes = (2, 1, 1), 6, 3
+@pytest.mark.parametrize(
+    "shape,levels", [((2, 1, 1), 6), ((1, 2, 3), 3), ((2, 2, 2), 2)], ids=["toy", "rows", "rgb"]
+)
+def test_conditional_nll_is_a_normalized_distribution_for_every_label(name, shape, levels):
+    """Summed over every image x, p(x | y) = 1 for each label y (which also fails if a
+    conditional saw its own or a later sub-pixel), and the distributions differ between labels:
+    the 2-D toy shape (36 images), two rows of one channel (729), 2x2 pixels of two channels
+    (256)."""
+    classes = 3
     m = spread(tiny(name, shape, levels, num_classes=classes, seed=3))
     x = every_image(shape, levels)
-    assert x.shape == (36, 2, 1, 1)
-    logp = torch.stack([-m.nll(x, y=torch.full((36,), c)) for c in range(classes)])
+    n = x.shape[0]
+    assert n == levels ** (shape[0] * shape[1] * shape[2])
+    with torch.no_grad():
+        logp = torch.stack([-m.nll(x, y=torch.full((n,), c)) for c in range(classes)])
     total = logp.logsumexp(1)
     torch.testing.assert_close(total, torch.zeros(classes, dtype=torch.float64), rtol=0, atol=1e-9)
     assert (logp[0].exp() - logp[1].exp()).abs().sum() > 0.05, "p(x | y) ignores y"
