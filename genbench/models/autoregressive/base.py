@@ -63,7 +63,8 @@ def exact_nll_terms(nll: Tensor, dims: int) -> dict[str, Tensor]:
 
 
 def plus(x: Tensor, bias: Tensor | None) -> Tensor:
-    """``x + bias``, or ``x`` itself when there is no ``bias`` (an unconditional layer)."""
+    """``x + bias`` (``x`` ``[N, ...]``, ``bias`` broadcast to it, e.g. ``[N, 2F, 1, 1]``), or
+    ``x`` itself when there is no ``bias`` (an unconditional layer)."""
     return x if bias is None else x + bias
 
 
