@@ -1,11 +1,12 @@
 """Class conditioning of the multi-scale flows (RealNVP, Glow): a learned per-class Gaussian prior
 over the whole latent, and Glow's optional class prediction from the top latent.
 
-Kingma & Dhariwal (2018, sec. 5, "class-conditional") make the prior's mean and log-scale a
-learned function of the class. In genbench's multi-scale flows every Gaussian the log-density uses
-is one block of the latent ``eps [N, D]`` that :meth:`~genbench.models.flows.realnvp.
-MultiScaleFlow.encode` returns: the factored-out part of each level (already standardized by its
-split prior, standard or learned from the kept channels) and the top latent. :class:`ClassPrior`
+Kingma & Dhariwal (2018) make the prior's mean and log-scale a learned function of the class in
+their class-conditional Glow. In genbench's multi-scale flows every Gaussian the log-density uses
+is one block of the latent ``eps [N, D]`` that ``MultiScaleFlow.encode`` returns
+(:class:`~genbench.models.flows.realnvp.MultiScaleFlow`): the factored-out part of each level
+(already standardized by its split prior, standard or learned from the kept channels) and the top
+latent. :class:`ClassPrior`
 replaces ``N(eps; 0, I)`` by
 
     p(eps | c) = N(eps; mu_c, diag(exp(2 s_c))),      mu_c, s_c in R^D (one row per class c),

@@ -6,8 +6,8 @@ Architecture (paper, sec. 3 and Fig. 2): for each of ``scales`` levels, squeeze,
 ``scale = sigmoid(raw + 2)``)], then (except at the last level) factor out half the channels with
 prior ``N(mean(h), std(h)^2)`` computed from the kept half by a zero-initialized conv. The top
 latent is standard normal (class-conditional with ``model.conditional=true``: a learned per-class
-prior of the top latent and of every factored-out level, as in the paper's class-conditional
-Glow, sec. 5; :mod:`~genbench.models.flows.class_prior`). Data are centred (``y - 1/2``) as in the
+prior of the top latent, as in the paper's class-conditional Glow, and here of every factored-out
+level too; :mod:`~genbench.models.flows.class_prior`). Data are centred (``y - 1/2``) as in the
 paper, or logit-transformed with ``logit_alpha``. Likelihood, sampling and the meaning of ``nll``
 are those of :class:`~genbench.models.flows.realnvp.MultiScaleFlow`; the sampler option
 ``temperature`` (default 1.0) scales the latent standard deviations (paper, sec. 5: T = 0.7 gives
@@ -55,9 +55,9 @@ class Glow(MultiScaleFlow):
         dequantization: ``uniform`` (q(u | x) = 1) or ``variational`` (a learned conditional
             flow q(u | x), Flow++; :mod:`~genbench.models.flows.dequantization`), with
             ``dequant_hidden`` channels and ``dequant_couplings`` couplings.
-        num_classes: C > 0 builds the class-conditional Glow p(x | y): learned per-class prior
-            of the top latent and of every factored-out level (paper, sec. 5;
-            :mod:`~genbench.models.flows.class_prior`), passed by the runner with
+        num_classes: C > 0 builds the class-conditional Glow p(x | y): a learned per-class
+            prior of the top latent and of every factored-out level
+            (:mod:`~genbench.models.flows.class_prior`), passed by the runner with
             ``model.conditional=true``.
         class_loss_weight: weight of the paper's class prediction from the top latent (cross
             entropy in bits per example, added to bits/dim) for a conditional model; 0: off.
