@@ -33,7 +33,7 @@ _HASH_EXCLUDE = (
 
 #: model keys that only matter to a conditional model (``model.conditional=true``): an
 #: unconditional run's hash leaves them out, so it stays what it was before they existed
-CONDITIONAL_KEYS = ("conditional", "p_uncond")
+CONDITIONAL_KEYS = ("conditional", "p_uncond", "class_loss_weight")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def test_toy_dataset_is_exact(name, tmp_path):
     assert abs(nll - d.entropy) < 0.1, (nll, d.entropy)
 
 
-@pytest.mark.parametrize("model", ["ddpm", "pixelcnn", "vae"])
+@pytest.mark.parametrize("model", ["ddpm", "pixelcnn", "vae", "realnvp", "glow"])
 def test_keys_of_the_conditional_mode_leave_an_unconditional_hash_as_it_was(model, tmp_path):
     from omegaconf import open_dict
 
