@@ -25,6 +25,7 @@ def tiny(n=40):
         val=x[:3],
         test=x[:5],
         train_labels=torch.arange(n) % 4,
+        test_labels=torch.arange(5) % 4,  # a labelled dataset labels its test split too
         num_classes=4,
     )
 
