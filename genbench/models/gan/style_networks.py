@@ -118,8 +118,10 @@ class StyleGenerator(nn.Module):
         """One ``[n, 1, h, w]`` N(0, I) noise image per convolution (row i from ``generator[i]``
         when a list is given; the global RNG when ``None``)."""
         device = device if device is not None else self.const.device
+        dtype = self.const.dtype  # drawn in float32 (the same numbers in any dtype), then cast
         return [
-            rnd.randn((n, 1, h, w), generator=generator, device=device) for h, w in self.noise_sides
+            rnd.randn((n, 1, h, w), generator=generator, device=device).to(dtype)
+            for h, w in self.noise_sides
         ]
 
     def synthesis(self, ws: Tensor, noise: Sequence[Tensor]) -> Tensor:

@@ -233,6 +233,7 @@ class StyleGAN2(GAN):
         :meth:`validate_sampler`)."""
         self.validate_sampler(sampler, {})
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
+        z = z.to(self.generator.const.dtype)
         psi = 1.0 if sampler.get("psi") is None else float(sampler["psi"])
         return Sampled.constant(self.to_levels(self.synthesize(z, psi=psi, generator=generator)), 1)
 
