@@ -17,18 +17,50 @@ Gradients stay inside their phase: in the ``"d"`` phase the fake batch is genera
 parameters are frozen (``requires_grad=False``) while the graph is built, so ``loss.backward()``
 only writes ``.grad`` of ``parameters_for(phase)``. Batch-norm running statistics are buffers and
 do move in both phases (the runner should still zero all model grads before each phase).
+
+Options every GAN takes (its yaml sets the model's defaults; checked with errors naming the key):
+
+- ``loss``: ``nonsaturating`` | ``hinge`` | ``wasserstein`` (:mod:`genbench.models.gan.losses`);
+  ``null`` keeps the model's own (:attr:`GAN.default_loss`).
+- ``reg``: ``none`` | ``r1`` | ``r2`` | ``gp``, a penalty added to the D loss: R1 = γ/2
+  ‖∇_x D(x)‖² at the real batch, R2 the same at the fake batch (Mescheder et al. 2018), gp =
+  λ (‖∇_x̂ D(x̂)‖ - 1)² at random interpolates (Gulrajani et al. 2017); ``null`` keeps the model's
+  own (:attr:`GAN.default_reg`: ``gp`` for WGAN-GP, ``none`` otherwise). The term is logged
+  under its name (``d/r1``, ``d/gp``).
+- ``reg_weight``: γ or λ (>= 0).
+- ``reg_interval``: lazy regularization (Karras et al. 2020, StyleGAN2 sec. 4 and App. B): the
+  penalty is computed on every k-th D step only, with weight k·γ, so its average over steps is
+  the same; the logged term is what was added (k·γ/2 ‖∇‖² on those steps, 0 on the others). The
+  D-step counter is a buffer (``reg_steps``, present when k > 1), so a resumed run regularizes on
+  the same steps. (StyleGAN2 also rescales Adam's lr and betas by k/(k+1); set them in
+  ``d_optimizer`` if wanted.)
+- ``augment``: ``none`` | ``diffaugment`` | ``ada``, differentiable augmentation of every image
+  D sees, real and generated, in both phases (:mod:`genbench.models.gan.augment`);
+  ``diffaugment`` is DiffAugment's policy (``[color, translation, cutout]``), ``ada`` ADA's
+  settings (``target`` 0.6, ``interval`` 4, ``speed_images``, ``p``, ``transforms``). With ADA
+  the D phase logs ``ada_p`` (p used in that step) and ``ada_sign`` (sign(D(x_real)) per
+  example, whose mean is r_t); p is the buffer ``augment_pipe.p`` (checkpointed).
+- ``d_optimizer`` / ``g_optimizer``: per-phase optimizer overrides, e.g. separate learning rates
+  for D and G (TTUR, Heusel et al. 2017: ``model.d_optimizer.lr=4e-4 model.g_optimizer.lr=1e-4``);
+  the rest comes from ``conf/optimizer``.
+- ``toy``: overrides of any of the model's own options (``{hidden: 256, d_optimizer: {lr:
+  1e-3}}``), merged into them when the data are 2-D toys (:func:`genbench.data.base.is_toy`:
+  ``H = W = 1``), so one yaml carries the settings that work on images and on toys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from genbench.data.base import is_toy
 from genbench.models.base import (
     GenerativeModel,
     Generator,
@@ -36,8 +68,16 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
-from genbench.models.gan.losses import D_LOSSES, G_LOSSES
-from genbench.models.options import option_number
+from genbench.models.gan.augment import ADA, DIFFAUGMENT_POLICY, build_augment
+from genbench.models.gan.losses import (
+    D_LOSSES,
+    G_LOSSES,
+    REGULARIZERS,
+    gradient_penalty,
+    interpolate,
+    r1_penalty,
+)
+from genbench.models.options import OptionError, option_choice, option_number
 from genbench.nn import random as rnd
 
 SAMPLER_OPTIONS = ("truncation",)
@@ -73,6 +113,69 @@ def renamed_d_steps(d_steps: int | None, default: int, **old: int | None) -> int
     return default if d_steps is None else int(d_steps)
 
 
+def _plain(value: Any) -> Any:  # noqa: ANN401
+    """Mappings (``DictConfig`` included) and sequences as plain dicts and lists."""
+    if isinstance(value, Mapping) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(base: Any, over: Any) -> Any:  # noqa: ANN401
+    """``over`` merged into ``base``: mappings key by key (recursively), anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+def toy_overrides(
+    init: Callable[..., None], shape: Sequence[int], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``kwargs`` of a GAN constructor with its ``toy`` overrides merged in when ``shape`` is a
+    2-D toy's (``H = W = 1``); unchanged otherwise. A key that is not a parameter of ``init`` is
+    an :class:`~genbench.models.options.OptionError` naming ``model.toy.<key>``."""
+    toy = kwargs.get("toy")
+    if not toy:
+        return kwargs
+    if not (isinstance(toy, Mapping) or hasattr(toy, "items")):
+        raise OptionError("model.toy", toy, f"model.toy={toy!r} is invalid: expected a mapping")
+    toy = _plain(toy)
+    params = inspect.signature(init).parameters
+    valid = [n for n in params if n not in ("self", "shape", "levels", "toy")]
+    valid = [n for n in valid if params[n].kind is not inspect.Parameter.VAR_KEYWORD]
+    for key, value in toy.items():
+        if key not in valid:
+            raise OptionError(
+                f"model.toy.{key}",
+                value,
+                f"model.toy.{key}={value!r}: {key!r} is not an option of this model; "
+                f"valid: {', '.join(sorted(valid))}",
+            )
+    if not is_toy(shape):
+        return kwargs
+    out = dict(kwargs)
+    for key, value in toy.items():
+        current = out.get(key, params[key].default)
+        current = None if current is inspect.Parameter.empty else _plain(current)
+        out[key] = _merge(current, value)
+    return out
+
+
+def _applying_toy_overrides(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a GAN subclass's ``__init__`` so its ``toy`` overrides are merged in first (see
+    :func:`toy_overrides`); the signature seen by ``inspect`` (config validation) is ``init``'s."""
+    if getattr(init, "applies_toy_overrides", False):
+        return init
+
+    @functools.wraps(init)
+    def wrapper(self: GAN, shape: Sequence[int], levels: int, *args: Any, **kwargs: Any) -> None:
+        init(self, shape, levels, *args, **toy_overrides(init, shape, kwargs))
+
+    wrapper.applies_toy_overrides = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Build graphs through ``module`` without making its parameters leaves of the graph."""
@@ -95,19 +198,42 @@ class GAN(GenerativeModel):
         d_steps: discriminator steps per generator step (k of Goodfellow et al., n_critic of
             WGAN, n_dis of SNGAN).
         d_optimizer, g_optimizer: per-phase optimizer overrides (e.g. ``{"lr": 2e-4,
-            "betas": [0.5, 0.999]}``); the rest comes from ``conf/optimizer``.
+            "betas": [0.5, 0.999]}``); the rest comes from ``conf/optimizer``. Different
+            learning rates for the two phases are the two time-scale update rule (TTUR).
+        loss: ``nonsaturating``, ``hinge`` or ``wasserstein``; ``None``: :attr:`default_loss`.
+        reg: ``none``, ``r1``, ``r2`` or ``gp``; ``None``: :attr:`default_reg`.
+        reg_weight: γ of R1/R2, λ of the gradient penalty (>= 0).
+        reg_interval: k of lazy regularization: the penalty on every k-th D step, weighted k·γ.
+        augment: ``none``, ``diffaugment`` or ``ada``; ``diffaugment``: DiffAugment's policy;
+            ``ada``: ADA's settings (:data:`~genbench.models.gan.augment.ADA_DEFAULTS`).
+        toy: overrides of the constructor's arguments for 2-D toy data (merged in by the
+            subclass's wrapped ``__init__`` before it runs; stored here as ``toy_options``).
 
-    Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this.
+    Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this, and set
+    :attr:`default_loss` / :attr:`default_reg`. A subclass's ``__init__`` is wrapped to apply
+    ``toy`` (it must take ``toy`` as a keyword and pass it on here).
+
+    The D phase's terms (:meth:`discriminator_losses`): ``loss``, ``d_real``, ``d_fake`` and,
+    with a regularizer, the term under its name (``r1``, ``r2``, ``gp``); the G phase's:
+    ``loss``. Subclasses can override :meth:`discriminate` (D on a batch) and
+    :meth:`regularizer` (the penalty ``[N]``), which every loss and penalty go through.
     """
 
     family: ClassVar[str] = "gan"
     likelihood: ClassVar[str] = "none"
     select_best: ClassVar[bool] = False
-    #: objective, a key of ``D_LOSSES`` / ``G_LOSSES``
-    loss: ClassVar[str] = "nonsaturating"
+    #: the objective when ``loss`` is not given, a key of ``D_LOSSES`` / ``G_LOSSES``
+    default_loss: ClassVar[str] = "nonsaturating"
+    #: the penalty when ``reg`` is not given, one of ``REGULARIZERS``
+    default_reg: ClassVar[str] = "none"
 
     generator: nn.Module
     discriminator: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _applying_toy_overrides(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -118,15 +244,38 @@ class GAN(GenerativeModel):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 10.0,
+        reg_interval: int = 1,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(shape, levels)
-        if self.loss not in D_LOSSES:
-            raise ValueError(f"unknown GAN loss {self.loss!r}; valid: {sorted(D_LOSSES)}")
-        if int(z_dim) < 1 or int(d_steps) < 1:
-            raise ValueError(f"z_dim and d_steps must be >= 1, got {z_dim}, {d_steps}")
-        self.z_dim, self.d_steps = int(z_dim), int(d_steps)
+        self.loss = option_choice(
+            "model.loss", self.default_loss if loss is None else loss, sorted(D_LOSSES)
+        )
+        self.reg = option_choice(
+            "model.reg", self.default_reg if reg is None else reg, REGULARIZERS
+        )
+        self.reg_weight = option_number("model.reg_weight", reg_weight, low=0)
+        self.reg_interval = int(
+            option_number("model.reg_interval", reg_interval, low=1, integer=True)
+        )
+        self.z_dim = int(option_number("model.z_dim", z_dim, low=1, integer=True))
+        self.d_steps = int(option_number("model.d_steps", d_steps, low=1, integer=True))
         self.d_optimizer = optimizer_overrides(d_optimizer)
         self.g_optimizer = optimizer_overrides(g_optimizer)
+        for key, opt in (("d_optimizer", self.d_optimizer), ("g_optimizer", self.g_optimizer)):
+            if "lr" in opt:
+                option_number(f"model.{key}.lr", opt["lr"], low=0, low_open=True)
+        self.toy_options = _plain(toy or {})
+        self.augment = augment
+        self.augment_pipe = build_augment(augment, diffaugment=diffaugment, ada=_plain(ada))
+        if self.reg != "none" and self.reg_interval > 1:  # D steps taken, for lazy regularization
+            self.register_buffer("reg_steps", torch.zeros((), dtype=torch.long))
 
     # -- contract -------------------------------------------------------------------------------
     @property
@@ -142,24 +291,63 @@ class GAN(GenerativeModel):
 
     def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
         """``"d"``: ``loss``, ``d_real`` = D(x), ``d_fake`` = D(G(z)) (``[N]`` each, plus the
-        subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets the batch size in ``"g"``."""
+        regularizer's term and the subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets
+        the batch size in ``"g"``."""
         self._network(phase)  # rejects unknown phases
         if phase == "d":
             return self.discriminator_losses(self.to_unit(x), self.fake_batch(x.shape[0], x.device))
         z = torch.randn(x.shape[0], self.z_dim, device=x.device)
         with frozen(self.discriminator):
-            fake_out = self.discriminator(self.generator(z))  # D(G(z)), [N]
+            fake_out = self.discriminate(self.generator(z))  # D(G(z)), [N]
         return {"loss": G_LOSSES[self.loss](fake_out)}
+
+    def discriminate(self, y: Tensor) -> Tensor:
+        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]``; every loss and
+        penalty goes through here."""
+        if self.augment_pipe is not None:
+            y = self.augment_pipe(y)
+        return self.discriminator(y)
 
     def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """D-phase terms for real data ``y`` and detached fakes ``fake``, both ``[N, C, H, W]`` in
-        ``[-1, 1]``; subclasses add regularizers (WGAN-GP's gradient penalty)."""
-        real_out, fake_out = self.discriminator(y), self.discriminator(fake)  # D(x), D(G(z)): [N]
-        return {
+        ``[-1, 1]``: ``loss`` (the objective plus the penalty of ``reg``), ``d_real``, ``d_fake``
+        and the penalty under its name (``r1``, ``r2``, ``gp``), all ``[N]``."""
+        real_out, fake_out = self.discriminate(y), self.discriminate(fake)  # D(x), D(G(z)): [N]
+        out = {
             "loss": D_LOSSES[self.loss](real_out, fake_out),
             "d_real": real_out.detach(),
             "d_fake": fake_out.detach(),
         }
+        if isinstance(self.augment_pipe, ADA):
+            out["ada_p"] = torch.full_like(out["d_real"], float(self.augment_pipe.p))
+            out["ada_sign"] = out["d_real"].sign()
+            if self.training and torch.is_grad_enabled():
+                self.augment_pipe.observe(real_out)
+        if self.reg != "none":
+            penalty = self.regularizer(y, fake)
+            out["loss"] = out["loss"] + penalty
+            out[self.reg] = penalty.detach()
+        return out
+
+    def regularizer(self, y: Tensor, fake: Tensor) -> Tensor:
+        """``[N]`` the ``reg`` penalty for real ``y`` and fake ``fake`` ``[N, C, H, W]``, weighted
+        ``reg_weight * reg_interval`` on the D steps it is due (every ``reg_interval``-th, counted
+        in training only) and 0 on the others."""
+        k = self.reg_interval
+        if k > 1:
+            counting = self.training and torch.is_grad_enabled()
+            due = int(self.reg_steps) % k == 0
+            if counting:
+                self.reg_steps += 1
+            if not due:
+                return torch.zeros(y.shape[0], device=y.device)
+        weight = self.reg_weight * k
+        if self.reg == "r1":
+            return r1_penalty(self.discriminate, y, weight)
+        if self.reg == "r2":
+            return r1_penalty(self.discriminate, fake, weight)
+        eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
+        return gradient_penalty(self.discriminate, interpolate(y, fake, eps), weight)
 
     def fake_batch(self, n: int, device: torch.device) -> Tensor:
         """``[n, C, H, W]`` fakes G(z) in ``[-1, 1]`` from the global RNG, without a graph."""
