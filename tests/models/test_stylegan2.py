@@ -292,3 +292,24 @@ def test_bad_hyperparameters_name_their_key():
         _model(g_arch="mlp")
     with pytest.raises(ValueError, match="model.d_arch"):
         _model(d_arch="skip")
+
+
+# -- R1 (the GAN base's lazy regularizer, with StyleGAN2's defaults) -------------------------------
+def test_lazy_r1_of_the_style_discriminator_equals_a_hand_computation():
+    """Every 16th D step the loss gains 16 · γ/2 ||∇_x Σ_m D(x)_m||² at the real batch (the
+    minibatch stddev couples rows, so row n's gradient collects every output's); 0 otherwise."""
+    m = _model(mbstd_group=2)
+    assert (m.reg, m.reg_weight, m.reg_interval) == ("r1", 0.01, 16)
+    x = torch.randint(0, 17, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    y = m.to_unit(x).double()
+    jac = torch.autograd.functional.jacobian(m.discriminator, y)  # [N_out, N, C, H, W]
+    hand = 16 * 0.01 / 2 * jac.sum(0).flatten(1).square().sum(1)
+    for step in range(17):
+        terms = m.training_losses(x, "d")
+        if step % 16:
+            assert torch.equal(terms["r1"], torch.zeros(4))
+            continue
+        torch.testing.assert_close(terms["r1"], hand)
+        logistic = F.softplus(-terms["d_real"]) + F.softplus(terms["d_fake"])
+        torch.testing.assert_close(terms["loss"].detach(), logistic + hand)
+    assert int(m.reg_steps) == 17

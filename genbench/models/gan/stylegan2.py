@@ -8,7 +8,8 @@ modulated/demodulated 3x3 convolution per layer with a per-layer noise input (le
 
 Training (phases ``d`` and ``g`` of :class:`~genbench.models.gan.base.GAN`):
 
-- non-saturating logistic loss: L_D = softplus(D(G(z))) + softplus(-D(x)), L_G = softplus(-D(G(z))).
+- non-saturating logistic loss (``loss``): L_D = softplus(D(G(z))) + softplus(-D(x)),
+  L_G = softplus(-D(G(z))).
 - style mixing (prob. ``style_mixing``, 0.9 in the paper): for a whole batch, layers from a random
   cutoff c in [1, num_ws) on take w of a second latent z2 (fakes of both phases).
 - path-length regularization (sec. 3.2, eq. 4), lazily every ``pl_interval`` generator steps
@@ -18,8 +19,10 @@ Training (phases ``d`` and ``g`` of :class:`~genbench.models.gan.base.GAN`):
   over layers, square-rooted), ``a <- a + pl_decay (mean_n L_n - a)`` (buffer ``pl_mean``), and the
   penalty ``pl_weight * pl_interval * (L_n - a)²`` is added to the generator's loss. It is taken
   on the generator batch itself (the released code draws a half-size batch for it).
-- R1 on the discriminator comes from the GAN base (``reg: r1``, ``reg_weight`` γ,
-  ``reg_interval``) when the base offers it.
+- R1 on the discriminator, γ/2 ||∇_x D(x)||² on real batches, lazily every ``reg_interval``
+  (16) D steps with weight γ·interval, is the GAN base's ``reg: r1`` (``reg_weight`` = γ); so are
+  the other objectives / penalties and D's augmentation (``augment: ada`` for StyleGAN2-ADA), which
+  the generator phase here goes through as well (:meth:`GAN.discriminate`).
 - ``w_avg`` (buffer of the generator) tracks the mean w of the generator phase's batches:
   w_avg <- w_avg + (1 - w_avg_beta) (mean_n w_n - w_avg).
 
@@ -39,6 +42,7 @@ import torch
 from torch import Tensor
 
 from genbench.models.base import Generator, Sampled, check_sampler_options
+from genbench.models.gan.augment import DIFFAUGMENT_POLICY
 from genbench.models.gan.base import GAN, frozen
 from genbench.models.gan.losses import G_LOSSES
 from genbench.models.gan.style_networks import StyleDiscriminator, StyleGenerator
@@ -82,10 +86,16 @@ class StyleGAN2(GAN):
         w_avg_beta: decay of the tracked average w (0.995).
         d_steps: discriminator steps per generator step (1).
         d_optimizer, g_optimizer: per-phase optimizer overrides (Adam lr 2e-3/2.5e-3, betas (0,
-            0.99) in the paper).
+            0.99) in the paper; the released code rescales each phase's lr by k/(k+1) and its
+            betas to the power k/(k+1) for a lazy interval k, which the yaml does).
+        loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective
+            (non-saturating logistic), D's penalty (``r1``, γ = ``reg_weight``, lazily every
+            ``reg_interval`` steps), D's augmentation and the 2-D toy overrides (see
+            :class:`~genbench.models.gan.base.GAN`).
     """
 
-    loss = "nonsaturating"
+    default_loss = "nonsaturating"
+    default_reg = "r1"
 
     def __init__(
         self,
@@ -109,6 +119,14 @@ class StyleGAN2(GAN):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 0.01,
+        reg_interval: int = 16,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             shape,
@@ -117,6 +135,14 @@ class StyleGAN2(GAN):
             d_steps=d_steps,
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            loss=loss,
+            reg=reg,
+            reg_weight=reg_weight,
+            reg_interval=reg_interval,
+            augment=augment,
+            diffaugment=diffaugment,
+            ada=ada,
+            toy=toy,
         )
         self.style_mixing = option_number("model.style_mixing", style_mixing, low=0, high=1)
         self.pl_weight = option_number("model.pl_weight", pl_weight, low=0)
@@ -186,7 +212,7 @@ class StyleGAN2(GAN):
                 g.w_avg.lerp_(ws[:, 0].mean(dim=0), 1.0 - self.w_avg_beta)
         img = g.synthesis(ws, g.draw_noise(n, device=device))
         with frozen(self.discriminator):
-            out = {"loss": G_LOSSES[self.loss](self.discriminator(img))}
+            out = {"loss": G_LOSSES[self.loss](self.discriminate(img))}
         if train and self.pl_weight > 0:
             if int(self.g_steps) % self.pl_interval == 0:
                 h, w = img.shape[2], img.shape[3]
@@ -198,6 +224,10 @@ class StyleGAN2(GAN):
                 out["pl_penalty"], out["pl_length"] = penalty.detach(), lengths.detach()
             self.g_steps += 1
         return out
+
+    def to_unit(self, x: Tensor) -> Tensor:
+        """Levels -> ``[-1, 1]`` in the networks' dtype (float64 models get float64 data)."""
+        return super().to_unit(x).to(self.generator.const.dtype)
 
     # -- sampling -------------------------------------------------------------------------------
     @classmethod
