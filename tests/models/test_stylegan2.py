@@ -31,8 +31,9 @@ def _model(shape=(1, 8, 8), levels=17, **kw):
 
 
 # -- modulated convolution ------------------------------------------------------------------------
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("demodulate", [True, False])
-def test_modulated_conv_matches_closed_form(demodulate):
+def test_modulated_conv_matches_closed_form(demodulate, fused):
     """w' = s w, w'' = w' / sqrt(Σ w'² + ε), then every output pixel summed by hand (zero
     padding)."""
     g = torch.Generator().manual_seed(0)
@@ -40,7 +41,7 @@ def test_modulated_conv_matches_closed_form(demodulate):
     x = torch.randn(n, c_in, h, w, generator=g)
     weight = torch.randn(c_out, c_in, k, k, generator=g)
     s = torch.rand(n, c_in, generator=g) + 0.5
-    y = modulated_conv2d(x, weight, s, demodulate)
+    y = modulated_conv2d(x, weight, s, demodulate, fused=fused)
     expect = torch.zeros(n, c_out, h, w)
     for b in range(n):
         for j in range(c_out):
@@ -60,7 +61,7 @@ def test_modulated_conv_matches_closed_form(demodulate):
                                     acc += float(wp[i][u][v]) * float(x[b, i, pp, qq])
                     expect[b, j, p, q] = acc / norm if demodulate else acc
     torch.testing.assert_close(y, expect, rtol=1e-10, atol=1e-10)
-    # the grouped convolution equals one ordinary convolution per sample with its own kernel
+    # both forms equal one ordinary convolution per sample with its own kernel
     kernels = modulate(weight, s, demodulate)
     for b in range(n):
         torch.testing.assert_close(y[b : b + 1], F.conv2d(x[b : b + 1], kernels[b], padding=1))

@@ -15,7 +15,9 @@ channel j, kernel tap k, with style s ``[N, c_in]`` from an affine map of w:
     w'_{n,j,i,k} = s_{n,i} w_{j,i,k}
     w''_{n,j,i,k} = w'_{n,j,i,k} / sqrt(Σ_{i,k} w'_{n,j,i,k}² + ε)     (demodulation)
 
-and the per-sample kernels are applied as one grouped convolution (groups = N).
+applied either as one grouped convolution over the per-sample kernels (groups = N) or, equivalently
+and by default, as the shared convolution of the style-scaled input followed by the per-output
+scale 1 / sqrt(Σ w'² + ε) (:func:`modulated_conv2d`).
 """
 
 from __future__ import annotations
@@ -109,13 +111,29 @@ def modulate(weight: Tensor, styles: Tensor, demodulate: bool, eps: float = DEMO
     return w
 
 
-def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True) -> Tensor:
+def modulated_conv2d(
+    x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, *, fused: bool = False
+) -> Tensor:
     """``[N, c_in, H, W]`` -> ``[N, c_out, H, W]``: sample n convolved (same padding) with its own
-    kernel :func:`modulate` (``weight`` ``[c_out, c_in, k, k]``, ``styles`` ``[N, c_in]``), as one
-    grouped convolution with N groups."""
+    kernel :func:`modulate` (``weight`` ``[c_out, c_in, k, k]``, ``styles`` ``[N, c_in]``).
+
+    ``fused``: as one grouped convolution with N groups over the per-sample kernels. Otherwise
+    (the default, the released code's training path) with the shared kernel on scaled inputs:
+    y_{n,j} = d_{n,j} Σ_{i,k} w_{j,i,k} (s_{n,i} x_{n,i}) with d_{n,j} = 1 / sqrt(Σ_{i,k} (s_{n,i}
+    w_{j,i,k})² + ε) (1 without demodulation), the same numbers as the fused form; it is an
+    ordinary batched convolution, which CPUs run faster and torch's FLOP counter counts right
+    (it takes a grouped convolution's weight gradient for N times its cost).
+    """
     n, c_in, h, w = x.shape
+    k = weight.shape[-1]
+    if not fused:
+        y = F.conv2d(x * styles[:, :, None, None], weight, padding=k // 2)
+        if demodulate:
+            w2 = weight.square().sum(dim=(2, 3))  # Σ_k w²_{j,i,k}: [c_out, c_in]
+            y = y * torch.rsqrt(styles.square() @ w2.T + DEMOD_EPS)[:, :, None, None]
+        return y
     kernels = modulate(weight, styles, demodulate)  # [N, c_out, c_in, k, k]
-    c_out, k = kernels.shape[1], kernels.shape[-1]
+    c_out = kernels.shape[1]
     y = F.conv2d(
         x.reshape(1, n * c_in, h, w),
         kernels.reshape(n * c_out, c_in, k, k),
