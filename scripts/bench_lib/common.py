@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from genbench.build import load_data
 from genbench.cli import SPIN
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import build_optimizer
@@ -152,7 +153,7 @@ def compose_train(*overrides: str) -> DictConfig:
 
 @cache
 def _data(name: str) -> Any:
-    return instantiate(compose_train(f"dataset={name}").dataset)
+    return load_data(compose_train(f"dataset={name}").dataset)
 
 
 def dataset(name: str = "digits", device: str = "cpu") -> Any:

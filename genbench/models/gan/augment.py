@@ -166,6 +166,8 @@ class DiffAugment(nn.Module):
         return y
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``y`` ``[N, C, H, W]`` in ``[-1, 1]`` through the policy, parameters drawn from
+        ``generator`` (or the global RNG)."""
         params = self.draw(y.shape[0], y.shape[1:], generator=generator, device=y.device)
         return self.apply(y, params)
 
@@ -267,7 +269,8 @@ class ADA(nn.Module):
         t = self.transforms
 
         def on(name: str) -> Tensor:
-            return _rows(params[f"on_{name}"].to(y.dtype)) if name in t else y.new_zeros(1)
+            """``[N, 1, 1, 1]`` 1.0 where transform ``name`` applies, else 0.0."""
+            return _rows(params[f"on_{name}"].to(y.dtype))
 
         if "xflip" in t:
             y = torch.where(_rows(params["on_xflip"]), y.flip(3), y)
@@ -278,18 +281,23 @@ class ADA(nn.Module):
         if "translation" in t:
             keep = params["on_translation"]
             y = translate(y, params["dx"] * keep, params["dy"] * keep, "reflect")
-        y = y + on("brightness") * _rows(params["brightness"])
-        c = 1 + on("contrast") * (_rows(params["contrast"]) - 1)
-        mean = y.mean((1, 2, 3), keepdim=True)
-        y = (y - mean) * c + mean
-        s = 1 + on("saturation") * (_rows(params["saturation"]) - 1)
-        mean = y.mean(1, keepdim=True)
-        y = (y - mean) * s + mean
+        if "brightness" in t:
+            y = y + on("brightness") * _rows(params["brightness"])
+        if "contrast" in t:
+            mean = y.mean((1, 2, 3), keepdim=True)
+            y = (y - mean) * (1 + on("contrast") * (_rows(params["contrast"]) - 1)) + mean
+        if "saturation" in t:
+            mean = y.mean(1, keepdim=True)
+            y = (y - mean) * (1 + on("saturation") * (_rows(params["saturation"]) - 1)) + mean
         if "cutout" in t and h > 1 and w > 1:
             y = cutout(y, params["cx"], params["cy"], (h // 2, w // 2), ~params["on_cutout"])
         return y
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``y`` ``[N, C, H, W]`` in ``[-1, 1]`` through the pipeline, parameters drawn from
+        ``generator`` (or the global RNG); at p = 0 ``y`` itself (no draws, no rounding)."""
+        if float(self.p) == 0.0:
+            return y
         params = self.draw(y.shape[0], y.shape[1:], generator=generator, device=y.device)
         return self.apply(y, params)
 

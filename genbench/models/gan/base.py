@@ -51,16 +51,13 @@ Options every GAN takes (its yaml sets the model's defaults; checked with errors
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from genbench.data.base import is_toy
 from genbench.models.base import (
     GenerativeModel,
     Generator,
@@ -77,7 +74,8 @@ from genbench.models.gan.losses import (
     interpolate,
     r1_penalty,
 )
-from genbench.models.options import OptionError, option_choice, option_number
+from genbench.models.gan.toy import applying_toy_overrides, plain
+from genbench.models.options import option_choice, option_number
 from genbench.nn import random as rnd
 
 SAMPLER_OPTIONS = ("truncation",)
@@ -111,69 +109,6 @@ def renamed_d_steps(d_steps: int | None, default: int, **old: int | None) -> int
             )
         d_steps = value
     return default if d_steps is None else int(d_steps)
-
-
-def _plain(value: Any) -> Any:  # noqa: ANN401
-    """Mappings (``DictConfig`` included) and sequences as plain dicts and lists."""
-    if isinstance(value, Mapping) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _merge(base: Any, over: Any) -> Any:  # noqa: ANN401
-    """``over`` merged into ``base``: mappings key by key (recursively), anything else replaced."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
-    return over
-
-
-def toy_overrides(
-    init: Callable[..., None], shape: Sequence[int], kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    """``kwargs`` of a GAN constructor with its ``toy`` overrides merged in when ``shape`` is a
-    2-D toy's (``H = W = 1``); unchanged otherwise. A key that is not a parameter of ``init`` is
-    an :class:`~genbench.models.options.OptionError` naming ``model.toy.<key>``."""
-    toy = kwargs.get("toy")
-    if not toy:
-        return kwargs
-    if not (isinstance(toy, Mapping) or hasattr(toy, "items")):
-        raise OptionError("model.toy", toy, f"model.toy={toy!r} is invalid: expected a mapping")
-    toy = _plain(toy)
-    params = inspect.signature(init).parameters
-    valid = [n for n in params if n not in ("self", "shape", "levels", "toy")]
-    valid = [n for n in valid if params[n].kind is not inspect.Parameter.VAR_KEYWORD]
-    for key, value in toy.items():
-        if key not in valid:
-            raise OptionError(
-                f"model.toy.{key}",
-                value,
-                f"model.toy.{key}={value!r}: {key!r} is not an option of this model; "
-                f"valid: {', '.join(sorted(valid))}",
-            )
-    if not is_toy(shape):
-        return kwargs
-    out = dict(kwargs)
-    for key, value in toy.items():
-        current = out.get(key, params[key].default)
-        current = None if current is inspect.Parameter.empty else _plain(current)
-        out[key] = _merge(current, value)
-    return out
-
-
-def _applying_toy_overrides(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a GAN subclass's ``__init__`` so its ``toy`` overrides are merged in first (see
-    :func:`toy_overrides`); the signature seen by ``inspect`` (config validation) is ``init``'s."""
-    if getattr(init, "applies_toy_overrides", False):
-        return init
-
-    @functools.wraps(init)
-    def wrapper(self: GAN, shape: Sequence[int], levels: int, *args: Any, **kwargs: Any) -> None:
-        init(self, shape, levels, *args, **toy_overrides(init, shape, kwargs))
-
-    wrapper.applies_toy_overrides = True  # type: ignore[attr-defined]
-    return wrapper
 
 
 @contextlib.contextmanager
@@ -233,7 +168,7 @@ class GAN(GenerativeModel):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _applying_toy_overrides(cls.__dict__["__init__"])  # type: ignore[method-assign]
+            cls.__init__ = applying_toy_overrides(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -271,9 +206,9 @@ class GAN(GenerativeModel):
         for key, opt in (("d_optimizer", self.d_optimizer), ("g_optimizer", self.g_optimizer)):
             if "lr" in opt:
                 option_number(f"model.{key}.lr", opt["lr"], low=0, low_open=True)
-        self.toy_options = _plain(toy or {})
+        self.toy_options = plain(toy or {})
         self.augment = augment
-        self.augment_pipe = build_augment(augment, diffaugment=diffaugment, ada=_plain(ada))
+        self.augment_pipe = build_augment(augment, diffaugment=diffaugment, ada=plain(ada))
         if self.reg != "none" and self.reg_interval > 1:  # D steps taken, for lazy regularization
             self.register_buffer("reg_steps", torch.zeros((), dtype=torch.long))
 
