@@ -35,7 +35,8 @@ DEMOD_EPS = 1e-8
 
 
 def lrelu(x: Tensor) -> Tensor:
-    """LeakyReLU(0.2) scaled by sqrt(2), elementwise."""
+    """LeakyReLU(0.2) scaled by sqrt(2), elementwise: ``[N, ...]`` (e.g. ``[N, C, H, W]``) -> the
+    same shape."""
     return F.leaky_relu(x, 0.2) * LRELU_GAIN
 
 
