@@ -70,7 +70,7 @@ def test_trainer_paths_and_scheduler_are_config_groups(tmp_path):
     assert list(cfg.dataset.augment) == []  # augmentation is off by default
 
 
-@pytest.mark.parametrize("model", ["dcgan", "sngan", "wgan_gp"])
+@pytest.mark.parametrize("model", ["dcgan", "sngan", "wgan_gp", "stylegan2"])
 def test_gans_name_their_discriminator_steps_d_steps(model, tmp_path):
     cfg = compose_cfg("train", [f"model={model}", "model.d_steps=3"], tmp_path)
     assert not {"n_dis", "n_critic"} & set(cfg.model)

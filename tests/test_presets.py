@@ -36,6 +36,12 @@ SHRINK: dict[str, list[str]] = {
     "dcgan": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
     "sngan": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
     "wgan_gp": ["model.z_dim=8", "model.g_width=8", "model.d_width=8"],
+    "stylegan2": [
+        "model.z_dim=8",
+        "model.w_dim=8",
+        "model.channel_base=64",
+        "model.channel_max=8",
+    ],
 }
 COMMON = [
     "dataset=digits",
@@ -123,6 +129,7 @@ PAPER_SCHEDULES = {
     "realnvp_cifar10": ("ConstantLR", 0, ["hflip"]),  # Dinh et al. 2017: flips
     "wgan_gp_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
     "sngan_cifar10": ("LinearLR", 0, []),  # released code: linear decay to 0
+    "stylegan2_cifar10": ("ConstantLR", 0, []),  # released code: constant lr, no x-flips here
     "vae_mnist": ("MultiStepLR", 0, []),  # Burda et al. 2016: lr 10^(-i/7) for 3^i epochs
 }
 

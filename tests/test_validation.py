@@ -71,6 +71,7 @@ def test_sample_refuses_what_validate_sampler_refuses(model, tmp_path):
         "DCGAN": ("truncation",),
         "SNGAN": ("truncation",),
         "WGANGP": ("truncation",),
+        "StyleGAN2": ("psi",),
     }.get(cls.__name__, ("temperature",))
     bad = {key[0]: float("nan"), **({"name": "ddim"} if len(key) > 1 else {})}
     with pytest.raises(OptionError, match=f"sampler.{key[0]}=nan"):

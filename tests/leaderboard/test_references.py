@@ -25,6 +25,8 @@ PUBLISHED = {
     ("cifar10", "Flow Matching (OT path)"): {"bpd": 2.99, "fid": 6.35},
     ("cifar10", "SNGAN"): {"is": 8.22, "fid": 21.7},
     ("cifar10", "WGAN-GP"): {"is": 7.86},
+    ("cifar10", "StyleGAN2"): {"fid": 8.32, "is": 9.21},
+    ("cifar10", "StyleGAN2-ADA"): {"fid": 2.92, "is": 9.83},
     ("mnist", "RealNVP"): {"bpd": 1.06},
     ("mnist", "Glow"): {"bpd": 1.05},
 }
@@ -46,7 +48,7 @@ def test_packaged_file_holds_the_published_values():
 
 def test_rows_keep_the_likelihood_kind_and_name_the_extractor():
     runs = {r["model"]: r for r in reference_runs({"cifar10"})}
-    assert len(runs) == 11 and all(
+    assert len(runs) == 13 and all(
         r["status"] == "published" and r["published"] for r in runs.values()
     )
     kinds = {name: {m["name"]: m["kind"] for m in r["metrics"]} for name, r in runs.items()}
@@ -62,7 +64,7 @@ def test_rows_keep_the_likelihood_kind_and_name_the_extractor():
     ]
     assert reference_runs({"digits"}) == [] and reference_runs({"cifar10"}, family="vae") == []
     notes = reference_notes(list(runs.values()))
-    assert "never ranked" in notes[0] and len(notes) == 12
+    assert "never ranked" in notes[0] and len(notes) == 14
 
 
 GOOD = """

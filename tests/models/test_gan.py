@@ -253,7 +253,7 @@ def test_arch_switch_resolves_auto_and_offers_resnet_only_with_a_pool():
     assert all(torch.equal(a, b) for a, b in zip(g.parameters(), alone.parameters()))
 
 
-@pytest.mark.parametrize("name", ["dcgan", "wgan_gp", "sngan"])
+@pytest.mark.parametrize("name", ["dcgan", "wgan_gp", "sngan", "stylegan2"])
 def test_model_configs_instantiate(name):
     cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
     model = build_model(cfg, (1, 8, 8), 17)
