@@ -243,7 +243,7 @@ TRAINING = [
     ("vae", "8gaussians", 300, 1e-2),
     pytest.param("vae", "moons", 1000, 3e-3, marks=pytest.mark.slow),
     ("hvae", "8gaussians", 300, 1e-2),
-    ("vqvae", "moons", 300, 1e-2),
+    ("vqvae", "moons", 400, 1e-2),
 ]
 
 
@@ -256,7 +256,13 @@ def test_a_short_training_on_a_labelled_toy_puts_samples_in_their_class(name, de
     kw = {
         "vae": {"hidden": 32, "latent": 2},
         "hvae": {"hidden": 16, "zdim": 2, "groups": 1},
-        "vqvae": {"hidden": 16, "code_dim": 4, "codebook_size": 16, "prior_features": 8},
+        "vqvae": {
+            "hidden": 16,
+            "code_dim": 4,
+            "codebook_size": 16,
+            "prior_features": 8,
+            "prior_layers": 1,
+        },
     }[name]
     torch.manual_seed(0)
     model = {"vae": VAE, "hvae": HVAE, "vqvae": VQVAE}[name]
