@@ -235,6 +235,25 @@ def test_conditional_vqvae_bound_by_hand_and_a_normalized_class_prior():
     torch.testing.assert_close(m.nll(x, y=y), recon + prior)
 
 
+def test_conditional_vqvae_draws_codes_from_its_class_prior():
+    """On a 1x1 code map p(codes | y) is one categorical, softmax(PixelCNN + b[y]); 20000 draws
+    per class match it within 5 standard errors per code, and the two classes differ."""
+    m = randomized(build("vqvae", (2, 1, 1), 16, num_classes=2)).double()
+    n = 20000
+    for label in (0, 1):
+        y = torch.full((n,), label)
+        with torch.no_grad():
+            idx, nfe = m.sample_codes(y, torch.Generator().manual_seed(label), 1.0)
+            probs = torch.softmax(m.prior_logits(idx[:1], y[:1])[0, :, 0, 0, 0], 0)
+        freq = torch.bincount(idx.flatten(), minlength=6).double() / n
+        se = (probs * (1 - probs) / n).sqrt()
+        assert ((freq - probs).abs() <= 5 * se + 1e-3).all(), (label, freq, probs)
+        assert nfe.tolist() == [1.0] * n
+        if label == 0:
+            first = probs
+    assert float((first - probs).abs().max()) > 0.05
+
+
 #: model, labelled toy, training steps and Adam learning rate (batches of 128). Two moons needs the
 #: VAE's latents (p(x1 | y) p(x2 | y) alone puts ~15 % of samples on the other moon), so the VAE's
 #: run there is longer (slow); the HVAE trains on 8 Gaussians only: on two moons a short run of it
