@@ -20,6 +20,13 @@ Shapes: the ladder halves the resolution while both sides are even and above ``m
 latent map as large as the data mostly copies it at a high KL price); data with no spatial extent
 (2-D toys, ``(C, 1, 1)``) get one 1x1 resolution with the latents, where the 3x3 convolutions
 act as dense layers.
+
+Conditional mode (``num_classes = C > 0``, ``model.conditional=true``): p(x | y) with a learned,
+class-conditional prior. A per-class vector is added to the top-down state where the ladder
+starts (``h_top``), so every prior p(z_l | z_<l, y) and the decoder p(x | z, y) depend on the
+label, and another to the bottom-up stem, so the posteriors q(z_l | x, y, z_<l) see it on both
+paths. ``nll(x, y=y)`` is the IWAE bound on -log p(x | y), ``bound_terms`` its ELBO terms.
+Unconditional models (C = 0) have none of these parameters and compute exactly as before.
 """
 
 from __future__ import annotations
@@ -119,10 +126,13 @@ class HVAE(GenerativeModel):
         blocks: residual blocks per resolution, in each direction.
         decoder: ``categorical`` or ``logistic`` (as the VAE's).
         iwae_samples: k of the importance-weighted bound reported as ``nll``.
+        num_classes: C > 0 builds the conditional model of p(x | y) (see the module
+            docstring); 0 (default) the unconditional one.
     """
 
     family = "vae"
     likelihood = "elbo"
+    conditional_support = True
 
     def __init__(
         self,
@@ -137,8 +147,9 @@ class HVAE(GenerativeModel):
         iwae_samples: int = 64,
         min_size: int = 1,
         data_latents: bool = False,
+        num_classes: int = 0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
         option_choice("model.decoder", decoder, DECODERS)
         for key, value, low in (
             ("hidden", hidden, 1),
@@ -179,6 +190,9 @@ class HVAE(GenerativeModel):
         )
         self.down = nn.ModuleList([stack() for _ in self.sizes])  # top-down, lowest first
         self.head = nn.Conv2d(hidden, c * self.out_per_dim, 3, padding=1)
+        if self.conditional:  # created last: an unconditional model draws the same weights
+            self.top_label = nn.Embedding(self.num_classes, hidden)  # added to h_top
+            self.stem_label = nn.Embedding(self.num_classes, hidden)  # added to the stem's output
 
     # -- pieces -------------------------------------------------------------------------------
     def _param(self) -> Tensor:
@@ -192,10 +206,12 @@ class HVAE(GenerativeModel):
             for _ in range(count)
         ]
 
-    def _features(self, x: Tensor) -> list[Tensor]:
-        """Bottom-up features of levels ``x`` ``[N, C, H, W]``, one map per resolution (lowest
-        first)."""
+    def _features(self, x: Tensor, y: Tensor | None = None) -> list[Tensor]:
+        """Bottom-up features of levels ``x`` ``[N, C, H, W]`` (and labels ``y`` ``[N]``), one map
+        per resolution (lowest first)."""
         h = self.stem(x.to(self._param().dtype) * (2.0 / (self.levels - 1)) - 1.0)
+        if y is not None:
+            h = h + self.stem_label(y)[:, :, None, None]
         feats = []
         for i in reversed(range(len(self.sizes))):
             h = self.up[i](h)
@@ -205,12 +221,20 @@ class HVAE(GenerativeModel):
         return feats[::-1]
 
     def _descend(
-        self, feats: list[Tensor] | None, noise: list[Tensor], n: int, temperature: float = 1.0
+        self,
+        feats: list[Tensor] | None,
+        noise: list[Tensor],
+        n: int,
+        temperature: float = 1.0,
+        y: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The top-down pass with one standard normal ``[n, zdim, h, w]`` per group. Returns the
-        decoder output ``[n, C, H, W, P]``, KL ``[n]``, log p(z) ``[n]`` and log q(z) ``[n]``
-        (posterior draws when ``feats`` are given, prior draws otherwise)."""
+        """The top-down pass with one standard normal ``[n, zdim, h, w]`` per group (from the
+        labels' starting state with labels ``y`` ``[n]``). Returns the decoder output
+        ``[n, C, H, W, P]``, KL ``[n]``, log p(z) ``[n]`` and log q(z) ``[n]`` (posterior draws
+        when ``feats`` are given, prior draws otherwise)."""
         h = self.h_top.expand(n, -1, -1, -1)
+        if y is not None:
+            h = h + self.top_label(y)[:, :, None, None]
         kl = log_p = log_q = torch.zeros(n, dtype=h.dtype, device=h.device)
         k = 0
         for i, size in enumerate(self.sizes):
@@ -241,28 +265,38 @@ class HVAE(GenerativeModel):
         ]
 
     # -- contract -----------------------------------------------------------------------------
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``loss`` = ``neg_elbo``, ``recon``, ``kl``: ``[N]`` nats for levels ``x``
-        ``[N, C, H, W]`` (one posterior draw per group, global RNG)."""
-        terms = self.bound_terms(x)
+        ``[N, C, H, W]`` (labels ``y`` ``[N]`` of a conditional model; one posterior draw per
+        group, global RNG)."""
+        terms = self.bound_terms(x, y=y)
         return {"loss": terms["neg_elbo"], "recon": terms["recon"], "kl": terms["kl"]}
 
-    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
+    def bound_terms(
+        self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None
+    ) -> dict[str, Tensor]:
         """``neg_elbo`` = ``recon`` + ``kl`` (the KL of every group in closed form given the
-        groups above), ``[N]`` nats of levels ``x`` ``[N, C, H, W]``."""
-        out, kl, _, _ = self._descend(self._features(x), self._noise(x.shape[0], generator), len(x))
+        groups above), ``[N]`` nats of levels ``x`` ``[N, C, H, W]`` (of log p(x | y) with labels
+        ``y`` ``[N]``)."""
+        y = self.labels(y, x.shape[0], x.device)
+        noise = self._noise(x.shape[0], generator)
+        out, kl, _, _ = self._descend(self._features(x, y), noise, len(x), y=y)
         recon = -self._log_px(x, out)
         return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
-        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` draws of the hierarchy.
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
+        """``[N]`` negative IWAE bound in nats with ``iwae_samples`` draws of the hierarchy (on
+        -log p(x | y) with labels ``y`` ``[N]``).
 
         Example i's draws come from generator i, :data:`DRAWS_PER_PASS` at a time, so its number
         does not depend on the batch; rows go through the network in chunks whose size depends
         only on the data shape (at most 2^25 level log-probabilities), so memory does not grow
         with the batch or with k."""
         n, k = x.shape[0], self.iwae_samples
-        feats = self._features(x)
+        y = self.labels(y, n, x.device)
+        feats = self._features(x, y)
         chunk = rows_per_chunk(self.dims * self.levels)
         log_w = []
         for start in range(0, k, DRAWS_PER_PASS):
@@ -273,7 +307,10 @@ class HVAE(GenerativeModel):
             for i in range(0, n * draws, chunk):
                 r = rows[i : i + chunk]
                 out, _, log_p, log_q = self._descend(
-                    [f[r] for f in feats], [z[i : i + chunk] for z in noise], len(r)
+                    [f[r] for f in feats],
+                    [z[i : i + chunk] for z in noise],
+                    len(r),
+                    y=None if y is None else y[r],
                 )
                 parts.append(self._log_px(x[r], out) + log_p - log_q)
             log_w.append(torch.cat(parts).view(n, draws))
@@ -295,18 +332,23 @@ class HVAE(GenerativeModel):
         self.validate_sampler(sampler, {})
         return {"temperature": float(sampler.get("temperature", 1.0))}
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """``[n, C, H, W]`` int64 levels: every group from its prior top-down, then a draw from
-        the decoder; one network evaluation (the top-down pass). Sample i's noise comes from
-        generator i when there is one per sample."""
+        the decoder (given labels ``y`` ``[n]`` of a conditional model); one network evaluation
+        (the top-down pass). Sample i's noise comes from generator i when there is one per
+        sample."""
         temperature = self.resolve_sampler(**sampler)["temperature"]
+        y = self.labels(y, n, self._param().device)
         noise = self._noise(n, generator)
         per_sample = generator is not None and not isinstance(generator, torch.Generator)
         step = rows_per_chunk(self.dims * self.levels) if per_sample else max(n, 1)
         xs = []
         for i in range(0, n, step):
             j = min(i + step, n)
-            out, *_ = self._descend(None, [z[i:j] for z in noise], j - i, temperature)
+            yc = None if y is None else y[i:j]
+            out, *_ = self._descend(None, [z[i:j] for z in noise], j - i, temperature, yc)
             logp = level_log_probs(out, self.decoder_kind, self.levels)
             gen = generator[i:j] if per_sample else generator
             if self.decoder_kind == "logistic":
