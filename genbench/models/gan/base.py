@@ -17,6 +17,15 @@ Gradients stay inside their phase: in the ``"d"`` phase the fake batch is genera
 parameters are frozen (``requires_grad=False``) while the graph is built, so ``loss.backward()``
 only writes ``.grad`` of ``parameters_for(phase)``. Batch-norm running statistics are buffers and
 do move in both phases (the runner should still zero all model grads before each phase).
+
+Conditional GANs (``num_classes`` C > 0, ``model.conditional=true``; layers in
+:mod:`genbench.models.gan.conditional`): the generator is G(z, y) and the discriminator D(x, y)
+(``cond_d``: ``projection`` or ``ac``). The fakes of both phases are drawn with the labels of the
+real batch (fake row i gets real row i's label), so the fake labels follow the data's class
+frequencies and cost no random draws. With ``cond_d: ac`` the D loss gains ``ac_weight`` times
+the cross-entropy of D's class logits on the real and the fake batch (terms ``ac_real``,
+``ac_fake``) and the G loss the cross-entropy on the fake batch (term ``ac``), as in AC-GAN
+(Odena et al. 2017).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import (
@@ -36,8 +46,9 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
+from genbench.models.gan.conditional import COND_D
 from genbench.models.gan.losses import D_LOSSES, G_LOSSES
-from genbench.models.options import option_number
+from genbench.models.options import option_choice, option_number
 from genbench.nn import random as rnd
 
 SAMPLER_OPTIONS = ("truncation",)
@@ -96,11 +107,16 @@ class GAN(GenerativeModel):
             WGAN, n_dis of SNGAN).
         d_optimizer, g_optimizer: per-phase optimizer overrides (e.g. ``{"lr": 2e-4,
             "betas": [0.5, 0.999]}``); the rest comes from ``conf/optimizer``.
+        num_classes: 0 (unconditional) or the number of classes C of a conditional GAN.
+        cond_d: conditional discriminator head, ``projection`` (Miyato & Koyama 2018) or ``ac``
+            (auxiliary classifier, Odena et al. 2017); unused when unconditional.
+        ac_weight: weight of the auxiliary classifier's cross-entropy (``cond_d: ac``), >= 0.
 
     Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this.
     """
 
     family: ClassVar[str] = "gan"
+    conditional_support: ClassVar[bool] = True
     likelihood: ClassVar[str] = "none"
     select_best: ClassVar[bool] = False
     #: objective, a key of ``D_LOSSES`` / ``G_LOSSES``
@@ -118,8 +134,13 @@ class GAN(GenerativeModel):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
+        self.cond_d = option_choice("model.cond_d", cond_d, COND_D)
+        self.ac_weight = option_number("model.ac_weight", ac_weight, low=0)
         if self.loss not in D_LOSSES:
             raise ValueError(f"unknown GAN loss {self.loss!r}; valid: {sorted(D_LOSSES)}")
         if int(z_dim) < 1 or int(d_steps) < 1:
@@ -140,31 +161,68 @@ class GAN(GenerativeModel):
         """``"d"``: discriminator parameters; ``"g"``: generator parameters."""
         return self._network(phase).parameters()
 
-    def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+    def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """``"d"``: ``loss``, ``d_real`` = D(x), ``d_fake`` = D(G(z)) (``[N]`` each, plus the
-        subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets the batch size in ``"g"``."""
+        subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets the batch size in ``"g"``.
+        A conditional GAN takes the batch's labels ``y`` ``[N]``; its fakes get the same labels
+        (``ac`` adds the terms of the module docstring)."""
         self._network(phase)  # rejects unknown phases
+        labels = self.labels(y, x.shape[0], x.device)
         if phase == "d":
-            return self.discriminator_losses(self.to_unit(x), self.fake_batch(x.shape[0], x.device))
+            fake = self.fake_batch(x.shape[0], x.device, labels)
+            return self.discriminator_losses(self.to_unit(x), fake, labels)
         z = torch.randn(x.shape[0], self.z_dim, device=x.device)
         with frozen(self.discriminator):
-            fake_out = self.discriminator(self.generator(z))  # D(G(z)), [N]
-        return {"loss": G_LOSSES[self.loss](fake_out)}
+            fake_out, logits = self.judge(self.generate(z, labels), labels)  # D(G(z, y), y), [N]
+        out = {"loss": G_LOSSES[self.loss](fake_out)}
+        return self.add_classifier_terms(out, {"ac": (logits, labels)})
 
-    def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def discriminator_losses(
+        self, y: Tensor, fake: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """D-phase terms for real data ``y`` and detached fakes ``fake``, both ``[N, C, H, W]`` in
-        ``[-1, 1]``; subclasses add regularizers (WGAN-GP's gradient penalty)."""
-        real_out, fake_out = self.discriminator(y), self.discriminator(fake)  # D(x), D(G(z)): [N]
-        return {
+        ``[-1, 1]``, with the labels ``[N]`` of both (conditional GANs); subclasses add
+        regularizers (WGAN-GP's gradient penalty)."""
+        real_out, real_logits = self.judge(y, labels)  # D(x, y), [N]
+        fake_out, fake_logits = self.judge(fake, labels)  # D(G(z, y), y), [N]
+        out = {
             "loss": D_LOSSES[self.loss](real_out, fake_out),
             "d_real": real_out.detach(),
             "d_fake": fake_out.detach(),
         }
+        terms = {"ac_real": (real_logits, labels), "ac_fake": (fake_logits, labels)}
+        return self.add_classifier_terms(out, terms)
 
-    def fake_batch(self, n: int, device: torch.device) -> Tensor:
-        """``[n, C, H, W]`` fakes G(z) in ``[-1, 1]`` from the global RNG, without a graph."""
+    def judge(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """D's raw outputs ``[N]`` on ``x`` ``[N, C, H, W]`` in ``[-1, 1]`` (given the labels
+        ``[N]`` when conditional) and, with ``cond_d: ac``, its class logits ``[N, C]``."""
+        if labels is None:
+            return self.discriminator(x), None
+        return self.discriminator.judge(x, labels)
+
+    def add_classifier_terms(
+        self, out: dict[str, Tensor], terms: Mapping[str, tuple[Tensor | None, Tensor | None]]
+    ) -> dict[str, Tensor]:
+        """``out`` with each ``name: (logits [N, C], labels [N])`` of ``terms`` added to
+        ``loss`` as ``ac_weight`` · cross-entropy (nats, ``[N]``) and logged under ``name``;
+        unchanged without logits (unconditional or ``projection``)."""
+        for name, (logits, labels) in terms.items():
+            if logits is None or labels is None:
+                continue
+            ce = F.cross_entropy(logits.float(), labels, reduction="none")  # -log p(y | x), [N]
+            out["loss"] = out["loss"] + self.ac_weight * ce
+            out[name] = ce.detach()
+        return out
+
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """G(z), or G(z, y) given labels ``[N]``: ``[N, C, H, W]`` for latents ``[N, z_dim]``."""
+        return self.generator(z) if labels is None else self.generator(z, labels)
+
+    def fake_batch(self, n: int, device: torch.device, labels: Tensor | None = None) -> Tensor:
+        """``[n, C, H, W]`` fakes G(z) (G(z, y) given labels ``[n]``) in ``[-1, 1]`` from the
+        global RNG, without a graph."""
         with torch.no_grad():
-            return self.generator(torch.randn(n, self.z_dim, device=device)).detach()
+            return self.generate(torch.randn(n, self.z_dim, device=device), labels).detach()
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -173,17 +231,21 @@ class GAN(GenerativeModel):
         if sampler.get("truncation") is not None:
             option_number("sampler.truncation", sampler["truncation"], low=0, low_open=True)
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels; one network evaluation per sample.
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
+        """``[n, C, H, W]`` int64 levels (of classes ``y`` ``[n]`` for a conditional GAN); one
+        network evaluation per sample.
 
         Sampler options: ``truncation`` (``None`` or t > 0): draw z from N(0, I) truncated to
         ``[-t, t]`` per coordinate (the truncation trick) by inverse-CDF sampling.
         """
         self.validate_sampler(sampler, {})
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
-        return Sampled.constant(self.to_levels(self.generator(z)), 1)
+        labels = self.labels(y, n, z.device)
+        return Sampled.constant(self.to_levels(self.generate(z, labels)), 1)
 
-    def nll(self, x: Tensor, *, generator: rnd.Generator = None) -> Tensor:
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: rnd.Generator = None) -> Tensor:
         """No likelihood: ``x`` ``[N, C, H, W]`` gets ``NotImplementedError`` (kind ``none``)."""
         raise NotImplementedError(f"{type(self).__name__} has no likelihood (likelihood='none')")
 

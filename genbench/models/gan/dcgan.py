@@ -32,6 +32,9 @@ class DCGAN(GAN):
         hidden, depth: MLP width and number of hidden layers (``arch: mlp``).
         d_steps: discriminator steps per generator step (1 in the paper).
         d_optimizer, g_optimizer: per-phase optimizer overrides (paper: Adam lr 2e-4, β1 0.5).
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`.
     """
 
     loss = "nonsaturating"
@@ -50,6 +53,9 @@ class DCGAN(GAN):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
     ) -> None:
         super().__init__(
             shape,
@@ -58,6 +64,9 @@ class DCGAN(GAN):
             d_steps=d_steps,
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         self.arch, self.generator, self.discriminator = build_networks(
             arch,
@@ -67,6 +76,8 @@ class DCGAN(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": "batch"},
             conv_init=True,
         )

@@ -27,8 +27,10 @@ from genbench.models.gan.networks import build_networks
 
 
 def spectral_normalize_(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
-    """Put spectral normalization on every ``Linear`` and ``Conv2d`` of ``module`` (in place)."""
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    """Put spectral normalization on every ``Linear``, ``Conv2d`` and ``Embedding`` (the
+    projection discriminator's class embedding, ``[C, F]``) of ``module`` (in place)."""
+    kinds = nn.Linear | nn.Conv2d | nn.Embedding
+    layers = [m for m in module.modules() if isinstance(m, kinds)]
     for layer in layers:
         spectral_norm(layer, n_power_iterations=n_power_iterations)
     return module
@@ -48,6 +50,10 @@ class SNGAN(GAN):
             1 with its settings B/C for the standard CNN). ``n_dis=`` is a deprecated alias.
         n_power_iterations: power iterations per forward pass for σ(W) (1).
         d_optimizer, g_optimizer: per-phase optimizer overrides.
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`; the projection embedding is spectrally
+            normalized too (Miyato & Koyama 2018).
     """
 
     loss = "hinge"
@@ -67,6 +73,9 @@ class SNGAN(GAN):
         n_power_iterations: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
         n_dis: int | None = None,
     ) -> None:
         super().__init__(
@@ -76,6 +85,9 @@ class SNGAN(GAN):
             d_steps=renamed_d_steps(d_steps, 1, n_dis=n_dis),
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         self.arch, self.generator, self.discriminator = build_networks(
             arch,
@@ -85,6 +97,8 @@ class SNGAN(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": "none", "slope": 0.1, "deep": True},
             resnet_pool="sum",
         )

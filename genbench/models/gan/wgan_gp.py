@@ -39,6 +39,9 @@ class WGANGP(GAN):
             data scaled to ``[-1, 1]`` λ = 10 makes 2-D toy training oscillate).
         d_norm: critic normalization for ``conv``: ``none`` or ``layer`` (never batch norm).
         d_optimizer, g_optimizer: per-phase optimizer overrides (Adam 1e-4, betas (0, 0.9)).
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`.
     """
 
     loss = "wasserstein"
@@ -59,6 +62,9 @@ class WGANGP(GAN):
         d_norm: str = "none",
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
         n_critic: int | None = None,
     ) -> None:
         super().__init__(
@@ -68,6 +74,9 @@ class WGANGP(GAN):
             d_steps=renamed_d_steps(d_steps, 5, n_critic=n_critic),
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         if d_norm not in ("none", "layer"):
             raise ValueError(f"WGAN-GP critic norm must be 'none' or 'layer', got {d_norm!r}")
@@ -82,17 +91,26 @@ class WGANGP(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": d_norm},
             conv_init=True,
             resnet_pool="mean",
         )
 
-    def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def discriminator_losses(
+        self, y: Tensor, fake: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Critic terms: ``loss`` = D(x̃) - D(x) + ``gp``; ``wasserstein`` = D(x) - D(x̃) (the
-        critic's per-pair estimate of W1); ``gp`` = λ (‖∇_x̂ D(x̂)‖₂ - 1)², all ``[N]``."""
-        out = super().discriminator_losses(y, fake)
+        critic's per-pair estimate of W1); ``gp`` = λ (‖∇_x̂ D(x̂)‖₂ - 1)², all ``[N]``. A
+        conditional critic is penalized at x̂ given the pair's label: ∇_x̂ D(x̂, y)."""
+        out = super().discriminator_losses(y, fake, labels)
         eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
-        gp = gradient_penalty(self.discriminator, interpolate(y, fake, eps), self.gp_weight)
+
+        def critic(x: Tensor) -> Tensor:
+            return self.judge(x, labels)[0]
+
+        gp = gradient_penalty(critic, interpolate(y, fake, eps), self.gp_weight)
         out["loss"] = out["loss"] + gp
         out["wasserstein"] = out["d_real"] - out["d_fake"]
         out["gp"] = gp.detach()
