@@ -365,6 +365,23 @@ def _kept_objective(run: RunDir) -> tuple[list[Metric], dict[str, Any]]:
     return rows, tuning if isinstance(tuning, dict) else {}
 
 
+def sample_label(value: Any, model: Any, data: Any) -> int | None:  # noqa: ANN401
+    """``label=``: a class index or name of a conditional model's dataset, or null."""
+    if value is None:
+        return None
+    if not model.conditional:
+        raise ConfigError(f"label={value!r} is invalid: the run's model is unconditional")
+    classes = list(data.classes)
+    if str(value) in classes:
+        return classes.index(str(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
+        return value
+    raise ConfigError(
+        f"label={value!r} is invalid: expected null or one of the classes {classes} "
+        f"(a name or an index in [0, {len(classes)}))"
+    )
+
+
 def sample_command(cfg: DictConfig) -> Path | None:
     """Write an image grid and an ``.npz`` of ``n`` seeded samples from a run (under torchrun,
     the ranks share the sampling and rank 0 writes; the others return None)."""
@@ -377,12 +394,13 @@ def _sample(cfg: DictConfig) -> Path | None:
     n = positive_int("n", cfg.n)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.sampler else {}
     check_evaluation(cfg.eval, model, sampler)
+    label = sample_label(cfg.get("label"), model, data)
     if not ddp.is_main():
         with tempfile.TemporaryDirectory(prefix="genbench-rank") as tmp:
-            sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp))
+            sample_to_files(model, data, n, cfg.eval, sampler, setup.device, Path(tmp), label)
         return None
     out = check_out_folder(cfg.out, own_run=run.path) if cfg.get("out") else run.path
-    png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out)
+    png = sample_to_files(model, data, n, cfg.eval, sampler, setup.device, out, label)
     log.info("wrote %s and %s", png, png.with_suffix(".npz"))
     return png
 

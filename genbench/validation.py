@@ -98,13 +98,22 @@ def _validate_eval(e: DictConfig) -> None:
     for key in ("batch_size", "grid", "kid_subset_size", "isc_splits"):
         positive_int(f"eval.{key}", e[key])
     seed_int("eval.seed", e.seed)
-    for key in ("nll_examples", "n_reference", "dequant_samples"):
+    for key in ("nll_examples", "n_reference", "dequant_samples", "classify_examples"):
         if e.get(key) is not None:
             positive_int(f"eval.{key}", e[key])
     if e.get("bootstrap", "auto") != "auto":
         positive_int("eval.bootstrap", e.bootstrap, minimum=0)
-    for key in ("nll", "sample_metrics", "floor"):
+    for key in ("nll", "sample_metrics", "floor", "classify", "intra_fid"):
         _bool(f"eval.{key}", e.get(key, False))
+    guidance = e.get("guidance_sweep")
+    guidance = [] if guidance is None else guidance
+    if not OmegaConf.is_list(guidance) and not isinstance(guidance, list):
+        raise bad_value(
+            "eval.guidance_sweep", guidance, "a list of guidance scales, e.g. [0, 1, 2]"
+        )
+    for w in guidance:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise bad_value("eval.guidance_sweep", list(guidance), "guidance scales >= 0")
     if e.get("floor_split") is not None and str(e.floor_split) not in ("train", "val", "test"):
         raise bad_value("eval.floor_split", e.floor_split, "null, train, val or test")
     sweep = e.get("sampler_sweep")

@@ -51,7 +51,7 @@ COMMON = [
     "trainer.log_every=1",
 ]
 #: presets for tests and for the quickstart sweep: no published numbers
-NOT_PAPER = {"smoke", "quickstart", "compare"}
+NOT_PAPER = {"smoke", "quickstart", "quickstart_conditional", "compare"}
 
 
 def _compose(experiment: str, tmp_path):
@@ -84,6 +84,8 @@ def test_preset_trains_one_step_shrunk(experiment, tmp_path):
         int(cfg.seed),
         scheduler=cfg.scheduler,
         augment=data.augment,
+        train_labels=data.train_labels,
+        val_labels=data.val_labels,
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = trainer.fit()

@@ -16,7 +16,7 @@ from torch import Tensor
 from genbench import distributed as ddp
 from genbench.data.base import Data
 from genbench.eval.metric import Metric
-from genbench.models.base import GenerativeModel, Sampled
+from genbench.models.base import GenerativeModel, Sampled, with_labels
 from genbench.nn.random import per_sample_generators
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class Samples:
     """Generated levels ``[N, C, H, W]`` (int64, CPU) and what they cost: device milliseconds
-    and network evaluations (the mean of the per-sample counts the model reported) per image."""
+    and network evaluations (the mean of the per-sample counts the model reported) per image;
+    ``y`` ``[N]``: the labels a conditional model drew them for (``None`` otherwise)."""
 
     x: Tensor
     ms_per_image: float
     nfe: float
     sampler: dict[str, Any]
+    y: Tensor | None = None
+
+
+def sample_labels(start: int, n: int, num_classes: int) -> Tensor:
+    """``[n]`` int64 labels of samples ``start .. start + n - 1`` of a conditional model: sample
+    *i* is drawn for class ``i mod C``, so every class gets an equal share (±1) whatever the batch
+    size or the number of processes.
+
+    >>> sample_labels(8, 4, 10).tolist()
+    [8, 9, 0, 1]
+    """
+    return torch.arange(start, start + n) % num_classes
 
 
 @dataclass
@@ -45,6 +58,8 @@ class EvalContext:
     #: per-example values a stage keeps for the run folder (``nll``: ``[n]`` nats, test order)
     per_example: dict[str, np.ndarray] = field(default_factory=dict)
     _samples: dict[str, Samples] = field(default_factory=dict)
+    #: a conditional model's samples all for this class (None: every class in turn)
+    label: int | None = None
 
     def sweep(self) -> list[dict[str, Any]]:
         """The run's sampler, then one per ``eval.sampler_sweep`` step count."""
@@ -61,7 +76,8 @@ class EvalContext:
         contiguous run of batches and every rank gets all ``n`` samples, in index order;
         ``ms_per_image`` is then device time (summed over ranks) per image, and ``nfe`` the mean
         of every sample's own count. Samples are generated once per (n, sampler) and shared by
-        all stages."""
+        all stages. A conditional model draws sample *i* for class ``i mod C``
+        (:func:`sample_labels`), so its samples are balanced over the classes."""
         n = int(self.cfg.n_samples if n is None else n)
         sampler = dict(self.sampler if sampler is None else sampler)
         key = json.dumps([n, sampler], sort_keys=True, default=str)
@@ -72,7 +88,10 @@ class EvalContext:
             with torch.inference_mode():
                 for i, j in ddp.my_batches(n, bs):
                     gens = per_sample_generators(self.seed, i, j - i, self.device)
-                    s = self.model.sample(j - i, generator=gens, **sampler)
+                    labels = self.labels(i, j - i)
+                    s = self.model.sample(
+                        j - i, generator=gens, **with_labels(self.model, labels), **sampler
+                    )
                     if not isinstance(s, Sampled):
                         raise RuntimeError(
                             f"{type(self.model).__name__}.sample returned "
@@ -97,11 +116,21 @@ class EvalContext:
                 1000 * busy / max(n, 1),
                 float(nfe_all.mean()) if n else float("nan"),
                 self.model.resolve_sampler(**sampler),
+                self.labels(0, n),
             )
             log.info(
                 "sampled %d images in %.1f s (%.2f ms/image)", n, seconds, 1000 * busy / max(n, 1)
             )
         return self._samples[key]
+
+    def labels(self, start: int, n: int) -> Tensor | None:
+        """``[n]`` labels of samples ``start ..`` for a conditional model (on the evaluation
+        device), ``None`` for an unconditional one."""
+        if not self.model.conditional:
+            return None
+        if self.label is not None:
+            return torch.full((n,), int(self.label), dtype=torch.long, device=self.device)
+        return sample_labels(start, n, self.model.num_classes).to(self.device)
 
     def _check(self, x: Tensor) -> None:
         shape = (self.data.shape, tuple(x.shape[1:]))

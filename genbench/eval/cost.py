@@ -29,12 +29,18 @@ NFE = register_spec(
 
 
 def sampler_protocol(ctx: EvalContext, sampler: dict) -> dict:
-    return {
+    """What a sample metric was measured under: the resolved sampler (with a conditional
+    model's ``guidance``), seed, batch size, device and, for a conditional model, its number of
+    classes (samples drawn for every class in turn)."""
+    proto = {
         "sampler": dict(sampler),
         "seed": ctx.seed,
         "batch_size": int(ctx.cfg.batch_size),
         "device": ctx.device.type,
     }
+    if ctx.model.conditional:
+        proto["conditional"] = ctx.model.num_classes
+    return proto
 
 
 @register_metric("sampling", order=10)

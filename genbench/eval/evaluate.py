@@ -70,12 +70,15 @@ def sample_to_files(
     sampler: dict[str, Any],
     device: torch.device,
     out_dir: Path,
+    label: int | None = None,
 ) -> Path:
-    """Draw ``n`` seeded samples; write ``samples_<n>.png`` and ``samples_<n>.npz``."""
-    ctx = EvalContext(model, data, cfg, dict(sampler), device, out_dir)
+    """Draw ``n`` seeded samples; write ``samples_<n>.png`` and ``samples_<n>.npz``. A
+    conditional model draws them for every class in turn (sample i for class i mod C), or all
+    for class ``label`` when it is set."""
+    ctx = EvalContext(model, data, cfg, dict(sampler), device, out_dir, label=label)
     s = ctx.samples(n)
     png = out_dir / f"samples_{n}.png"
     save_grid(s.x, data.levels, png)
-    save_npz(s.x, data.levels, png.with_suffix(".npz"))
+    save_npz(s.x, data.levels, png.with_suffix(".npz"), s.y)
     log.info("%d samples: %.2f ms/image, %g NFE/image", n, s.ms_per_image, s.nfe)
     return png

@@ -51,12 +51,14 @@ def _scatter(xy: np.ndarray, levels: int, f: IO[bytes]) -> None:
     plt.close(fig)
 
 
-def save_npz(x: Tensor, levels: int, path: Path) -> None:
+def save_npz(x: Tensor, levels: int, path: Path, labels: Tensor | None = None) -> None:
     """Write levels ``[N, C, H, W]`` to ``path`` as ``levels`` (uint8/int32) and ``num_levels``
-    (K), the format ``genbench score`` reads (written atomically)."""
+    (K), the format ``genbench score`` reads, plus ``labels`` ``[N]`` (int64) when the samples
+    were drawn for classes (written atomically)."""
     arr = x.cpu().to(torch.uint8 if levels <= 256 else torch.int32).numpy()
+    extra = {} if labels is None else {"labels": labels.cpu().long().numpy()}
     atomic_write(
         path,
-        lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels)),
+        lambda f: np.savez_compressed(f, levels=arr, num_levels=np.int64(levels), **extra),
         what="samples file",
     )

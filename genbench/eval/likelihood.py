@@ -33,7 +33,7 @@ from genbench.eval.cost import NFE
 from genbench.eval.intervals import finite_or_none, se_interval
 from genbench.eval.metric import Column, Kind, Metric, MetricSpec
 from genbench.eval.registry import register_metric, register_spec
-from genbench.models.base import LikelihoodEstimator, likelihood_kind
+from genbench.models.base import LikelihoodEstimator, likelihood_kind, with_labels
 from genbench.nn.random import per_sample_generators
 
 if TYPE_CHECKING:
@@ -159,6 +159,13 @@ def _with_generators(
     return fn(x, generator=gens, **options)
 
 
+def test_labels(ctx: EvalContext, i: int, j: int) -> dict[str, Tensor]:
+    """``{"y": labels of test examples i..j-1}`` for a conditional model, else ``{}``."""
+    if not ctx.model.conditional:
+        return {}
+    return with_labels(ctx.model, ctx.data.test_labels[i:j].to(ctx.device).long())
+
+
 @register_metric("likelihood", order=20)
 def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
     """``nll`` (nats/example) and ``bpd`` on the test split, plus the model's bound terms, each
@@ -176,9 +183,10 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         for i, j in ddp.my_batches(count, int(ctx.cfg.batch_size)):
             torch.manual_seed(ctx.seed * 1_000_003 + i)  # noise of models without generators
             x = ctx.data.test[i:j].to(ctx.device).long()
+            labels = test_labels(ctx, i, j)
             terms = {
-                "nll": _with_generators(model.nll, x, ctx, i, **options),
-                **_with_generators(model.bound_terms, x, ctx, i),
+                "nll": _with_generators(model.nll, x, ctx, i, **options, **labels),
+                **_with_generators(model.bound_terms, x, ctx, i, **labels),
             }
             for name, value in terms.items():
                 _sum(name, sums).update(value.double().to(ddp.comm_device()))
@@ -195,6 +203,8 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
         nats = float(sums[name].compute()) / max(count, 1)
         k = kind if name == "nll" else ("bound" if name.startswith("neg_") else "measured")
         proto = {"likelihood": model.likelihood, "seed": ctx.seed}
+        if model.conditional:  # -log p(x | y) with the test labels
+            proto["conditional"] = model.num_classes
         proto["levels"] = ctx.data.levels  # K: the leaderboard's uniform floor is log2 K bits/dim
         if name == "nll" and (settings := model.nll_settings(**options)):
             proto["nll_settings"] = dict(settings)  # e.g. an IWAE k: kept apart when ranked
@@ -238,7 +248,8 @@ def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> 
     ctx.model.eval()
     for i, j in ddp.my_batches(n, int(ctx.cfg.batch_size)):
         x = ctx.data.test[i:j].to(ctx.device).long()
-        out = est.fn(x, generator=per_sample_generators(ctx.seed, i, j - i, ctx.device), **options)
+        gens = per_sample_generators(ctx.seed, i, j - i, ctx.device)
+        out = est.fn(x, generator=gens, **test_labels(ctx, i, j), **options)
         values.append(out.nll.detach().double().reshape(-1).cpu())
         nfe = torch.zeros((), dtype=torch.float64) if out.nfe is None else out.nfe.double().sum()
         sums += torch.stack(
@@ -252,6 +263,8 @@ def estimator_metrics(ctx: EvalContext, name: str, est: LikelihoodEstimator) -> 
     total, nfe, uncounted = ddp.reduce_sum(sums).tolist()
     settings = ddp.main_value(settings)
     proto = {"likelihood": name, **est.protocol, "seed": ctx.seed, **settings}
+    if ctx.model.conditional:
+        proto["conditional"] = ctx.model.num_classes
     nats = total / max(n, 1)
     per_example = ddp.gather_rows(torch.cat(values))
     rows = _with_interval(

@@ -25,6 +25,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "genbench.eval.cost",
     "genbench.eval.likelihood",
     "genbench.eval.stages",
+    "genbench.eval.conditional",
     "genbench.eval.evaluate",
 )
 _STAGES: dict[str, tuple[int, MetricFn]] = {}

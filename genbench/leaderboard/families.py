@@ -80,14 +80,15 @@ def taxonomy_table(models: dict[str, type]) -> Table:
 
 def models_table(models: dict[str, type]) -> Table:
     """Every registered model with its family, likelihood kind (``≤`` a bound, ``≈`` an
-    estimate), class and the package it comes from (genbench or an installed plugin)."""
+    estimate), whether it has a conditional mode (``model.conditional=true``), class and the
+    package it comes from (genbench or an installed plugin)."""
     from genbench.models.base import likelihood_kind
     from genbench.plugins import plugin_source, target_name
 
     marks = {"bound": " (≤)", "estimate": " (≈)"}
     own = importlib.resources.files("genbench.conf") / "model"
     t = Table(title=Text("registered models", style="bold"), title_justify="left")
-    for col in ("model", "family", "likelihood", "class", "from"):
+    for col in ("model", "family", "likelihood", "conditional", "class", "from"):
         t.add_column(col)
     for name, cls in sorted(
         models.items(),
@@ -98,7 +99,8 @@ def models_table(models: dict[str, type]) -> Table:
     ):
         kind = cls.likelihood + marks.get(likelihood_kind(cls.likelihood), "")
         source = "genbench" if (own / f"{name}.yaml").is_file() else plugin_source(name) or "?"
-        t.add_row(name, cls.family, kind, target_name(cls), source)
+        cond = "yes" if getattr(cls, "conditional_support", False) else "–"
+        t.add_row(name, cls.family, kind, cond, target_name(cls), source)
     return t
 
 

@@ -319,6 +319,12 @@ def run_label(run: Run) -> str:
     return short_label(run) + (f" · seed {seed}" if seed is not None else "")
 
 
+def _guidance_figure(sections: Sequence[Section]) -> Figure | None:
+    from genbench.leaderboard.guidance import figure_guidance  # it uses this module's helpers
+
+    return figure_guidance(sections)
+
+
 #: plot name -> (figure builder taking sections or runs, message when there is no data)
 PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
     "pareto": (figure_pareto, True, "no run has both FID and ms/image"),
@@ -332,6 +338,11 @@ PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
         figure_budget,
         False,
         "no run has an anytime curve (train with trainer.eval_at, e.g. [0.1,0.25,0.5,1.0])",
+    ),
+    "guidance": (
+        _guidance_figure,
+        True,
+        "no conditional run has a guidance sweep (set eval.guidance_sweep, e.g. [0,1,2,4])",
     ),
     "loss": (figure_loss, False, "no run folder has a stats.jsonl training log"),
     "grid": (figure_grid, False, "no run folder has a samples.png"),

@@ -343,6 +343,14 @@ def _floors(
     return rows
 
 
+def conditional(run: Run) -> bool:
+    """Whether the run's model was conditional (``model.conditional=true``): its numbers are
+    conditional on the class (bits/dim of -log p(x | y), samples drawn per class) and form
+    their own sections, never ranked against unconditional runs."""
+    model = (run.get("config") or {}).get("model") or {}
+    return bool(model.get("conditional", False)) if isinstance(model, dict) else False
+
+
 def mark_ties(sec: Section) -> None:
     """Mark (``Cell.best``) every run entry of each ranked metric column that is best or within
     the 95 % interval of the best (:func:`~genbench.leaderboard.ties.tied_for_first`); floor
@@ -359,15 +367,16 @@ def mark_ties(sec: Section) -> None:
 def build_sections(
     runs: Sequence[Run], view: View = View(), references: Sequence[Run] = ()
 ) -> list[Section]:
-    """Group ``runs`` into sections (dataset × sample protocol × the likelihood settings of
+    """Group ``runs`` into sections (dataset × conditional or not × sample protocol × the
+    likelihood settings of
     :mod:`~genbench.leaderboard.nll_settings`), apply ``view`` and attach the ``references`` of
     each dataset to its first section."""
     sections = []
     all_keys = [k for _, k in columns()]
     floors = [r for r in runs if is_floor(r)]
     runs = [r for r in runs if not is_floor(r)]
-    for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        group = [r for r in runs if r["dataset"] == dataset]
+    for dataset, cond in dict.fromkeys((r["dataset"], conditional(r)) for r in runs):
+        group = [r for r in runs if (r["dataset"], conditional(r)) == (dataset, cond)]
         data = [r for r in floors if r["dataset"] == dataset]
         levels = levels_of(group)
         toy = dataset.startswith("toy") or any(pick(r, "nll_gap") for r in group)
@@ -393,14 +402,15 @@ def build_sections(
             refs = [
                 Row([r], {k: cell(r, k) for k in (*all_keys, "seeds")})
                 for r in references
-                if r["dataset"] == dataset and view.refs and i == 0
+                if r["dataset"] == dataset and view.refs and i == 0 and not cond
             ]
             refs.sort(key=lambda r: _rank(r, keys))
             desc = proto[1] if proto else "no sample metrics" if len(buckets) > 1 else None
             split = "; ".join(d for d in (desc if len(buckets) > 1 else None, lik) if d)
+            name = f"{dataset} | conditional on the class" if cond else dataset
             sec = Section(
                 dataset,
-                f"{dataset} [{split}]" if split else dataset,
+                f"{name} [{split}]" if split else name,
                 toy,
                 desc,
                 _columns(toy, rows + refs, view.agg),

@@ -14,6 +14,7 @@ from genbench.testing.checks import (
     check_sample,
     check_state_dict,
 )
+from genbench.testing.conditional import check_conditional
 from genbench.testing.likelihood import EXACT_TOLERANCE, check_enumeration, check_estimators
 from genbench.testing.resume import check_resume
 from genbench.testing.subject import (
@@ -34,6 +35,7 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
     "estimators": check_estimators,
     "state_dict": check_state_dict,
     "resume": check_resume,
+    "conditional": check_conditional,
 }
 
 __all__ = [

@@ -30,7 +30,7 @@ from genbench.models.base import (
 )
 from genbench.nn.random import per_sample_generators, rand
 
-STAGES = ["sampling", "likelihood", "likelihood_estimators", "fidelity", "toy"]
+STAGES = ["sampling", "likelihood", "likelihood_estimators", "fidelity", "conditional", "toy"]
 SHAPE, K = (1, 2, 2), 5
 
 

@@ -11,6 +11,7 @@ import pytest
 from matplotlib.image import imread, imsave
 
 from genbench.eval.metric import CurvePoint, Metric
+from genbench.leaderboard.guidance import guidance_points
 from genbench.leaderboard.plots import (
     PLOTS,
     figure,
@@ -19,6 +20,7 @@ from genbench.leaderboard.plots import (
     sweep_points,
     write_plots,
 )
+from genbench.leaderboard.sections import View, build_sections
 from genbench.leaderboard.store import RunRecord, Store
 
 PROTO = {"extractor": "digits-cnn", "n_generated": 100, "reference_split": "test"}
@@ -93,9 +95,34 @@ def fake_run(
     )
 
 
+def fake_conditional_run(
+    store, tmp_path, run_id="cddpm", scales=((0, 0.80, 14.0), (2, 0.95, 18.0))
+):
+    """A conditional DDPM scored at guidance scales ``(w, sample accuracy, FID)``."""
+    rows = []
+    for w, acc, fid in scales:
+        proto = {**PROTO, "sampler": {"guidance": w}}
+        rows += [
+            Metric("fid@digits-cnn", fid, "measured", "test", 100, "", proto),
+            Metric("sample_accuracy@digits-cnn", acc, "measured", "samples", 100, "", proto),
+            Metric("nfe", 100.0, "measured", "samples", 100, "count", proto),
+        ]
+    rows.append(Metric("bpd", 3.0, "bound", "test", 300, "bits/dim", {"conditional": 10}))
+    config = {"sampler": {"guidance": 0}, "seed": 0, "model": {"conditional": True}}
+    store.record(
+        RunRecord(
+            run_id, f"t-{run_id}", "ddpm", "diffusion", "vlb", "digits", 1000, 5, 80, 1.0,
+            "cpu", "finished", str(tmp_path / "runs" / run_id), run_id, config,
+        ),
+        rows,
+        [],
+    )  # fmt: skip
+
+
 @pytest.fixture
 def runs(tmp_path):
     store = Store(tmp_path / "lb.sqlite")
+    fake_conditional_run(store, tmp_path)
     fake_run(store, tmp_path, "vae", "vae", "vae", "elbo", bpd=2.9, fid=30.0, ms=0.2)
     fake_run(
         store,
@@ -146,6 +173,27 @@ def test_sweep_points_pair_fid_and_nfe_by_sampler(runs):
     by_id = {r["run_id"]: r for r in runs}
     assert sweep_points(by_id["ddpm"]) == [(5.0, 60.0), (10.0, 20.0), (50.0, 12.0)]
     assert sweep_points(by_id["vae"]) == [(1.0, 30.0)]
+
+
+def test_guidance_points_pair_accuracy_and_fid_by_scale(runs):
+    by_id = {r["run_id"]: r for r in runs}
+    assert guidance_points(by_id["cddpm"]) == [(0.0, 0.80, 14.0), (2.0, 0.95, 18.0)]
+    assert guidance_points(by_id["vae"]) == []  # no sample accuracy
+
+
+def test_conditional_runs_form_their_own_section(runs):
+    sections = build_sections(runs, View(refs=False))
+    titles = [s.title for s in sections]
+    assert titles == ["digits", "digits | conditional on the class"] or titles == [
+        "digits | conditional on the class",
+        "digits",
+    ]
+    cond = next(s for s in sections if "conditional" in s.title)
+    assert [r.run["run_id"] for r in cond.rows] == ["cddpm"]
+    plain = next(s for s in sections if s is not cond)
+    assert "cddpm" not in [r.run["run_id"] for r in plain.rows]
+    assert any(k == "sample_accuracy@" for _, k in cond.columns)
+    assert not any(k == "sample_accuracy@" for _, k in plain.columns)  # optional column
 
 
 def test_panels_follow_sections_and_plots_degrade_without_data(runs, tmp_path, caplog):

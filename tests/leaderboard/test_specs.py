@@ -27,6 +27,9 @@ OLD_COLUMNS = [
     ("KID", "kid@"),
     ("precision", "precision@"),
     ("recall", "recall@"),
+    ("sample acc", "sample_accuracy@"),  # conditional runs (optional columns)
+    ("intra-FID", "intra_fid@"),
+    ("gen-clf acc", "gen_class_accuracy"),
     ("nll_gap", "nll_gap"),
     ("modes", "modes_covered"),
     ("HQ share", "high_quality_share"),

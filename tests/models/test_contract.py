@@ -19,6 +19,7 @@ SHAPES = {"digits": ((1, 8, 8), 17), "toy": ((2, 1, 1), 64)}
 ENUMERATION = {"exact_shape": (2, 1, 1), "exact_levels": 4}
 #: checks that run at one data shape only
 ONCE = {"declares": "toy", "enumeration": "toy", "estimators": "toy", "resume": "toy"}
+# "conditional" runs at both shapes: toys and images condition through different networks
 CASES = [(m, s, c) for m in MODELS for s in SHAPES for c in CHECKS if ONCE.get(c, s) == s]
 
 
