@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from genbench.data.base import Data
+from genbench.data.subset import split_fraction, train_subset
 from genbench.errors import ConfigError, UserError
 from genbench.models.base import GenerativeModel
 from genbench.train.device import DeviceSetup
@@ -40,6 +41,8 @@ def config_hash(cfg: DictConfig) -> str:
     """Hash of everything that determines a run's result (not paths, logging or resume flags)."""
     c = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
     trainer = c.get("trainer", {})
+    if isinstance(c.get("dataset"), dict) and c["dataset"].get("train_fraction") == 1.0:
+        c["dataset"].pop("train_fraction")  # every example: the hash of runs from before the key
     for key in ("resume", "rerun"):
         trainer.pop(key, None)
     # the defaults of trainer.budget and trainer.eval_at leave the hash of a run as it was before
@@ -87,17 +90,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_data(node: DictConfig) -> Data:
+    """The dataset a ``dataset`` config node describes, its training split cut to
+    ``dataset.train_fraction`` (:mod:`genbench.data.subset`; seeded by ``dataset.seed``)."""
+    spec, fraction = split_fraction(node)
+    data = _instantiate(OmegaConf.create(spec), "dataset")
+    if not isinstance(data, Data):
+        raise ConfigError(
+            f"dataset._target_={spec.get('_target_')!r} built a "
+            f"{type(data).__name__}, not a genbench dataset (a Data record)"
+        )
+    return train_subset(data, fraction, int(spec.get("seed", 0) or 0))
+
+
 def build(cfg: DictConfig, setup: DeviceSetup) -> tuple[Data, GenerativeModel]:
     """The dataset (on the training device) and the model built for its shape and levels."""
     from genbench.validation import check_arguments
 
     check_arguments(cfg)  # a bad value is named by its key, not by the constructor's error
-    data: Data = _instantiate(cfg.dataset, "dataset")
-    if not isinstance(data, Data):
-        raise ConfigError(
-            f"dataset._target_={cfg.dataset.get('_target_')!r} built a "
-            f"{type(data).__name__}, not a genbench dataset (a Data record)"
-        )
+    data = load_data(cfg.dataset)
     if model_node(cfg.model)[1] and not data.labelled:
         raise ConfigError(
             f"model.conditional=true needs class labels, and dataset {data.name!r} has none "

@@ -41,6 +41,7 @@ RENAMED: dict[str, str] = {
     "trainer.warmup_steps": "scheduler.warmup_steps",
     "model.n_dis": "model.d_steps",
     "model.n_critic": "model.d_steps",
+    "model.gp_weight": "model.reg_weight",
 }
 
 

@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from genbench.data.base import Data
-from genbench.errors import ConfigError
 from genbench.eval.floor import extractor_for, floor_key, floor_metrics, held_out, wanted
 from genbench.eval.metric import Metric
 from genbench.files import FileError
@@ -139,16 +138,14 @@ def _compute(
 def floor_command(cfg: Any) -> Floor | None:  # noqa: ANN401
     """``genbench floor dataset=NAME [eval=fast]``: compute (or read back) and record the data
     floor of one dataset under one evaluation protocol, and print it."""
-    from genbench.build import _instantiate
+    from genbench.build import load_data
     from genbench.leaderboard.report import print_metrics
     from genbench.train.device import setup_device
     from genbench.validation import check_eval_config
 
     check_eval_config(cfg.eval)
     setup = setup_device(cfg.device)
-    data = _instantiate(cfg.dataset, "dataset")
-    if not isinstance(data, Data):
-        raise ConfigError(f"dataset._target_={cfg.dataset.get('_target_')!r} is not a dataset")
+    data = load_data(cfg.dataset)
     found = ensure_floor(
         data, str(cfg.run.dataset), cfg.eval, device=setup.device, outputs=Path(cfg.paths.outputs)
     )

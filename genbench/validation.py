@@ -80,7 +80,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{missing[0]} has no value: set it on the command line, e.g. {missing[0]}=..."
         )
-    _signature(plain["dataset"], "dataset")
+    _signature(_dataset_node(plain["dataset"]), "dataset")
     _signature(plain["logger"], "logger", skip=("config", "run_dir", "run_id"))
     _signature(plain["optimizer"], "optimizer", unset_ok=("fused",))  # null: genbench decides
     _validate_model(plain)
@@ -170,7 +170,10 @@ def check_arguments(cfg: DictConfig) -> None:
     a run folder) against their targets' signatures and annotations, so a bad value is named by
     its key before anything is built."""
     _signature(
-        _resolve(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset, "dataset"
+        _dataset_node(
+            _resolve(cfg.dataset) if isinstance(cfg.dataset, DictConfig) else cfg.dataset
+        ),
+        "dataset",
     )
     model = _resolve(cfg.model) if isinstance(cfg.model, DictConfig) else cfg.model
     _signature(_without_model_keys(model), "model", skip=_RUNNER_ARGS)
@@ -196,6 +199,13 @@ def _check_conditional(cls: type, model: dict[str, Any]) -> None:
             f"model.conditional=true is invalid: {model['_target_']} has no conditional mode; "
             f"models with one: {', '.join(able) or 'none'}"
         )
+
+
+def _dataset_node(node: Any) -> Any:  # noqa: ANN401
+    """The dataset node without the keys genbench reads itself (``train_fraction``, checked)."""
+    from genbench.data.subset import split_fraction
+
+    return split_fraction(node)[0]
 
 
 def _validate_model(plain: dict[str, Any]) -> None:

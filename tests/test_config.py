@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import CONF, DATASETS, EXPERIMENTS, MODELS, compose_cfg
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from genbench.build import build_model
+from genbench.build import build_model, load_data
 
 BUNDLED = {"digits": ((1, 8, 8), 17), "mnist5k": ((1, 28, 28), 256)}
 TOYS = [d for d in DATASETS if d.startswith("toy_")]
@@ -108,7 +107,7 @@ def test_renamed_command_line_keys_are_rewritten(capsys):
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_dataset_shape_levels_and_splits(name, tmp_path):
-    data = instantiate(compose_cfg("train", [f"dataset={name}"], tmp_path).dataset)
+    data = load_data(compose_cfg("train", [f"dataset={name}"], tmp_path).dataset)
     shape, levels = BUNDLED[name]
     assert data.shape == shape and data.levels == levels
     assert int(data.train.max()) == levels - 1 and int(data.train.min()) == 0
@@ -120,7 +119,7 @@ def test_bundled_dataset_shape_levels_and_splits(name, tmp_path):
 
 @pytest.mark.parametrize("name", TOYS)
 def test_toy_dataset_is_exact(name, tmp_path):
-    data = instantiate(compose_cfg("train", [f"dataset={name}"], tmp_path).dataset)
+    data = load_data(compose_cfg("train", [f"dataset={name}"], tmp_path).dataset)
     assert data.shape == (2, 1, 1) and data.levels == 64
     d = data.density
     assert abs(float(d.probs.sum()) - 1.0) < 1e-9

@@ -38,6 +38,7 @@ from torch import Tensor
 import genbench.conf
 from genbench.data.base import Data
 from genbench.data.images import SkippedImage, image_to_levels, open_image
+from genbench.data.subset import split_fraction
 from genbench.errors import UserError, bad_value
 from genbench.eval.extractors import ExtractorError, resolve_extractor
 from genbench.eval.fidelity import Scores, Settings, score_with_intervals
@@ -75,7 +76,7 @@ def load_dataset(name: str, paths: Mapping | None = None) -> Data:
     root = OmegaConf.create(
         {"paths": dict(paths or {"data": "data"}), "dataset": OmegaConf.load(path)}
     )
-    return hydra.utils.instantiate(root.dataset)
+    return hydra.utils.instantiate(split_fraction(root.dataset)[0])
 
 
 def read_folder(path: Path, channels: int | None, key: str = "input") -> Tensor:
@@ -257,7 +258,7 @@ def _dataset(node: Any, paths: Mapping) -> Data | None:
         return None
     if isinstance(node, str):
         return load_dataset(node, paths)
-    return hydra.utils.instantiate(node)
+    return hydra.utils.instantiate(split_fraction(node)[0])  # scored splits: train_fraction moot
 
 
 def _device(node: Any) -> torch.device:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from genbench.build import build_model as genbench_model
+from genbench.build import load_data
 from genbench.cli import SPIN
 from genbench.train.device import DeviceSetup
 from genbench.train.loop import build_optimizer
@@ -153,7 +153,7 @@ def compose_train(*overrides: str) -> DictConfig:
 
 @cache
 def _data(name: str) -> Any:
-    return instantiate(compose_train(f"dataset={name}").dataset)
+    return load_data(compose_train(f"dataset={name}").dataset)
 
 
 def dataset(name: str = "digits", device: str = "cpu") -> Any:

@@ -167,6 +167,40 @@ def test_gradient_penalty_takes_the_label():
     assert not torch.allclose(gp[0], gp[1])
 
 
+@pytest.mark.parametrize("reg", ["r1", "r2"])
+def test_r1_penalty_of_the_conditional_discriminator_by_hand(reg):
+    """R1/R2 = γ/2 ‖∇_x D(x, y)‖² at the real (fake) batch with each row's own label."""
+    gamma = 3.0
+    model = make(SNGAN, {}, (2, 1, 1), 64, num_classes=3, reg=reg, reg_weight=gamma).eval()
+    scramble_label_tables_(model)
+    x, y = batch((2, 1, 1), 64), torch.tensor([0, 1, 2, 2, 1, 0])
+    torch.manual_seed(2)
+    terms = model.training_losses(x, "d", y=y)
+    torch.manual_seed(2)
+    fake = model.fake_batch(6, x.device, y)
+    at = (model.to_unit(x) if reg == "r1" else fake).clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.discriminate(at, y).sum(), at)
+    by_hand = 0.5 * gamma * grad.flatten(1).pow(2).sum(1)
+    torch.testing.assert_close(terms[reg], by_hand)
+    (other,) = torch.autograd.grad(model.discriminate(at, (y + 1) % 3).sum(), at)
+    assert not torch.allclose(grad, other)  # the label enters the penalty
+
+
+@pytest.mark.parametrize("augment", ["diffaugment", "ada"])
+def test_conditional_discriminator_with_augmentation(augment):
+    model = make(DCGAN, {}, num_classes=3, augment=augment, reg="r1").train()
+    x, y = batch((1, 8, 8), 17), torch.arange(6) % 3
+    for phase in ("d", "g"):
+        model.zero_grad(set_to_none=True)
+        terms = model.training_losses(x, phase, y=y)
+        terms["loss"].mean().backward()
+        assert torch.isfinite(terms["loss"]).all()
+    assert model.discriminator.embed.weight.grad is None  # g phase: D frozen, grads zeroed
+    model.zero_grad(set_to_none=True)
+    model.training_losses(x, "d", y=y)["loss"].mean().backward()
+    assert model.discriminator.embed.weight.grad.abs().sum() > 0
+
+
 # golden values of the GANs before conditioning existed (commit 4c47a0c): state_dict size, sums of
 # the seeded D and G losses, sum of 4 seeded samples
 GOLDEN = {
@@ -275,6 +309,6 @@ def test_short_conditional_toy_training_projection():
     torch.manual_seed(0)
     model = WGANGP(
         (2, 1, 1), 64, z_dim=8, hidden=64, depth=2, d_optimizer=opt, g_optimizer=opt,
-        d_steps=5, gp_weight=0.1, num_classes=2,
+        d_steps=5, reg_weight=0.1, num_classes=2,
     )  # fmt: skip
     assert train_on_moons(model, 400) >= 0.85

@@ -18,6 +18,34 @@ parameters are frozen (``requires_grad=False``) while the graph is built, so ``l
 only writes ``.grad`` of ``parameters_for(phase)``. Batch-norm running statistics are buffers and
 do move in both phases (the runner should still zero all model grads before each phase).
 
+Options every GAN takes (its yaml sets the model's defaults; checked with errors naming the key):
+
+- ``loss``: ``nonsaturating`` | ``hinge`` | ``wasserstein`` (:mod:`genbench.models.gan.losses`);
+  ``null`` keeps the model's own (:attr:`GAN.default_loss`).
+- ``reg``: ``none`` | ``r1`` | ``r2`` | ``gp``, a penalty added to the D loss: R1 = γ/2
+  ‖∇_x D(x)‖² at the real batch, R2 the same at the fake batch (Mescheder et al. 2018), gp =
+  λ (‖∇_x̂ D(x̂)‖ - 1)² at random interpolates (Gulrajani et al. 2017); ``null`` keeps the model's
+  own (:attr:`GAN.default_reg`: ``gp`` for WGAN-GP, ``none`` otherwise). The term is logged
+  under its name (``d/r1``, ``d/gp``).
+- ``reg_weight``: γ or λ (>= 0).
+- ``reg_interval``: lazy regularization (Karras et al. 2020, StyleGAN2 sec. 4 and App. B): the
+  penalty is computed on every k-th D step only, with weight k·γ, so its average over steps is
+  the same; the logged term is what was added (k·γ/2 ‖∇‖² on those steps, 0 on the others). The
+  D-step counter is a buffer (``reg_steps``, present when k > 1), so a resumed run regularizes on
+  the same steps. (StyleGAN2 also rescales Adam's lr and betas by k/(k+1); set them in
+  ``d_optimizer`` if wanted.)
+- ``augment``: ``none`` | ``diffaugment`` | ``ada``, differentiable augmentation of every image
+  D sees, real and generated, in both phases (:mod:`genbench.models.gan.augment`);
+  ``diffaugment`` is DiffAugment's policy (``[color, translation, cutout]``), ``ada`` ADA's
+  settings (``target`` 0.6, ``interval`` 4, ``speed_images``, ``p``, ``transforms``). With ADA
+  the D phase logs ``ada_p`` (p used in that step) and ``ada_sign`` (sign(D(x_real)) per
+  example, whose mean is r_t); p is the buffer ``augment_pipe.p`` (checkpointed).
+- ``d_optimizer`` / ``g_optimizer``: per-phase optimizer overrides, e.g. separate learning rates
+  for D and G (TTUR, Heusel et al. 2017: ``model.d_optimizer.lr=4e-4 model.g_optimizer.lr=1e-4``);
+  the rest comes from ``conf/optimizer``.
+- ``toy``: overrides of any of the model's own options (``{hidden: 256, d_optimizer: {lr:
+  1e-3}}``), merged into them when the data are 2-D toys (:func:`genbench.data.base.is_toy`:
+  ``H = W = 1``), so one yaml carries the settings that work on images and on toys.
 Conditional GANs (``num_classes`` C > 0, ``model.conditional=true``; layers in
 :mod:`genbench.models.gan.conditional`): the generator is G(z, y) and the discriminator D(x, y)
 (``cond_d``: ``projection`` or ``ac``). The fakes of both phases are drawn with the labels of the
@@ -31,6 +59,7 @@ the cross-entropy of D's class logits on the real and the fake batch (terms ``ac
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -46,8 +75,17 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
+from genbench.models.gan.augment import ADA, DIFFAUGMENT_POLICY, build_augment
 from genbench.models.gan.conditional import COND_D
-from genbench.models.gan.losses import D_LOSSES, G_LOSSES
+from genbench.models.gan.losses import (
+    D_LOSSES,
+    G_LOSSES,
+    REGULARIZERS,
+    gradient_penalty,
+    interpolate,
+    r1_penalty,
+)
+from genbench.models.gan.toy import applying_toy_overrides, plain
 from genbench.models.options import option_choice, option_number
 from genbench.nn import random as rnd
 
@@ -106,24 +144,48 @@ class GAN(GenerativeModel):
         d_steps: discriminator steps per generator step (k of Goodfellow et al., n_critic of
             WGAN, n_dis of SNGAN).
         d_optimizer, g_optimizer: per-phase optimizer overrides (e.g. ``{"lr": 2e-4,
-            "betas": [0.5, 0.999]}``); the rest comes from ``conf/optimizer``.
+            "betas": [0.5, 0.999]}``); the rest comes from ``conf/optimizer``. Different
+            learning rates for the two phases are the two time-scale update rule (TTUR).
+        loss: ``nonsaturating``, ``hinge`` or ``wasserstein``; ``None``: :attr:`default_loss`.
+        reg: ``none``, ``r1``, ``r2`` or ``gp``; ``None``: :attr:`default_reg`.
+        reg_weight: γ of R1/R2, λ of the gradient penalty (>= 0).
+        reg_interval: k of lazy regularization: the penalty on every k-th D step, weighted k·γ.
+        augment: ``none``, ``diffaugment`` or ``ada``; ``diffaugment``: DiffAugment's policy;
+            ``ada``: ADA's settings (:data:`~genbench.models.gan.augment.ADA_DEFAULTS`).
+        toy: overrides of the constructor's arguments for 2-D toy data (merged in by the
+            subclass's wrapped ``__init__`` before it runs; stored here as ``toy_options``).
         num_classes: 0 (unconditional) or the number of classes C of a conditional GAN.
         cond_d: conditional discriminator head, ``projection`` (Miyato & Koyama 2018) or ``ac``
             (auxiliary classifier, Odena et al. 2017); unused when unconditional.
         ac_weight: weight of the auxiliary classifier's cross-entropy (``cond_d: ac``), >= 0.
 
-    Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this.
+    Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this, and set
+    :attr:`default_loss` / :attr:`default_reg`. A subclass's ``__init__`` is wrapped to apply
+    ``toy`` (it must take ``toy`` as a keyword and pass it on here).
+
+    The D phase's terms (:meth:`discriminator_losses`): ``loss``, ``d_real``, ``d_fake`` and,
+    with a regularizer, the term under its name (``r1``, ``r2``, ``gp``), with ``cond_d: ac``
+    ``ac_real`` / ``ac_fake``; the G phase's: ``loss`` (and ``ac``). Subclasses can override
+    :meth:`judge` (D on a batch: output and class logits) and :meth:`regularizer` (the penalty
+    ``[N]``), which every loss and penalty go through.
     """
 
     family: ClassVar[str] = "gan"
     conditional_support: ClassVar[bool] = True
     likelihood: ClassVar[str] = "none"
     select_best: ClassVar[bool] = False
-    #: objective, a key of ``D_LOSSES`` / ``G_LOSSES``
-    loss: ClassVar[str] = "nonsaturating"
+    #: the objective when ``loss`` is not given, a key of ``D_LOSSES`` / ``G_LOSSES``
+    default_loss: ClassVar[str] = "nonsaturating"
+    #: the penalty when ``reg`` is not given, one of ``REGULARIZERS``
+    default_reg: ClassVar[str] = "none"
 
     generator: nn.Module
     discriminator: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = applying_toy_overrides(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -134,6 +196,14 @@ class GAN(GenerativeModel):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 10.0,
+        reg_interval: int = 1,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
         num_classes: int = 0,
         cond_d: str = "projection",
         ac_weight: float = 1.0,
@@ -141,13 +211,28 @@ class GAN(GenerativeModel):
         super().__init__(shape, levels, num_classes)
         self.cond_d = option_choice("model.cond_d", cond_d, COND_D)
         self.ac_weight = option_number("model.ac_weight", ac_weight, low=0)
-        if self.loss not in D_LOSSES:
-            raise ValueError(f"unknown GAN loss {self.loss!r}; valid: {sorted(D_LOSSES)}")
-        if int(z_dim) < 1 or int(d_steps) < 1:
-            raise ValueError(f"z_dim and d_steps must be >= 1, got {z_dim}, {d_steps}")
-        self.z_dim, self.d_steps = int(z_dim), int(d_steps)
+        self.loss = option_choice(
+            "model.loss", self.default_loss if loss is None else loss, sorted(D_LOSSES)
+        )
+        self.reg = option_choice(
+            "model.reg", self.default_reg if reg is None else reg, REGULARIZERS
+        )
+        self.reg_weight = option_number("model.reg_weight", reg_weight, low=0)
+        self.reg_interval = int(
+            option_number("model.reg_interval", reg_interval, low=1, integer=True)
+        )
+        self.z_dim = int(option_number("model.z_dim", z_dim, low=1, integer=True))
+        self.d_steps = int(option_number("model.d_steps", d_steps, low=1, integer=True))
         self.d_optimizer = optimizer_overrides(d_optimizer)
         self.g_optimizer = optimizer_overrides(g_optimizer)
+        for key, opt in (("d_optimizer", self.d_optimizer), ("g_optimizer", self.g_optimizer)):
+            if "lr" in opt:
+                option_number(f"model.{key}.lr", opt["lr"], low=0, low_open=True)
+        self.toy_options = plain(toy or {})
+        self.augment = augment
+        self.augment_pipe = build_augment(augment, diffaugment=diffaugment, ada=plain(ada))
+        if self.reg != "none" and self.reg_interval > 1:  # D steps taken, for lazy regularization
+            self.register_buffer("reg_steps", torch.zeros((), dtype=torch.long))
 
     # -- contract -------------------------------------------------------------------------------
     @property
@@ -163,9 +248,9 @@ class GAN(GenerativeModel):
 
     def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """``"d"``: ``loss``, ``d_real`` = D(x), ``d_fake`` = D(G(z)) (``[N]`` each, plus the
-        subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets the batch size in ``"g"``.
-        A conditional GAN takes the batch's labels ``y`` ``[N]``; its fakes get the same labels
-        (``ac`` adds the terms of the module docstring)."""
+        regularizer's term and the subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets
+        the batch size in ``"g"``. A conditional GAN takes the batch's labels ``y`` ``[N]``; its
+        fakes get the same labels (``ac`` adds the terms of the module docstring)."""
         self._network(phase)  # rejects unknown phases
         labels = self.labels(y, x.shape[0], x.device)
         if phase == "d":
@@ -177,12 +262,28 @@ class GAN(GenerativeModel):
         out = {"loss": G_LOSSES[self.loss](fake_out)}
         return self.add_classifier_terms(out, {"ac": (logits, labels)})
 
+    def judge(self, y: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]`` (augmented first,
+        given the labels ``[N]`` when conditional) and, with ``cond_d: ac``, its class logits
+        ``[N, C]`` (else ``None``)."""
+        if self.augment_pipe is not None:
+            y = self.augment_pipe(y)
+        if labels is None:
+            return self.discriminator(y), None
+        return self.discriminator.judge(y, labels)
+
+    def discriminate(self, y: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]`` (D(x, y) given the
+        labels ``[N]`` when conditional); every loss and penalty goes through :meth:`judge`."""
+        return self.judge(y, labels)[0]
+
     def discriminator_losses(
         self, y: Tensor, fake: Tensor, labels: Tensor | None = None
     ) -> dict[str, Tensor]:
         """D-phase terms for real data ``y`` and detached fakes ``fake``, both ``[N, C, H, W]`` in
-        ``[-1, 1]``, with the labels ``[N]`` of both (conditional GANs); subclasses add
-        regularizers (WGAN-GP's gradient penalty)."""
+        ``[-1, 1]``, with the labels ``[N]`` of both (conditional GANs): ``loss`` (the objective
+        plus the penalty of ``reg`` and the AC terms), ``d_real``, ``d_fake``, the penalty under
+        its name (``r1``, ``r2``, ``gp``) and ``ac_real`` / ``ac_fake``, all ``[N]``."""
         real_out, real_logits = self.judge(y, labels)  # D(x, y), [N]
         fake_out, fake_logits = self.judge(fake, labels)  # D(G(z, y), y), [N]
         out = {
@@ -190,15 +291,41 @@ class GAN(GenerativeModel):
             "d_real": real_out.detach(),
             "d_fake": fake_out.detach(),
         }
+        if isinstance(self.augment_pipe, ADA):
+            out["ada_p"] = torch.full_like(out["d_real"], float(self.augment_pipe.p))
+            out["ada_sign"] = out["d_real"].sign()
+            if self.training and torch.is_grad_enabled():
+                self.augment_pipe.observe(real_out)
+        if self.reg != "none":
+            penalty = self.regularizer(y, fake, labels)
+            out["loss"] = out["loss"] + penalty
+            out[self.reg] = penalty.detach()
         terms = {"ac_real": (real_logits, labels), "ac_fake": (fake_logits, labels)}
         return self.add_classifier_terms(out, terms)
 
-    def judge(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """D's raw outputs ``[N]`` on ``x`` ``[N, C, H, W]`` in ``[-1, 1]`` (given the labels
-        ``[N]`` when conditional) and, with ``cond_d: ac``, its class logits ``[N, C]``."""
-        if labels is None:
-            return self.discriminator(x), None
-        return self.discriminator.judge(x, labels)
+    def regularizer(self, y: Tensor, fake: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``[N]`` the ``reg`` penalty for real ``y`` and fake ``fake`` ``[N, C, H, W]`` (of a
+        conditional D at the pair's labels ``[N]``: ∇_x D(x, y)), weighted
+        ``reg_weight * reg_interval`` on the D steps it is due (every ``reg_interval``-th, counted
+        in training only) and 0 on the others."""
+        k = self.reg_interval
+        if k > 1:
+            counting = self.training and torch.is_grad_enabled()
+            due = int(self.reg_steps) % k == 0
+            if counting:
+                self.reg_steps += 1
+            if not due:
+                return torch.zeros(y.shape[0], device=y.device)
+        weight = self.reg_weight * k
+        critic = self.discriminate  # D(x), or D(x, y) with the pair's labels: [N]
+        if labels is not None:
+            critic = functools.partial(self.discriminate, labels=labels)
+        if self.reg == "r1":
+            return r1_penalty(critic, y, weight)
+        if self.reg == "r2":
+            return r1_penalty(critic, fake, weight)
+        eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
+        return gradient_penalty(critic, interpolate(y, fake, eps), weight)
 
     def add_classifier_terms(
         self, out: dict[str, Tensor], terms: Mapping[str, tuple[Tensor | None, Tensor | None]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from genbench.models.gan.augment import DIFFAUGMENT_POLICY
 from genbench.models.gan.base import GAN
 from genbench.models.gan.networks import build_networks
 
@@ -32,12 +33,15 @@ class DCGAN(GAN):
         hidden, depth: MLP width and number of hidden layers (``arch: mlp``).
         d_steps: discriminator steps per generator step (1 in the paper).
         d_optimizer, g_optimizer: per-phase optimizer overrides (paper: Adam lr 2e-4, β1 0.5).
+        loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective, its
+            penalty, D's augmentation and the 2-D toy overrides (see
+            :class:`~genbench.models.gan.base.GAN`).
         num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
             discriminator; weight of the AC cross-entropy), see
             :mod:`genbench.models.gan.conditional`.
     """
 
-    loss = "nonsaturating"
+    default_loss = "nonsaturating"
 
     def __init__(
         self,
@@ -53,6 +57,14 @@ class DCGAN(GAN):
         d_steps: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 10.0,
+        reg_interval: int = 1,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
         num_classes: int = 0,
         cond_d: str = "projection",
         ac_weight: float = 1.0,
@@ -64,6 +76,14 @@ class DCGAN(GAN):
             d_steps=d_steps,
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            loss=loss,
+            reg=reg,
+            reg_weight=reg_weight,
+            reg_interval=reg_interval,
+            augment=augment,
+            diffaugment=diffaugment,
+            ada=ada,
+            toy=toy,
             num_classes=num_classes,
             cond_d=cond_d,
             ac_weight=ac_weight,

@@ -11,8 +11,11 @@ are functions of both batches, paired row by row (real and fake batches have the
   L_G = -D(G(z))
 - Wasserstein (Arjovsky et al. 2017): L_D = D(G(z)) - D(x), L_G = -D(G(z))
 - gradient penalty (Gulrajani et al. 2017, eq. 3): λ (‖∇_x̂ D(x̂)‖₂ - 1)² at x̂ = ε x + (1 - ε) x̃
+- R1 / R2 (Mescheder et al. 2018, eq. 9 and 10): γ/2 ‖∇_x D(x)‖₂² at the real data (R1) or at
+  the generated samples (R2)
 
-``D_LOSSES`` / ``G_LOSSES`` look the pairs up by name.
+``D_LOSSES`` / ``G_LOSSES`` look the pairs up by name; ``REGULARIZERS`` names the penalties a GAN's
+``model.reg`` may choose (``none`` adds nothing).
 """
 
 from __future__ import annotations
@@ -72,6 +75,39 @@ def interpolate(real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
     return eps * real + (1.0 - eps) * fake
 
 
+REGULARIZERS = ("none", "r1", "r2", "gp")
+
+
+def input_gradient(critic: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, bool]:
+    """``(∇_x D(x), train)``: the gradient ``[N, ...]`` of the summed critic output at ``x``.
+
+    ``x`` is detached first; when gradients are enabled (``train``) the result keeps its graph
+    (``create_graph``), so a penalty built from it reaches the critic's parameters. Under
+    ``torch.no_grad`` / ``inference_mode`` it is still computed, without a graph. Rows must not
+    interact in ``critic`` (no batch norm) for row i to be D's own input gradient at x_i.
+    """
+    train = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        out = critic(x)
+        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=train)
+    return grad, train
+
+
+def r1_penalty(critic: Callable[[Tensor], Tensor], x: Tensor, weight: float = 10.0) -> Tensor:
+    """``[N]`` γ/2 ‖∇_x D(x)‖₂² (Mescheder et al. 2018): R1 when ``x`` are real data, R2 when
+    they are generated samples (the formula is the same, only the points differ).
+
+    Args:
+        critic: maps ``[N, ...]`` to ``[N]``.
+        x: ``[N, ...]`` points where the penalty is taken (detached from any graph).
+        weight: γ.
+    """
+    grad, train = input_gradient(critic, x)
+    penalty = 0.5 * weight * grad.flatten(1).pow(2).sum(1)
+    return penalty if train else penalty.detach()
+
+
 def gradient_penalty(
     critic: Callable[[Tensor], Tensor], x_hat: Tensor, weight: float = 10.0
 ) -> Tensor:
@@ -87,11 +123,7 @@ def gradient_penalty(
     reaches the critic's parameters. Under ``torch.no_grad`` / ``inference_mode`` (validation) it
     is still computed, on a detached copy, and returned without a graph.
     """
-    train = torch.is_grad_enabled()
-    with torch.inference_mode(False), torch.enable_grad():
-        x_hat = x_hat.detach().clone().requires_grad_(True)
-        out = critic(x_hat)
-        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=train)
+    grad, train = input_gradient(critic, x_hat)
     norm = grad.flatten(1).norm(dim=1)  # ‖∇_x̂ D(x̂)‖₂, [N]
     penalty = weight * (norm - 1.0) ** 2
     return penalty if train else penalty.detach()

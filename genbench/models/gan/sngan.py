@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from genbench.models.gan.augment import DIFFAUGMENT_POLICY
 from genbench.models.gan.base import GAN, renamed_d_steps
 from genbench.models.gan.networks import build_networks
 
@@ -50,13 +51,16 @@ class SNGAN(GAN):
             1 with its settings B/C for the standard CNN). ``n_dis=`` is a deprecated alias.
         n_power_iterations: power iterations per forward pass for σ(W) (1).
         d_optimizer, g_optimizer: per-phase optimizer overrides.
+        loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective, its
+            penalty, D's augmentation and the 2-D toy overrides (see
+            :class:`~genbench.models.gan.base.GAN`).
         num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
             discriminator; weight of the AC cross-entropy), see
             :mod:`genbench.models.gan.conditional`; the projection embedding is spectrally
             normalized too (Miyato & Koyama 2018).
     """
 
-    loss = "hinge"
+    default_loss = "hinge"
 
     def __init__(
         self,
@@ -73,6 +77,14 @@ class SNGAN(GAN):
         n_power_iterations: int = 1,
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 10.0,
+        reg_interval: int = 1,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
         num_classes: int = 0,
         cond_d: str = "projection",
         ac_weight: float = 1.0,
@@ -85,6 +97,14 @@ class SNGAN(GAN):
             d_steps=renamed_d_steps(d_steps, 1, n_dis=n_dis),
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            loss=loss,
+            reg=reg,
+            reg_weight=reg_weight,
+            reg_interval=reg_interval,
+            augment=augment,
+            diffaugment=diffaugment,
+            ada=ada,
+            toy=toy,
             num_classes=num_classes,
             cond_d=cond_d,
             ac_weight=ac_weight,

@@ -13,14 +13,14 @@ pooling; for CIFAR-10 the 32 -> 16 -> 8 -> 8 -> 8 critic); ``mlp`` for 2-D toys.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from genbench.models.gan.augment import DIFFAUGMENT_POLICY
 from genbench.models.gan.base import GAN, renamed_d_steps
-from genbench.models.gan.losses import gradient_penalty, interpolate
 from genbench.models.gan.networks import build_networks
 
 
@@ -35,16 +35,21 @@ class WGANGP(GAN):
         hidden, depth: MLP width and number of hidden layers.
         d_steps: critic steps per generator step, the paper's n_critic (5). ``n_critic=`` is a
             deprecated alias.
-        gp_weight: λ of the gradient penalty (10; the paper's toy experiments use 0.1, and with
-            data scaled to ``[-1, 1]`` λ = 10 makes 2-D toy training oscillate).
         d_norm: critic normalization for ``conv``: ``none`` or ``layer`` (never batch norm).
         d_optimizer, g_optimizer: per-phase optimizer overrides (Adam 1e-4, betas (0, 0.9)).
+        loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective, its
+            penalty, D's augmentation and the 2-D toy overrides (see
+            :class:`~genbench.models.gan.base.GAN`); ``reg`` defaults to
+            ``gp`` and ``reg_weight`` is its λ (10; the paper's toy experiments use 0.1, and with
+            data scaled to ``[-1, 1]`` λ = 10 makes 2-D toy training oscillate).
+            ``gp_weight=`` is a deprecated alias of ``reg_weight``.
         num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
             discriminator; weight of the AC cross-entropy), see
             :mod:`genbench.models.gan.conditional`.
     """
 
-    loss = "wasserstein"
+    default_loss = "wasserstein"
+    default_reg = "gp"
 
     def __init__(
         self,
@@ -58,15 +63,31 @@ class WGANGP(GAN):
         hidden: int = 128,
         depth: int = 3,
         d_steps: int | None = None,
-        gp_weight: float = 10.0,
         d_norm: str = "none",
         d_optimizer: Mapping[str, Any] | None = None,
         g_optimizer: Mapping[str, Any] | None = None,
+        loss: str | None = None,
+        reg: str | None = None,
+        reg_weight: float = 10.0,
+        reg_interval: int = 1,
+        augment: str = "none",
+        diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
+        ada: Mapping[str, Any] | None = None,
+        toy: Mapping[str, Any] | None = None,
         num_classes: int = 0,
         cond_d: str = "projection",
         ac_weight: float = 1.0,
         n_critic: int | None = None,
+        gp_weight: float | None = None,
     ) -> None:
+        if gp_weight is not None:
+            warnings.warn(
+                "model.gp_weight is deprecated and will be removed in the next release: use "
+                "model.reg_weight (the weight of model.reg, here the gradient penalty's λ)",
+                FutureWarning,
+                stacklevel=3,
+            )
+            reg_weight = gp_weight
         super().__init__(
             shape,
             levels,
@@ -74,15 +95,20 @@ class WGANGP(GAN):
             d_steps=renamed_d_steps(d_steps, 5, n_critic=n_critic),
             d_optimizer=d_optimizer,
             g_optimizer=g_optimizer,
+            loss=loss,
+            reg=reg,
+            reg_weight=reg_weight,
+            reg_interval=reg_interval,
+            augment=augment,
+            diffaugment=diffaugment,
+            ada=ada,
+            toy=toy,
             num_classes=num_classes,
             cond_d=cond_d,
             ac_weight=ac_weight,
         )
         if d_norm not in ("none", "layer"):
             raise ValueError(f"WGAN-GP critic norm must be 'none' or 'layer', got {d_norm!r}")
-        if gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
-        self.gp_weight = float(gp_weight)
         self.arch, self.generator, self.discriminator = build_networks(
             arch,
             self.shape,
@@ -101,17 +127,9 @@ class WGANGP(GAN):
     def discriminator_losses(
         self, y: Tensor, fake: Tensor, labels: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Critic terms: ``loss`` = D(x̃) - D(x) + ``gp``; ``wasserstein`` = D(x) - D(x̃) (the
-        critic's per-pair estimate of W1); ``gp`` = λ (‖∇_x̂ D(x̂)‖₂ - 1)², all ``[N]``. A
-        conditional critic is penalized at x̂ given the pair's label: ∇_x̂ D(x̂, y)."""
+        """Critic terms: ``loss`` = D(x̃) - D(x) + the penalty (``gp`` = λ (‖∇_x̂ D(x̂)‖₂ - 1)² at
+        the defaults; a conditional critic's at the pair's label, ∇_x̂ D(x̂, y)); ``wasserstein``
+        = D(x) - D(x̃) (the critic's per-pair estimate of W1), all ``[N]``."""
         out = super().discriminator_losses(y, fake, labels)
-        eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
-
-        def critic(x: Tensor) -> Tensor:
-            return self.judge(x, labels)[0]
-
-        gp = gradient_penalty(critic, interpolate(y, fake, eps), self.gp_weight)
-        out["loss"] = out["loss"] + gp
         out["wasserstein"] = out["d_real"] - out["d_fake"]
-        out["gp"] = gp.detach()
         return out
