@@ -65,7 +65,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genbench.models.base import (
@@ -76,7 +75,7 @@ from genbench.models.base import (
     check_sampler_options,
 )
 from genbench.models.gan.augment import ADA, DIFFAUGMENT_POLICY, build_augment
-from genbench.models.gan.conditional import COND_D
+from genbench.models.gan.conditional import COND_D, classifier_terms
 from genbench.models.gan.losses import (
     D_LOSSES,
     G_LOSSES,
@@ -260,7 +259,7 @@ class GAN(GenerativeModel):
         with frozen(self.discriminator):
             fake_out, logits = self.judge(self.generate(z, labels), labels)  # D(G(z, y), y), [N]
         out = {"loss": G_LOSSES[self.loss](fake_out)}
-        return self.add_classifier_terms(out, {"ac": (logits, labels)})
+        return classifier_terms(out, {"ac": (logits, labels)}, self.ac_weight)
 
     def judge(self, y: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]`` (augmented first,
@@ -301,7 +300,7 @@ class GAN(GenerativeModel):
             out["loss"] = out["loss"] + penalty
             out[self.reg] = penalty.detach()
         terms = {"ac_real": (real_logits, labels), "ac_fake": (fake_logits, labels)}
-        return self.add_classifier_terms(out, terms)
+        return classifier_terms(out, terms, self.ac_weight)
 
     def regularizer(self, y: Tensor, fake: Tensor, labels: Tensor | None = None) -> Tensor:
         """``[N]`` the ``reg`` penalty for real ``y`` and fake ``fake`` ``[N, C, H, W]`` (of a
@@ -326,20 +325,6 @@ class GAN(GenerativeModel):
             return r1_penalty(critic, fake, weight)
         eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
         return gradient_penalty(critic, interpolate(y, fake, eps), weight)
-
-    def add_classifier_terms(
-        self, out: dict[str, Tensor], terms: Mapping[str, tuple[Tensor | None, Tensor | None]]
-    ) -> dict[str, Tensor]:
-        """``out`` with each ``name: (logits [N, C], labels [N])`` of ``terms`` added to
-        ``loss`` as ``ac_weight`` · cross-entropy (nats, ``[N]``) and logged under ``name``;
-        unchanged without logits (unconditional or ``projection``)."""
-        for name, (logits, labels) in terms.items():
-            if logits is None or labels is None:
-                continue
-            ce = F.cross_entropy(logits.float(), labels, reduction="none")  # -log p(y | x), [N]
-            out["loss"] = out["loss"] + self.ac_weight * ce
-            out[name] = ce.detach()
-        return out
 
     def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """G(z), or G(z, y) given labels ``[N]``: ``[N, C, H, W]`` for latents ``[N, z_dim]``."""

@@ -31,9 +31,10 @@ Unconditional GANs (``num_classes = 0``) build none of these modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 COND_D = ("projection", "ac")
@@ -123,3 +124,20 @@ def class_embedding_(table: nn.Embedding) -> nn.Embedding:
     with torch.no_grad():
         table.weight.zero_()
     return table
+
+
+def classifier_terms(
+    out: dict[str, Tensor],
+    terms: Mapping[str, tuple[Tensor | None, Tensor | None]],
+    weight: float,
+) -> dict[str, Tensor]:
+    """AC-GAN's terms: ``out`` with each ``name: (logits [N, C], labels [N])`` of ``terms`` added
+    to ``out["loss"]`` as ``weight`` · cross-entropy -log p(y | x) (nats, ``[N]``) and logged
+    under ``name``; entries without logits (unconditional or ``projection``) are skipped."""
+    for name, (logits, labels) in terms.items():
+        if logits is None or labels is None:
+            continue
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # -log p(y | x), [N]
+        out["loss"] = out["loss"] + weight * ce
+        out[name] = ce.detach()
+    return out

@@ -17,6 +17,11 @@
   by 4 at most, two more blocks, ReLU, global pooling, linear (for CIFAR-10 the papers'
   32 -> 16 -> 8 -> 8 -> 8).
 
+With ``num_classes`` > 0 every generator takes labels, ``G(z, y)``, and the discriminator is
+wrapped for D(x, y) (projection or auxiliary classifier; see
+:mod:`genbench.models.gan.conditional`). The discriminators expose ``features(x)`` (φ,
+``[N, feature_dim]``) and ``head`` (ψ) for it.
+
 Start sizes and the number of x2 steps adapt to the data (:func:`upsampling_plan`: 4x4 then one
 upsampling for 8x8 digits, 7x7 and two for 28x28, 4x4 and three for 32x32).
 """
