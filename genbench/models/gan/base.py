@@ -46,6 +46,7 @@ Options every GAN takes (its yaml sets the model's defaults; checked with errors
 - ``toy``: overrides of any of the model's own options (``{hidden: 256, d_optimizer: {lr:
   1e-3}}``), merged into them when the data are 2-D toys (:func:`genbench.data.base.is_toy`:
   ``H = W = 1``), so one yaml carries the settings that work on images and on toys.
+
 Conditional GANs (``num_classes`` C > 0, ``model.conditional=true``; layers in
 :mod:`genbench.models.gan.conditional`): the generator is G(z, y) and the discriminator D(x, y)
 (``cond_d``: ``projection`` or ``ac``). The fakes of both phases are drawn with the labels of the
