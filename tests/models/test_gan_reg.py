@@ -150,3 +150,20 @@ def test_toy_overrides_apply_to_toys_only_and_merge_mappings():
     # from the yaml, as Hydra passes it (DictConfig values)
     cfg = OmegaConf.create({"_target_": "genbench.models.gan.sngan.SNGAN", **TINY, "toy": toy})
     assert instantiate(cfg, shape=(2, 1, 1), levels=64).d_steps == 2
+
+
+@pytest.mark.parametrize("name", ["dcgan", "sngan", "wgan_gp"])
+def test_each_gan_yaml_picks_its_toy_settings_from_the_data(name):
+    from pathlib import Path
+
+    from genbench.testing import from_config
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / f"{name}.yaml")
+    build = from_config(name)
+    toy, image = build((2, 1, 1), 64), build((1, 8, 8), 17)
+    assert cfg.toy and toy.toy_options == OmegaConf.to_container(cfg.toy)
+    assert image.d_optimizer["lr"] == cfg.d_optimizer.lr
+    assert toy.d_optimizer["lr"] == cfg.toy.d_optimizer.lr != cfg.d_optimizer.lr
+    assert toy.d_steps == cfg.toy.get("d_steps", cfg.d_steps) and image.d_steps == cfg.d_steps
+    off = from_config(name, ["model.toy=null"])((2, 1, 1), 64)
+    assert off.d_optimizer["lr"] == cfg.d_optimizer.lr

@@ -166,6 +166,8 @@ class DiffAugment(nn.Module):
         return y
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``y`` ``[N, C, H, W]`` in ``[-1, 1]`` through the policy, parameters drawn from
+        ``generator`` (or the global RNG)."""
         params = self.draw(y.shape[0], y.shape[1:], generator=generator, device=y.device)
         return self.apply(y, params)
 
@@ -267,6 +269,7 @@ class ADA(nn.Module):
         t = self.transforms
 
         def on(name: str) -> Tensor:
+            """``[N, 1, 1, 1]`` 1.0 where transform ``name`` applies, else 0.0."""
             return _rows(params[f"on_{name}"].to(y.dtype))
 
         if "xflip" in t:
@@ -291,7 +294,8 @@ class ADA(nn.Module):
         return y
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``y`` through the pipeline; at p = 0 ``y`` itself (no draws, no rounding)."""
+        """``y`` ``[N, C, H, W]`` in ``[-1, 1]`` through the pipeline, parameters drawn from
+        ``generator`` (or the global RNG); at p = 0 ``y`` itself (no draws, no rounding)."""
         if float(self.p) == 0.0:
             return y
         params = self.draw(y.shape[0], y.shape[1:], generator=generator, device=y.device)
