@@ -32,6 +32,11 @@ _HASH_EXCLUDE = (
 )
 
 
+#: model keys that only matter to a conditional model (``model.conditional=true``): an
+#: unconditional run's hash leaves them out, so it stays what it was before they existed
+CONDITIONAL_KEYS = ("conditional", "p_uncond")
+
+
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain, resolved containers."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -52,8 +57,10 @@ def config_hash(cfg: DictConfig) -> str:
     if not trainer.get("eval_at"):  # no anytime curve: the probe's settings change nothing
         trainer.pop("eval_at", None)
         trainer.pop("probe", None)
-    if not c.get("model", {}).get("conditional", True):  # unconditional: hashed as before the key
-        c["model"].pop("conditional")
+    model = c.get("model", {})
+    if not model.get("conditional", False):  # unconditional: hashed as before these keys existed
+        for key in CONDITIONAL_KEYS:
+            model.pop(key, None)
     for key in ("threads", "channels_last"):  # speed only (float rounding aside)
         c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]

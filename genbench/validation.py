@@ -228,6 +228,7 @@ def _validate_model(plain: dict[str, Any]) -> None:
             )
     _check_conditional(cls, model)
     hparams = _signature(_without_model_keys(model), "model", skip=_RUNNER_ARGS)
+    hparams["conditional"] = bool(model.get("conditional", False))  # e.g. guidance needs it
     sampler = plain.get("sampler") or {}
     if not isinstance(sampler, dict):
         raise bad_value("sampler", sampler, "a mapping of sampler options")

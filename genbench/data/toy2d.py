@@ -210,6 +210,7 @@ def toy_density(name: str, levels: int) -> ToyDensity:
     grid = torch.cartesian_prod(offs, offs)  # [(K*S)^2, 2], x-major
 
     def cells(d: Tensor) -> Tensor:
+        """Densities ``[(K*S)^2]`` at the sub-grid summed into cells ``[K, K]``."""
         return d.reshape(levels, _SUB, levels, _SUB).sum((1, 3))
 
     dens = cells(fn(grid))

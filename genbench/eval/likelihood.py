@@ -160,7 +160,8 @@ def _with_generators(
 
 
 def test_labels(ctx: EvalContext, i: int, j: int) -> dict[str, Tensor]:
-    """``{"y": labels of test examples i..j-1}`` for a conditional model, else ``{}``."""
+    """``{"y": [j - i] labels of test examples i..j-1}`` for a conditional model, else
+    ``{}``."""
     if not ctx.model.conditional:
         return {}
     return with_labels(ctx.model, ctx.data.test_labels[i:j].to(ctx.device).long())

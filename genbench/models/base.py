@@ -314,7 +314,8 @@ class GenerativeModel(nn.Module, abc.ABC):
         Args:
             sampler: the options ``sample`` would get (``conf/sampler``).
             hparams: the model's constructor arguments (its config over the signature's
-                defaults; no ``shape`` or ``levels``), for options whose range depends on them.
+                defaults; no ``shape`` or ``levels``) and ``conditional`` (whether
+                ``model.conditional=true``), for options whose range depends on them.
 
         Raises:
             :class:`~genbench.models.options.OptionError` naming the config key, the bad value
@@ -346,9 +347,10 @@ class GenerativeModel(nn.Module, abc.ABC):
 
 
 def with_labels(model: GenerativeModel, y: Tensor | None) -> dict[str, Tensor]:
-    """Keyword arguments that pass labels ``y`` to a conditional ``model`` (``{"y": y}``) and
-    nothing to an unconditional one (``{}``), so callers stay family-agnostic and unconditional
-    models are called exactly as before. A conditional model without labels is an error."""
+    """Keyword arguments that pass labels ``y`` ``[N]`` to a conditional ``model``
+    (``{"y": y}``) and nothing to an unconditional one (``{}``), so callers stay family-agnostic
+    and unconditional models are called exactly as before. A conditional model without labels
+    is an error."""
     if not getattr(model, "conditional", False):
         return {}
     if y is None:

@@ -60,7 +60,8 @@ class ClassEmbedding(nn.Module):
 
 
 def guided(conditional: Tensor, unconditional: Tensor, w: float) -> Tensor:
-    """Classifier-free guidance: ``(1 + w) · conditional - w · unconditional`` (any shape)."""
+    """Classifier-free guidance: ``(1 + w) · conditional - w · unconditional``; both inputs have
+    one shape, e.g. ``[N, C, H, W]`` noise predictions or ``[N, D, K]`` logits."""
     if w == 0:
         return conditional
     return (1.0 + w) * conditional - w * unconditional

@@ -79,6 +79,7 @@ def check_conditional(s: Subject) -> None:
     m.eval()
 
     def draw(labels: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``[n, C, H, W]`` samples for ``labels`` ``[n]`` (generators from ``start``)."""
         with torch.inference_mode():
             gens = per_sample_generators(5, start, len(labels))
             return m.sample(len(labels), y=labels, generator=gens).x

@@ -175,7 +175,11 @@ class Trainer:
         self.model, self.val, self.cfg, self.setup = model, val, cfg, setup
         conditional = model.conditional
         if conditional and (train_labels is None or val_labels is None):
-            raise ValueError(f"{type(model).__name__} is conditional: the data need labels")
+            raise ConfigError(
+                f"model.conditional=true: {type(model).__name__} needs class labels of the "
+                "training and validation splits, and the dataset has none for "
+                + ("the training split" if train_labels is None else "the validation split")
+            )
         self.val_labels = val_labels if conditional else None
         self.run = run if isinstance(run, RunDir) else RunDir(run)
         self.seed = seed

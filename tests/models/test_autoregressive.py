@@ -188,15 +188,17 @@ def test_untrained_model_on_uniform_data_is_no_better_than_log2_k(name):
 # ----------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.parametrize("classes", [0, 3], ids=["unconditional", "conditional"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("shape,levels", [((3, 4, 5), 5), ((2, 1, 1), 64), ((1, 3, 3), 4)])
-def test_incremental_features_equal_the_full_network(name, shape, levels):
-    m = tiny(name, shape, levels)
+def test_incremental_features_equal_the_full_network(name, shape, levels, classes):
+    m = tiny(name, shape, levels, num_classes=classes)
     u = m.encode(levels_batch(shape, levels, 2))
+    h = m.condition(torch.tensor([2, 0]) if classes else None)  # [2, F] or None
     with torch.inference_mode():
-        full, state = m.trunk(u), None
+        full, state = m.trunk(u, h), None
         for i in range(shape[1]):
-            state = m.begin_row(u, i, state)
+            state = m.begin_row(u, i, state, h)
             for j in range(shape[2]):
                 for _ in range(shape[0]):  # as in sampling: once per channel
                     step = m.pixel_features(u, state, i, j)
@@ -222,13 +224,18 @@ def test_samples_are_ancestral_draws_from_the_models_own_conditionals(name, shap
                 assert torch.equal(draw, x[:, c, i, j]), f"sub-pixel ({c},{i},{j}) differs"
 
 
+@pytest.mark.parametrize("classes", [0, 3], ids=["unconditional", "conditional"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_cached_sampling_draws_what_the_full_network_draws(name):
-    """``incremental=false`` reruns the whole network per sub-pixel: same samples, same NFE."""
+def test_cached_sampling_draws_what_the_full_network_draws(name, classes):
+    """``incremental=false`` reruns the whole network per sub-pixel: same samples, same NFE
+    (conditional models: with the labels' conditioning in every layer of both paths)."""
     shape, levels = (2, 3, 4), 7
-    m = tiny(name, shape, levels)
-    fast = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8)
-    slow = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8, incremental=False)
+    m = tiny(name, shape, levels, num_classes=classes)
+    kw = {"y": torch.tensor([1, 0, 2])} if classes else {}
+    fast = m.sample(3, generator=per_sample_generators(9, 0, 3), temperature=0.8, **kw)
+    slow = m.sample(
+        3, generator=per_sample_generators(9, 0, 3), temperature=0.8, incremental=False, **kw
+    )
     assert torch.equal(fast.x, slow.x)
     assert fast.nfe.tolist() == slow.nfe.tolist() == [24.0] * 3  # D = 2 * 3 * 4
 
@@ -294,8 +301,11 @@ def test_configs_build_the_model_and_state_published_references(name):
     from genbench.build import build_model
 
     conf = files("genbench.conf")
-    model = build_model(OmegaConf.load(conf / "model" / f"{name}.yaml"), (2, 1, 1), 64)
-    assert isinstance(model, MODELS[name])
+    node = OmegaConf.load(conf / "model" / f"{name}.yaml")
+    model = build_model(node, (2, 1, 1), 64)
+    assert isinstance(model, MODELS[name]) and not model.conditional
+    node.conditional = True
+    assert build_model(node, (2, 1, 1), 64, num_classes=2).num_classes == 2
     exp = OmegaConf.load(conf / "experiment" / f"{name}_mnist.yaml")
     assert OmegaConf.to_container(exp.defaults) == [
         {"override /model": name},

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from genbench.build import build_model
@@ -67,7 +66,7 @@ def test_default_yaml_instantiates_and_trains(shape, levels, kind):
 
 
 def test_digits_default_size():
-    m = instantiate(OmegaConf.load(CONF / "model" / "ddpm.yaml"), shape=(1, 8, 8), levels=17)
+    m = build_model(OmegaConf.load(CONF / "model" / "ddpm.yaml"), (1, 8, 8), 17)
     assert sum(p.numel() for p in m.parameters()) == 649_329
     assert m.sampler_defaults == {"name": "ddim", "steps": 50, "eta": 0.0}
 
@@ -250,7 +249,7 @@ def test_experiment_sampler_resolves_to_ancestral_over_all_steps():
         OmegaConf.load(CONF / "experiment" / "ddpm_cifar10.yaml").model,
         {"ch": 8, "ch_mult": [1], "attn_resolutions": [], "norm_groups": 4},
     )
-    m = instantiate(cfg, shape=(3, 8, 8), levels=256)
+    m = build_model(cfg, (3, 8, 8), 256)
     assert m.resolve_sampler() == {"name": "ancestral"} and m.process.T == 1000
     assert m.resolve_sampler(name="ddim", steps=100) == {"name": "ddim", "steps": 100}
 

@@ -264,13 +264,14 @@ def test_bad_hyperparameters_name_their_key(key, value):
 def test_configs_build_the_model_and_state_the_published_preset():
     from importlib.resources import files
 
-    from hydra.utils import instantiate
+    from genbench.build import build_model
 
     conf = files("genbench.conf")
-    model = instantiate(
-        OmegaConf.load(conf / "model" / "pixelcnnpp.yaml"), shape=(2, 1, 1), levels=64
-    )
-    assert isinstance(model, PixelCNNpp)
+    node = OmegaConf.load(conf / "model" / "pixelcnnpp.yaml")
+    model = build_model(node, (2, 1, 1), 64)
+    assert isinstance(model, PixelCNNpp) and not model.conditional
+    node.conditional = True
+    assert build_model(node, (2, 1, 1), 64, num_classes=2).num_classes == 2
     exp = OmegaConf.load(conf / "experiment" / "pixelcnnpp_cifar10.yaml")
     assert exp.expected.bpd == 2.92 and "Table 1" in exp.expected.source
     paper = {"nr_resnet": 5, "nr_filters": 160, "nr_logistic_mix": 10, "dropout": 0.5}

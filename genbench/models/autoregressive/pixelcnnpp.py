@@ -27,6 +27,11 @@ cropped to the skip's size so odd and 1x1 images work), and short-cuts from ever
 first pass into the matching block of the second. Unlike the reference code there is no weight
 normalization (plain convolutions with torch's default initialization).
 
+Class conditioning (``num_classes > 0``; the paper's code conditions the same way): a label ``y`` is
+embedded into ``h`` ``[N, nr_filters]`` (:class:`genbench.nn.condition.ClassEmbedding`) and every
+gated ResNet block adds ``V h`` ``[N, 2F]`` to the pre-activations ``[a, b]`` of its gate
+``a * sigmoid(b)``, at every position: the model is p(x | y), still exact.
+
 Sampling is ancestral, pixel by pixel in raster order: one network pass per pixel (NFE = H * W;
 the pass for row i runs on rows 0..i only, which gives the same outputs there, since every layer
 is anchored at the top), the component drawn by inverse CDF, each channel a logistic draw clamped to
@@ -42,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genbench.models.autoregressive.base import exact_nll_terms, inverse_cdf
+from genbench.models.autoregressive.base import exact_nll_terms, inverse_cdf, plus
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
 from genbench.models.options import option_number
 from genbench.nn.chunks import map_rows
+from genbench.nn.condition import ClassEmbedding
 from genbench.nn.random import rand
 
 #: lower clamp of the log-scales (the reference code's value)
@@ -155,37 +161,55 @@ class ShiftedConvTranspose2d(nn.ConvTranspose2d):
 
 class GatedResnet(nn.Module):
     """``x + a * sigmoid(b)`` with ``[a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) +
-    nin(concat_elu(aux)))))`` (paper Fig. 2); ``aux`` is ``[N, aux, H, W]`` or absent."""
+    nin(concat_elu(aux))))) (+ V h)`` (paper Fig. 2); ``aux`` is ``[N, aux, H, W]`` or absent,
+    ``V h`` the conditioning term of a conditional model (``cond_dim > 0``)."""
 
-    def __init__(self, filters: int, aux: int, dropout: float, right: bool) -> None:
+    def __init__(
+        self, filters: int, aux: int, dropout: float, right: bool, cond_dim: int = 0
+    ) -> None:
         super().__init__()
         kernel = (2, 2) if right else (2, 3)
         self.conv1 = ShiftedConv2d(2 * filters, filters, kernel, right=right)
         self.nin = nn.Conv2d(2 * aux, filters, 1) if aux else None
         self.drop = nn.Dropout(dropout)
         self.conv2 = ShiftedConv2d(2 * filters, 2 * filters, kernel, right=right)
+        if cond_dim:  # V: conditioning vector -> [a, b] (conv2 carries the bias)
+            self.cond = nn.Linear(cond_dim, 2 * filters, bias=False)
 
-    def forward(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
-        """``[N, F, H, W]`` -> ``[N, F, H, W]``."""
-        h = self.conv1(concat_elu(x))
+    def forward(self, x: Tensor, aux: Tensor | None = None, h: Tensor | None = None) -> Tensor:
+        """``[N, F, H, W]`` -> ``[N, F, H, W]``; ``h`` ``[N, cond_dim]``: conditioning vectors
+        or ``None``."""
+        z = self.conv1(concat_elu(x))
         if self.nin is not None:
-            h = h + self.nin(concat_elu(aux))
-        a, b = self.conv2(self.drop(concat_elu(h))).chunk(2, 1)
+            z = z + self.nin(concat_elu(aux))
+        bias = None if h is None else self.cond(h)[:, :, None, None]
+        a, b = plus(self.conv2(self.drop(concat_elu(z))), bias).chunk(2, 1)
         return x + a * torch.sigmoid(b)
 
 
 class Scale(nn.Module):
     """One resolution of one pass: ``blocks`` gated ResNet blocks per stream and the resampling
-    to the next resolution (``None`` at the last one)."""
+    to the next resolution (``None`` at the last one); ``cond_dim``: size of the conditioning
+    vector (0: unconditional)."""
 
     def __init__(
-        self, filters: int, blocks: int, dropout: float, skips: bool, resample: str | None
+        self,
+        filters: int,
+        blocks: int,
+        dropout: float,
+        skips: bool,
+        resample: str | None,
+        cond_dim: int = 0,
     ) -> None:
         super().__init__()
         f = filters
         u_aux, ul_aux = (f, 2 * f) if skips else (0, f)  # skip; skip and u; or u
-        self.u = nn.ModuleList(GatedResnet(f, u_aux, dropout, False) for _ in range(blocks))
-        self.ul = nn.ModuleList(GatedResnet(f, ul_aux, dropout, True) for _ in range(blocks))
+        self.u = nn.ModuleList(
+            GatedResnet(f, u_aux, dropout, False, cond_dim) for _ in range(blocks)
+        )
+        self.ul = nn.ModuleList(
+            GatedResnet(f, ul_aux, dropout, True, cond_dim) for _ in range(blocks)
+        )
         self.resample = resample
         if resample == "down":
             self.u_next = ShiftedConv2d(f, f, (2, 3), stride=2)
@@ -206,10 +230,13 @@ class PixelCNNpp(GenerativeModel):
         nr_logistic_mix: mixture components M (the paper: 10).
         dropout: dropout probability inside the blocks (the paper: 0.5).
         scales: resolutions, halved between them (the paper: 3, 32 -> 16 -> 8).
+        num_classes: classes of a conditional model p(x | y) (``model.conditional=true`` sets
+            it; 0: unconditional). The class embedding has ``nr_filters`` entries.
     """
 
     family = "autoregressive"
     likelihood = "exact"
+    conditional_support = True
 
     def __init__(
         self,
@@ -221,8 +248,9 @@ class PixelCNNpp(GenerativeModel):
         nr_logistic_mix: int = 5,
         dropout: float = 0.0,
         scales: int = 3,
+        num_classes: int = 0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
         for key, value in (
             ("nr_resnet", nr_resnet),
             ("nr_filters", nr_filters),
@@ -240,33 +268,41 @@ class PixelCNNpp(GenerativeModel):
         self.u_init = ShiftedConv2d(cin, f, (2, 3))
         self.ul_init_up = ShiftedConv2d(cin, f, (1, 3))
         self.ul_init_left = ShiftedConv2d(cin, f, (2, 1), right=True)
-        last = int(scales) - 1
+        last, cond_dim = int(scales) - 1, f if self.conditional else 0
         self.up = nn.ModuleList(
-            Scale(f, int(nr_resnet), dropout, False, "down" if s < last else None)
+            Scale(f, int(nr_resnet), dropout, False, "down" if s < last else None, cond_dim)
             for s in range(last + 1)
         )
         self.down = nn.ModuleList(
-            Scale(f, int(nr_resnet) + (s > 0), dropout, True, "up" if s < last else None)
+            Scale(f, int(nr_resnet) + (s > 0), dropout, True, "up" if s < last else None, cond_dim)
             for s in range(last + 1)
         )
         self.out = nn.Conv2d(f, self.mix * params_per_component(c), 1)
+        if self.conditional:
+            self.embedding = ClassEmbedding(self.num_classes, f)
+
+    def condition(self, y: Tensor | None) -> Tensor | None:
+        """``[N, nr_filters]`` conditioning vectors of checked labels ``y`` ``[N]`` (``None``
+        for ``None``: an unconditional model)."""
+        return None if y is None else self.embedding(y)
 
     def centers(self, x: Tensor) -> Tensor:
         """``[N, C, H, W]`` levels -> bin centers in ``[-1, 1]`` (the parameters' dtype)."""
         dtype = self.out.weight.dtype
         return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0
 
-    def network(self, v: Tensor) -> Tensor:
+    def network(self, v: Tensor, h: Tensor | None = None) -> Tensor:
         """Centers ``[N, C, H, W]`` -> mixture parameters ``[N, M * P, H, W]``; those at pixel
-        ``(i, j)`` depend only on pixels before it in raster order."""
+        ``(i, j)`` depend only on pixels before it in raster order (and on the conditioning
+        vectors ``h`` ``[N, nr_filters]`` of a conditional model)."""
         x = torch.cat([v, torch.ones_like(v[:, :1])], 1)
         u = down_shift(self.u_init(x))
         ul = down_shift(self.ul_init_up(x)) + right_shift(self.ul_init_left(x))
         us, uls = [u], [ul]
         for scale in self.up:
             for block_u, block_ul in zip(scale.u, scale.ul):
-                u = block_u(u)
-                ul = block_ul(ul, u)
+                u = block_u(u, None, h)
+                ul = block_ul(ul, u, h)
                 us.append(u)
                 uls.append(ul)
             if scale.resample is not None:
@@ -276,30 +312,36 @@ class PixelCNNpp(GenerativeModel):
         u, ul = us.pop(), uls.pop()
         for scale in self.down:
             for block_u, block_ul in zip(scale.u, scale.ul):
-                u = block_u(u, us.pop())
-                ul = block_ul(ul, torch.cat([u, uls.pop()], 1))
+                u = block_u(u, us.pop(), h)
+                ul = block_ul(ul, torch.cat([u, uls.pop()], 1), h)
             if scale.resample is not None:
                 size = us[-1].shape[-2:]
                 u, ul = scale.u_next(u, size), scale.ul_next(ul, size)
         return self.out(F.elu(ul))
 
-    def nll(self, x: Tensor) -> Tensor:
-        """``[N]`` exact negative log-likelihood of the levels ``x`` ``[N, C, H, W]`` in nats
-        (evaluated in row chunks of bounded memory without autograd)."""
+    def nll(self, x: Tensor, *, y: Tensor | None = None) -> Tensor:
+        """``[N]`` exact negative log-likelihood of the levels ``x`` ``[N, C, H, W]`` in nats,
+        -log p(x | y) for a conditional model with labels ``y`` ``[N]`` (evaluated in row chunks
+        of bounded memory without autograd)."""
         outputs = self.mix * params_per_component(self.shape[0])
         per_row = self.dims * max(4 * self.nr_filters, outputs)
-        return map_rows(self._nll, x, per_row=per_row)
+        y = self.labels(y, x.shape[0], x.device)
+        rows = (x,) if y is None else (x, y)
+        return map_rows(self._nll, *rows, per_row=per_row)
 
-    def _nll(self, x: Tensor) -> Tensor:
+    def _nll(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         v = self.centers(x)
-        params = self.network(v)
+        params = self.network(v, self.condition(y))
         params = params.to(torch.promote_types(params.dtype, torch.float32))  # no fp16 sums
         return -conditional_log_probs(params, v.to(params.dtype), self.levels).sum((1, 2, 3))
 
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``[N]`` terms of levels ``x`` ``[N, C, H, W]``: ``loss`` nats per sub-pixel, ``nll`` nats
-        per example, ``bpd`` bits per sub-pixel (``nll`` and ``bpd`` detached)."""
-        return exact_nll_terms(self.nll(x), self.dims)
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """``[N]`` terms of levels ``x`` ``[N, C, H, W]`` (labels ``y`` ``[N]`` of a conditional
+        model): ``loss`` nats per sub-pixel, ``nll`` nats per example, ``bpd`` bits per sub-pixel
+        (``nll`` and ``bpd`` detached)."""
+        return exact_nll_terms(self.nll(x, y=y), self.dims)
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -307,8 +349,11 @@ class PixelCNNpp(GenerativeModel):
         check_sampler_options(sampler, (), cls.__name__)
 
     @torch.inference_mode()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels drawn pixel by pixel; NFE = H * W per sample.
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
+        """``[n, C, H, W]`` int64 levels drawn pixel by pixel (from p(x | y) given the labels
+        ``y`` ``[n]`` of a conditional model); NFE = H * W per sample.
 
         Sample ``r`` uses ``H * W * (1 + C)`` uniforms of its own generator, drawn up front: per
         pixel one for the component (inverse CDF of the mixture weights) and one per channel
@@ -319,12 +364,13 @@ class PixelCNNpp(GenerativeModel):
         c_, h_, w_ = self.shape
         k = self.levels
         device = self.out.weight.device
+        cond = self.condition(self.labels(y, n, device))
         x = torch.zeros(n, c_, h_, w_, dtype=torch.long, device=device)
         u = rand((n, h_, w_, 1 + c_), generator=generator, device=device, dtype=torch.float64)
         v = self.centers(x)
         for i in range(h_):
             for j in range(w_):
-                params = self.network(v[:, :, : i + 1])[:, :, i:, j : j + 1].double()
+                params = self.network(v[:, :, : i + 1], cond)[:, :, i:, j : j + 1].double()
                 logits, means, log_scales, coeffs = split_params(params, c_)
                 m = inverse_cdf(logits[:, :, 0, 0], u[:, i, j, 0])  # [n] components
                 pick = m.view(n, 1, 1, 1, 1).expand(n, 1, c_, 1, 1)

@@ -21,11 +21,20 @@ Sampler options (``conf/sampler/*.yaml`` arrive as keyword arguments of ``sample
 
 The constructor's ``sampler`` dict gives the defaults; options given without ``name`` (or with
 the same name) are merged over them, a different ``name`` starts from that sampler's defaults.
+
+Class-conditional (``num_classes > 0``, ``model.conditional=true``): the label's embedding is
+added to the time embedding (:mod:`.unet`), labels are dropped to the null label with
+probability ``p_uncond`` in training, and every sampler takes ``guidance`` (w >= 0, default 0):
+classifier-free guidance of the prediction (:mod:`.guidance`), applied in :meth:`DDPM._net`,
+which every sampler calls; w > 0 costs 2 network evaluations per step (counted in the NFE).
+``nll``, ``bound_terms`` and the ``ode`` estimator take the labels ``y`` and bound
+-log P(x | y) with the conditional network (no guidance).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -38,6 +47,16 @@ from genbench.models.base import (
     Sampled,
     check_sampler_options,
 )
+from genbench.models.diffusion.guidance import (
+    OPTION as GUIDANCE,
+)
+from genbench.models.diffusion.guidance import (
+    check_guidance,
+    check_p_uncond,
+    conditional_of,
+    guided_nfe,
+    guided_output,
+)
 from genbench.models.diffusion.importance import LossAwareTimesteps
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, Dequantization
 from genbench.models.diffusion.likelihood import ode_nll as _ode_nll
@@ -45,9 +64,11 @@ from genbench.models.diffusion.multistep import GRIDS, multistep_sample
 from genbench.models.diffusion.process import (
     HYBRID_WEIGHT,
     GaussianDiffusion,
+    NetFn,
     Prediction,
     Schedule,
     Variance,
+    apply_net,
     discretized_gaussian_log_likelihood,
 )
 from genbench.models.diffusion.samplers import Solver, ancestral_sample, ddim_sample, ode_sample
@@ -63,11 +84,11 @@ from genbench.models.options import (
 from genbench.nn.random import Generator, randn
 
 SAMPLERS: dict[str, tuple[str, ...]] = {
-    "ancestral": ("steps", "variance", "clip"),
-    "ddim": ("steps", "eta", "clip"),
-    "ode": ("solver", "steps", "rtol", "atol"),
-    "dpmpp": ("steps", "grid", "clip"),
-    "unipc": ("steps", "order", "grid", "clip"),
+    "ancestral": ("steps", "variance", "clip", GUIDANCE),
+    "ddim": ("steps", "eta", "clip", GUIDANCE),
+    "ode": ("solver", "steps", "rtol", "atol", GUIDANCE),
+    "dpmpp": ("steps", "grid", "clip", GUIDANCE),
+    "unipc": ("steps", "order", "grid", "clip", GUIDANCE),
 }
 #: highest UniPC order (``sampler.order``)
 MAX_ORDER = 3
@@ -83,7 +104,7 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
     ``steps`` an integer in [1, T] (any >= 1 for ``rk45``, which does not use it), ``eta`` in
     [0, 1], ``variance`` small | large, ``clip`` a bool, ``solver`` rk45 | heun | euler,
     ``rtol``/``atol`` > 0, ``probes`` an integer >= 0, ``order`` an integer in [1, 3], ``grid``
-    logsnr | time | karras."""
+    logsnr | time | karras, ``guidance`` >= 0."""
     high = None if options.get("solver") == "rk45" else timesteps
     checks = {
         "steps": lambda k, v: option_number(k, v, low=1, high=high, integer=True),
@@ -97,6 +118,7 @@ def check_options(options: Mapping[str, Any], prefix: str, timesteps: int | None
         "dequantization": lambda k, v: option_choice(k, v, DEQUANTIZATIONS),
         "order": lambda k, v: option_number(k, v, low=1, high=MAX_ORDER, integer=True),
         "grid": lambda k, v: option_choice(k, v, GRIDS),
+        GUIDANCE: lambda k, v: option_number(k, v, low=0),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -139,10 +161,15 @@ class DDPM(SignedUnitLevels, GenerativeModel):
             change its value.
         nll_seed: seed of the noise used by ``nll`` when no generator is given.
         sampler: default sampler options (see the module docstring).
+        num_classes: classes of a conditional model (from the runner with
+            ``model.conditional=true``; 0 = unconditional, no labels, no extra parameters).
+        p_uncond: label dropout of a conditional model (probability of the null label when
+            training; classifier-free guidance needs it > 0).
     """
 
     family = "diffusion"
     likelihood = "vlb"
+    conditional_support = True
 
     def __init__(
         self,
@@ -169,8 +196,11 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         vlb_max_batch: int = 1024,
         nll_seed: int = 0,
         sampler: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        p_uncond: float = 0.1,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
+        check_p_uncond(p_uncond)
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be small or large, got {variance!r}")
         if learn_sigma and variance != "small":
@@ -190,6 +220,8 @@ class DDPM(SignedUnitLevels, GenerativeModel):
             mlp_hidden=mlp_hidden,
             mlp_blocks=mlp_blocks,
             out_mult=2 if learn_sigma else 1,
+            num_classes=self.num_classes,
+            p_uncond=p_uncond,
         )
         self.process = GaussianDiffusion.from_schedule(schedule, timesteps, prediction=prediction)
         self.variance: Variance = "learned" if learn_sigma else variance
@@ -206,25 +238,46 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         self._sampler_options({})  # validate the defaults
 
     # ---- networks (the data scale comes from SignedUnitLevels) ----------------------------
-    def _net(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The whole network output (with learned variances: prediction and variance)."""
-        return self.net(x_t, t)
+    def _net(
+        self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, guidance: float = 0.0
+    ) -> Tensor:
+        """The whole network output ``[N, C or 2C, H, W]`` (with learned variances: prediction
+        and variance) at ``x_t`` ``[N, C, H, W]``, network times ``t`` ``[N]`` and, for a
+        conditional model, labels ``[N]``; classifier-free ``guidance`` w guides the prediction
+        (the variances are the conditional pass's). The one place every sampler's network
+        evaluation goes through."""
+        return guided_output(self.net, x_t, t, labels, guidance, channels=self.shape[0])
 
-    def _pred_net(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The prediction (ε or v) only: what DDIM and the ODE use."""
-        out = self.net(x_t, t)
+    def _pred_net(
+        self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, guidance: float = 0.0
+    ) -> Tensor:
+        """The prediction (ε or v) only: what DDIM, the ODE and the multistep solvers use."""
+        out = guided_output(self.net, x_t, t, labels, guidance, channels=self.shape[0])
         return out[:, : self.shape[0]] if self.variance == "learned" else out
 
+    @staticmethod
+    def _bind(fn: Callable[..., Tensor], labels: Tensor | None, guidance: float) -> NetFn:
+        """``fn(x_t, t)`` with the batch's ``labels`` and ``guidance`` bound (``fn`` itself for an
+        unconditional model)."""
+        if labels is None:
+            return fn
+        return functools.partial(fn, labels=labels, guidance=guidance)
+
     # ---- training and likelihood ------------------------------------------------------
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``{"loss": L_simple [N]}`` at t ~ U{0..T-1}, ε ~ N(0, I) (global RNG); with learned
         variances the hybrid objective (``loss``, ``simple``, ``vlb``); with ``objective=vlb``
-        the importance-sampled bound (in training mode the sampler records each L_t)."""
+        the importance-sampled bound (in training mode the sampler records each L_t). Labels
+        ``y`` ``[N]`` of a conditional model (dropped to the null label with probability
+        ``p_uncond`` in training mode, global RNG after t and ε)."""
         x0 = self.to_unit(x)
+        net = self._bind(self._net, self.labels(y, x0.shape[0], x0.device), 0.0)
         if self.objective == "vlb":
             t, probs = self.timestep_sampler.sample(x0.shape[0], x0.device)
             out = self.process.vlb_loss(
-                self._net, x0, t, torch.randn_like(x0), self.levels, probs, variance=self.variance
+                net, x0, t, torch.randn_like(x0), self.levels, probs, variance=self.variance
             )
             if self.training:
                 self.timestep_sampler.update(t, out["term"])
@@ -232,18 +285,19 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         t = torch.randint(0, self.process.T, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
         if self.variance == "learned":
-            return self.process.hybrid_loss(
-                self._net, x0, t, eps, self.levels, weight=self.hybrid_weight
-            )
-        return {"loss": self.process.simple_loss(self._net, x0, t, eps)}
+            return self.process.hybrid_loss(net, x0, t, eps, self.levels, weight=self.hybrid_weight)
+        return {"loss": self.process.simple_loss(net, x0, t, eps)}
 
     def _generator(self, x: Tensor, generator: Generator) -> Generator:
         if generator is not None:
             return generator
         return torch.Generator(device=x.device).manual_seed(self.nll_seed)
 
-    def vlb_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
-        """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[N]`` nats of levels ``x``."""
+    def vlb_terms(
+        self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None
+    ) -> dict[str, Tensor]:
+        """``prior``, ``diffusion``, ``decoder`` and ``vlb`` ``[N]`` nats of levels ``x`` (given
+        the labels ``y`` ``[N]`` of a conditional model)."""
         return self.process.vlb_terms(
             self._net,
             self.to_unit(x),
@@ -252,24 +306,29 @@ class DDPM(SignedUnitLevels, GenerativeModel):
             clip=self.clip_denoised,
             generator=self._generator(x, generator),
             max_batch=self.vlb_max_batch,
+            labels=self.labels(y, x.shape[0], x.device),
         )
 
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
         """``[N]`` nats: the full bound L_vlb of the discrete ``x`` (T network calls per row;
         noise from ``generator`` - one per example from the evaluator -, default one generator
-        seeded ``nll_seed``)."""
-        return self.vlb_terms(x, generator=generator)["vlb"]
+        seeded ``nll_seed``); of -log P(x | y) for a conditional model's labels ``y`` ``[N]``."""
+        return self.vlb_terms(x, y=y, generator=generator)["vlb"]
 
-    def bound_terms(self, x: Tensor, *, generator: Generator = None) -> dict[str, Tensor]:
+    def bound_terms(
+        self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None
+    ) -> dict[str, Tensor]:
         """Cheap parts of the bound, ``[N]`` nats: ``prior`` L_T (closed form) and ``decoder``
         L_0 (one network call; its noise is the first draw of ``generator``, as in ``nll``, so
-        fresh generators seeded like ``nll``'s give exactly the bound's L_0)."""
+        fresh generators seeded like ``nll``'s give exactly the bound's L_0); labels ``y`` as
+        in :meth:`nll`."""
+        labels = self.labels(y, x.shape[0], x.device)
         x0 = self.to_unit(x)
         t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
         gen = self._generator(x, generator)
         eps = randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
         x1 = self.process.q_sample(x0, t, eps)
-        out = self._net(x1, self.process.net_time(t)).double()
+        out = apply_net(self._net, x1, self.process.net_time(t), labels).double()
         mean, logvar, _ = self.process.p_mean_variance(
             out, x1.double(), t, variance=self.variance, clip=self.clip_denoised
         )
@@ -280,6 +339,7 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         self,
         x: Tensor,
         *,
+        y: Tensor | None = None,
         generator: Generator = None,
         solver: Solver = "rk45",
         steps: int = 100,
@@ -288,8 +348,9 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         probes: int = 1,
         dequantization: Dequantization = "gaussian",
     ) -> NllEstimate:
-        """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]``, with NFE
-        ``[N]`` and the settings (see ``ode_nll``)."""
+        """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]`` (given the
+        labels ``y`` ``[N]`` of a conditional model), with NFE ``[N]`` and the settings (see
+        ``ode_nll``)."""
         opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
         check_options(
             {**opts, "dequantization": dequantization},
@@ -309,12 +370,14 @@ class DDPM(SignedUnitLevels, GenerativeModel):
             probes=probes,
             dequantization=dequantization,
             dtype=self._param().dtype,
+            labels=self.labels(y, x.shape[0], x.device),
         )
 
     def ode_nll(
         self,
         x: Tensor,
         *,
+        y: Tensor | None = None,
         generator: Generator = None,
         solver: Solver = "rk45",
         steps: int = 100,
@@ -328,9 +391,11 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         a quarter level and decodes (VDM-style), ``uniform`` dequantizes at σ_min. Hutchinson
         trace with ``probes`` Rademacher vectors (0 = exact trace); solver ``rk45``
         (``rtol``/``atol``) or ``heun``/``euler`` (``steps``). Randomness (dequantization,
-        probes) comes from ``generator`` (one per example for batch-independent results)."""
+        probes) comes from ``generator`` (one per example for batch-independent results).
+        Labels ``y`` ``[N]`` of a conditional model: the bound on -log P(x | y)."""
         return self.ode_likelihood(
             x,
+            y=y,
             generator=generator,
             solver=solver,
             steps=steps,
@@ -363,6 +428,7 @@ class DDPM(SignedUnitLevels, GenerativeModel):
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """The options of the module docstring, over the defaults in ``hparams["sampler"]``."""
         name, opts = cls._merge_sampler(sampler, hparams.get("sampler"), _timesteps(hparams))
+        check_guidance(opts.get(GUIDANCE), conditional_of(hparams))
         if opts.get("variance") == "learned" and not hparams.get("learn_sigma"):
             raise OptionError(
                 "sampler.variance",
@@ -397,8 +463,12 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         return name, {k: v for k, v in opts.items() if k != "name"}
 
     def _sampler_options(self, sampler: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """(name, options) after merging ``sampler`` over the defaults; ``None`` = unset."""
-        return self._merge_sampler(sampler, self.sampler_defaults, self.process.T)
+        """(name, options) after merging ``sampler`` over the defaults; ``None`` = unset. A
+        conditional model's options include ``guidance`` (default 0); an unconditional model
+        refuses guidance != 0 and its options are those of before guidance existed."""
+        name, opts = self._merge_sampler(sampler, self.sampler_defaults, self.process.T)
+        w = check_guidance(opts.pop(GUIDANCE, None), self.conditional)
+        return name, ({**opts, GUIDANCE: w} if self.conditional else opts)
 
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """The sampler options actually used for ``sample(**sampler)``, with ``name`` (for
@@ -407,24 +477,34 @@ class DDPM(SignedUnitLevels, GenerativeModel):
         return {"name": name, **opts}
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``.
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
+        """``[n, C, H, W]`` int64 levels; x_T and every step's noise come from ``generator``;
+        a conditional model draws from p(x | y) for labels ``y`` ``[n]``, with classifier-free
+        guidance ``sampler.guidance`` (w).
 
         NFE per image: T or ``steps`` (ancestral, DDIM, dpmpp, unipc); for the ODE ``steps``
         (euler), ``2 steps - 1`` (heun), or the steps the adaptive ``rk45`` took for that
-        image, plus one.
+        image, plus one; twice that with guidance w > 0.
         """
         name, opts = self._sampler_options(sampler)
+        w = opts.pop(GUIDANCE, 0.0)
         p = self._param()
+        labels = self.labels(y, n, p.device)
         x_T = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
-        if name == "ode":
-            x0, nfe_rows = ode_sample(self._pred_net, self.process, x_T, **opts)
-            return Sampled(self.to_levels(x0), nfe_rows)
+        if name == "ode":  # rk45 evaluates the rows still integrating: labels travel apart
+            net = (
+                self._pred_net if labels is None else functools.partial(self._pred_net, guidance=w)
+            )
+            x0, nfe_rows = ode_sample(net, self.process, x_T, labels=labels, **opts)
+            return Sampled(self.to_levels(x0), guided_nfe(nfe_rows, w))
+        pred = self._bind(self._pred_net, labels, w)
         if name in ("dpmpp", "unipc"):
             opts.setdefault("clip", self.clip_denoised)
-            x0, nfe = multistep_sample(self._pred_net, self.process, x_T, solver=name, **opts)
-            return Sampled.constant(self.to_levels(x0), nfe)
-        fn, net = ddim_sample, self._pred_net
+            x0, nfe = multistep_sample(pred, self.process, x_T, solver=name, **opts)
+            return Sampled.constant(self.to_levels(x0), guided_nfe(nfe, w))
+        fn, net = ddim_sample, pred
         if name == "ancestral":
             fn = ancestral_sample
             opts.setdefault("variance", self.variance)
@@ -436,7 +516,7 @@ class DDPM(SignedUnitLevels, GenerativeModel):
                         "sampler.variance=learned needs a model trained with "
                         "model.learn_sigma=true; valid here: small, large",
                     )
-                net = self._net
+                net = self._bind(self._net, labels, w)
         opts.setdefault("clip", self.clip_denoised)
         x0, nfe = fn(net, self.process, x_T, generator=generator, **opts)
-        return Sampled.constant(self.to_levels(x0), nfe)
+        return Sampled.constant(self.to_levels(x0), guided_nfe(nfe, w))

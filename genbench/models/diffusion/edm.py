@@ -35,10 +35,19 @@ probability-flow ODE dx/dσ = (x - D(x; σ))/σ (:mod:`.likelihood`, Hutchinson 
 start from, so the number is that of the model that draws the samples - and decodes to the K
 levels (``gaussian``) or dequantizes uniformly at σ_min (``uniform``); ``nll_options`` sets the
 solver. The same computation, with its NFE, is the estimator ``ode``.
+
+Class-conditional (``num_classes > 0``, ``model.conditional=true``): the label's embedding is
+added to the network's time (c_noise) embedding (:mod:`.unet`), labels are dropped to the null
+label with probability ``p_uncond`` in training, and every sampler takes ``guidance`` (w >= 0,
+default 0): classifier-free guidance of F, hence of D and ε alike (:mod:`.guidance`), applied in
+:meth:`EDM.denoise`, which every sampler calls; w > 0 costs 2 network evaluations per call
+(counted in the NFE). ``nll`` and ``ode`` take the labels ``y`` and estimate -log P(x | y) with
+the conditional network (no guidance).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -52,6 +61,14 @@ from genbench.models.base import (
     NllEstimate,
     Sampled,
     check_sampler_options,
+)
+from genbench.models.diffusion.guidance import OPTION as GUIDANCE
+from genbench.models.diffusion.guidance import (
+    check_guidance,
+    check_p_uncond,
+    conditional_of,
+    guided_nfe,
+    guided_output,
 )
 from genbench.models.diffusion.likelihood import DEQUANTIZATIONS, ProbabilityFlow, flow_nll
 from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
@@ -68,11 +85,11 @@ VP_BETA_D, VP_BETA_MIN, VP_M, VP_EPS_T = 19.9, 0.1, 1000, 1e-5
 #: VE column of Table 1: training σ log-uniform in [0.02, 100]
 VE_SIGMA_MIN, VE_SIGMA_MAX = 0.02, 100.0
 SAMPLERS: dict[str, tuple[str, ...]] = {
-    "heun": ("steps", "rho"),
-    "euler": ("steps", "rho"),
-    "stochastic": ("steps", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"),
-    "dpmpp": ("steps", "grid", "rho"),
-    "unipc": ("steps", "order", "grid", "rho"),
+    "heun": ("steps", "rho", GUIDANCE),
+    "euler": ("steps", "rho", GUIDANCE),
+    "stochastic": ("steps", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise", GUIDANCE),
+    "dpmpp": ("steps", "grid", "rho", GUIDANCE),
+    "unipc": ("steps", "order", "grid", "rho", GUIDANCE),
 }
 #: defaults of every sampler option (stochastic: the paper's CIFAR-10 VP row of Table 5)
 SAMPLER_DEFAULTS: dict[str, Any] = {
@@ -84,6 +101,7 @@ SAMPLER_DEFAULTS: dict[str, Any] = {
     "s_noise": 1.007,
     "order": 2,
     "grid": "logsnr",
+    GUIDANCE: 0.0,
 }
 NLL_OPTIONS: tuple[str, ...] = ("solver", "steps", "rtol", "atol", "probes", "dequantization")
 NLL_DEFAULTS: dict[str, Any] = {
@@ -127,6 +145,7 @@ def check_options(options: Mapping[str, Any], prefix: str) -> None:
         "atol": lambda k, v: option_number(k, v, **positive),
         "probes": lambda k, v: option_number(k, v, low=0, integer=True),
         "dequantization": lambda k, v: option_choice(k, v, DEQUANTIZATIONS),
+        GUIDANCE: lambda k, v: option_number(k, v, low=0),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -189,10 +208,15 @@ class EDM(SignedUnitLevels, GenerativeModel):
         sampler: default sampler options (``name``, ``steps``, ...).
         nll_options: defaults of the ODE likelihood (``solver`` rk45 | heun | euler, ``steps``,
             ``rtol``, ``atol``, ``probes`` (0 = exact trace), ``dequantization``).
+        num_classes: classes of a conditional model (from the runner with
+            ``model.conditional=true``; 0 = unconditional, no labels, no extra parameters).
+        p_uncond: label dropout of a conditional model (probability of the null label when
+            training; classifier-free guidance needs it > 0).
     """
 
     family = "diffusion"
     likelihood = "ode"
+    conditional_support = True
 
     def __init__(
         self,
@@ -216,8 +240,11 @@ class EDM(SignedUnitLevels, GenerativeModel):
         sigma_max: float = 80.0,
         sampler: Mapping[str, Any] | None = None,
         nll_options: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        p_uncond: float = 0.1,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
+        check_p_uncond(p_uncond)
         option_choice("model.precond", precond, PRECONDS)
         for key, value in (("sigma_data", sigma_data), ("sigma_min", sigma_min)):
             option_number(f"model.{key}", value, low=0, low_open=True)
@@ -235,12 +262,14 @@ class EDM(SignedUnitLevels, GenerativeModel):
             norm_groups=norm_groups,
             mlp_hidden=mlp_hidden,
             mlp_blocks=mlp_blocks,
+            num_classes=self.num_classes,
+            p_uncond=p_uncond,
         )
         self.precond: Precond = precond
         self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.sampler_defaults: dict[str, Any] = dict(sampler or {"name": "heun"})
-        merge_sampler({}, self.sampler_defaults)
+        self._sampler_options({})  # validate the defaults
         self.nll_defaults: dict[str, Any] = dict(nll_options or {})
         merge_nll_options({}, self.nll_defaults, "model.nll_options")
 
@@ -281,41 +310,59 @@ class EDM(SignedUnitLevels, GenerativeModel):
         z = torch.randn(n, dtype=torch.float64, device=device)
         return (self.p_mean + self.p_std * z).exp()
 
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+    def denoise(
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        labels: Tensor | None = None,
+        guidance: float = 0.0,
+    ) -> Tensor:
         """D(x; σ) ``[N, C, H, W]``: the denoised estimate of the data ``[-1, 1]`` scale from
         noisy ``x`` ``[N, C, H, W]`` (data + σ·noise) at noise levels ``sigma`` ``[N]`` (or a
-        number for all rows)."""
+        number for all rows); given the ``labels`` ``[N]`` of a conditional model, with F
+        guided by ``guidance`` w. The one place every sampler's network evaluation goes
+        through."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
         c_skip, c_out, c_in, c_noise = (
             c.to(x.dtype).view(-1, *([1] * (x.ndim - 1))) for c in self.coefficients(sigma)
         )
-        return c_skip * x + c_out * self.net(c_in * x, c_noise.flatten())
+        # one expression, in this order: autograd then sums the Jacobian's parts as it always has
+        return c_skip * x + c_out * guided_output(
+            self.net, c_in * x, c_noise.flatten(), labels, guidance
+        )
 
-    def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """∇_x log p_σ(x) ≈ (D(x; σ) - x) / σ² ``[N, C, H, W]`` for ``x`` and ``sigma`` as in
-        :meth:`denoise`."""
+    def score(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        """∇_x log p_σ(x) ≈ (D(x; σ) - x) / σ² ``[N, C, H, W]`` for ``x``, ``sigma`` and
+        ``labels`` as in :meth:`denoise`."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
         s2 = (sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma).to(x.dtype) ** 2
-        return (self.denoise(x, sigma) - x) / s2.view(-1, *([1] * (x.ndim - 1)))
+        return (self.denoise(x, sigma, labels) - x) / s2.view(-1, *([1] * (x.ndim - 1)))
 
     # ---- training and likelihood ------------------------------------------------------
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``{"loss": [N]}``: mean over sub-pixels of λ(σ) (D(x_0 + σn; σ) - x_0)², σ from the
-        training distribution and n ~ N(0, I) (global RNG)."""
+        training distribution and n ~ N(0, I) (global RNG); D given the labels ``y`` ``[N]`` of
+        a conditional model (dropped to the null label with probability ``p_uncond``)."""
+        labels = self.labels(y, x.shape[0], x.device)
         x0 = self.to_unit(x)
         sigma = self.training_sigmas(x0.shape[0], x0.device)
         noisy = x0 + sigma.to(x0.dtype).view(-1, 1, 1, 1) * torch.randn_like(x0)
-        err = (self.denoise(noisy, sigma) - x0).square().flatten(1).mean(1)
+        err = (self.denoise(noisy, sigma, labels) - x0).square().flatten(1).mean(1)
         return {"loss": self.loss_weight(sigma).to(err.dtype) * err}
 
     def flow(self) -> ProbabilityFlow:
         """The probability-flow ODE dx/dσ = (x - D(x; σ))/σ on [σ_min, σ_max], prior
-        N(0, σ_max² I), fixed-step grids on the ρ = 7 spacing."""
+        N(0, σ_max² I), fixed-step grids on the ρ = 7 spacing (a conditional model's flow takes
+        the rows' labels)."""
 
-        def eps(y: Tensor, sigma: Tensor) -> Tensor:
-            """ε̂ ``[N, C, H, W]`` = (y - D(y; σ)) / σ at ``y`` ``[N, C, H, W]``, σ ``[N]``."""
-            return (y - self.denoise(y, sigma)) / sigma.to(y.dtype).view(-1, *([1] * (y.ndim - 1)))
+        def eps(y: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
+            """ε̂ ``[N, C, H, W]`` = (y - D(y; σ)) / σ at ``y`` ``[N, C, H, W]``, σ ``[N]`` and
+            labels ``[N]`` (conditional models)."""
+            d = self.denoise(y, sigma, labels)
+            return (y - d) / sigma.to(y.dtype).view(-1, *([1] * (y.ndim - 1)))
 
         def grid(steps: int, solver: Solver, start: float | None) -> list[float]:
             lo = self.sigma_min if start is None else float(start)
@@ -324,21 +371,30 @@ class EDM(SignedUnitLevels, GenerativeModel):
         return ProbabilityFlow(eps, self.sigma_min, self.sigma_max, self.sigma_max**2, grid)
 
     def ode_likelihood(
-        self, x: Tensor, *, generator: Generator = None, **options: Any
+        self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None, **options: Any
     ) -> NllEstimate:
-        """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]`` with NFE
-        ``[N]`` and settings; ``options`` (:data:`NLL_OPTIONS`) over ``nll_options``; every
-        random draw (dequantization, probes) from ``generator`` (``None``: the global RNG)."""
+        """Probability-flow ODE NLL ``[N]`` nats of int64 levels ``x`` ``[N, C, H, W]`` (given the
+        labels ``y`` ``[N]`` of a conditional model) with NFE ``[N]`` and settings; ``options``
+        (:data:`NLL_OPTIONS`) over ``nll_options``; every random draw (dequantization, probes)
+        from ``generator`` (``None``: the global RNG)."""
         opts = merge_nll_options(options, self.nll_defaults, "eval.estimator_options.ode")
+        labels = self.labels(y, x.shape[0], x.device)
         return flow_nll(
-            self.flow(), x, self.levels, generator=generator, dtype=self._param().dtype, **opts
+            self.flow(),
+            x,
+            self.levels,
+            generator=generator,
+            dtype=self._param().dtype,
+            labels=labels,
+            **opts,
         )
 
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
-        """``[N]`` nats: a one-draw estimate of the ODE bound on -log P(x) (see the module
-        docstring); noise from ``generator`` (the evaluator passes one per test image, so an
-        image's number does not depend on its batch) or, when ``None``, the global RNG."""
-        return self.ode_likelihood(x, generator=generator).nll
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
+        """``[N]`` nats: a one-draw estimate of the ODE bound on -log P(x) (-log P(x | y) for a
+        conditional model's labels ``y`` ``[N]``; see the module docstring); noise from
+        ``generator`` (the evaluator passes one per test image, so an image's number does not
+        depend on its batch) or, when ``None``, the global RNG."""
+        return self.ode_likelihood(x, y=y, generator=generator).nll
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
         """``ode``: :meth:`ode_likelihood` (options as ``nll_options``), an estimate."""
@@ -356,20 +412,36 @@ class EDM(SignedUnitLevels, GenerativeModel):
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """The options of the module docstring, over the defaults in ``hparams["sampler"]``."""
-        merge_sampler(sampler, hparams.get("sampler"))
+        _, opts = merge_sampler(sampler, hparams.get("sampler"))
+        check_guidance(opts[GUIDANCE], conditional_of(hparams))
+
+    def _sampler_options(self, sampler: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(name, every option) of ``sampler`` over the defaults; ``guidance`` only for a
+        conditional model (an unconditional one refuses guidance != 0)."""
+        name, opts = merge_sampler(sampler, self.sampler_defaults)
+        w = check_guidance(opts.pop(GUIDANCE), self.conditional)
+        return name, ({**opts, GUIDANCE: w} if self.conditional else opts)
 
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
         """Every option ``sample(**sampler)`` uses, with ``name``."""
-        name, opts = merge_sampler(sampler, self.sampler_defaults)
+        name, opts = self._sampler_options(sampler)
         return {"name": name, **opts}
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """``[n, C, H, W]`` int64 levels from x ~ N(0, σ_max² I) (and the stochastic sampler's
-        noise) drawn from ``generator``; NFE per image: 2·steps - 1 (heun, stochastic) or steps
-        (euler)."""
-        name, opts = merge_sampler(sampler, self.sampler_defaults)
+        noise) drawn from ``generator``, given the labels ``y`` ``[n]`` of a conditional model
+        (guided by ``sampler.guidance``); NFE per image: 2·steps - 1 (heun, stochastic) or steps
+        (euler, dpmpp, unipc), twice that with guidance w > 0."""
+        name, opts = self._sampler_options(sampler)
+        w = opts.pop(GUIDANCE, 0.0)
         p = self._param()
+        labels = self.labels(y, n, p.device)
+        denoise = self.denoise
+        if labels is not None:
+            denoise = functools.partial(self.denoise, labels=labels, guidance=w)
         steps = int(opts["steps"])
         sigmas = karras_sigmas(self.sigma_min, self.sigma_max, steps, opts["rho"])
         x_T = self.sigma_max * randn(
@@ -380,10 +452,10 @@ class EDM(SignedUnitLevels, GenerativeModel):
                 sigmas = logsnr_sigmas(self.sigma_min, self.sigma_max, steps)
             grid = [*sigmas, 0.0]  # steps network calls, the last step to σ = 0
             if name == "dpmpp":
-                x0, nfe = dpmpp_2m(self.denoise, x_T, grid)
+                x0, nfe = dpmpp_2m(denoise, x_T, grid)
             else:
-                x0, nfe = unipc(self.denoise, x_T, grid, order=int(opts["order"]))
-            return Sampled.constant(self.to_levels(x0), nfe)
+                x0, nfe = unipc(denoise, x_T, grid, order=int(opts["order"]))
+            return Sampled.constant(self.to_levels(x0), guided_nfe(nfe, w))
         kw: dict[str, Any] = {"second_order": name != "euler", "generator": generator}
         if name == "stochastic":
             kw.update(
@@ -392,5 +464,5 @@ class EDM(SignedUnitLevels, GenerativeModel):
                 s_tmax=opts["s_tmax"],
                 s_noise=opts["s_noise"],
             )
-        x0, nfe = edm_sample(self.denoise, x_T, sigmas, **kw)
-        return Sampled.constant(self.to_levels(x0), nfe)
+        x0, nfe = edm_sample(denoise, x_T, sigmas, **kw)
+        return Sampled.constant(self.to_levels(x0), guided_nfe(nfe, w))

@@ -17,6 +17,10 @@ with p_{σ_max} = N(0, v I), v the flow's ``prior_var``. The trace
 is estimated with Hutchinson's estimator tr(J) ≈ mean_k z_kᵀ J z_k over ``probes`` Rademacher
 vectors drawn once per example (``probes=0``: exact trace, D backward passes - for toys).
 
+Class-conditional models pass ``labels`` ``[N]``: the flow's ``eps(y, σ, labels)`` then gets the
+labels of the rows it evaluates (the adaptive solver evaluates only the rows still integrating),
+and the number is the bound on -log P(x | label) under the conditional network.
+
 Discrete data: level k sits at u_k = 2k/(K-1) - 1 (as in training), Δ = 2/(K-1) apart. Two
 bounds on -log P(k) (``dequantization``), each returned as a single-sample (in the noise and in
 the probes) estimate in nats per example; divide by D ln 2 for bits/dim:
@@ -65,8 +69,9 @@ Dequantization = Literal["gaussian", "uniform"]
 DEQUANTIZATIONS: tuple[str, ...] = ("gaussian", "uniform")
 #: σ_0 of the ``gaussian`` bound, as a fraction of the level spacing Δ
 DECODER_SIGMA_FRACTION = 0.25
-#: ε̂(y, σ) = dy/dσ: y ``[N, ...]`` VE-coordinate states, σ ``[N]`` float64 → ``[N, ...]``
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+#: ε̂(y, σ) = dy/dσ: y ``[N, ...]`` VE-coordinate states, σ ``[N]`` float64 → ``[N, ...]``; a
+#: conditional flow's is called ``eps(y, σ, labels)`` with the rows' labels ``[N]``
+EpsFn = Callable[..., Tensor]
 #: increasing σ grid of the fixed-step solvers: (steps, solver, starting σ or None) → [σ, ...]
 GridFn = Callable[[int, Solver, float | None], list[float]]
 
@@ -106,8 +111,10 @@ def _drift_with_trace(
     shape: tuple[int, ...],
     probes: Tensor | None,
     log_time: bool,
+    labels: Tensor | None = None,
 ) -> Drift:
-    """Augmented drift (dy/ds, tr ∂(dy/ds)/∂y) over a state ``[N, D + 1]``."""
+    """Augmented drift (dy/ds, tr ∂(dy/ds)/∂y) over a state ``[N, D + 1]``; ``labels`` ``[N]``:
+    the batch's class labels (conditional flows)."""
 
     def drift(s: Tensor, state: Tensor, rows: Tensor) -> Tensor:
         """``[N, D + 1]`` (dy/ds, trace) at times ``s`` ``[N]`` (float64 σ, or log σ) for the
@@ -116,7 +123,9 @@ def _drift_with_trace(
             # clones: tensors made under inference_mode cannot enter an autograd graph
             sigma = (s.exp() if log_time else s).clone()
             y = state[:, :-1].detach().clone().requires_grad_(True)
-            f = flow.eps(y.view(-1, *shape), sigma).flatten(1)
+            y_ = y.view(-1, *shape)
+            f = flow.eps(y_, sigma) if labels is None else flow.eps(y_, sigma, labels[rows])
+            f = f.flatten(1)
             if log_time:
                 f = sigma.to(f.dtype)[:, None] * f
             div = jacobian_trace(f, y, None if probes is None else probes[rows].clone())
@@ -193,6 +202,7 @@ def flow_log_density(
     atol: float = 1e-5,
     probes: int = 1,
     sigma_min: float | None = None,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p_{σ_min}(y) ``[N]`` (nats, continuous density of y ``[N, ...]`` in the data scale)
     and the network evaluations per row ``[N]``. ``sigma_min``: where the ODE starts (default
@@ -202,18 +212,18 @@ def flow_log_density(
     in σ over ``steps`` noise levels (:func:`~genbench.models.diffusion.samplers.ode_grid`; Heun
     with 100 levels is off by ~0.01-0.02 nats per dimension on Gaussian toys). ``probes``:
     Rademacher vectors for Hutchinson's estimator (drawn from ``generator``), 0 for the exact
-    trace.
+    trace. ``labels``: ``[N]`` class labels of a conditional flow.
     """
     shape, b = tuple(y.shape[1:]), y.shape[0]
     z = rademacher_probes(y, probes, generator)
     state = augmented(y)
     if solver == "rk45":
-        drift = _drift_with_trace(flow, shape, z, log_time=True)
+        drift = _drift_with_trace(flow, shape, z, log_time=True, labels=labels)
         lo = math.log(flow.sigma_min if sigma_min is None else sigma_min)
         hi = math.log(flow.sigma_max)
         state, nfe = integrate_rk45(drift, state, lo, hi, rtol=rtol, atol=atol)
     else:
-        drift = _drift_with_trace(flow, shape, z, log_time=False)
+        drift = _drift_with_trace(flow, shape, z, log_time=False, labels=labels)
         grid = flow.grid(int(steps), solver, sigma_min)
         state, n = integrate_fixed(drift, state, grid, solver)
         nfe = torch.full((b,), n, dtype=torch.float64, device=y.device)
@@ -264,9 +274,11 @@ def flow_nll(
     probes: int = 1,
     dequantization: Dequantization = "gaussian",
     dtype: torch.dtype = torch.float32,
+    labels: Tensor | None = None,
 ) -> NllEstimate:
     """Probability-flow ODE bound on the NLL of discrete ``x`` ``[N, ...]`` (levels in
-    ``[0, K)``), in nats per example (see the module docstring for the two bounds).
+    ``[0, K)``), in nats per example (see the module docstring for the two bounds); with
+    ``labels`` ``[N]`` (a conditional flow) the bound on -log P(x | label).
 
     Draws, per example from ``generator``: the dequantization noise, then the probe vectors.
     Returns ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` network evaluations (each also runs
@@ -275,7 +287,8 @@ def flow_nll(
     """
     d = math.prod(x.shape[1:])
     settings = ode_settings(probes, solver, dequantization, rtol, atol, steps)
-    options = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
+    options = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol}
+    options.update(probes=probes, labels=labels)
     if dequantization == "uniform":
         u = dequantize(x, levels, generator=generator, dtype=dtype)
         logp, nfe = flow_log_density(flow, u, generator=generator, **options)

@@ -3,7 +3,10 @@ q(x_{t-1} | x_t, x_0), the ε / v parametrizations, L_simple and the variational
 
 :class:`GaussianDiffusion` is a plain class with float64 tables; the network is passed in as a
 function ``net(x_t, t_net) -> output`` (ε or v), so one process serves training, every sampler
-and the likelihoods.
+and the likelihoods. A class-conditional network is called ``net(x_t, t_net, labels)`` with the
+labels ``[N]`` of its rows: functions that evaluate it on other rows than the batch's (the
+bound's timestep batching, an adaptive solver's active rows) take the batch's ``labels`` and
+pass each call its rows' labels (:func:`apply_net`); ``labels=None`` calls ``net(x_t, t_net)``.
 
 Indexing: code index ``t = 0..T-1`` is the paper's step ``t + 1``. So ``betas[t] = β_{t+1}``,
 ``alphas_cumprod[t] = ᾱ_{t+1}``, ``alphas_cumprod_prev[t] = ᾱ_t`` (with ``ᾱ_0 = 1``), and
@@ -37,7 +40,14 @@ Prediction = Literal["eps", "v"]
 Variance = Literal["small", "large", "learned"]
 #: λ of the hybrid objective L_simple + λ L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
 HYBRID_WEIGHT = 1e-3
-NetFn = Callable[[Tensor, Tensor], Tensor]
+#: ``net(x_t [N, ...], t_net [N]) -> [N, ...]``, or ``net(x_t, t_net, labels [N])`` when conditional
+NetFn = Callable[..., Tensor]
+
+
+def apply_net(net: NetFn, x_t: Tensor, t_net: Tensor, labels: Tensor | None = None) -> Tensor:
+    """``net(x_t, t_net)`` (unconditional: ``labels`` None) or ``net(x_t, t_net, labels)`` with
+    the labels ``[N]`` of the rows of ``x_t``."""
+    return net(x_t, t_net) if labels is None else net(x_t, t_net, labels)
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -388,6 +398,7 @@ class GaussianDiffusion:
         clip: bool = True,
         generator: Generator = None,
         max_batch: int = 4096,
+        labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The variational bound on -log P(x_0) of discrete data, every term in ``[N]`` nats.
 
@@ -399,6 +410,7 @@ class GaussianDiffusion:
         ``per_t`` ``[N, T]`` (column 0 is L_0, column t ≥ 1 is L_t's KL term).
         ``max_batch`` caps the rows per network call (timesteps are batched together; a batch
         larger than ``max_batch`` is split), so the network's memory does not grow with T or N.
+        ``labels``: ``[N]`` class labels of a conditional ``net`` (each call gets its rows').
         """
         b = x0.shape[0]
         chunk = max(1, max_batch // b)
@@ -410,10 +422,16 @@ class GaussianDiffusion:
             )
             t = torch.tensor(ts, device=x0.device).repeat_interleave(b)
             x0r = x0.repeat(len(ts), *([1] * (x0.ndim - 1)))
+            yr = None if labels is None else labels.repeat(len(ts))
             x_t, net_t = self.q_sample(x0r, t, eps), self.net_time(t)
             out = torch.cat(
                 [
-                    net(x_t[i : i + max_batch], net_t[i : i + max_batch])
+                    apply_net(
+                        net,
+                        x_t[i : i + max_batch],
+                        net_t[i : i + max_batch],
+                        None if yr is None else yr[i : i + max_batch],
+                    )
                     for i in range(0, x_t.shape[0], max_batch)
                 ]
             ).double()

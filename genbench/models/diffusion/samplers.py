@@ -24,6 +24,11 @@ solver takes its own steps per image).
   "variance-exploding" coordinates x = data + σ·noise: Heun's method on the ρ = 7 σ-grid
   (Algorithm 1), Euler, and the stochastic sampler with churn (Algorithm 2).
 
+Class labels: the samplers that call the network on the whole batch at every step take a
+network with the labels (and any guidance) already bound in; :func:`ode_sample`, whose adaptive
+solver evaluates only the rows still integrating, takes the batch's ``labels`` ``[N]`` and gives
+each call its rows' labels.
+
 Step skipping respaces the process (:meth:`GaussianDiffusion.respace`) onto
 :func:`spaced_timesteps`, indices spread evenly over ``0..T-1`` with both ends included.
 """
@@ -37,7 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from genbench.models.diffusion.process import GaussianDiffusion, NetFn, Variance
+from genbench.models.diffusion.process import GaussianDiffusion, NetFn, Variance, apply_net
 from genbench.nn.random import Generator, randn
 
 Solver = Literal["euler", "heun", "rk45"]
@@ -128,11 +133,15 @@ def ddim_sample(
     return x, float(proc.T)
 
 
-def pf_ode_eps(net: NetFn, process: GaussianDiffusion, y: Tensor, sigma: Tensor) -> Tensor:
-    """ε̂ at the ODE state y = x / √ᾱ ``[N, ...]`` and noise level σ ``[N]``: the drift dy/dσ."""
+def pf_ode_eps(
+    net: NetFn, process: GaussianDiffusion, y: Tensor, sigma: Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """ε̂ at the ODE state y = x / √ᾱ ``[N, ...]`` and noise level σ ``[N]``: the drift dy/dσ
+    (``labels`` ``[N]``: the rows' class labels for a conditional ``net``)."""
     ab = (1 / (1 + sigma.double() ** 2)).to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
     x = y * ab.sqrt()
-    eps, _ = process.split(net(x, process.net_time_at(process.t_at(sigma))), x, ab)
+    out = apply_net(net, x, process.net_time_at(process.t_at(sigma)), labels)
+    eps, _ = process.split(out, x, ab)
     return eps
 
 
@@ -255,30 +264,34 @@ def ode_sample(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     generator: Generator = None,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Probability-flow ODE from x_T ``[N, ...]`` (deterministic; ``generator`` is unused).
 
     ``euler``/``heun``: ``steps`` noise levels (:func:`ode_grid`) then 0 (Heun ends with an
     Euler step, NFE = 2 steps - 1). ``rk45``: adaptive in log σ down to the smallest σ, then one
-    Euler step to σ = 0; each image counts its own steps. Returns (x_0, NFE ``[N]`` float64).
+    Euler step to σ = 0; each image counts its own steps. ``labels``: ``[N]`` class labels of a
+    conditional ``net``. Returns (x_0, NFE ``[N]`` float64).
     """
     shape = x_T.shape
     y = (x_T * (1 + process.sigmas[-1] ** 2).sqrt().to(x_T.dtype)).flatten(1)
 
-    def eps(sig: Tensor, state: Tensor) -> Tensor:
-        """ε̂ ``[N, D]`` at flat ODE states ``state`` ``[N, D]`` and σ ``sig`` ``[N]`` (float64)."""
-        return pf_ode_eps(net, process, state.view(-1, *shape[1:]), sig).flatten(1)
+    def eps(sig: Tensor, state: Tensor, rows: Tensor | None = None) -> Tensor:
+        """ε̂ ``[n, D]`` at flat ODE states ``state`` ``[n, D]`` and σ ``sig`` ``[n]`` (float64)
+        of the batch rows ``rows`` ``[n]`` (``None``: all of them)."""
+        lab = labels if labels is None or rows is None else labels[rows]
+        return pf_ode_eps(net, process, state.view(-1, *shape[1:]), sig, lab).flatten(1)
 
     if solver in ("euler", "heun"):
         grid = ode_grid(process, int(steps), solver)[::-1]
-        y, n = integrate_fixed(lambda sig, st, rows: eps(sig, st), y, grid, solver)
+        y, n = integrate_fixed(eps, y, grid, solver)
         nfe = torch.full((y.shape[0],), n, dtype=torch.float64, device=y.device)
     elif solver == "rk45":
 
         def drift(log_sig: Tensor, state: Tensor, rows: Tensor) -> Tensor:
-            """dy/d log σ = σ ε̂ ``[N, D]`` at log σ ``log_sig`` ``[N]`` (float64)."""
+            """dy/d log σ = σ ε̂ ``[n, D]`` at log σ ``log_sig`` ``[n]`` (float64)."""
             sig = log_sig.exp()
-            return sig.to(state.dtype)[:, None] * eps(sig, state)
+            return sig.to(state.dtype)[:, None] * eps(sig, state, rows)
 
         lo, hi = float(process.sigmas[0].log()), float(process.sigmas[-1].log())
         y, nfe = integrate_rk45(drift, y, hi, lo, rtol=rtol, atol=atol)

@@ -4,6 +4,14 @@ Both map ``(x_t, t)`` to a tensor shaped like ``x_t`` (ε or v, as the process a
 ``[N]`` float tensor of network times (the original step index ``0..T-1``; fractional values come
 from the probability-flow ODE) and enters through a sinusoidal embedding followed by an MLP.
 
+Class conditioning (``num_classes > 0``): ``forward(x_t, t, y)`` takes labels ``y`` ``[N]`` in
+``[0, C]`` (C = the null label of classifier-free guidance) whose learned embedding
+(:class:`~genbench.nn.condition.ClassEmbedding`, the time embedding's width) is added to the
+time embedding, so it reaches every block the way time does (Ho & Salimans 2022; Dhariwal &
+Nichol 2021 add it the same way). In training mode labels are replaced by the null label with
+probability ``p_uncond``. With ``num_classes = 0`` the network has no embedding and takes no
+labels (its parameters and outputs are those of the unconditional network).
+
 U-Net (Ho et al. 2020, Appendix B; the PixelCNN++-style backbone of their ``diffusion_tf``):
 ``conv_in`` → per resolution level ``num_res_blocks`` residual blocks (self-attention after each
 block at the resolutions in ``attn_resolutions``) then a stride-2 conv, except at the last level →
@@ -25,6 +33,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genbench.nn.condition import ClassEmbedding
 
 NetKind = Literal["auto", "unet", "mlp"]
 
@@ -52,6 +62,24 @@ def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def _labels(num_classes: int, dim: int, p_uncond: float) -> ClassEmbedding | None:
+    """The class embedding of a conditional network (``None`` when ``num_classes = 0``)."""
+    return ClassEmbedding(num_classes, dim, p_uncond) if num_classes > 0 else None
+
+
+def _add_label(net: nn.Module, temb: Tensor, y: Tensor | None) -> Tensor:
+    """``temb`` ``[N, dim]`` plus the embedding of labels ``y`` ``[N]`` (a conditional ``net``);
+    unchanged for an unconditional one, which refuses labels."""
+    label = net.label
+    if label is None:
+        if y is not None:
+            raise ValueError("labels y given to an unconditional network (num_classes = 0)")
+        return temb
+    if y is None:
+        raise ValueError(f"a conditional network ({label.num_classes} classes) needs labels y")
+    return temb + label(y).to(temb.dtype)
 
 
 class TimeEmbedding(nn.Module):
@@ -130,6 +158,8 @@ class UNet(nn.Module):
         attn_resolutions: feature-map heights that get a self-attention block.
         dropout: dropout rate inside residual blocks.
         norm_groups: GroupNorm groups (``gcd`` with the width is used).
+        num_classes: classes C of a conditional network (0: unconditional, no labels).
+        p_uncond: label dropout of a conditional network (training mode only).
     """
 
     def __init__(
@@ -144,6 +174,8 @@ class UNet(nn.Module):
         attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         norm_groups: int = 32,
+        num_classes: int = 0,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__()
         ch_mult, attn = tuple(int(m) for m in ch_mult), {int(r) for r in attn_resolutions}
@@ -179,9 +211,10 @@ class UNet(nn.Module):
                 res = res * 2
         self.norm_out = _norm(c, g)
         self.conv_out = _zero(nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
+        self.label = _labels(num_classes, temb, p_uncond)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
-        temb = self.temb(t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: D102
+        temb = _add_label(self, self.temb(t), y)
         hs = [self.conv_in(x)]
         for blk in self.down:
             h = hs[-1]
@@ -201,14 +234,23 @@ class UNet(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """Residual MLP for flat data (2-D toys): ``(x [N, C, H, W], t [N]) → [N, out C, H, W]``
-    (``out``: output channels per input channel, 2 for a DDPM with learned variances).
+    (``out``: output channels per input channel, 2 for a DDPM with learned variances); with
+    ``num_classes > 0`` also labels ``y`` ``[N]``, embedded and added to the time embedding.
 
     ``Linear(D, hidden)`` → ``blocks`` × [``h + Linear(dropout(SiLU(Linear(SiLU(h)) +
     Dense(SiLU(temb)))))``] → ``SiLU, Linear(hidden, D)`` (zero-initialized).
     """
 
     def __init__(
-        self, dims: int, *, hidden: int = 256, blocks: int = 3, dropout: float = 0.0, out: int = 1
+        self,
+        dims: int,
+        *,
+        hidden: int = 256,
+        blocks: int = 3,
+        dropout: float = 0.0,
+        out: int = 1,
+        num_classes: int = 0,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__()
         self.temb = TimeEmbedding(hidden, hidden)
@@ -218,9 +260,10 @@ class MLPDenoiser(nn.Module):
         self.fc2 = nn.ModuleList(_zero(nn.Linear(hidden, hidden)) for _ in range(blocks))
         self.dropout = nn.Dropout(dropout)
         self.out = _zero(nn.Linear(hidden, dims * out))
+        self.label = _labels(num_classes, hidden, p_uncond)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
-        temb = F.silu(self.temb(t))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: D102
+        temb = F.silu(_add_label(self, self.temb(t), y))
         h = self.inp(x.flatten(1))
         for fc1, proj, fc2 in zip(self.fc1, self.temb_proj, self.fc2):
             h = h + fc2(self.dropout(F.silu(fc1(F.silu(h)) + proj(temb))))
@@ -240,15 +283,24 @@ def build_denoiser(
     mlp_hidden: int = 256,
     mlp_blocks: int = 3,
     out_mult: int = 1,
+    num_classes: int = 0,
+    p_uncond: float = 0.0,
 ) -> nn.Module:
     """The denoiser for data of ``shape`` ``(C, H, W)``: ``net="auto"`` picks the MLP when
-    ``H = W = 1`` and the U-Net otherwise; its output has ``out_mult * C`` channels."""
+    ``H = W = 1`` and the U-Net otherwise; its output has ``out_mult * C`` channels. With
+    ``num_classes > 0`` it takes labels (class embedding with label dropout ``p_uncond``)."""
     c, h, w = (int(s) for s in shape)
     if net not in ("auto", "unet", "mlp"):
         raise ValueError(f"net must be auto, unet or mlp, got {net!r}")
     if net == "mlp" or (net == "auto" and h == w == 1):
         return MLPDenoiser(
-            c * h * w, hidden=mlp_hidden, blocks=mlp_blocks, dropout=dropout, out=out_mult
+            c * h * w,
+            hidden=mlp_hidden,
+            blocks=mlp_blocks,
+            dropout=dropout,
+            out=out_mult,
+            num_classes=num_classes,
+            p_uncond=p_uncond,
         )
     return UNet(
         c,
@@ -260,4 +312,6 @@ def build_denoiser(
         attn_resolutions=attn_resolutions,
         dropout=dropout,
         norm_groups=norm_groups,
+        num_classes=num_classes,
+        p_uncond=p_uncond,
     )

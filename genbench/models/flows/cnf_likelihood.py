@@ -46,23 +46,31 @@ from genbench.models.diffusion.likelihood import (
 from genbench.models.diffusion.samplers import Drift, Solver, integrate_fixed, integrate_rk45
 from genbench.nn.random import Generator, randn
 
-#: (x_t ``[N, C, H, W]``, t ``[N]`` float64 in [0, 1]) -> velocity ``[N, C, H, W]``
-Velocity = Callable[[Tensor, Tensor], Tensor]
+#: (x_t ``[N, C, H, W]``, t ``[N]`` float64 in [0, 1]) -> velocity ``[N, C, H, W]``; a
+#: class-conditional field is called ``velocity(x_t, t, labels)`` with the rows' labels ``[N]``
+Velocity = Callable[..., Tensor]
 SOLVERS: tuple[str, ...] = ("euler", "heun", "rk45")
 #: lowest σ_0 of the decoder (only reached for K > 5000 levels)
 SIGMA0_FLOOR = 1e-4
 
 
-def _with_divergence(velocity: Velocity, shape: tuple[int, ...], probes: Tensor | None) -> Drift:
+def _with_divergence(
+    velocity: Velocity,
+    shape: tuple[int, ...],
+    probes: Tensor | None,
+    labels: Tensor | None = None,
+) -> Drift:
     """Augmented drift (v, tr ∂v/∂x) over states ``[N, D + 1]``; ``probes`` ``[N, P, D]``
-    Rademacher vectors of the batch rows (``None``: exact trace, D backward passes)."""
+    Rademacher vectors of the batch rows (``None``: exact trace, D backward passes); ``labels``
+    ``[N]`` the batch rows' class labels (conditional fields)."""
 
     def drift(t: Tensor, state: Tensor, rows: Tensor) -> Tensor:
         """``[n, D + 1]`` at times ``t`` ``[n]`` for the rows ``rows`` ``[n]`` of the batch."""
         with torch.inference_mode(False), torch.enable_grad():
             # clones: tensors made under inference_mode cannot enter an autograd graph
             x = state[:, :-1].detach().clone().requires_grad_(True)
-            v = velocity(x.view(-1, *shape), t.clone()).flatten(1)
+            args = () if labels is None else (labels[rows],)
+            v = velocity(x.view(-1, *shape), t.clone(), *args).flatten(1)
             div = jacobian_trace(v, x, None if probes is None else probes[rows].clone())
         return torch.cat([v.detach(), div.detach()[:, None]], dim=1)
 
@@ -80,14 +88,16 @@ def ode_log_density(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     probes: int = 0,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """log p_{t_0}(x) ``[N]`` (nats, density of x_{t_0} ``[N, ...]``) and the velocity evaluations
     per row ``[N]``: integrate (x, ∫ tr ∂v/∂x dt) from t_0 to 1 (``rk45`` adaptive per row, or
     ``euler``/``heun`` on ``steps`` uniform steps) and add log N(x_1; 0, I). ``probes``:
-    Rademacher vectors per example from ``generator`` (0: exact trace)."""
+    Rademacher vectors per example from ``generator`` (0: exact trace). ``labels``: ``[N]``
+    class labels of a conditional field (the density is then p_{t_0}(x | label))."""
     shape, b = tuple(x.shape[1:]), x.shape[0]
     state = augmented(x)
-    drift = _with_divergence(velocity, shape, rademacher_probes(x, probes, generator))
+    drift = _with_divergence(velocity, shape, rademacher_probes(x, probes, generator), labels)
     if solver == "rk45":
         state, nfe = integrate_rk45(drift, state, float(t0), 1.0, rtol=rtol, atol=atol)
     elif solver in ("euler", "heun"):
@@ -113,17 +123,21 @@ def ode_nll(
     atol: float = 1e-5,
     probes: int = 0,
     dtype: torch.dtype = torch.float32,
+    labels: Tensor | None = None,
 ) -> NllEstimate:
     """The gaussian-dequantization ODE bound (module docstring) on -log P(x) of levels ``x``
-    ``[N, C, H, W]``: ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` (each also runs max(probes, 1) or D
-    backward passes) and the settings. Per example, ``generator`` draws ε, then the probes."""
+    ``[N, C, H, W]`` (-log P(x | label) with class ``labels`` ``[N]`` for a conditional field):
+    ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` (each also runs max(probes, 1) or D backward passes)
+    and the settings. Per example, ``generator`` draws ε, then the probes."""
     d = math.prod(x.shape[1:])
     sigma0 = decoder_sigma(SIGMA0_FLOOR, levels)
     t0 = sigma0 / (1 + sigma0)
     centres = x.to(dtype) * (2 / (levels - 1)) - 1
     z = centres + sigma0 * randn(x.shape, generator=generator, device=x.device, dtype=dtype)
     opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
-    logp, nfe = ode_log_density(velocity, (1 - t0) * z, t0, generator=generator, **opts)
+    logp, nfe = ode_log_density(
+        velocity, (1 - t0) * z, t0, generator=generator, labels=labels, **opts
+    )
     nll = -logp - d * math.log1p(-t0) + decoder_log_normalizer(z, levels, sigma0)
     settings = {**ode_settings(probes, solver, "gaussian", rtol, atol, steps), "sigma0": sigma0}
     return NllEstimate(nll=nll, nfe=nfe, settings=settings)

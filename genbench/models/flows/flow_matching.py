@@ -25,10 +25,20 @@ on a ``logsnr`` or ``karras`` grid from σ = 999 (t = 0.999) to 0.002, then to 0
 
 Likelihood (``likelihood = "ode"``): the gaussian-dequantization ODE bound of
 :mod:`.cnf_likelihood`, stopped at σ_0 = max(Δ/4, 10⁻⁴), exact trace when D ≤ 16 by default.
+
+Class-conditional (``num_classes > 0``, ``model.conditional=true``): the label's embedding is
+added to the network's time embedding, labels are dropped to the null label with probability
+``p_uncond`` in training, and every sampler takes ``guidance`` (w >= 0, default 0):
+classifier-free guidance of the velocity, hence of x̂_0 and ε alike
+(:mod:`genbench.models.diffusion.guidance`), applied in :meth:`FlowMatching.velocity`, which
+every sampler calls; w > 0 costs 2 network evaluations per call (counted in the NFE). ``nll``
+and ``ode`` take the labels ``y`` and bound -log P(x | y) with the conditional field (no
+guidance).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -41,6 +51,14 @@ from genbench.models.base import (
     NllEstimate,
     Sampled,
     check_sampler_options,
+)
+from genbench.models.diffusion.guidance import OPTION as GUIDANCE
+from genbench.models.diffusion.guidance import (
+    check_guidance,
+    check_p_uncond,
+    conditional_of,
+    guided_nfe,
+    guided_output,
 )
 from genbench.models.diffusion.multistep import dpmpp_2m, logsnr_sigmas, unipc
 from genbench.models.diffusion.samplers import (
@@ -104,16 +122,19 @@ def ode_sample(
     steps: int = 20,
     rtol: float = 1e-3,
     atol: float = 1e-3,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Integrate dx/dt = v from noise x_1 ``[N, ...]`` at t = 1 to t = 0. ``euler``/``heun``:
     ``steps`` uniform steps (NFE ``steps`` / ``2 steps``; Heun's last corrector evaluates v at
-    t = 0); ``rk45``: adaptive per row (``rtol``/``atol``). Returns x_0 (data scale, unclipped)
-    and the velocity evaluations per row ``[N]`` float64."""
+    t = 0); ``rk45``: adaptive per row (``rtol``/``atol``). ``labels``: ``[N]`` class labels of
+    a conditional field, called ``velocity(x, t, labels)`` with its rows' labels. Returns x_0
+    (data scale, unclipped) and the velocity evaluations per row ``[N]`` float64."""
     shape = x1.shape
 
     def drift(t: Tensor, state: Tensor, rows: Tensor) -> Tensor:
-        """v ``[n, D]`` at flat states ``[n, D]`` and times ``t`` ``[n]``."""
-        return velocity(state.view(-1, *shape[1:]), t).flatten(1)
+        """v ``[n, D]`` at flat states ``[n, D]`` and times ``t`` ``[n]`` of the rows ``rows``."""
+        args = () if labels is None else (labels[rows],)
+        return velocity(state.view(-1, *shape[1:]), t, *args).flatten(1)
 
     if solver == "rk45":
         x, nfe = integrate_rk45(drift, x1.flatten(1), 1.0, 0.0, rtol=rtol, atol=atol)
@@ -129,7 +150,7 @@ def ode_sample(
 def check_options(options: Mapping[str, Any], prefix: str) -> None:
     """Values of sampler / likelihood options under config key ``prefix`` (``None`` = unset):
     ``solver`` euler | heun | rk45, ``steps`` an integer >= 1, ``rtol``/``atol`` > 0, ``probes``
-    an integer >= 0."""
+    an integer >= 0, ``guidance`` >= 0."""
     checks = {
         "solver": lambda k, v: option_choice(k, v, SOLVERS),
         "steps": lambda k, v: option_number(k, v, low=1, integer=True),
@@ -138,6 +159,7 @@ def check_options(options: Mapping[str, Any], prefix: str) -> None:
         "probes": lambda k, v: option_number(k, v, low=0, integer=True),
         "order": lambda k, v: option_number(k, v, low=1, high=3, integer=True),
         "grid": lambda k, v: option_choice(k, v, ("logsnr", "karras")),
+        GUIDANCE: lambda k, v: option_number(k, v, low=0),
     }
     for name, value in options.items():
         if value is not None and name in checks:
@@ -167,12 +189,17 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
         nll_options: options of the ODE likelihood behind ``nll`` (``solver``, ``steps``,
             ``rtol``, ``atol``, ``probes``; ``probes: null`` = exact trace when D ≤ 16, else 1).
         sampler: default sampler options: ``name: ode``, ``solver`` (euler | heun | rk45),
-            ``steps`` (fixed-step solvers), ``rtol``/``atol`` (rk45); options given to
-            ``sample`` are merged over them.
+            ``steps`` (fixed-step solvers), ``rtol``/``atol`` (rk45), ``guidance``; options
+            given to ``sample`` are merged over them.
+        num_classes: classes of a conditional model (from the runner with
+            ``model.conditional=true``; 0 = unconditional, no labels, no extra parameters).
+        p_uncond: label dropout of a conditional model (probability of the null label when
+            training; classifier-free guidance needs it > 0).
     """
 
     family = "flow"
     likelihood = "ode"
+    conditional_support = True
 
     def __init__(
         self,
@@ -192,8 +219,11 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
         nll_seed: int = 0,
         nll_options: Mapping[str, Any] | None = None,
         sampler: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        p_uncond: float = 0.1,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
+        check_p_uncond(p_uncond)
         self.net = build_denoiser(
             self.shape,
             net,
@@ -205,40 +235,58 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
             norm_groups=norm_groups,
             mlp_hidden=mlp_hidden,
             mlp_blocks=mlp_blocks,
+            num_classes=self.num_classes,
+            p_uncond=p_uncond,
         )
         self.time_dist: TimeDist = option_choice("model.time_dist", time_dist, TIME_DISTS)
         self.nll_seed = int(nll_seed)
         self.nll_options = _ode_options(nll_options, "model.nll_options")
         self.sampler_defaults: dict[str, Any] = dict(sampler or DEFAULT_SAMPLER)
-        self._merge_sampler({}, self.sampler_defaults)  # validate the defaults
+        self.resolve_sampler()  # validate the defaults
 
     # ---- network ----------------------------------------------------------------------
 
-    def velocity(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def velocity(
+        self, x_t: Tensor, t: Tensor, labels: Tensor | None = None, guidance: float = 0.0
+    ) -> Tensor:
         """v_θ(x_t, t) ``[N, C, H, W]`` at x_t ``[N, C, H, W]`` and times t ``[N]`` in [0, 1]; the
-        network gets float32 times 1000 t (as DDPM's network times, whatever the precision)."""
-        return self.net(x_t, (t.double() * NET_TIME_SCALE).float())
+        network gets float32 times 1000 t (as DDPM's network times, whatever the precision).
+        A conditional model takes the rows' ``labels`` ``[N]`` and guides v by ``guidance`` w:
+        the one place every sampler's network evaluation goes through."""
+        return guided_output(self.net, x_t, (t.double() * NET_TIME_SCALE).float(), labels, guidance)
 
-    def denoise(self, y: Tensor, sigma: Tensor) -> Tensor:
+    def denoise(
+        self, y: Tensor, sigma: Tensor, labels: Tensor | None = None, guidance: float = 0.0
+    ) -> Tensor:
         """x̂_0 ``[N, C, H, W]`` in VE coordinates: y = x_t / (1 - t) ``[N, C, H, W]`` at noise
-        level σ = t / (1 - t) ``[N]``; x̂_0 = x_t - t v(x_t, t) with t = σ / (1 + σ)."""
+        level σ = t / (1 - t) ``[N]``; x̂_0 = x_t - t v(x_t, t) with t = σ / (1 + σ) (``labels``
+        and ``guidance`` as in :meth:`velocity`)."""
         t = sigma.double() / (1 + sigma.double())
         tb = t.to(y.dtype).reshape(-1, *([1] * (y.ndim - 1)))
         x_t = y * (1 - tb)
-        return x_t - tb * self.velocity(x_t, t)
+        v = self.velocity(x_t, t) if labels is None else self.velocity(x_t, t, labels, guidance)
+        return x_t - tb * v
 
     # ---- training and likelihood ------------------------------------------------------
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """``{"loss": [N]}``: mean_dims (v_θ(x_t, t) - (ε - x_0))², t from ``time_dist`` then
-        ε ~ N(0, I), both from the global RNG."""
+        ε ~ N(0, I), both from the global RNG; v given the labels ``y`` ``[N]`` of a
+        conditional model (dropped to the null label with probability ``p_uncond``)."""
+        labels = self.labels(y, x.shape[0], x.device)
+        velocity = self.velocity
+        if labels is not None:
+            velocity = functools.partial(self.velocity, labels=labels)
         x0 = self.to_unit(x)
         t = sample_time(x0.shape[0], self.time_dist, device=x0.device)
-        return {"loss": flow_matching_loss(self.velocity, x0, t, torch.randn_like(x0))}
+        return {"loss": flow_matching_loss(velocity, x0, t, torch.randn_like(x0))}
 
     def ode_likelihood(
         self,
         x: Tensor,
         *,
+        y: Tensor | None = None,
         generator: Generator = None,
         solver: Solver = "rk45",
         steps: int = 100,
@@ -246,9 +294,11 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
         atol: float = 1e-5,
         probes: int | None = None,
     ) -> NllEstimate:
-        """The ODE bound (:func:`ode_nll`) of levels ``x`` ``[N, C, H, W]``: ``nll`` ``[N]``
-        nats, ``nfe`` ``[N]`` and settings. ``probes=None``: exact trace when D ≤ 16, else one
-        Rademacher probe. Noise from ``generator`` (default one seeded ``nll_seed``)."""
+        """The ODE bound (:func:`ode_nll`) of levels ``x`` ``[N, C, H, W]`` (given the labels
+        ``y`` ``[N]`` of a conditional model): ``nll`` ``[N]`` nats, ``nfe`` ``[N]`` and
+        settings. ``probes=None``: exact trace when D ≤ 16, else one Rademacher probe. Noise
+        from ``generator`` (default one seeded ``nll_seed``)."""
+        labels = self.labels(y, x.shape[0], x.device)
         opts = {"solver": solver, "steps": steps, "rtol": rtol, "atol": atol, "probes": probes}
         check_options(opts, "eval.estimator_options.ode")
         if probes is None:
@@ -256,12 +306,19 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.nll_seed)
         return ode_nll(
-            self.velocity, x, self.levels, generator=generator, dtype=self._param().dtype, **opts
+            self.velocity,
+            x,
+            self.levels,
+            generator=generator,
+            dtype=self._param().dtype,
+            labels=labels,
+            **opts,
         )
 
-    def nll(self, x: Tensor, *, generator: Generator = None) -> Tensor:
-        """``[N]`` nats: :meth:`ode_likelihood` with ``nll_options``."""
-        return self.ode_likelihood(x, generator=generator, **self.nll_options).nll
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: Generator = None) -> Tensor:
+        """``[N]`` nats: :meth:`ode_likelihood` with ``nll_options`` (labels ``y`` ``[N]`` of a
+        conditional model: -log P(x | y))."""
+        return self.ode_likelihood(x, y=y, generator=generator, **self.nll_options).nll
 
     def likelihood_estimators(self) -> dict[str, LikelihoodEstimator]:
         """``ode``: :meth:`ode_likelihood` with options from ``eval.estimator_options.ode``."""
@@ -282,7 +339,7 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
     ) -> dict[str, Any]:
         """Options ``sampler`` over ``defaults`` (``None`` = unset), each checked, with ``name``;
         the options a solver does not use are dropped (``steps`` for rk45, tolerances for the
-        fixed-step solvers)."""
+        fixed-step solvers); ``guidance`` is kept when given."""
         if defaults is not None and not isinstance(defaults, Mapping):
             raise bad_option("model.sampler", defaults, "a mapping of sampler options")
         merged: dict[str, Any] = {}
@@ -291,7 +348,7 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
             opts = {k: v for k, v in opts.items() if v is not None}
             name = opts.pop("name", default)
             option_choice(f"{prefix}.name", name, SAMPLER_NAMES)
-            allowed = MULTISTEP_OPTIONS.get(name, SAMPLER_OPTIONS)
+            allowed = (*MULTISTEP_OPTIONS.get(name, SAMPLER_OPTIONS), GUIDANCE)
             check_sampler_options(
                 opts, allowed, f"the flow-matching sampler {name!r}", prefix=prefix
             )
@@ -302,7 +359,12 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
         name = sampler.get("name") or default
         if name in MULTISTEP_OPTIONS:
             keys = MULTISTEP_OPTIONS[name]
-            return {"name": name, **{k: merged.get(k, MULTISTEP_DEFAULTS[k]) for k in keys}}
+            guidance = {GUIDANCE: merged[GUIDANCE]} if GUIDANCE in merged else {}
+            return {
+                "name": name,
+                **{k: merged.get(k, MULTISTEP_DEFAULTS[k]) for k in keys},
+                **guidance,
+            }
         solver = merged.setdefault("solver", DEFAULT_SAMPLER["solver"])
         unused = ("steps",) if solver == "rk45" else ("rtol", "atol")
         used = {k: v for k, v in merged.items() if k not in unused}
@@ -313,30 +375,44 @@ class FlowMatching(SignedUnitLevels, GenerativeModel):
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
         """The options of :class:`FlowMatching`'s ``sampler``, over ``hparams["sampler"]``."""
-        cls._merge_sampler(sampler, hparams.get("sampler"))
+        opts = cls._merge_sampler(sampler, hparams.get("sampler"))
+        check_guidance(opts.get(GUIDANCE), conditional_of(hparams))
 
     def resolve_sampler(self, **sampler: Any) -> dict[str, Any]:
-        """The options ``sample(**sampler)`` uses, with ``name`` (recorded in protocols)."""
-        return self._merge_sampler(sampler, self.sampler_defaults)
+        """The options ``sample(**sampler)`` uses, with ``name`` (recorded in protocols);
+        ``guidance`` (default 0) only for a conditional model, an unconditional one refuses
+        guidance != 0."""
+        opts = self._merge_sampler(sampler, self.sampler_defaults)
+        w = check_guidance(opts.pop(GUIDANCE, None), self.conditional)
+        return {**opts, GUIDANCE: w} if self.conditional else opts
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """``[n, C, H, W]`` int64 levels from x_1 ~ N(0, I) (drawn from ``generator``, one row
-        per generator when it is a sequence) through the ODE to t = 0. NFE per image: ``steps``
-        (euler), ``2 steps`` (heun) or what rk45 took for that image."""
+        per generator when it is a sequence) through the ODE to t = 0, given the labels ``y``
+        ``[n]`` of a conditional model (guided by ``sampler.guidance``). NFE per image:
+        ``steps`` (euler, dpmpp, unipc), ``2 steps`` (heun) or what rk45 took for that image;
+        twice that with guidance w > 0."""
         opts = self.resolve_sampler(**sampler)
-        name = opts.pop("name")
+        name, w = opts.pop("name"), opts.pop(GUIDANCE, 0.0)
         p = self._param()
+        labels = self.labels(y, n, p.device)
         x1 = randn((n, *self.shape), generator=generator, device=p.device, dtype=p.dtype)
+        velocity, denoise = self.velocity, self.denoise
+        if labels is not None:
+            velocity = functools.partial(self.velocity, guidance=w)  # labels travel with rows
+            denoise = functools.partial(self.denoise, labels=labels, guidance=w)
         if name in MULTISTEP_OPTIONS:  # in VE coordinates y = x_t / (1 - t), σ = t / (1 - t)
             steps, lo, hi = int(opts["steps"]), MULTISTEP_SIGMA_MIN, MULTISTEP_SIGMA_MAX
             levels = logsnr_sigmas(lo, hi, steps) if opts["grid"] == "logsnr" else None
             grid = [*(levels or karras_sigmas(lo, hi, steps)), 0.0]
             y = x1 * (1 + hi)  # x_t / (1 - t) at t = hi / (1 + hi)
             if name == "dpmpp":
-                x0, nfe = dpmpp_2m(self.denoise, y, grid)
+                x0, nfe = dpmpp_2m(denoise, y, grid)
             else:
-                x0, nfe = unipc(self.denoise, y, grid, order=int(opts["order"]))
-            return Sampled.constant(self.to_levels(x0), nfe)
-        x0, nfe = ode_sample(self.velocity, x1, **opts)
-        return Sampled(self.to_levels(x0), nfe)
+                x0, nfe = unipc(denoise, y, grid, order=int(opts["order"]))
+            return Sampled.constant(self.to_levels(x0), guided_nfe(nfe, w))
+        x0, nfe = ode_sample(velocity, x1, labels=labels, **opts)
+        return Sampled(self.to_levels(x0), guided_nfe(nfe, w))

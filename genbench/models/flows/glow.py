@@ -5,10 +5,13 @@ Architecture (paper, sec. 3 and Fig. 2): for each of ``scales`` levels, squeeze,
 [ActNorm -> InvConv1x1 (LU) -> AffineCoupling (channel split, zero-initialized last conv,
 ``scale = sigmoid(raw + 2)``)], then (except at the last level) factor out half the channels with
 prior ``N(mean(h), std(h)^2)`` computed from the kept half by a zero-initialized conv. The top
-latent is standard normal. Data are centred (``y - 1/2``) as in the paper, or logit-transformed
-with ``logit_alpha``. Likelihood, sampling and the meaning of ``nll`` are those of
-:class:`~genbench.models.flows.realnvp.MultiScaleFlow`; the sampler option ``temperature`` (default
-1.0) scales the latent standard deviations (paper, sec. 5: T = 0.7 gives smoother samples).
+latent is standard normal (class-conditional with ``model.conditional=true``: a learned per-class
+prior of the top latent, as in the paper's class-conditional Glow, and here of every factored-out
+level too; :mod:`~genbench.models.flows.class_prior`). Data are centred (``y - 1/2``) as in the
+paper, or logit-transformed with ``logit_alpha``. Likelihood, sampling and the meaning of ``nll``
+are those of :class:`~genbench.models.flows.realnvp.MultiScaleFlow`; the sampler option
+``temperature`` (default 1.0) scales the latent standard deviations (paper, sec. 5: T = 0.7 gives
+smoother samples).
 
 Levels squeeze only while H and W are even; data without spatial dims (2-D toys, ``[2, 1, 1]``)
 get one level of steps with per-pixel MLP conditioners. With a single channel and nothing to
@@ -52,6 +55,12 @@ class Glow(MultiScaleFlow):
         dequantization: ``uniform`` (q(u | x) = 1) or ``variational`` (a learned conditional
             flow q(u | x), Flow++; :mod:`~genbench.models.flows.dequantization`), with
             ``dequant_hidden`` channels and ``dequant_couplings`` couplings.
+        num_classes: C > 0 builds the class-conditional Glow p(x | y): a learned per-class
+            prior of the top latent and of every factored-out level
+            (:mod:`~genbench.models.flows.class_prior`), passed by the runner with
+            ``model.conditional=true``.
+        class_loss_weight: weight of the paper's class prediction from the top latent (cross
+            entropy in bits per example, added to bits/dim) for a conditional model; 0: off.
     """
 
     def __init__(
@@ -68,8 +77,10 @@ class Glow(MultiScaleFlow):
         dequantization: Dequantization = "uniform",
         dequant_hidden: int = 32,
         dequant_couplings: int = 4,
+        num_classes: int = 0,
+        class_loss_weight: float = 0.0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
         if scales < 1 or steps < 1:
             raise ValueError(f"scales and steps must be >= 1, got {scales}, {steps}")
         self.pre = Center() if logit_alpha is None else LogitTransform(logit_alpha)
@@ -100,3 +111,4 @@ class Glow(MultiScaleFlow):
             c = c // 2
         self.scales = nn.ModuleList(stages)
         self.top_shape = (c, h, w)
+        self._init_conditioning(class_loss_weight)

@@ -24,6 +24,16 @@ pre-transform (``logit_alpha = 0``) the map is a bijection ``(0, 1)^D <-> R^D``:
 in the cube and ``P(x)`` above is the probability of drawing ``x``. A logit with ``alpha > 0`` or
 centring puts some density outside the cube (lost to ``P``, so the bound holds) and clamps the
 samples that land there (see :class:`~genbench.models.flows.layers.LogitTransform`).
+
+Class-conditional (``num_classes > 0``, ``model.conditional=true``): the contract's labels come as
+the keyword ``y`` of ``nll`` / ``sample`` / ``training_losses`` (called ``labels`` inside, ``y``
+above being the dequantized data) and ``N(eps; 0, I)`` becomes the learned per-class Gaussian
+:class:`~genbench.models.flows.class_prior.ClassPrior` (Glow's class-conditional prior, zero at
+init), which conditions the prior of every factored-out level and of the top latent. ``nll(x, y)``
+is the same dequantized bound on ``-log P(x | y)``; q(u | x) does not see the label (any q gives a
+bound). Samples decode ``eps = mu_y + T exp(s_y) e``. ``model.class_loss_weight > 0`` adds Glow's
+auxiliary class prediction from the top latent to the training loss
+(:class:`~genbench.models.flows.class_prior.ClassPredictor`).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from genbench.models.base import GenerativeModel, Generator, Sampled, check_sampler_options
+from genbench.models.flows.class_prior import ClassConditioning
 from genbench.models.flows.dequantization import (
     DEQUANTIZATIONS,
     Dequantization,
@@ -48,7 +59,6 @@ from genbench.models.flows.layers import (
     SplitPrior,
     Squeeze,
     dequantize,
-    gaussian_log_prob,
 )
 from genbench.models.options import option_number
 from genbench.nn.chunks import map_rows
@@ -104,11 +114,12 @@ class Scale(nn.Module):
         return h
 
 
-class MultiScaleFlow(GenerativeModel):
+class MultiScaleFlow(ClassConditioning, GenerativeModel):
     """A dequantized flow ``y -> eps``: pre-transform, then :class:`Scale` s.
 
     Subclasses build ``self.pre`` (pre-transform), ``self.scales`` and ``self.top_shape`` (shape of
-    what the last scale keeps). Sampler option: ``temperature`` (default 1.0; ``eps ~ N(0, T^2 I)``,
+    what the last scale keeps), then call :meth:`_init_conditioning` (class prior of a
+    conditional model). Sampler option: ``temperature`` (default 1.0; ``eps ~ N(0, T^2 I)``,
     which also scales the learned priors' std by T).
 
     :meth:`nll` draws the dequantization noise ``u`` from the global RNG (the evaluator fixes the
@@ -118,6 +129,8 @@ class MultiScaleFlow(GenerativeModel):
     family = "flow"
     likelihood = "dequantized"
     sampler_options: tuple[str, ...] = ("temperature",)
+
+    conditional_support = True
 
     pre: nn.Module
     scales: nn.ModuleList
@@ -150,10 +163,11 @@ class MultiScaleFlow(GenerativeModel):
             h = scale.inverse(h, z)
         return h
 
-    def log_prob(self, y: Tensor) -> Tensor:
-        """``[N]`` log p(y) in nats of dequantized ``y`` ``[N, C, H, W]`` in ``[0, 1)``."""
+    def log_prob(self, y: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``[N]`` log p(y) (log p(y | labels) for a conditional model, labels ``[N]``) in nats of
+        dequantized ``y`` ``[N, C, H, W]`` in ``[0, 1)``."""
         eps, logdet = self.encode(y)
-        return gaussian_log_prob(eps) + logdet
+        return self.prior_log_prob(eps, labels) + logdet
 
     def _ref(self) -> Tensor:
         return next(self.parameters())
@@ -172,32 +186,54 @@ class MultiScaleFlow(GenerativeModel):
             else None
         )
 
-    def _log_weight(self, x: Tensor, generator: Generator) -> Tensor:
-        """``[N]`` log p(y) - log q(u | x) - D log K for one draw u ~ q(u | x), y = (x + u) / K:
-        its negative is one draw of the dequantized bound on -log P(x) (nats)."""
+    def _weight_and_latent(
+        self, x: Tensor, generator: Generator, labels: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``([N] log w, eps [N, D])`` for one draw u ~ q(u | x), y = (x + u) / K:
+        ``log w = log p(y | labels) - log q(u | x) - D log K`` (its negative is one draw of the
+        dequantized bound on -log P(x | labels), nats) and the latent ``eps = encode(y)``."""
         dtype, const = self._ref().dtype, self.dims * math.log(self.levels)
         if self.dequantizer is None:
             y = dequantize(x, self.levels, generator=generator, dtype=dtype)
-            return self.log_prob(y) - const
-        u, log_q = self.dequantizer.sample(x, generator=generator, dtype=dtype)
-        return self.log_prob((x.to(dtype) + u) / self.levels) - log_q - const
+            log_q = None
+        else:
+            u, log_q = self.dequantizer.sample(x, generator=generator, dtype=dtype)
+            y = (x.to(dtype) + u) / self.levels
+        eps, logdet = self.encode(y)
+        log_p = self.prior_log_prob(eps, labels) + logdet
+        return (log_p if log_q is None else log_p - log_q) - const, eps
 
-    def nll(self, x: Tensor, *, generator: Generator = None, dequant_samples: int = 1) -> Tensor:
-        """``[N]`` upper bound on ``-log P(x)`` in nats: with k = ``dequant_samples`` draws
-        u_j ~ q(u | x) (from ``generator``, k per example, in order),
-        ``D log K - log (1/k) Σ_j p(y_j) / q(u_j | x)`` (k = 1: the plain dequantized bound;
-        larger k is tighter and still a bound)."""
+    def _log_weight(self, x: Tensor, generator: Generator, labels: Tensor | None = None) -> Tensor:
+        """``[N]`` log w of :meth:`_weight_and_latent`."""
+        return self._weight_and_latent(x, generator, labels)[0]
+
+    def nll(
+        self,
+        x: Tensor,
+        *,
+        y: Tensor | None = None,
+        generator: Generator = None,
+        dequant_samples: int = 1,
+    ) -> Tensor:
+        """``[N]`` upper bound on ``-log P(x)`` (``-log P(x | y)`` with labels ``y`` ``[N]`` for a
+        conditional model) in nats: with k = ``dequant_samples`` draws u_j ~ q(u | x) (from
+        ``generator``, k per example, in order), ``D log K - log (1/k) Σ_j p(y_j) / q(u_j | x)``
+        (k = 1: the plain dequantized bound; larger k is tighter and still a bound)."""
+        labels = self.labels(y, x.shape[0], x.device)
         k = int(dequant_samples)
         if k < 1:
             raise ValueError(f"dequant_samples must be >= 1, got {dequant_samples}")
         if k == 1:
-            return -self._log_weight(x, generator)
+            return -self._log_weight(x, generator, labels)
         n = x.shape[0]
         rows = x.repeat_interleave(k, dim=0)  # example-major: row i k + j is draw j of example i
+        row_labels = None if labels is None else labels.repeat_interleave(k)
         if generator is not None and not isinstance(generator, torch.Generator):
             generator = [g for g in generator for _ in range(k)]  # example i's k draws from gen i
         log_w = map_rows(
-            lambda r, idx: self._log_weight(r, _rows_of(generator, idx)),
+            lambda r, idx: self._log_weight(
+                r, _rows_of(generator, idx), None if row_labels is None else row_labels[idx]
+            ),
             rows,
             torch.arange(n * k),
             per_row=4 * self.dims * max(1, self._hidden_width()),
@@ -213,10 +249,17 @@ class MultiScaleFlow(GenerativeModel):
         reports (q(u | x), uniform or variational, is part of the model, not of the protocol)."""
         return {"dequant_samples": int(dequant_samples)}
 
-    def training_losses(self, x: Tensor, phase: str = "main") -> dict[str, Tensor]:
-        """``{"loss": [N] bits/dim}`` of the dequantized bound (:meth:`nll` with one draw; with
-        variational dequantization it trains the flow and q(u | x) together)."""
-        return {"loss": self.nll(x) / (self.dims * math.log(2))}
+    def training_losses(
+        self, x: Tensor, phase: str = "main", y: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """``{"loss": [N] bits/dim}`` of the dequantized bound (:meth:`nll` with one draw, labels
+        ``y`` ``[N]`` for a conditional model; with variational dequantization it trains the flow
+        and q(u | x) together). With ``class_loss_weight = w > 0`` (Glow's class prediction):
+        ``loss = bits/dim + w * class_bits``, ``class_bits`` ``[N]`` the cross-entropy of the
+        top-latent classifier in bits per example, also logged with ``bpd``."""
+        labels = self.labels(y, x.shape[0], x.device)
+        log_w, eps = self._weight_and_latent(x, None, labels)
+        return self.with_class_term(-log_w / (self.dims * math.log(2)), eps, labels)
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -229,14 +272,20 @@ class MultiScaleFlow(GenerativeModel):
         self.validate_sampler(sampler, {})
         return {"temperature": float(sampler.get("temperature", 1.0))}
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """``[n, C, H, W]`` int64 levels ``x = floor(K decode(T eps))`` (computed by the
         pre-transform's ``levels``: with the bijective logit never clamped, with ``alpha > 0`` or
-        centring clamped to ``[0, K)``); one network evaluation (the inverse pass)."""
+        centring clamped to ``[0, K)``); one network evaluation (the inverse pass). A conditional
+        model decodes ``mu_y + T exp(s_y) eps`` for labels ``y`` ``[n]`` (the class prior at
+        temperature T)."""
         temperature = self.resolve_sampler(**sampler)["temperature"]
         ref = self._ref()
+        labels = self.labels(y, n, ref.device)
         eps = randn((n, self.dims), generator=generator, device=ref.device, dtype=ref.dtype)
-        return Sampled.constant(self.pre.levels(self._unflow(temperature * eps), self.levels), 1)
+        eps = self.prior_latent(temperature * eps, labels)
+        return Sampled.constant(self.pre.levels(self._unflow(eps), self.levels), 1)
 
 
 class RealNVP(MultiScaleFlow):
@@ -260,6 +309,10 @@ class RealNVP(MultiScaleFlow):
             (see :class:`~genbench.models.flows.layers.LogitTransform`).
         dequantization, dequant_hidden, dequant_couplings: ``uniform`` or ``variational``
             dequantization and the size of q(u | x) (see :class:`~genbench.models.flows.glow.Glow`).
+        num_classes: C > 0 builds the class-conditional model p(x | y) (per-class prior, see the
+            module docstring); passed by the runner with ``model.conditional=true``.
+        class_loss_weight: weight of the top-latent class prediction term (bits per example) in
+            the training loss of a conditional model (0: off, no classifier).
     """
 
     def __init__(
@@ -279,8 +332,10 @@ class RealNVP(MultiScaleFlow):
         dequantization: Dequantization = "uniform",
         dequant_hidden: int = 32,
         dequant_couplings: int = 4,
+        num_classes: int = 0,
+        class_loss_weight: float = 0.0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
         if scales < 1:
             raise ValueError(f"scales must be >= 1, got {scales}")
         self.pre = LogitTransform(logit_alpha)
@@ -306,6 +361,7 @@ class RealNVP(MultiScaleFlow):
         stages.append(Scale(final))
         self.scales = nn.ModuleList(stages)
         self.top_shape = (c, h, w)
+        self._init_conditioning(class_loss_weight)
 
     def _couplings(self, shape: tuple[int, int, int], mask: str, count: int) -> list[nn.Module]:
         """``count`` couplings of alternating parity, each followed by ActNorm if enabled."""
