@@ -46,11 +46,21 @@ Options every GAN takes (its yaml sets the model's defaults; checked with errors
 - ``toy``: overrides of any of the model's own options (``{hidden: 256, d_optimizer: {lr:
   1e-3}}``), merged into them when the data are 2-D toys (:func:`genbench.data.base.is_toy`:
   ``H = W = 1``), so one yaml carries the settings that work on images and on toys.
+
+Conditional GANs (``num_classes`` C > 0, ``model.conditional=true``; layers in
+:mod:`genbench.models.gan.conditional`): the generator is G(z, y) and the discriminator D(x, y)
+(``cond_d``: ``projection`` or ``ac``). The fakes of both phases are drawn with the labels of the
+real batch (fake row i gets real row i's label), so the fake labels follow the data's class
+frequencies and cost no random draws. With ``cond_d: ac`` the D loss gains ``ac_weight`` times
+the cross-entropy of D's class logits on the real and the fake batch (terms ``ac_real``,
+``ac_fake``) and the G loss the cross-entropy on the fake batch (term ``ac``), as in AC-GAN
+(Odena et al. 2017).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -66,6 +76,7 @@ from genbench.models.base import (
     check_sampler_options,
 )
 from genbench.models.gan.augment import ADA, DIFFAUGMENT_POLICY, build_augment
+from genbench.models.gan.conditional import COND_D, classifier_terms
 from genbench.models.gan.losses import (
     D_LOSSES,
     G_LOSSES,
@@ -143,18 +154,24 @@ class GAN(GenerativeModel):
             ``ada``: ADA's settings (:data:`~genbench.models.gan.augment.ADA_DEFAULTS`).
         toy: overrides of the constructor's arguments for 2-D toy data (merged in by the
             subclass's wrapped ``__init__`` before it runs; stored here as ``toy_options``).
+        num_classes: 0 (unconditional) or the number of classes C of a conditional GAN.
+        cond_d: conditional discriminator head, ``projection`` (Miyato & Koyama 2018) or ``ac``
+            (auxiliary classifier, Odena et al. 2017); unused when unconditional.
+        ac_weight: weight of the auxiliary classifier's cross-entropy (``cond_d: ac``), >= 0.
 
     Subclasses assign ``self.generator`` and ``self.discriminator`` after calling this, and set
     :attr:`default_loss` / :attr:`default_reg`. A subclass's ``__init__`` is wrapped to apply
     ``toy`` (it must take ``toy`` as a keyword and pass it on here).
 
     The D phase's terms (:meth:`discriminator_losses`): ``loss``, ``d_real``, ``d_fake`` and,
-    with a regularizer, the term under its name (``r1``, ``r2``, ``gp``); the G phase's:
-    ``loss``. Subclasses can override :meth:`discriminate` (D on a batch) and
-    :meth:`regularizer` (the penalty ``[N]``), which every loss and penalty go through.
+    with a regularizer, the term under its name (``r1``, ``r2``, ``gp``), with ``cond_d: ac``
+    ``ac_real`` / ``ac_fake``; the G phase's: ``loss`` (and ``ac``). Subclasses can override
+    :meth:`judge` (D on a batch: output and class logits) and :meth:`regularizer` (the penalty
+    ``[N]``), which every loss and penalty go through.
     """
 
     family: ClassVar[str] = "gan"
+    conditional_support: ClassVar[bool] = True
     likelihood: ClassVar[str] = "none"
     select_best: ClassVar[bool] = False
     #: the objective when ``loss`` is not given, a key of ``D_LOSSES`` / ``G_LOSSES``
@@ -187,8 +204,13 @@ class GAN(GenerativeModel):
         diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
         ada: Mapping[str, Any] | None = None,
         toy: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
     ) -> None:
-        super().__init__(shape, levels)
+        super().__init__(shape, levels, num_classes)
+        self.cond_d = option_choice("model.cond_d", cond_d, COND_D)
+        self.ac_weight = option_number("model.ac_weight", ac_weight, low=0)
         self.loss = option_choice(
             "model.loss", self.default_loss if loss is None else loss, sorted(D_LOSSES)
         )
@@ -224,30 +246,46 @@ class GAN(GenerativeModel):
         """``"d"``: discriminator parameters; ``"g"``: generator parameters."""
         return self._network(phase).parameters()
 
-    def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+    def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """``"d"``: ``loss``, ``d_real`` = D(x), ``d_fake`` = D(G(z)) (``[N]`` each, plus the
         regularizer's term and the subclass's extra terms); ``"g"``: ``loss``. ``x`` only sets
-        the batch size in ``"g"``."""
+        the batch size in ``"g"``. A conditional GAN takes the batch's labels ``y`` ``[N]``; its
+        fakes get the same labels (``ac`` adds the terms of the module docstring)."""
         self._network(phase)  # rejects unknown phases
+        labels = self.labels(y, x.shape[0], x.device)
         if phase == "d":
-            return self.discriminator_losses(self.to_unit(x), self.fake_batch(x.shape[0], x.device))
+            fake = self.fake_batch(x.shape[0], x.device, labels)
+            return self.discriminator_losses(self.to_unit(x), fake, labels)
         z = torch.randn(x.shape[0], self.z_dim, device=x.device)
         with frozen(self.discriminator):
-            fake_out = self.discriminate(self.generator(z))  # D(G(z)), [N]
-        return {"loss": G_LOSSES[self.loss](fake_out)}
+            fake_out, logits = self.judge(self.generate(z, labels), labels)  # D(G(z, y), y), [N]
+        out = {"loss": G_LOSSES[self.loss](fake_out)}
+        return classifier_terms(out, {"ac": (logits, labels)}, self.ac_weight)
 
-    def discriminate(self, y: Tensor) -> Tensor:
-        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]``; every loss and
-        penalty goes through here."""
+    def judge(self, y: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]`` (augmented first,
+        given the labels ``[N]`` when conditional) and, with ``cond_d: ac``, its class logits
+        ``[N, C]`` (else ``None``)."""
         if self.augment_pipe is not None:
             y = self.augment_pipe(y)
-        return self.discriminator(y)
+        if labels is None:
+            return self.discriminator(y), None
+        return self.discriminator.judge(y, labels)
 
-    def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def discriminate(self, y: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D's raw outputs ``[N]`` on ``y`` ``[N, C, H, W]`` in ``[-1, 1]`` (D(x, y) given the
+        labels ``[N]`` when conditional); every loss and penalty goes through :meth:`judge`."""
+        return self.judge(y, labels)[0]
+
+    def discriminator_losses(
+        self, y: Tensor, fake: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """D-phase terms for real data ``y`` and detached fakes ``fake``, both ``[N, C, H, W]`` in
-        ``[-1, 1]``: ``loss`` (the objective plus the penalty of ``reg``), ``d_real``, ``d_fake``
-        and the penalty under its name (``r1``, ``r2``, ``gp``), all ``[N]``."""
-        real_out, fake_out = self.discriminate(y), self.discriminate(fake)  # D(x), D(G(z)): [N]
+        ``[-1, 1]``, with the labels ``[N]`` of both (conditional GANs): ``loss`` (the objective
+        plus the penalty of ``reg`` and the AC terms), ``d_real``, ``d_fake``, the penalty under
+        its name (``r1``, ``r2``, ``gp``) and ``ac_real`` / ``ac_fake``, all ``[N]``."""
+        real_out, real_logits = self.judge(y, labels)  # D(x, y), [N]
+        fake_out, fake_logits = self.judge(fake, labels)  # D(G(z, y), y), [N]
         out = {
             "loss": D_LOSSES[self.loss](real_out, fake_out),
             "d_real": real_out.detach(),
@@ -259,13 +297,15 @@ class GAN(GenerativeModel):
             if self.training and torch.is_grad_enabled():
                 self.augment_pipe.observe(real_out)
         if self.reg != "none":
-            penalty = self.regularizer(y, fake)
+            penalty = self.regularizer(y, fake, labels)
             out["loss"] = out["loss"] + penalty
             out[self.reg] = penalty.detach()
-        return out
+        terms = {"ac_real": (real_logits, labels), "ac_fake": (fake_logits, labels)}
+        return classifier_terms(out, terms, self.ac_weight)
 
-    def regularizer(self, y: Tensor, fake: Tensor) -> Tensor:
-        """``[N]`` the ``reg`` penalty for real ``y`` and fake ``fake`` ``[N, C, H, W]``, weighted
+    def regularizer(self, y: Tensor, fake: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``[N]`` the ``reg`` penalty for real ``y`` and fake ``fake`` ``[N, C, H, W]`` (of a
+        conditional D at the pair's labels ``[N]``: ∇_x D(x, y)), weighted
         ``reg_weight * reg_interval`` on the D steps it is due (every ``reg_interval``-th, counted
         in training only) and 0 on the others."""
         k = self.reg_interval
@@ -277,17 +317,25 @@ class GAN(GenerativeModel):
             if not due:
                 return torch.zeros(y.shape[0], device=y.device)
         weight = self.reg_weight * k
+        critic = self.discriminate  # D(x), or D(x, y) with the pair's labels: [N]
+        if labels is not None:
+            critic = functools.partial(self.discriminate, labels=labels)
         if self.reg == "r1":
-            return r1_penalty(self.discriminate, y, weight)
+            return r1_penalty(critic, y, weight)
         if self.reg == "r2":
-            return r1_penalty(self.discriminate, fake, weight)
+            return r1_penalty(critic, fake, weight)
         eps = torch.rand(y.shape[0], device=y.device)  # ε ~ U[0, 1], one per pair
-        return gradient_penalty(self.discriminate, interpolate(y, fake, eps), weight)
+        return gradient_penalty(critic, interpolate(y, fake, eps), weight)
 
-    def fake_batch(self, n: int, device: torch.device) -> Tensor:
-        """``[n, C, H, W]`` fakes G(z) in ``[-1, 1]`` from the global RNG, without a graph."""
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """G(z), or G(z, y) given labels ``[N]``: ``[N, C, H, W]`` for latents ``[N, z_dim]``."""
+        return self.generator(z) if labels is None else self.generator(z, labels)
+
+    def fake_batch(self, n: int, device: torch.device, labels: Tensor | None = None) -> Tensor:
+        """``[n, C, H, W]`` fakes G(z) (G(z, y) given labels ``[n]``) in ``[-1, 1]`` from the
+        global RNG, without a graph."""
         with torch.no_grad():
-            return self.generator(torch.randn(n, self.z_dim, device=device)).detach()
+            return self.generate(torch.randn(n, self.z_dim, device=device), labels).detach()
 
     @classmethod
     def validate_sampler(cls, sampler: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
@@ -296,17 +344,21 @@ class GAN(GenerativeModel):
         if sampler.get("truncation") is not None:
             option_number("sampler.truncation", sampler["truncation"], low=0, low_open=True)
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
-        """``[n, C, H, W]`` int64 levels; one network evaluation per sample.
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
+        """``[n, C, H, W]`` int64 levels (of classes ``y`` ``[n]`` for a conditional GAN); one
+        network evaluation per sample.
 
         Sampler options: ``truncation`` (``None`` or t > 0): draw z from N(0, I) truncated to
         ``[-t, t]`` per coordinate (the truncation trick) by inverse-CDF sampling.
         """
         self.validate_sampler(sampler, {})
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
-        return Sampled.constant(self.to_levels(self.generator(z)), 1)
+        labels = self.labels(y, n, z.device)
+        return Sampled.constant(self.to_levels(self.generate(z, labels)), 1)
 
-    def nll(self, x: Tensor, *, generator: rnd.Generator = None) -> Tensor:
+    def nll(self, x: Tensor, *, y: Tensor | None = None, generator: rnd.Generator = None) -> Tensor:
         """No likelihood: ``x`` ``[N, C, H, W]`` gets ``NotImplementedError`` (kind ``none``)."""
         raise NotImplementedError(f"{type(self).__name__} has no likelihood (likelihood='none')")
 

@@ -36,6 +36,9 @@ class DCGAN(GAN):
         loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective, its
             penalty, D's augmentation and the 2-D toy overrides (see
             :class:`~genbench.models.gan.base.GAN`).
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`.
     """
 
     default_loss = "nonsaturating"
@@ -62,6 +65,9 @@ class DCGAN(GAN):
         diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
         ada: Mapping[str, Any] | None = None,
         toy: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
     ) -> None:
         super().__init__(
             shape,
@@ -78,6 +84,9 @@ class DCGAN(GAN):
             diffaugment=diffaugment,
             ada=ada,
             toy=toy,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         self.arch, self.generator, self.discriminator = build_networks(
             arch,
@@ -87,6 +96,8 @@ class DCGAN(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": "batch"},
             conv_init=True,
         )

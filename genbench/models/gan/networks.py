@@ -17,6 +17,11 @@
   by 4 at most, two more blocks, ReLU, global pooling, linear (for CIFAR-10 the papers'
   32 -> 16 -> 8 -> 8 -> 8).
 
+With ``num_classes`` > 0 every generator takes labels, ``G(z, y)``, and the discriminator is
+wrapped for D(x, y) (projection or auxiliary classifier; see
+:mod:`genbench.models.gan.conditional`). The discriminators expose ``features(x)`` (φ,
+``[N, feature_dim]``) and ``head`` (ψ) for it.
+
 Start sizes and the number of x2 steps adapt to the data (:func:`upsampling_plan`: 4x4 then one
 upsampling for 8x8 digits, 7x7 and two for 28x28, 4x4 and three for 32x32).
 """
@@ -28,6 +33,13 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from genbench.models.gan.conditional import (
+    ConditionalDiscriminator,
+    batch_norm,
+    class_embedding_,
+    run_conditioned,
+)
 
 Norm = Literal["batch", "layer", "none"]
 
@@ -65,6 +77,8 @@ def build_networks(
     conv: Mapping[str, Any] | None = None,
     conv_init: bool = False,
     resnet_pool: str | None = None,
+    num_classes: int = 0,
+    cond_d: str = "projection",
 ) -> tuple[str, nn.Module, nn.Module]:
     """``(arch, generator, discriminator)`` for ``arch`` (``auto`` resolved, see
     :func:`resolve_arch`): a generator ``[N, z_dim]`` -> ``[N, C, H, W]`` and a discriminator
@@ -82,43 +96,49 @@ def build_networks(
             (:func:`init_dcgan_`).
         resnet_pool: ``mean`` or ``sum`` pooling of :class:`ResNetDiscriminator`; ``None``
             leaves ``resnet`` out of the choices.
+        num_classes: 0 (unconditional), or C: class-conditional generator G(z, y) and a
+            :class:`~genbench.models.gan.conditional.ConditionalDiscriminator` D(x, y) around
+            the unconditional discriminator (:mod:`genbench.models.gan.conditional`).
+        cond_d: the conditional discriminator's head, ``projection`` or ``ac``.
 
     The generator is built before the discriminator (then initialized in that order), so
     parameters are drawn from the global RNG in one fixed order.
     """
     choices = ("conv", "resnet", "mlp") if resnet_pool is not None else ("conv", "mlp")
     arch = resolve_arch(arch, shape, choices)
+    generator: nn.Module
+    discriminator: nn.Module
     if arch == "mlp":
-        return (
-            arch,
-            MLPGenerator(z_dim, shape, hidden, depth),
-            MLPDiscriminator(shape, hidden, depth),
-        )
-    if arch == "resnet":
-        return (
-            arch,
-            ResNetGenerator(z_dim, shape, g_width),
-            ResNetDiscriminator(shape, d_width, pool=str(resnet_pool)),
-        )
-    generator = DCGANGenerator(z_dim, shape, g_width)
-    discriminator = ConvDiscriminator(shape, d_width, **dict(conv or {}))
-    if conv_init:
-        init_dcgan_(generator)
-        init_dcgan_(discriminator)
+        generator = MLPGenerator(z_dim, shape, hidden, depth, num_classes)
+        discriminator = MLPDiscriminator(shape, hidden, depth)
+    elif arch == "resnet":
+        generator = ResNetGenerator(z_dim, shape, g_width, num_classes)
+        discriminator = ResNetDiscriminator(shape, d_width, pool=str(resnet_pool))
+    else:
+        generator = DCGANGenerator(z_dim, shape, g_width, num_classes)
+        discriminator = ConvDiscriminator(shape, d_width, **dict(conv or {}))
+        if conv_init:
+            init_dcgan_(generator)
+            init_dcgan_(discriminator)
+    if num_classes:
+        discriminator = ConditionalDiscriminator(discriminator, num_classes, cond_d)
     return arch, generator, discriminator
 
 
 # -- 2-D toys ------------------------------------------------------------------------------------
 class MLPGenerator(nn.Module):
     """``[N, z_dim]`` -> ``[N, C, H, W]``: ``depth`` ReLU layers of ``hidden`` units and a linear
-    output (used for 2-D toys, where H = W = 1).
+    output (used for 2-D toys, where H = W = 1). With ``num_classes`` C > 0 a class embedding
+    ``[C, hidden]`` (zero at the start) is added to the first layer's pre-activation.
 
     The output is not squashed by tanh: toy mixtures lie well inside ``[-1, 1]``, and a tanh
     output saturates when an early critic pushes samples outwards, which stalls WGAN-GP there.
     :meth:`~genbench.models.gan.base.GAN.to_levels` clamps to the grid.
     """
 
-    def __init__(self, z_dim: int, shape: Sequence[int], hidden: int, depth: int) -> None:
+    def __init__(
+        self, z_dim: int, shape: Sequence[int], hidden: int, depth: int, num_classes: int = 0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = z_dim
@@ -127,9 +147,15 @@ class MLPGenerator(nn.Module):
             width = hidden
         layers += [nn.Linear(width, int(torch.tensor(shape).prod())), nn.Unflatten(1, tuple(shape))]
         self.net = nn.Sequential(*layers)
+        if num_classes:  # E[y] added to the first pre-activation, [C, out features of net[0]]
+            self.embed = class_embedding_(nn.Embedding(num_classes, layers[0].out_features))
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        if not hasattr(self, "embed"):
+            return self.net(z)
+        if y is None:
+            raise ValueError("this conditional generator needs labels y")
+        return self.net[1:](self.net[0](z) + self.embed(y))  # W z + b + E[y], then the rest
 
 
 class MLPDiscriminator(nn.Module):
@@ -145,6 +171,16 @@ class MLPDiscriminator(nn.Module):
             width = hidden
         layers += [nn.Linear(width, 1), nn.Flatten(0)]
         self.net = nn.Sequential(*layers)
+        self.feature_dim = width
+
+    @property
+    def head(self) -> nn.Linear:
+        """ψ: the output layer, features ``[N, feature_dim]`` -> ``[N, 1]``."""
+        return self.net[-2]
+
+    def features(self, x: Tensor) -> Tensor:
+        """φ(x) ``[N, feature_dim]``: the last hidden layer's activations."""
+        return self.net[:-2](x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -168,9 +204,11 @@ class DCGANGenerator(nn.Module):
         z_dim: latent size.
         shape: output ``(C, H, W)``.
         width: channels at the output resolution; the start has ``width * 2**n``.
+        num_classes: > 0: conditional batch norm in place of every batch norm, and
+            ``forward(z, y)`` takes labels ``y`` ``[N]``.
     """
 
-    def __init__(self, z_dim: int, shape: Sequence[int], width: int) -> None:
+    def __init__(self, z_dim: int, shape: Sequence[int], width: int, num_classes: int = 0) -> None:
         super().__init__()
         c_out, h, w = shape
         h0, w0, n = upsampling_plan(h, w)
@@ -178,21 +216,21 @@ class DCGANGenerator(nn.Module):
         layers: list[nn.Module] = [
             nn.Linear(z_dim, c * h0 * w0, bias=False),
             nn.Unflatten(1, (c, h0, w0)),
-            nn.BatchNorm2d(c),
+            batch_norm(c, num_classes),
             nn.ReLU(),
         ]
         for _ in range(n):
             layers += [
                 nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c // 2),
+                batch_norm(c // 2, num_classes),
                 nn.ReLU(),
             ]
             c //= 2
         layers += [nn.Conv2d(c, c_out, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return run_conditioned(self.net, z, y)
 
 
 class ConvDiscriminator(nn.Module):
@@ -230,6 +268,16 @@ class ConvDiscriminator(nn.Module):
                 layers += [nn.Conv2d(c, c, 3, padding=1), _norm(norm, c), nn.LeakyReLU(slope)]
         layers += [nn.Flatten(), nn.Linear(c * h0 * w0, 1), nn.Flatten(0)]
         self.net = nn.Sequential(*layers)
+        self.feature_dim = c * h0 * w0
+
+    @property
+    def head(self) -> nn.Linear:
+        """ψ: the output layer, features ``[N, feature_dim]`` -> ``[N, 1]``."""
+        return self.net[-2]
+
+    def features(self, x: Tensor) -> Tensor:
+        """φ(x) ``[N, feature_dim]``: the last feature map, flattened."""
+        return self.net[:-2](x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -243,7 +291,7 @@ def init_dcgan_(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # conditional BN keeps its 1 / 0
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -251,23 +299,26 @@ def init_dcgan_(module: nn.Module) -> None:
 # -- ResNet (WGAN-GP, SNGAN) ---------------------------------------------------------------------
 class UpBlock(nn.Module):
     """Generator residual block ``[N, c_in, h, w]`` -> ``[N, c_out, 2h, 2w]``:
-    BN, ReLU, nearest x2, conv3x3, BN, ReLU, conv3x3; shortcut nearest x2 and conv1x1."""
+    BN, ReLU, nearest x2, conv3x3, BN, ReLU, conv3x3; shortcut nearest x2 and conv1x1.
+    With ``num_classes`` > 0 both BNs are conditional and ``forward`` takes labels ``y``."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    takes_labels = True  # run_conditioned hands y on (None for an unconditional block)
+
+    def __init__(self, c_in: int, c_out: int, num_classes: int = 0) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.BatchNorm2d(c_in),
+            batch_norm(c_in, num_classes),
             nn.ReLU(),
             nn.Upsample(scale_factor=2),
             nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.BatchNorm2d(c_out),
+            batch_norm(c_out, num_classes),
             nn.ReLU(),
             nn.Conv2d(c_out, c_out, 3, padding=1),
         )
         self.skip = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 1))
 
-    def forward(self, h: Tensor) -> Tensor:
-        return self.main(h) + self.skip(h)
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        return run_conditioned(self.main, h, y) + self.skip(h)
 
 
 class DownBlock(nn.Module):
@@ -298,24 +349,25 @@ class DownBlock(nn.Module):
 
 
 class ResNetGenerator(nn.Module):
-    """``[N, z_dim]`` -> ``[N, C, H, W]`` in ``[-1, 1]`` with ``width`` channels throughout."""
+    """``[N, z_dim]`` -> ``[N, C, H, W]`` in ``[-1, 1]`` with ``width`` channels throughout;
+    every batch norm is conditional when ``num_classes`` > 0 (``forward(z, y)``)."""
 
-    def __init__(self, z_dim: int, shape: Sequence[int], width: int) -> None:
+    def __init__(self, z_dim: int, shape: Sequence[int], width: int, num_classes: int = 0) -> None:
         super().__init__()
         c_out, h, w = shape
         h0, w0, n = upsampling_plan(h, w)
         self.net = nn.Sequential(
             nn.Linear(z_dim, width * h0 * w0),
             nn.Unflatten(1, (width, h0, w0)),
-            *[UpBlock(width, width) for _ in range(n)],
-            nn.BatchNorm2d(width),
+            *[UpBlock(width, width, num_classes) for _ in range(n)],
+            batch_norm(width, num_classes),
             nn.ReLU(),
             nn.Conv2d(width, c_out, 3, padding=1),
             nn.Tanh(),
         )
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return run_conditioned(self.net, z, y)
 
 
 class ResNetDiscriminator(nn.Module):
@@ -333,8 +385,17 @@ class ResNetDiscriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks, nn.ReLU())
         self.pool = pool
         self.linear = nn.Linear(width, 1)
+        self.feature_dim = width
+
+    @property
+    def head(self) -> nn.Linear:
+        """ψ: the output layer, pooled features ``[N, width]`` -> ``[N, 1]``."""
+        return self.linear
+
+    def features(self, x: Tensor) -> Tensor:
+        """φ(x) ``[N, width]``: the last blocks' activations, pooled over space."""
+        h = self.blocks(x)
+        return h.sum((2, 3)) if self.pool == "sum" else h.mean((2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.blocks(x)
-        h = h.sum((2, 3)) if self.pool == "sum" else h.mean((2, 3))  # [N, width]
-        return self.linear(h).squeeze(1)
+        return self.linear(self.features(x)).squeeze(1)

@@ -28,8 +28,10 @@ from genbench.models.gan.networks import build_networks
 
 
 def spectral_normalize_(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
-    """Put spectral normalization on every ``Linear`` and ``Conv2d`` of ``module`` (in place)."""
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    """Put spectral normalization on every ``Linear``, ``Conv2d`` and ``Embedding`` (the
+    projection discriminator's class embedding, ``[C, F]``) of ``module`` (in place)."""
+    kinds = nn.Linear | nn.Conv2d | nn.Embedding
+    layers = [m for m in module.modules() if isinstance(m, kinds)]
     for layer in layers:
         spectral_norm(layer, n_power_iterations=n_power_iterations)
     return module
@@ -52,6 +54,10 @@ class SNGAN(GAN):
         loss, reg, reg_weight, reg_interval, augment, diffaugment, ada, toy: the objective, its
             penalty, D's augmentation and the 2-D toy overrides (see
             :class:`~genbench.models.gan.base.GAN`).
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`; the projection embedding is spectrally
+            normalized too (Miyato & Koyama 2018).
     """
 
     default_loss = "hinge"
@@ -79,6 +85,9 @@ class SNGAN(GAN):
         diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
         ada: Mapping[str, Any] | None = None,
         toy: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
         n_dis: int | None = None,
     ) -> None:
         super().__init__(
@@ -96,6 +105,9 @@ class SNGAN(GAN):
             diffaugment=diffaugment,
             ada=ada,
             toy=toy,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         self.arch, self.generator, self.discriminator = build_networks(
             arch,
@@ -105,6 +117,8 @@ class SNGAN(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": "none", "slope": 0.1, "deep": True},
             resnet_pool="sum",
         )

@@ -43,6 +43,9 @@ class WGANGP(GAN):
             ``gp`` and ``reg_weight`` is its λ (10; the paper's toy experiments use 0.1, and with
             data scaled to ``[-1, 1]`` λ = 10 makes 2-D toy training oscillate).
             ``gp_weight=`` is a deprecated alias of ``reg_weight``.
+        num_classes, cond_d, ac_weight: conditional GAN (C > 0 classes; ``projection`` or ``ac``
+            discriminator; weight of the AC cross-entropy), see
+            :mod:`genbench.models.gan.conditional`.
     """
 
     default_loss = "wasserstein"
@@ -71,6 +74,9 @@ class WGANGP(GAN):
         diffaugment: Sequence[str] = DIFFAUGMENT_POLICY,
         ada: Mapping[str, Any] | None = None,
         toy: Mapping[str, Any] | None = None,
+        num_classes: int = 0,
+        cond_d: str = "projection",
+        ac_weight: float = 1.0,
         n_critic: int | None = None,
         gp_weight: float | None = None,
     ) -> None:
@@ -97,6 +103,9 @@ class WGANGP(GAN):
             diffaugment=diffaugment,
             ada=ada,
             toy=toy,
+            num_classes=num_classes,
+            cond_d=cond_d,
+            ac_weight=ac_weight,
         )
         if d_norm not in ("none", "layer"):
             raise ValueError(f"WGAN-GP critic norm must be 'none' or 'layer', got {d_norm!r}")
@@ -108,15 +117,19 @@ class WGANGP(GAN):
             d_width=d_width,
             hidden=hidden,
             depth=depth,
+            num_classes=self.num_classes,
+            cond_d=self.cond_d,
             conv={"norm": d_norm},
             conv_init=True,
             resnet_pool="mean",
         )
 
-    def discriminator_losses(self, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def discriminator_losses(
+        self, y: Tensor, fake: Tensor, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Critic terms: ``loss`` = D(x̃) - D(x) + the penalty (``gp`` = λ (‖∇_x̂ D(x̂)‖₂ - 1)² at
-        the defaults); ``wasserstein`` = D(x) - D(x̃) (the critic's per-pair estimate of W1),
-        all ``[N]``."""
-        out = super().discriminator_losses(y, fake)
+        the defaults; a conditional critic's at the pair's label, ∇_x̂ D(x̂, y)); ``wasserstein``
+        = D(x) - D(x̃) (the critic's per-pair estimate of W1), all ``[N]``."""
+        out = super().discriminator_losses(y, fake, labels)
         out["wasserstein"] = out["d_real"] - out["d_fake"]
         return out
