@@ -34,7 +34,9 @@ _HASH_EXCLUDE = (
 
 #: model keys that only matter to a conditional model (``model.conditional=true``): an
 #: unconditional run's hash leaves them out, so it stays what it was before they existed
-CONDITIONAL_KEYS = ("conditional", "p_uncond", "class_loss_weight")
+CONDITIONAL_KEYS = ("conditional", "p_uncond", "class_loss_weight", "cond_d", "ac_weight")
+#: evaluation keys that only apply to conditional models, left out of an unconditional hash too
+CONDITIONAL_EVAL_KEYS = ("classify", "classify_examples", "intra_fid", "guidance_sweep")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def config_hash(cfg: DictConfig) -> str:
     if not model.get("conditional", False):  # unconditional: hashed as before these keys existed
         for key in CONDITIONAL_KEYS:
             model.pop(key, None)
+        for key in CONDITIONAL_EVAL_KEYS:
+            c.get("eval", {}).pop(key, None)
     for key in ("threads", "channels_last"):  # speed only (float rounding aside)
         c.get("device", {}).pop(key, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -128,17 +128,19 @@ def test_toy_dataset_is_exact(name, tmp_path):
     assert abs(nll - d.entropy) < 0.1, (nll, d.entropy)
 
 
-@pytest.mark.parametrize("model", ["ddpm", "pixelcnn", "vae", "realnvp", "glow"])
+@pytest.mark.parametrize("model", ["ddpm", "pixelcnn", "vae", "dcgan", "realnvp", "glow"])
 def test_keys_of_the_conditional_mode_leave_an_unconditional_hash_as_it_was(model, tmp_path):
     from omegaconf import open_dict
 
-    from genbench.build import CONDITIONAL_KEYS, config_hash
+    from genbench.build import CONDITIONAL_EVAL_KEYS, CONDITIONAL_KEYS, config_hash
 
     cfg = compose_cfg("train", [f"model={model}"], tmp_path)
     before = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(before):
         for key in CONDITIONAL_KEYS:
             before.model.pop(key, None)  # a config written before these keys existed
+        for key in CONDITIONAL_EVAL_KEYS:
+            before.eval.pop(key, None)
     assert config_hash(cfg) == config_hash(before)
     with open_dict(cfg):
         cfg.model.conditional = True

@@ -95,6 +95,8 @@ class StyleGAN2(GAN):
     """
 
     default_loss = "nonsaturating"
+    #: no class-conditional StyleGAN2 yet (the conditional GANs are DCGAN, SNGAN and WGAN-GP)
+    conditional_support = False
     default_reg = "r1"
 
     def __init__(
