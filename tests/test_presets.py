@@ -57,7 +57,7 @@ COMMON = [
     "trainer.log_every=1",
 ]
 #: presets for tests and for the quickstart sweep: no published numbers
-NOT_PAPER = {"smoke", "quickstart", "quickstart_conditional", "compare"}
+NOT_PAPER = {"smoke", "quickstart", "quickstart_conditional", "data_efficiency", "compare"}
 
 
 def _compose(experiment: str, tmp_path):
