@@ -192,17 +192,19 @@ class StyleGAN2(GAN):
                 )
         return ws
 
-    def fake_batch(self, n: int, device: torch.device) -> Tensor:
-        """``[n, C, H, W]`` fakes with style mixing and fresh noise (global RNG), no graph."""
+    def fake_batch(self, n: int, device: torch.device, labels: Tensor | None = None) -> Tensor:
+        """``[n, C, H, W]`` fakes with style mixing and fresh noise (global RNG), no graph
+        (``labels``: always ``None``, StyleGAN2 has no conditional mode)."""
         with torch.no_grad():
             ws = self.styles(torch.randn(n, self.z_dim, device=device), mix=self.training)
             return self.generator.synthesis(ws, self.generator.draw_noise(n, device=device))
 
     # -- generator phase ------------------------------------------------------------------------
-    def training_losses(self, x: Tensor, phase: str) -> dict[str, Tensor]:
+    def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """``"d"``: the base's terms. ``"g"``: ``loss`` = softplus(-D(G(z))) (+ the path-length
         penalty on every ``pl_interval``-th training step, also logged as ``pl_penalty`` with the
-        lengths ``pl_length``), all ``[N]``."""
+        lengths ``pl_length``), all ``[N]``. ``y``: unconditional, so never given."""
+        self.labels(y, x.shape[0])  # refuses labels
         if phase != "g":
             return super().training_losses(x, phase)
         n, device = x.shape[0], x.device
@@ -260,9 +262,12 @@ class StyleGAN2(GAN):
             noise = g.draw_noise(z.shape[0], generator=generator, device=z.device)
         return g.synthesis(ws, noise)
 
-    def sample(self, n: int, *, generator: Generator = None, **sampler: Any) -> Sampled:
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: Generator = None, **sampler: Any
+    ) -> Sampled:
         """``[n, C, H, W]`` int64 levels, one network evaluation each (options: see
-        :meth:`validate_sampler`)."""
+        :meth:`validate_sampler`; ``y``: unconditional, so never given)."""
+        self.labels(y, n)  # refuses labels
         self.validate_sampler(sampler, {})
         z = self.latent(n, generator=generator, truncation=sampler.get("truncation"))
         z = z.to(self.generator.const.dtype)
