@@ -35,7 +35,9 @@ def test_a_correct_model_passes_every_check():
     report = check_model(Histogram, shape=(1, 4, 4), levels=4, init_scale=0.5)
     assert list(report) == list(CHECKS)
     assert report["estimators"] == "skipped: no likelihood estimators declared"
-    assert all(v == "passed" for k, v in report.items() if k != "estimators")
+    assert report["conditional"].startswith("skipped: no conditional mode")
+    skipped = ("estimators", "conditional")
+    assert all(v == "passed" for k, v in report.items() if k not in skipped)
 
 
 def test_unknown_check_names_are_refused():
@@ -262,3 +264,30 @@ def test_variants_within_the_contract_pass(cls):
     assert all(v == "passed" or v.startswith("skipped") for v in report.values()), report
     if cls is ExactEstimator:
         assert report["estimators"] == "passed"
+
+
+def test_the_conditional_check_catches_a_model_that_ignores_its_labels():
+    """A conditional class whose labels never reach its outputs fails the kit's check."""
+
+    class Deaf(Histogram):
+        conditional_support = True
+
+        def __init__(self, shape, levels, num_classes=0, **kw):
+            GenerativeModel.__init__(self, shape, levels, num_classes)
+            self.logits = torch.nn.Parameter(0.5 * torch.randn(*self.shape, self.levels))
+            self.lr = None
+
+        def training_losses(self, x, phase="main", y=None):
+            self.labels(y, len(x))
+            return super().training_losses(x, phase)
+
+        def nll(self, x, *, y=None):
+            self.labels(y, len(x))
+            return super().nll(x)
+
+        def sample(self, n, *, y=None, generator=None, **sampler):
+            self.labels(y, n)
+            return super().sample(n, generator=generator, **sampler)
+
+    with pytest.raises(ConformanceError, match="samples for label 0 and label 1 are identical"):
+        check_model(Deaf, shape=(1, 2, 2), levels=4, only=["conditional"])

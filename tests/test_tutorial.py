@@ -125,7 +125,7 @@ def test_tutorial_smoke_path(tinylab, tmp_path, monkeypatch, capsys):
         assert code == 0, f"{line}\n{out[-3000:]}"
         printed[" ".join(argv[1:3])] = out
     assert re.search(
-        r"histogram +│ autoregressive +│ exact +│ tinylab\.histogram\.Histogram +│ "
+        r"histogram +│ autoregressive +│ exact +│ – +│ tinylab\.histogram\.Histogram +│ "
         r"genbench-tinylab 0\.1\.0",
         printed["families"],
     ), printed["families"]

@@ -88,7 +88,8 @@ def validation_objective(
         },
     )
     if name == "bpd":
-        held_out = dataclasses.replace(data, test=data.val[:n])
+        val_y = data.val_labels[:n] if data.val_labels is not None else None
+        held_out = dataclasses.replace(data, test=data.val[:n], test_labels=val_y)
         ctx = EvalContext(model, held_out, cfg, dict(sampler), device, cache_dir)
         rows = {m.name: m for m in likelihood_metrics(ctx)}
         bpd = rows["bpd"]
