@@ -34,7 +34,7 @@ from torch import Tensor
 from genbench import distributed as ddp
 from genbench.eval.context import EvalContext, Samples
 from genbench.eval.cost import MS_PER_IMAGE, NFE, sampler_protocol
-from genbench.eval.likelihood import _with_generators, nll_options
+from genbench.eval.likelihood import nll_options, with_generators
 from genbench.eval.metric import Column, Metric, MetricSpec
 from genbench.eval.registry import register_metric, register_spec
 from genbench.models.base import likelihood_kind
@@ -227,7 +227,7 @@ def class_scores(ctx: EvalContext, n: int) -> Tensor:
             for c in range(model.num_classes):
                 torch.manual_seed(ctx.seed * 1_000_003 + i)  # models without generators
                 y = torch.full((j - i,), c, dtype=torch.long, device=ctx.device)
-                nll = _with_generators(model.nll, x, ctx, i, y=y, **options)
+                nll = with_generators(model.nll, x, ctx, i, y=y, **options)
                 cols.append(nll.double().cpu())
             out.append(torch.stack(cols, 1))
     mine = torch.cat(out) if out else torch.zeros(0, model.num_classes, dtype=torch.float64)

@@ -147,11 +147,12 @@ def nll_options(model: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:  # noqa: 
     return {k: int(cfg[k]) for k in NLL_OPTIONS if cfg.get(k) is not None and takes(model.nll, k)}
 
 
-def _with_generators(
+def with_generators(
     fn: Callable[..., Any], x: Tensor, ctx: EvalContext, start: int, **options: Any
 ) -> Any:  # noqa: ANN401
-    """``fn(x, **options)`` with one generator per test example (seeded from ``(eval.seed,
-    index)``, as sampling is), so an example's number does not depend on its batch; without a
+    """``fn(x, **options)`` for test examples ``x`` ``[N, C, H, W]`` (from index ``start``) with
+    one generator per example (seeded from ``(eval.seed, index)``, as sampling is), so an
+    example's number does not depend on its batch; without a
     ``generator`` parameter ``fn`` draws from the global RNG, seeded per batch by the caller."""
     if not takes_generator(fn):
         return fn(x, **options)
@@ -186,8 +187,8 @@ def likelihood_metrics(ctx: EvalContext) -> list[Metric]:
             x = ctx.data.test[i:j].to(ctx.device).long()
             labels = test_labels(ctx, i, j)
             terms = {
-                "nll": _with_generators(model.nll, x, ctx, i, **options, **labels),
-                **_with_generators(model.bound_terms, x, ctx, i, **labels),
+                "nll": with_generators(model.nll, x, ctx, i, **options, **labels),
+                **with_generators(model.bound_terms, x, ctx, i, **labels),
             }
             for name, value in terms.items():
                 _sum(name, sums).update(value.double().to(ddp.comm_device()))
