@@ -46,6 +46,9 @@ class Data:
     num_classes: int = 0
     val_labels: Tensor | None = None
     classes: tuple[str, ...] = ()
+    #: the dataset before ``dataset.train_fraction`` cut its training split (None: uncut);
+    #: the evaluation protocol (domain extractor, floors) is always that of the whole dataset
+    whole_data: Data | None = field(default=None, repr=False)
     density: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     augment: tuple[str, ...] = ()
@@ -88,6 +91,12 @@ class Data:
                     f"{self.name}: {split} labels in [{int(y.min())}, {int(y.max())}] "
                     f"outside [0, {self.num_classes})"
                 )
+
+    def whole(self) -> Data:
+        """The dataset with its whole training split (``self`` unless ``train_fraction`` cut
+        it): what the evaluation protocol (domain CNN, data floor) is built from, so runs on
+        any fraction are scored alike."""
+        return self.whole_data if self.whole_data is not None else self
 
     @property
     def labelled(self) -> bool:

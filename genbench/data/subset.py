@@ -69,4 +69,6 @@ def train_subset(data: Data, fraction: float, seed: int) -> Data:
     idx = subset_indices(data.train.shape[0], fraction, seed).to(data.train.device)
     labels = data.train_labels[idx] if data.train_labels is not None else None
     info = {**data.info, KEY: fraction, "train_examples": int(idx.numel())}
-    return dataclasses.replace(data, train=data.train[idx], train_labels=labels, info=info)
+    return dataclasses.replace(
+        data, train=data.train[idx], train_labels=labels, info=info, whole_data=data.whole()
+    )

@@ -360,7 +360,10 @@ def domain_extractor(
 ) -> Extractor:
     """The ``<dataset>-cnn`` extractor of a labelled dataset: loaded from
     ``<cache_dir>/extractors/<dataset>-cnn-<key>.pt`` or trained and stored there, where ``key``
-    hashes the data, the recipe (architecture, steps, seed) and the code version."""
+    hashes the data, the recipe (architecture, steps, seed) and the code version. A training
+    split cut by ``dataset.train_fraction`` does not change it: the CNN learns the whole split
+    (:meth:`~genbench.data.base.Data.whole`), so runs on any fraction share one extractor."""
+    data = data.whole()
     if data.train_labels is None or data.test_labels is None or data.num_classes < 2:
         raise ExtractorError(f"dataset {data.name!r} has no labels to train a domain extractor")
     recipe = recipe or CNNRecipe()

@@ -49,6 +49,7 @@ def held_out(data: Data, cfg: Mapping) -> tuple[Tensor, tuple[str, ...]]:
     (``cfg.floor_split``, or every split but ``cfg.reference_split`` when it is null) permuted
     with a generator seeded by ``cfg.seed``, first ``n`` kept.
     """
+    data = data.whole()  # the same real images whatever share of train a model saw
     ref = str(cfg.get("reference_split", "test"))
     chosen = cfg.get("floor_split")
     splits = (str(chosen),) if chosen is not None else tuple(s for s in SPLITS if s != ref)

@@ -75,3 +75,19 @@ def test_train_validation_refuses_a_bad_fraction(tmp_path):
     cfg = compose_cfg("train", [*TOY, "dataset.train_fraction=0", "model=dcgan"], tmp_path)
     with pytest.raises(ConfigError, match=r"dataset.train_fraction=0 is invalid"):
         validate(cfg)
+
+
+def test_the_evaluation_protocol_sees_the_whole_training_split():
+    """A run on 10 % of digits is scored with the extractor and floor of the whole dataset."""
+    from omegaconf import OmegaConf
+
+    from genbench.data.bundled import digits
+    from genbench.eval.extractors import data_digest
+    from genbench.eval.floor import held_out
+
+    whole = digits()
+    cut = train_subset(whole, 0.1, 0)
+    assert len(cut.train) < len(whole.train) and cut.whole() is whole
+    assert data_digest(cut.whole()) == data_digest(whole)
+    cfg = OmegaConf.create({"n_samples": 50, "seed": 0, "reference_split": "test"})
+    assert torch.equal(held_out(cut, cfg)[0], held_out(whole, cfg)[0])
