@@ -319,13 +319,14 @@ def test_lazy_r1_of_the_style_discriminator_equals_a_hand_computation():
 def test_yaml_defaults_and_toy_overrides():
     from pathlib import Path
 
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from genbench.build import build_model
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / "stylegan2.yaml")
     img, toy = (
-        instantiate(cfg, shape=(1, 8, 8), levels=17),
-        instantiate(cfg, shape=(2, 1, 1), levels=64),
+        build_model(cfg, (1, 8, 8), 17),
+        build_model(cfg, (2, 1, 1), 64),
     )
     assert (img.pl_weight, img.style_mixing, img.reg, img.reg_interval) == (2.0, 0.9, "r1", 16)
     assert (toy.pl_weight, toy.style_mixing, toy.reg) == (0.0, 0.0, "r1")
