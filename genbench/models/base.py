@@ -53,11 +53,15 @@ class Phase:
         repeat: optimizer steps of this phase per training step (a WGAN critic uses 5).
         optimizer: keyword overrides for this phase's optimizer (e.g. ``{"lr": 1e-4,
             "betas": (0.0, 0.9)}``); everything else comes from ``conf/optimizer``.
+        period: optimizer steps of this phase after which its cost repeats: a term added
+            only on every k-th step (lazy regularization) makes it k. A FLOP budget charges the
+            mean cost over one period, not the cost of the first step.
     """
 
     name: str = "main"
     repeat: int = 1
     optimizer: Mapping[str, Any] = field(default_factory=dict)
+    period: int = 1
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ Every run measures all four quantities, whatever its unit:
 - seconds: wall time of the training steps themselves (validation, checkpoint writes, logging
   and the anytime probe excluded);
 - flops: training FLOPs (forward + backward) as :class:`torch.utils.flop_counter.FlopCounterMode`
-  counts them, measured once per phase on a copy of the model (:func:`count_flops`) and charged
-  ``repeat`` times per phase per step.
+  counts them, measured once per phase on a copy of the model (:func:`count_flops`; the mean over
+  a phase's ``period`` when a lazy term makes its steps differ) and charged ``repeat`` times per
+  phase per step.
 
 ``steps``, ``images`` and ``flops`` budgets are a step count fixed before training starts (the
 first step at which the budget is spent: ``ceil(amount / per_step)``), so a resumed run ends
@@ -192,6 +193,9 @@ def count_flops(
     ``2 N in out`` for the weight gradient plus ``2 N in out`` for the input gradient when the
     input needs one; elementwise work is not counted).
 
+    A phase with ``period`` k > 1 (a lazy regularizer due every k-th step) is run k times and
+    charged the mean, so a budget pays for the penalty as often as training takes it.
+
     Runs on a deep copy of ``model`` inside ``torch.random.fork_rng``: the model, its optimizers
     and every random generator are left exactly as they were."""
     devices = [x.device] if x.device.type == "cuda" else []
@@ -199,15 +203,17 @@ def count_flops(
     out: dict[str, float] = {}
     with torch.random.fork_rng(devices=devices):
         for phase in phases:
-            work.zero_grad(set_to_none=True)
+            period = max(1, int(phase.period))
             counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
             counter.mod_tracker = _TotalOnly()  # type: ignore[assignment]
             with counter:
-                with autocast() if autocast is not None else contextlib.nullcontext():
-                    terms = work.training_losses(x, phase.name, **(labels or {}))
-                    loss = terms["loss"].float().mean()
-                loss.backward()
-            out[phase.name] = float(counter.get_total_flops())
+                for _ in range(period):
+                    work.zero_grad(set_to_none=True)
+                    with autocast() if autocast is not None else contextlib.nullcontext():
+                        terms = work.training_losses(x, phase.name, **(labels or {}))
+                        loss = terms["loss"].float().mean()
+                    loss.backward()
+            out[phase.name] = float(counter.get_total_flops()) / period
     return out
 
 

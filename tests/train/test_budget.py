@@ -119,6 +119,32 @@ def test_flops_of_a_small_conv_net_equal_the_hand_count():
     assert got == 2 * conv + 3 * linear == 11_700
 
 
+class _Lazy(_Toy):
+    """A toy whose every k-th call adds a second pass through its net (a lazy regularizer)."""
+
+    def __init__(self, net: nn.Module, k: int) -> None:
+        super().__init__(net)
+        self.k, self.calls = k, 0
+
+    def training_losses(self, x, phase="main"):
+        out = super().training_losses(x, phase)
+        if self.calls % self.k == 0:
+            out["loss"] = out["loss"] + super().training_losses(x, phase)["loss"]
+        self.calls += 1
+        return out
+
+
+def test_a_lazy_phase_is_charged_its_mean_cost_over_one_period():
+    n, d_in, d_out, k = 4, 6, 3, 4
+    one = 2 * n * d_in * d_out * 2  # forward + weight gradient of a linear layer (no input grad)
+    lazy = _Lazy(nn.Linear(d_in, d_out), k)
+    x = torch.randint(0, 4, (n, d_in))
+    # the first step alone pays the extra pass: counting it alone overcharges every step
+    assert count_flops(lazy, [Phase()], x)["main"] == 2 * one
+    assert count_flops(lazy, [Phase(period=k)], x)["main"] == one * (k + 1) / k
+    assert lazy.calls == 0  # counted on a copy
+
+
 def test_flop_count_leaves_model_and_random_state_untouched():
     torch.manual_seed(0)
     toy = _Toy(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)))

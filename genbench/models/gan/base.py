@@ -237,8 +237,9 @@ class GAN(GenerativeModel):
     # -- contract -------------------------------------------------------------------------------
     @property
     def phases(self) -> tuple[Phase, ...]:
+        lazy = self.reg_interval if self.reg != "none" else 1  # the penalty's D-step cycle
         return (
-            Phase("d", repeat=self.d_steps, optimizer=self.d_optimizer),
+            Phase("d", repeat=self.d_steps, optimizer=self.d_optimizer, period=lazy),
             Phase("g", optimizer=self.g_optimizer),
         )
 

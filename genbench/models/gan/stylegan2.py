@@ -34,6 +34,7 @@ applies. Every random draw of ``sample`` (z, then the noise images) comes from `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genbench.models.base import Generator, Sampled, check_sampler_options
+from genbench.models.base import Generator, Phase, Sampled, check_sampler_options
 from genbench.models.gan.augment import DIFFAUGMENT_POLICY
 from genbench.models.gan.base import GAN, frozen
 from genbench.models.gan.losses import G_LOSSES
@@ -200,6 +201,13 @@ class StyleGAN2(GAN):
             return self.generator.synthesis(ws, self.generator.draw_noise(n, device=device))
 
     # -- generator phase ------------------------------------------------------------------------
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The GAN's D and G phases; G's cost repeats every ``pl_interval`` steps (the lazy
+        path-length term)."""
+        d, g = super().phases
+        return d, dataclasses.replace(g, period=self.pl_interval if self.pl_weight > 0 else 1)
+
     def training_losses(self, x: Tensor, phase: str, y: Tensor | None = None) -> dict[str, Tensor]:
         """``"d"``: the base's terms. ``"g"``: ``loss`` = softplus(-D(G(z))) (+ the path-length
         penalty on every ``pl_interval``-th training step, also logged as ``pl_penalty`` with the
