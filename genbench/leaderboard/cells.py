@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from genbench.leaderboard.floor_rows import is_floor
@@ -86,6 +86,10 @@ class Row:
 
     runs: list[Run]
     cells: dict[str, Cell]
+    #: config keys (dotted) in which this row differs from other rows of its model, with its
+    #: values (``sections.differing_settings``); shown as the ``settings`` column when any row
+    #: has some
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run(self) -> Run:

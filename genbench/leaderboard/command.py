@@ -19,7 +19,9 @@ from genbench.rundir import run_dirs, run_id_of
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json", "html")
-PLOT_CHOICES = ("pareto", "bpd_params", "fid_nfe", "guidance", "budget", "loss", "grid", "all")
+PLOT_CHOICES = (
+    "pareto", "bpd_params", "fid_nfe", "guidance", "budget", "settings", "loss", "grid", "all",
+)  # fmt: skip
 
 
 def dataset_name(cfg: DictConfig) -> str | None:

@@ -325,6 +325,12 @@ def _guidance_figure(sections: Sequence[Section]) -> Figure | None:
     return figure_guidance(sections)
 
 
+def _settings_figure(runs: Sequence[Run]) -> Figure | None:
+    from genbench.leaderboard.sweep_plot import figure_settings  # it uses this module's helpers
+
+    return figure_settings(runs)
+
+
 #: plot name -> (figure builder taking sections or runs, message when there is no data)
 PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
     "pareto": (figure_pareto, True, "no run has both FID and ms/image"),
@@ -343,6 +349,12 @@ PLOTS: dict[str, tuple[Callable[..., Figure | None], bool, str]] = {
         _guidance_figure,
         True,
         "no conditional run has a guidance sweep (set eval.guidance_sweep, e.g. [0,1,2,4])",
+    ),
+    "settings": (
+        _settings_figure,
+        False,
+        "no runs of one model differ in a numeric setting besides the seed (a sweep such as "
+        "experiment=data_efficiency)",
     ),
     "loss": (figure_loss, False, "no run folder has a stats.jsonl training log"),
     "grid": (figure_grid, False, "no run folder has a samples.png"),

@@ -34,7 +34,8 @@ def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
     missing, keyed by the titles of :func:`~genbench.leaderboard.sections.columns` (``FID``; the
     extractor has its own key), plus the kind of each bits/dim number, the 95 % interval
     (``<title> lo`` / ``<title> hi``), the tie mark of each ranked metric (``<title> best``: best
-    or within the 95 % interval of the best), the floor (``data`` / ``uniform``) and provenance."""
+    or within the 95 % interval of the best), the floor (``data`` / ``uniform``), the settings
+    that tell a sweep's rows of one model apart (``{"model.augment": "ada"}``) and provenance."""
     out = []
     cols = [(title, key, key_spec(key)) for title, key in columns()]
     for sec in sections:
@@ -60,6 +61,7 @@ def table_rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
             d["extractor"] = fid["name"].partition("@")[2] if fid else None
             d["modes_total"] = (pick(run, "modes_total") or {}).get("value")
             d["sampler"] = (run.get("config") or {}).get("sampler")
+            d["settings"] = dict(row.settings)  # what tells apart the rows of a sweep
             if "seeds" in row.cells:
                 d["seeds"] = len(row.runs)
                 d["run_ids"] = [r["run_id"] for r in row.runs]

@@ -209,17 +209,67 @@ def _rank(row: Row, keys: Sequence[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _config_key(run: Run) -> str:
-    """The run's config without seed and bookkeeping: runs that share it differ only in seed."""
+def _comparable_config(run: Run) -> dict[str, Any]:
+    """The run's config without seed and bookkeeping (``{}`` when unknown)."""
     cfg = dict(run.get("config") or {})
     if not cfg:
-        return str(run["run_id"])  # unknown config: never merged
+        return {}
     for k in ("seed", "paths", "logger"):
         cfg.pop(k, None)
     cfg["trainer"] = {
         k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("resume", "rerun")
     }
+    return cfg
+
+
+def _config_key(run: Run) -> str:
+    """A key shared exactly by runs whose configs differ only in seed and bookkeeping."""
+    cfg = _comparable_config(run)
+    if not cfg:
+        return str(run["run_id"])  # unknown config: never merged
     return json.dumps([run["model"], run["status"], cfg], sort_keys=True, default=str)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a.b": "<json of the leaf>"}`` of a nested config (lists are leaves)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: json.dumps(tree, sort_keys=True, default=str)} if prefix else {}
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def differing_settings(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per row, the config keys (dotted, with the row's values) in which rows of the same model
+    differ, apart from seed and bookkeeping: what tells apart the rows of a sweep
+    (``model.augment``, ``dataset.train_fraction``, a learning rate); ``{}`` for a model with
+    one row and for rows without a config (published results, floors)."""
+    flats = [_flat(_comparable_config(r.run)) for r in rows]
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    models: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if flats[i] and not r.published and not r.floor:
+            models.setdefault(str(r.run.get("model")), []).append(i)
+    for members in models.values():
+        keys = sorted({k for i in members for k in flats[i]})
+        varying = [k for k in keys if len({flats[i].get(k) for i in members}) > 1]
+        for i in members:
+            out[i] = {k: json.loads(flats[i][k]) for k in varying if k in flats[i]}
+    return out
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """``augment=ada train_fraction=0.1``: each key by its last part where no other key of the
+    row ends the same, else in full (``–`` when empty)."""
+    leaves = [k.rpartition(".")[2] for k in settings]
+    return (
+        " ".join(
+            f"{leaf if leaves.count(leaf) == 1 else k}={v}"
+            for leaf, (k, v) in zip(leaves, settings.items(), strict=True)
+        )
+        or "–"
+    )
 
 
 def aggregate(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
@@ -281,7 +331,9 @@ def _columns(toy: bool, rows: Sequence[Row], agg: bool) -> list[tuple[str, str]]
         for s in metric_columns("toy" if toy else "image")
         if not s.column.optional or any(not r.cells[s.key].missing for r in rows)
     ]
-    cols = [*RUN_HEAD, *((s.label, s.key) for s in specs), *RUN_TAIL]
+    head = [*RUN_HEAD[:1], ("settings", "settings"), *RUN_HEAD[1:]]
+    varied = any(r.settings for r in rows)  # a sweep: which setting each row of a model has
+    cols = [*(head if varied else RUN_HEAD), *((s.label, s.key) for s in specs), *RUN_TAIL]
     if not toy:
         per_extractor = [s.key for s in specs if s.per_extractor]
         found = (pick(r.run, k) for r in rows if not r.published for k in per_extractor)
@@ -398,6 +450,9 @@ def build_sections(
                 rows = aggregate(rows, all_keys)
             if view.best:
                 rows = _best_per_model(rows, keys)
+            for row, settings in zip(rows, differing_settings(rows), strict=True):
+                row.settings = settings
+                row.cells["settings"] = Cell(label=settings_text(settings))
             rows.sort(key=lambda r: _rank(r, keys))
             refs = [
                 Row([r], {k: cell(r, k) for k in (*all_keys, "seeds")})
@@ -420,6 +475,8 @@ def build_sections(
             )
             sig = proto[0] if proto else None
             sec.floors = _floors(sec, data, sig, levels, [*all_keys, "seeds"])
+            for row in sec.refs + sec.floors:
+                row.cells["settings"] = Cell()
             mark_ties(sec)
             sec.notes = _notes(sec, view, levels)
             sections.append(sec)

@@ -20,8 +20,10 @@ from genbench.leaderboard.plots import (
     sweep_points,
     write_plots,
 )
-from genbench.leaderboard.sections import View, build_sections
+from genbench.leaderboard.report import table_rows
+from genbench.leaderboard.sections import View, build_sections, differing_settings, settings_text
 from genbench.leaderboard.store import RunRecord, Store
+from genbench.leaderboard.sweep_plot import numeric_settings, sweep_lines
 
 PROTO = {"extractor": "digits-cnn", "n_generated": 100, "reference_split": "test"}
 
@@ -41,9 +43,12 @@ def fake_run(
     sweep=(),
     folder=True,
     n_generated=100,
+    config=None,
+    recall=None,
 ):
     """Record a run; with ``folder`` give it stats.jsonl and samples.png. ``sweep``: extra
-    (steps, nfe, fid) evaluated with ``sampler={"steps": steps}``."""
+    (steps, nfe, fid) evaluated with ``sampler={"steps": steps}``; ``config``: merged into the
+    recorded config ``{"sampler": {}, "seed": 0}``."""
     run_dir = tmp_path / "runs" / run_id
     if folder:
         run_dir.mkdir(parents=True)
@@ -72,6 +77,9 @@ def fake_run(
         rows.append(Metric("nfe", n, "measured", "samples", 8, "count", {"sampler": sampler}))
     if ms is not None:
         rows.append(Metric("ms_per_image", ms, "measured", "samples", 8, "ms", {"sampler": {}}))
+    if recall is not None:
+        proto = {**proto, "sampler": {}}
+        rows.append(Metric("recall@digits-cnn", recall, "measured", "test", n_generated, "", proto))
     store.record(
         RunRecord(
             run_id,
@@ -88,7 +96,7 @@ def fake_run(
             "finished",
             str(run_dir),
             run_id,
-            {"sampler": {}, "seed": 0},
+            {"sampler": {}, "seed": 0, **(config or {})},
         ),
         rows,
         [CurvePoint(m, 1.0, 5, 80, 1.0, 1e9) for m in rows if m.name == "bpd"],  # plot=budget
@@ -149,7 +157,30 @@ def runs(tmp_path):
         nfe=50.0,
         sweep=[(5, 5.0, 60.0), (10, 10.0, 20.0)],
     )
+    sngan_sweep(store, tmp_path)
     return store.runs()
+
+
+#: (train_fraction, augment, seed, FID, recall) of a small data-efficiency sweep
+SWEEP = [
+    (0.1, "ada", 0, 6.0, 0.5), (0.1, "ada", 1, 8.0, 0.7),
+    (0.1, "none", 0, 9.0, 0.4), (0.1, "none", 1, 11.0, 0.4),
+    (1.0, "ada", 0, 3.0, 0.8), (1.0, "ada", 1, 3.0, 0.9),
+    (1.0, "none", 0, 4.0, 0.8), (1.0, "none", 1, 4.0, 0.8),
+]  # fmt: skip
+
+
+def sngan_sweep(store, tmp_path):
+    """SNGAN runs of :data:`SWEEP`: two seeds of each augment x train_fraction."""
+    for frac, aug, seed, fid, recall in SWEEP:
+        config = {
+            "seed": seed,
+            "dataset": {"name": "digits", "train_fraction": frac},
+            "model": {"augment": aug, "lr": 2e-4},
+        }
+        run_id = f"sn-{aug}-{frac}-{seed}"
+        fake_run(store, tmp_path, run_id, "sngan", "gan", "none", fid=fid, ms=0.1,
+                 folder=False, config=config, recall=recall)  # fmt: skip
 
 
 def test_every_plot_writes_a_nonempty_png(runs, tmp_path):
@@ -218,3 +249,50 @@ def test_read_stats_skips_bad_lines(runs):
     stats = read_stats(next(r for r in runs if r["run_id"] == "vae")["run_dir"])
     assert [d["step"] for d in stats] == [1, 2, 3, 4, 5]
     assert read_stats(None) == [] and read_stats("/nonexistent") == []
+
+
+def test_rows_of_a_sweep_name_the_settings_that_tell_them_apart(runs):
+    (plain,) = [s for s in build_sections(runs, View(agg=True, refs=False)) if s.title == "digits"]
+    assert plain.columns[:2] == [("model", "model"), ("settings", "settings")]
+    sweep = {r.cells["settings"].text(): r for r in plain.rows if r.run["model"] == "sngan"}
+    assert sorted(sweep) == [
+        f"train_fraction={f} augment={a}" for f in (0.1, 1.0) for a in ("ada", "none")
+    ]
+    row = sweep["train_fraction=0.1 augment=ada"]
+    assert row.settings == {"dataset.train_fraction": 0.1, "model.augment": "ada"}
+    assert row.cells["seeds"].value == 2 and row.cells["fid@"].value == 7.0  # mean of 6 and 8
+    assert row.cells["fid@"].lo < 7.0 < row.cells["fid@"].hi  # the t-interval over the seeds
+    # models with one row have no settings; without agg each seed is its own row, same settings
+    assert all(r.cells["settings"].text() == "–" for r in plain.rows if r.run["model"] != "sngan")
+    (unagg,) = [s for s in build_sections(runs, View(refs=False)) if s.title == "digits"]
+    texts = [r.cells["settings"].text() for r in unagg.rows if r.run["model"] == "sngan"]
+    assert len(texts) == 8 and texts.count("train_fraction=1.0 augment=none") == 2
+    # json carries the full keys
+    out = table_rows(build_sections(runs, View(agg=True, refs=False)))
+    got = [d["settings"] for d in out if d.get("model") == "sngan"]
+    assert {"dataset.train_fraction": 1.0, "model.augment": "none"} in got
+
+
+def test_no_settings_column_without_a_sweep_and_long_keys_where_leaves_collide(runs):
+    others = [r for r in runs if r["model"] not in ("sngan",)]
+    for sec in build_sections(others, View(agg=True, refs=False)):
+        assert ("settings", "settings") not in sec.columns
+    assert settings_text({"model.g_optimizer.lr": 1, "model.d_optimizer.lr": 2}) == (
+        "model.g_optimizer.lr=1 model.d_optimizer.lr=2"
+    )
+    assert settings_text({}) == "–"
+    assert differing_settings([]) == []
+
+
+def test_settings_plot_lines_follow_the_numeric_setting(runs):
+    (plain,) = [s for s in build_sections(runs, View(agg=True, refs=False)) if s.title == "digits"]
+    assert numeric_settings(plain.rows) == ["dataset.train_fraction"]  # augment is text
+    lines = sweep_lines(plain.rows, "dataset.train_fraction", "fid@")
+    assert sorted(lines) == ["sngan augment=ada", "sngan augment=none"]
+    (x0, y0, lo0, hi0), (x1, y1, lo1, hi1) = lines["sngan augment=ada"]
+    assert (x0, y0, x1, y1) == (0.1, 7.0, 1.0, 3.0)
+    assert lo0 < 7.0 < hi0 and lo1 == hi1 == 3.0  # equal seeds: no spread
+    recall = sweep_lines(plain.rows, "dataset.train_fraction", "recall@")
+    assert [y for _, y, *_ in recall["sngan augment=none"]] == pytest.approx([0.4, 0.8])
+    fig = figure("settings", runs)
+    assert len(fig.axes) == 2  # FID and recall (no precision recorded)
