@@ -76,17 +76,23 @@ def figure_settings(runs: Sequence[Run]) -> Figure | None:
     fig, axes = _panels(len(panels))
     for ax, (sec, setting, metric, title) in zip(axes, panels, strict=True):
         lines = sweep_lines(sec.rows, setting, metric)
-        markers = "osD^v<>p*h"
-        for i, (label, pts) in enumerate(sorted(lines.items())):
+        models = list(dict.fromkeys(label.partition(" ")[0] for label in sorted(lines)))
+        seen: dict[str, int] = {}
+        for label, pts in sorted(lines.items()):
+            model = label.partition(" ")[0]
+            j = seen[model] = seen.get(model, -1) + 1  # the model's j-th line: its style
             xs, ys, lo, hi = zip(*pts)
             err = [[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]]
             ax.errorbar(
-                xs, ys, yerr=err, label=label, marker=markers[i % len(markers)], ms=4,
-                capsize=2, lw=1.2, color=f"C{i % 10}",
+                xs, ys, yerr=err, label=label, color=f"C{models.index(model) % 10}",
+                marker="osD^v"[j % 5], ls=("-", "--", ":", "-.")[j % 4], ms=4, capsize=2, lw=1.2,
             )  # fmt: skip
         xs = [x for pts in lines.values() for x, *_ in pts]
         if min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
+        ys = [y for pts in lines.values() for _, y, *_ in pts]
+        if min(ys) > 0 and max(ys) / min(ys) >= 5:  # e.g. FIDs of 2 and 20: both readable
+            ax.set_yscale("log")
         ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
         ax.set(xlabel=setting, ylabel=title, title=f"{sec.title}: {title} vs {setting}")
         ax.grid(alpha=0.3)
