@@ -1,6 +1,7 @@
 """The evaluator: runs every registered stage on a model and collects :class:`Metric` rows.
 
-Stages run in the order they declare (``register_metric(..., order=)``): ``sampling`` (ms/image,
+Stages run in the order they declare (``register_metric(..., order=)``): ``training_state``
+(numbers the model reports about where training left it, such as ADA's p), ``sampling`` (ms/image,
 NFE), ``likelihood`` (test NLL / bits/dim), ``likelihood_estimators`` (the model's optional
 estimators named in ``eval.estimators``), ``fidelity`` (FID / IS / KID / precision-recall) and
 ``toy`` (exact measures on 2-D toys; it reads the NLL rows). The only model-dependent branches are

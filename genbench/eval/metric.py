@@ -158,8 +158,9 @@ class MetricSpec:
 
     Attributes:
         name: the stored name; with ``per_extractor``, the part before ``@<extractor>``.
-        lower_is_better: ranking direction; None for a number that describes the data or the
-            protocol rather than the model (``entropy``, ``modes_total``), never ranked.
+        lower_is_better: ranking direction; None for a number that describes the data, the
+            protocol or where training left the run rather than its quality (``entropy``,
+            ``modes_total``, ``ada_p``), never ranked (its column, if any, is optional).
         unit: ``bits/dim``, ``nats``, ``ms``, ``s``, ``count`` or ``""``.
         label: display name (the leaderboard column title); default ``name``.
         integer: a count, printed without decimals.
@@ -181,10 +182,11 @@ class MetricSpec:
     def __post_init__(self) -> None:
         if not self.label:
             object.__setattr__(self, "label", self.name)
-        if self.column is not None and self.lower_is_better is None:
+        if self.column is not None and self.lower_is_better is None and not self.column.optional:
             raise ValueError(
                 f"metric {self.name!r} has a leaderboard column, so it needs a "
-                "direction (lower_is_better true or false)"
+                "direction (lower_is_better true or false); an unranked number (one that "
+                "describes the run, never ranked) may have an optional column"
             )
 
     @property

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MetricFn = Callable[["EvalContext"], list["Metric"]]
 #: modules whose import registers evaluation stages and metric specs
 STAGE_MODULES: tuple[str, ...] = (
+    "genbench.eval.state",
     "genbench.eval.cost",
     "genbench.eval.likelihood",
     "genbench.eval.stages",

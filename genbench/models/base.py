@@ -349,6 +349,13 @@ class GenerativeModel(nn.Module, abc.ABC):
         the evaluator when ``eval.estimators`` names them. Default: none."""
         return {}
 
+    def training_state(self) -> dict[str, float]:
+        """Numbers that say where training left the model rather than how good it is (a GAN's
+        final ADA probability ``ada_p``), by metric name; the evaluator records each as a
+        metric of split ``train`` (:mod:`genbench.eval.state`, which declares how they read:
+        never ranked). Default: none."""
+        return {}
+
 
 def with_labels(model: GenerativeModel, y: Tensor | None) -> dict[str, Tensor]:
     """Keyword arguments that pass labels ``y`` ``[N]`` to a conditional ``model``

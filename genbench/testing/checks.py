@@ -34,8 +34,8 @@ UNIFORM_Z = 3.0
 
 def check_declares(s: Subject) -> None:
     """``family``, ``likelihood``, ``phases``, the stored shape and levels, the likelihood
-    estimators, ``resolve_sampler`` and ``nll_settings`` are what the runner and evaluator
-    expect."""
+    estimators, ``resolve_sampler``, ``nll_settings`` and ``training_state`` are what the runner
+    and evaluator expect."""
     m = s.build()
     expect(m.family in FAMILIES, f"family={m.family!r} is not one of {FAMILIES}")
     expect(m.likelihood in LIKELIHOODS, f"likelihood={m.likelihood!r} is not one of {LIKELIHOODS}")
@@ -59,6 +59,10 @@ def check_declares(s: Subject) -> None:
         expect(
             isinstance(p.optimizer, Mapping),
             f"phase {p.name!r}: optimizer overrides must be a mapping, got {p.optimizer!r}",
+        )
+        expect(
+            isinstance(p.period, int) and p.period >= 1,
+            f"phase {p.name!r}: period={p.period!r} must be a whole number >= 1",
         )
     expect(isinstance(type(m).select_best, bool), "select_best must be True or False")
     estimators = m.likelihood_estimators()
@@ -88,6 +92,19 @@ def check_declares(s: Subject) -> None:
             for k, v in settings.items()
         ),
         f"nll_settings() must return a dict of JSON scalars by name, got {settings!r}",
+    )
+    state = m.training_state()
+    expect(
+        isinstance(state, Mapping)
+        and all(
+            isinstance(k, str)
+            and k.replace("_", "").isalnum()
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            for k, v in state.items()
+        ),
+        f"training_state() must return a dict of finite numbers by metric name, got {state!r}",
     )
 
 

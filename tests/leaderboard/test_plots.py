@@ -45,6 +45,7 @@ def fake_run(
     n_generated=100,
     config=None,
     recall=None,
+    ada_p=None,
 ):
     """Record a run; with ``folder`` give it stats.jsonl and samples.png. ``sweep``: extra
     (steps, nfe, fid) evaluated with ``sampler={"steps": steps}``; ``config``: merged into the
@@ -77,6 +78,8 @@ def fake_run(
         rows.append(Metric("nfe", n, "measured", "samples", 8, "count", {"sampler": sampler}))
     if ms is not None:
         rows.append(Metric("ms_per_image", ms, "measured", "samples", 8, "ms", {"sampler": {}}))
+    if ada_p is not None:
+        rows.append(Metric("ada_p", ada_p, "measured", "train"))
     if recall is not None:
         proto = {**proto, "sampler": {}}
         rows.append(Metric("recall@digits-cnn", recall, "measured", "test", n_generated, "", proto))
@@ -179,8 +182,9 @@ def sngan_sweep(store, tmp_path):
             "model": {"augment": aug, "lr": 2e-4},
         }
         run_id = f"sn-{aug}-{frac}-{seed}"
+        ada_p = 0.1 * (seed + 1) if aug == "ada" else None
         fake_run(store, tmp_path, run_id, "sngan", "gan", "none", fid=fid, ms=0.1,
-                 folder=False, config=config, recall=recall)  # fmt: skip
+                 folder=False, config=config, recall=recall, ada_p=ada_p)  # fmt: skip
 
 
 def test_every_plot_writes_a_nonempty_png(runs, tmp_path):
@@ -262,6 +266,10 @@ def test_rows_of_a_sweep_name_the_settings_that_tell_them_apart(runs):
     assert row.settings == {"dataset.train_fraction": 0.1, "model.augment": "ada"}
     assert row.cells["seeds"].value == 2 and row.cells["fid@"].value == 7.0  # mean of 6 and 8
     assert row.cells["fid@"].lo < 7.0 < row.cells["fid@"].hi  # the t-interval over the seeds
+    # ADA's final p: its own unranked column, the mean over seeds
+    assert ("ADA p", "ada_p") in plain.columns
+    assert row.cells["ada_p"].value == pytest.approx(0.15) and not row.cells["ada_p"].best
+    assert sweep["train_fraction=0.1 augment=none"].cells["ada_p"].missing
     # models with one row have no settings; without agg each seed is its own row, same settings
     assert all(r.cells["settings"].text() == "–" for r in plain.rows if r.run["model"] != "sngan")
     (unagg,) = [s for s in build_sections(runs, View(refs=False)) if s.title == "digits"]

@@ -33,6 +33,7 @@ OLD_COLUMNS = [
     ("nll_gap", "nll_gap"),
     ("modes", "modes_covered"),
     ("HQ share", "high_quality_share"),
+    ("ADA p", "ada_p"),  # GANs trained with ADA (optional column, never ranked)
     ("ms/img", "ms_per_image"),
     ("NFE", "nfe"),
     ("params", "params"),
@@ -90,6 +91,8 @@ def test_register_spec_refuses_clashes(monkeypatch):
         register_spec(MetricSpec(name="sharp ness", lower_is_better=True))
     with pytest.raises(ValueError, match="needs a direction"):
         MetricSpec(name="sharp", lower_is_better=None, column=Column(order=99))
+    # an unranked number may show, in a column of its own where some run has it
+    MetricSpec(name="sharp", lower_is_better=None, column=Column(order=99, optional=True))
 
 
 def run(run_id, model, value, fid):

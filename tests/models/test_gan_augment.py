@@ -4,11 +4,13 @@ transforms for a real and a fake batch, and ADA's p following its overfitting he
 stub D outputs, and in real training on a tiny and on a large dataset)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from genbench.build import build, seed_everything
+from genbench.eval.state import training_state
 from genbench.models.gan.augment import (
     ADA,
     ADA_TRANSFORMS,
@@ -176,7 +178,11 @@ def test_ada_p_rises_on_a_tiny_dataset_and_returns_to_zero_on_a_large_one(train_
     assert max(p_large) > 0.2  # it did rise early: the heuristic, not a dead p, brings it down
     assert float(large.augment_pipe.p) < 0.02 and max(p_large[-3:]) < 0.02
     assert float(tiny.augment_pipe.p) > 0.05 and min(p_tiny[-4:]) > 0.05
-    assert float(tiny.augment_pipe.p) == pytest.approx(p_tiny[-1], abs=0.05)  # the run records it
+    assert float(tiny.augment_pipe.p) == pytest.approx(p_tiny[-1], abs=0.05)  # the log has it
+    # the evaluator records the final p as a train metric (never ranked)
+    (row,) = training_state(SimpleNamespace(model=tiny))
+    assert (row.name, row.value, row.split) == ("ada_p", float(tiny.augment_pipe.p), "train")
+    assert DCGAN((1, 8, 8), 17, **TINY, augment="diffaugment").training_state() == {}
 
 
 def test_ada_state_is_checkpointed_and_resumes_exactly():

@@ -243,6 +243,12 @@ class GAN(GenerativeModel):
             Phase("g", optimizer=self.g_optimizer),
         )
 
+    def training_state(self) -> dict[str, float]:
+        """With ADA: ``{"ada_p": p}``, the augmentation probability training ended with."""
+        if isinstance(self.augment_pipe, ADA):
+            return {"ada_p": float(self.augment_pipe.p)}
+        return {}
+
     def parameters_for(self, phase: str) -> Iterable[nn.Parameter]:
         """``"d"``: discriminator parameters; ``"g"``: generator parameters."""
         return self._network(phase).parameters()
