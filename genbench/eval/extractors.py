@@ -355,6 +355,17 @@ def train_domain_cnn(
     return net, acc
 
 
+@contextlib.contextmanager
+def _one_thread() -> Any:
+    """Run the body with ``torch.set_num_threads(1)``, restoring the count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def domain_extractor(
     data: Data, cache_dir: Path, device: torch.device, recipe: CNNRecipe | None = None
 ) -> Extractor:
@@ -362,7 +373,9 @@ def domain_extractor(
     ``<cache_dir>/extractors/<dataset>-cnn-<key>.pt`` or trained and stored there, where ``key``
     hashes the data, the recipe (architecture, steps, seed) and the code version. A training
     split cut by ``dataset.train_fraction`` does not change it: the CNN learns the whole split
-    (:meth:`~genbench.data.base.Data.whole`), so runs on any fraction share one extractor."""
+    (:meth:`~genbench.data.base.Data.whole`), so runs on any fraction share one extractor. It
+    trains on the CPU with one thread whatever ``device`` and the thread count are, so the same
+    recipe gives the same weights in every run on a machine; ``device`` runs it afterwards."""
     data = data.whole()
     if data.train_labels is None or data.test_labels is None or data.num_classes < 2:
         raise ExtractorError(f"dataset {data.name!r} has no labels to train a domain extractor")
@@ -375,7 +388,11 @@ def domain_extractor(
     payload = _read_domain_cache(path)
     if payload is None:
         start = time.perf_counter()
-        net, acc = train_domain_cnn(data, recipe, device)
+        # on the CPU with one thread, whatever the run's device and threads: a float sum's order
+        # follows the thread count, so otherwise the same recipe would give other weights (and a
+        # protocol of its own) in a parallel sweep job, a lone run and a GPU run
+        with _one_thread():
+            net, acc = train_domain_cnn(data, recipe, torch.device("cpu"))
         seconds = time.perf_counter() - start
         arch = {
             "channels": data.shape[0],

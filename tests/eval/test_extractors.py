@@ -175,3 +175,19 @@ def test_register_domain_checks_the_registry():
     ex.register_domain("digits-cnn")  # a second registration of the same class is a no-op
     with pytest.raises(ex.ExtractorError, match="taken"):
         ex.register_domain("vgg16")
+
+
+def test_domain_cnn_weights_do_not_depend_on_the_thread_count(data, tmp_path):
+    # a lone run (all cores), a parallel sweep job (one thread): the same CNN, the same protocol
+    recipe = ex.CNNRecipe(steps=20)
+    before = torch.get_num_threads()
+    hashes = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            e = ex.domain_extractor(data, tmp_path / f"t{threads}", CPU, recipe)
+            hashes.append(e.weights_hash)
+            assert torch.get_num_threads() == threads  # restored after training
+    finally:
+        torch.set_num_threads(before)
+    assert hashes[0] == hashes[1]
