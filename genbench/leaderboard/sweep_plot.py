@@ -16,6 +16,8 @@ from genbench.leaderboard.sections import Section, View, build_sections, setting
 Run = dict[str, Any]
 #: the sample-metric columns plotted, in this order, where a section has them
 METRICS = ("fid@", "precision@", "recall@", "modes_covered", "high_quality_share")
+#: line label -> its points (setting value, mean, lo, hi), sorted by the setting
+Lines = dict[str, list[tuple[float, float, float, float]]]
 
 
 def _number(v: Any) -> bool:
@@ -34,12 +36,10 @@ def numeric_settings(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-def sweep_lines(
-    rows: Sequence[Row], key: str, metric: str
-) -> dict[str, list[tuple[float, float, float, float]]]:
+def sweep_lines(rows: Sequence[Row], key: str, metric: str) -> Lines:
     """``{line label: [(x, mean, lo, hi), ...] sorted by x}``: rows that have setting ``key``
     and a value of ``metric``, grouped by model and their other settings (the label)."""
-    lines: dict[str, list[tuple[float, float, float, float]]] = {}
+    lines: Lines = {}
     for r in rows:
         c = r.cells.get(metric)
         if key not in r.settings or c is None or c.missing or r.published:
@@ -52,15 +52,15 @@ def sweep_lines(
     return {k: sorted(v) for k, v in lines.items()}
 
 
-def _panels_of(sections: Sequence[Section]) -> list[tuple[Section, str, str, str]]:
-    """(section, setting, metric key, metric title) of every panel."""
+def _panels_of(sections: Sequence[Section]) -> list[tuple[Section, str, str, Lines]]:
+    """(section, setting, metric title, its :func:`sweep_lines`) of every panel."""
     out = []
     for sec in sections:
         titles = {k: t for t, k in sec.columns}
         for setting in numeric_settings(sec.rows):
             for metric in METRICS:
-                if metric in titles and sweep_lines(sec.rows, setting, metric):
-                    out.append((sec, setting, metric, titles[metric]))
+                if metric in titles and (lines := sweep_lines(sec.rows, setting, metric)):
+                    out.append((sec, setting, titles[metric], lines))
     return out
 
 
@@ -74,8 +74,7 @@ def figure_settings(runs: Sequence[Run]) -> Figure | None:
     if not panels:
         return None
     fig, axes = _panels(len(panels))
-    for ax, (sec, setting, metric, title) in zip(axes, panels, strict=True):
-        lines = sweep_lines(sec.rows, setting, metric)
+    for ax, (sec, setting, title, lines) in zip(axes, panels, strict=True):
         models = list(dict.fromkeys(label.partition(" ")[0] for label in sorted(lines)))
         seen: dict[str, int] = {}
         for label, pts in sorted(lines.items()):

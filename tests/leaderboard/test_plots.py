@@ -255,8 +255,14 @@ def test_read_stats_skips_bad_lines(runs):
     assert read_stats(None) == [] and read_stats("/nonexistent") == []
 
 
+def digits_section(runs, **view):
+    """The unconditional digits section of ``runs`` under ``View(refs=False, **view)``."""
+    (sec,) = [s for s in build_sections(runs, View(refs=False, **view)) if s.title == "digits"]
+    return sec
+
+
 def test_rows_of_a_sweep_name_the_settings_that_tell_them_apart(runs):
-    (plain,) = [s for s in build_sections(runs, View(agg=True, refs=False)) if s.title == "digits"]
+    plain = digits_section(runs, agg=True)
     assert plain.columns[:2] == [("model", "model"), ("settings", "settings")]
     sweep = {r.cells["settings"].text(): r for r in plain.rows if r.run["model"] == "sngan"}
     assert sorted(sweep) == [
@@ -272,7 +278,7 @@ def test_rows_of_a_sweep_name_the_settings_that_tell_them_apart(runs):
     assert sweep["train_fraction=0.1 augment=none"].cells["ada_p"].missing
     # models with one row have no settings; without agg each seed is its own row, same settings
     assert all(r.cells["settings"].text() == "–" for r in plain.rows if r.run["model"] != "sngan")
-    (unagg,) = [s for s in build_sections(runs, View(refs=False)) if s.title == "digits"]
+    unagg = digits_section(runs)
     texts = [r.cells["settings"].text() for r in unagg.rows if r.run["model"] == "sngan"]
     assert len(texts) == 8 and texts.count("train_fraction=1.0 augment=none") == 2
     # json carries the full keys
@@ -293,7 +299,7 @@ def test_no_settings_column_without_a_sweep_and_long_keys_where_leaves_collide(r
 
 
 def test_settings_plot_lines_follow_the_numeric_setting(runs):
-    (plain,) = [s for s in build_sections(runs, View(agg=True, refs=False)) if s.title == "digits"]
+    plain = digits_section(runs, agg=True)
     assert numeric_settings(plain.rows) == ["dataset.train_fraction"]  # augment is text
     lines = sweep_lines(plain.rows, "dataset.train_fraction", "fid@")
     assert sorted(lines) == ["sngan augment=ada", "sngan augment=none"]
